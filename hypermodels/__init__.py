@@ -1,0 +1,1 @@
+"""Backbone registry and the KerasTuner HyperModels that define what is searched."""

@@ -1,0 +1,1 @@
+"""Tuning, retraining, evaluation, Grad-CAM and export: composes `data` and `hypermodels`."""
