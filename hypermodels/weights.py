@@ -1,0 +1,57 @@
+"""Where a backbone's starting weights come from: ImageNet, none, or a file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from data.errors import UserError
+from hypermodels.registry import BackboneSpec
+
+
+def keras_cache_dir() -> Path:
+    """The folder where Keras looks for downloaded weights (``$KERAS_HOME/models``)."""
+    # KERAS_HOME is Keras' own documented setting; we mirror its rule here.
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models"
+
+
+def resolve_weights(spec: BackboneSpec, weights: str, size: int) -> str | None:
+    """Turns the ``--weights`` choice into what the Keras constructor takes.
+
+    Args:
+        spec: The backbone.
+        weights: ``"imagenet"``, ``"none"`` or a path to a weights file.
+        size: Input size, which picks the weight file for the MobileNets.
+
+    Returns:
+        ``"imagenet"``, a file path, or ``None`` (random initialisation). From-scratch
+        backbones (no ImageNet weights exist) always get ``None``.
+
+    Raises:
+        UserError: If the ImageNet file is neither cached nor downloadable, or the
+            given path does not exist.
+    """
+    if weights == "none" or not spec.pretrainable:
+        return None
+    if weights != "imagenet":
+        if not Path(weights).is_file():
+            raise UserError(f"Weights file {weights} does not exist; pass an existing .h5/.weights.h5 file, 'imagenet' or 'none'.")
+        return str(weights)
+    file_name = spec.weight_file(size)
+    if not (keras_cache_dir() / file_name).is_file():
+        _download(spec, file_name, size)
+    return "imagenet"
+
+
+def _download(spec: BackboneSpec, file_name: str, size: int) -> None:
+    """Lets Keras fetch the weights itself; offline, says which file to place where."""
+    try:
+        spec.constructor(include_top=False, weights="imagenet", input_shape=(size, size, 3))
+    except Exception as error:  # Keras raises a bare Exception on a failed fetch.
+        raise UserError(
+            f"ImageNet weights for {spec.name} are not available offline and could not be "
+            f"downloaded ({type(error).__name__}). Put the file {file_name} into "
+            f"{keras_cache_dir()}/ (or pass --weights none to train from scratch, or "
+            "--weights PATH for a file of your own)."
+        ) from None
