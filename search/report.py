@@ -1,0 +1,205 @@
+"""Pictures and report.md for `evaluate`: training curves, confusion matrix, ROC curves.
+
+Figures are built on `matplotlib.figure.Figure` directly (no pyplot), so nothing
+touches matplotlib's global state or needs a display.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+_HISTORY_PANELS = (("Loss", "loss"), ("Accuracy", "acc"))
+
+
+def plot_history(history: dict, path) -> Path:
+    """Loss and accuracy per epoch, train (solid) against validation (dashed).
+
+    Args:
+        history: Keras-style ``{metric: [value per epoch]}``, e.g. ``loss``,
+            ``val_loss``, ``weighted_loss``, ``accuracy``, ``val_accuracy``. Keys
+            containing "loss" go to the left panel, "acc" to the right; others
+            are ignored; a panel with no keys is left out. The epoch with the
+            lowest validation loss (``val_weighted_loss`` if present) is marked.
+        path: where to write the PNG.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: if the history has neither loss nor accuracy values.
+    """
+    panels = [(title, _series(history, key)) for title, key in _HISTORY_PANELS]
+    panels = [(title, series) for title, series in panels if series]
+    if not panels:
+        raise ValueError(f"history has no loss or accuracy values to plot: keys {sorted(history)}")
+    best_epoch = _best_epoch(history)
+    fig = Figure(figsize=(5.5 * len(panels), 4), layout="constrained")
+    for ax, (title, series) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        for i, base in enumerate(sorted({name.removeprefix("val_") for name in series})):
+            for name, style in ((base, "-"), (f"val_{base}", "--")):
+                if name in series:
+                    epochs = np.arange(1, len(series[name]) + 1)
+                    ax.plot(epochs, series[name], style, color=f"C{i}", marker=".", label=name)
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
+        ax.set(title=title, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(matrix, class_names, path) -> Path:
+    """Confusion matrix: rows are true classes, colour is the share of the row.
+
+    Each cell shows its count and its share of the true class, so a small class's
+    errors are as visible as a large one's.
+    """
+    counts = np.asarray(matrix, dtype=float)
+    row_totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, row_totals, out=np.zeros_like(counts), where=row_totals > 0)
+    size = 1.2 + 1.1 * len(class_names)
+    fig = Figure(figsize=(size + 1.2, size), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="share of true class")
+    for (row, col), count in np.ndenumerate(counts):
+        colour = "white" if shares[row, col] > 0.5 else "black"
+        ax.text(col, row, f"{int(count)}\n{shares[row, col]:.0%}", ha="center", va="center", color=colour)
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=30, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set(xlabel="predicted class", ylabel="true class", title="Confusion matrix")
+    return _save(fig, path)
+
+
+def plot_roc(curves: dict, aucs: dict, path) -> Path:
+    """One-vs-rest ROC curves, one line per class, with the chance diagonal.
+
+    Args:
+        curves: ``{class name: (fpr, tpr)}`` as from `search.metrics.roc_curves`.
+        aucs: ``{class name: AUC or None}`` for the legend.
+        path: where to write the PNG.
+    """
+    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.subplots()
+    for name, (fpr, tpr) in curves.items():
+        auc = aucs.get(name)
+        ax.plot(fpr, tpr, label=name if auc is None else f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (1 - specificity)",
+           ylabel="true positive rate (sensitivity)", title="ROC, one class vs the rest")
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    return _save(fig, path)
+
+
+def _series(history, key):
+    return {name: list(values) for name, values in history.items() if key in name and len(values)}
+
+
+def _best_epoch(history):
+    for name in ("val_weighted_loss", "val_loss"):
+        if history.get(name):
+            return int(np.nanargmin(history[name])) + 1
+    return None
+
+
+def _save(fig, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def write_report_md(
+    path, metrics: dict, images: dict, title: str, extra_sections: dict | None = None
+) -> Path:
+    """Write report.md: headline figures with CIs, per-class table, the pictures.
+
+    Args:
+        path: where to write the markdown file.
+        metrics: the dict from `search.metrics.classification_metrics`.
+        images: ``{caption: image path}``, shown in this order; paths are linked
+            relative to the report's folder so the folder can be moved as a whole.
+        title: the report's top heading.
+        extra_sections: ``{heading: markdown body}`` appended at the end
+            (e.g. the run's hyperparameters or a Grad-CAM gallery index).
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    parts = [
+        f"# {title}",
+        f"{metrics['n']} test cases; classes: {', '.join(metrics['class_names'])}.",
+        "## Headline figures",
+        _headline_table(metrics),
+        _HOW_TO_READ.format(n_bootstrap=metrics.get("n_bootstrap", "?"), n_bins=metrics["ece"]["n_bins"]),
+        "## Per class (one class against the rest)",
+        _per_class_table(metrics),
+        "TP: cases of the class called that class; FP: other cases called that class; "
+        "TN: other cases called something else; FN: cases of the class called something else.",
+    ]
+    for caption, image in images.items():
+        link = Path(os.path.relpath(Path(image).resolve(), path.parent.resolve())).as_posix()
+        parts += [f"## {caption}", f"![{caption}]({link})"]
+    for heading, body in (extra_sections or {}).items():
+        parts += [f"## {heading}", body.strip()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    return path
+
+
+_HOW_TO_READ = (
+    "How to read this: the 95% CI is the range the figure would plausibly take on another "
+    "test set like this one (2.5th-97.5th percentile over {n_bootstrap} bootstrap resamples "
+    "of the test cases); a wide interval means the test set is too small to tell models "
+    "apart. ECE (expected calibration error, {n_bins} equal-width bins of the top "
+    "probability) is the average gap between how sure the model says it is and how often "
+    "it is right: 0 is perfectly calibrated, 0.10 means 10 points off on average."
+)
+
+
+def _headline_table(metrics):
+    positive = metrics.get("positive_class", "COVID")
+    rows = [
+        ("Accuracy", metrics["accuracy"]),
+        ("Macro F1", metrics["macro_f1"]),
+        ("Macro ROC AUC (one-vs-rest)", metrics["roc_auc"]["macro"]),
+        (f"{positive} sensitivity (vs all other classes)", metrics["covid_sensitivity"]),
+        (f"{positive} specificity (vs all other classes)", metrics["covid_specificity"]),
+        ("Expected calibration error", {"value": metrics["ece"]["value"], "ci95": None}),
+    ]
+    lines = ["| Figure | Value | 95% CI |", "|---|---|---|"]
+    for label, figure in rows:
+        if figure["value"] is None:
+            value = f"n/a ({figure.get('reason', 'undefined')})"
+        else:
+            value = _number(figure["value"])
+        ci = f"[{_number(figure['ci95'][0])}, {_number(figure['ci95'][1])}]" if figure.get("ci95") else ""
+        lines.append(f"| {label} | {value} | {ci} |")
+    return "\n".join(lines)
+
+
+def _per_class_table(metrics):
+    aucs = metrics["roc_auc"]["per_class"]
+    lines = [
+        "| Class | Support | Precision | Recall | F1 | ROC AUC | TP | FP | TN | FN |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in metrics["per_class"].items():
+        auc = _number(aucs[name]) if aucs.get(name) is not None else "n/a"
+        lines.append(
+            f"| {name} | {row['support']} | {_number(row['precision'])} | {_number(row['recall'])} "
+            f"| {_number(row['f1'])} | {auc} | {row['tp']} | {row['fp']} | {row['tn']} | {row['fn']} |"
+        )
+    return "\n".join(lines)
+
+
+def _number(value):
+    return f"{value:.3f}"
