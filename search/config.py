@@ -1,0 +1,119 @@
+"""The run's one configuration: a frozen dataclass, saved as JSON in the run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from data.errors import UserError
+
+TUNERS = ("hyperband", "bayesian", "random")
+CONFIG_FILE = "config.json"
+# Settings that may differ between the first run and a resume without changing
+# what the search means.
+_RESUMABLE = {"run_dir", "overwrite", "class_weights", "class_names", "counts"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run; ``run_dir/config.json`` holds a copy.
+
+    Attributes:
+        run_dir: The run directory, the single source of truth for every stage.
+        data: Folder or CSV manifest of labelled images; ``None`` = synthetic demo.
+        backbones: Registry names the search chooses from.
+        image_size: Side of the square images the models see.
+        weights: ``"imagenet"``, ``"none"`` or a weights-file path.
+        tuner: ``"hyperband"`` (default), ``"bayesian"`` or ``"random"``.
+        max_epochs: Hyperband's most epochs for one model (and epochs per trial
+            for the other tuners).
+        factor: Hyperband's reduction factor.
+        max_trials: Trial budget of the Bayesian and random tuners.
+        batch_size: Batch size for training and evaluation.
+        seed: Seeds the split, the tuner's sampling and the weight initialisation.
+        fractions: Train, validation and test shares of the split.
+        overwrite: Start over instead of resuming.
+        class_names: Filled by the data stage: sorted class names.
+        class_weights: Filled by the data stage: ``compute_class_weight("balanced")``.
+        counts: Filled by the data stage: images found, used, skipped, per split.
+    """
+
+    run_dir: str
+    data: str | None = None
+    backbones: tuple[str, ...] = ("mobilenet_025",)
+    image_size: int = 224
+    weights: str = "imagenet"
+    tuner: str = "hyperband"
+    max_epochs: int = 9
+    factor: int = 3
+    max_trials: int = 20
+    batch_size: int = 32
+    seed: int = 0
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    overwrite: bool = False
+    class_names: tuple[str, ...] = ()
+    class_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        """The run directory as a Path."""
+        return Path(self.run_dir)
+
+    def replace(self, **changes) -> "RunConfig":
+        """A copy with ``changes`` applied (the config itself never mutates)."""
+        return dataclasses.replace(self, **changes)
+
+    def save(self) -> None:
+        """Writes ``config.json`` into the run directory."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        (self.path / CONFIG_FILE).write_text(text + "\n")
+
+    def check_resumable(self, saved: "RunConfig") -> None:
+        """Refuses to resume a run that was started with different settings."""
+        mine, theirs = dataclasses.asdict(self), dataclasses.asdict(saved)
+        differ = sorted(k for k in mine if k not in _RESUMABLE and mine[k] != theirs[k])
+        if differ:
+            details = ", ".join(f"{k}: {theirs[k]!r} -> {mine[k]!r}" for k in differ)
+            raise UserError(
+                f"{self.run_dir} holds a run with other settings ({details}). "
+                "Use another --run-dir, repeat the original flags to resume, or --overwrite to start over."
+            )
+
+# The demo data are small phantoms: ImageNet features are no help and would need
+# a download, so the demo trains small models from scratch at a small size.
+DEMO_DEFAULTS = dict(backbones=("vanilla_cnn", "mobilenet_025"), image_size=64, weights="none",
+                     max_epochs=6)
+DATA_DEFAULTS = dict(backbones=("efficientnet_b0", "mobilenet_v2", "resnet50", "densenet121"),
+                     image_size=224, weights="imagenet", max_epochs=9)
+
+
+def new_config(run_dir: str, data: str | None = None, **given) -> RunConfig:
+    """A config from the user's flags; unset ones (None) take the defaults for the data.
+
+    Without ``data`` the run uses the synthetic demo set and ``DEMO_DEFAULTS``.
+    """
+    defaults = DEMO_DEFAULTS if data is None else DATA_DEFAULTS
+    settings = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+    settings["backbones"] = tuple(settings["backbones"])
+    return RunConfig(run_dir=str(run_dir), data=data, **settings)
+
+
+def load_config(run_dir: str | Path) -> RunConfig:
+    """Reads ``run_dir/config.json``.
+
+    Raises:
+        UserError: If the folder holds no run.
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); run `python cli.py search --run-dir {run_dir}` first.")
+    raw = json.loads(path.read_text())
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    raw = {k: v for k, v in raw.items() if k in known}
+    for key in ("backbones", "fractions", "class_names"):
+        raw[key] = tuple(raw.get(key, ()))
+    raw["run_dir"] = str(run_dir)
+    return RunConfig(**raw)

@@ -1,0 +1,99 @@
+"""The data stage of a run: files -> split.csv + decoded cache -> tf.data per split.
+
+Reads only what the user pointed at (or the demo data it writes), and writes
+``split.csv``, ``skipped.csv`` and the decoded cache into the run directory. On
+a resumed run the saved split is reused as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from data import cache, manifest, pipeline, split, synthetic
+from data.errors import UserError
+from data.weights import class_weights
+from search.config import RunConfig
+
+SPLITS = ("train", "val", "test")
+DEMO_DIR = "demo-data"
+
+
+@dataclasses.dataclass
+class RunData:
+    """Decoded images of a run with their split and class indices.
+
+    Attributes:
+        config: The run's config, with class names, weights and counts filled in.
+        images: uint8 array (N, size, size, 1), one row per used image.
+        examples: The used images' manifest entries, same order.
+        splits: "train", "val" or "test" per image.
+        labels: Class index per image, into ``config.class_names``.
+    """
+
+    config: RunConfig
+    images: np.ndarray
+    examples: list
+    splits: np.ndarray
+    labels: np.ndarray
+
+    def indices(self, name: str) -> np.ndarray:
+        """Row indices of split ``name``."""
+        return np.flatnonzero(self.splits == name)
+
+    def dataset(self, name: str, shuffle: bool = False, augment: bool = False):
+        """A batched tf.data pipeline of ``(image, one-hot, class weight)`` for a split."""
+        idx = self.indices(name)
+        names = self.config.class_names
+        weights = np.array([self.config.class_weights[names[i]] for i in self.labels[idx]], "float32")
+        return pipeline.make_dataset(
+            self.images[idx], self.labels[idx], weights, len(names), self.config.batch_size,
+            shuffle=shuffle, seed=self.config.seed, augment=augment)
+
+
+def data_root(config: RunConfig) -> Path:
+    """The user's data, or the synthetic demo set written into the run directory."""
+    if config.data is not None:
+        return Path(config.data)
+    return synthetic.write_demo_dataset(config.path / DEMO_DIR)
+
+
+def prepare(config: RunConfig, progress: bool = True) -> RunData:
+    """Loads or creates the run's split and decodes its images through the cache.
+
+    Returns:
+        The run's data; ``config`` in it carries class names, class weights
+        (computed on the training split) and the image counts.
+    """
+    split_csv = config.path / "split.csv"
+    if split_csv.is_file() and not config.overwrite:
+        examples, splits = split.load_split(split_csv)
+        decoded = cache.load_decoded(examples, config.image_size, config.path / "cache", progress)
+        if decoded.skipped:
+            raise UserError(
+                f"{len(decoded.skipped)} images of {split_csv} can no longer be read "
+                f"(first: {decoded.skipped[0].path}: {decoded.skipped[0].reason}); "
+                "restore them or start over with --overwrite.")
+        found = config.counts.get("found", len(examples))
+    else:
+        examples = manifest.discover(data_root(config))
+        decoded = cache.load_decoded(examples, config.image_size, config.path / "cache", progress)
+        cache.write_skipped_csv(config.path / "skipped.csv", decoded.skipped)
+        splits = split.split_by_group([e.label for e in decoded.examples],
+                                      [e.group for e in decoded.examples], config.fractions, config.seed)
+        split.save_split(split_csv, decoded.examples, splits)
+        found = len(examples)
+    return _run_data(config, decoded, np.asarray(splits), found)
+
+
+def _run_data(config: RunConfig, decoded, splits: np.ndarray, found: int) -> RunData:
+    names = tuple(manifest.class_names(decoded.examples))
+    labels = np.array([names.index(e.label) for e in decoded.examples])
+    train_labels = [e.label for e, s in zip(decoded.examples, splits) if s == "train"]
+    counts = {"found": found, "used": len(decoded.examples), "skipped": found - len(decoded.examples)}
+    counts.update({s: int((splits == s).sum()) for s in SPLITS})
+    config = config.replace(class_names=names, class_weights=class_weights(train_labels, names),
+                            counts=counts)
+    return RunData(config, decoded.images, decoded.examples, splits, labels)

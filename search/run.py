@@ -1,0 +1,84 @@
+"""The search stage: data -> Hyperband on the class-weighted validation loss -> best trials."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Callable
+
+from hypermodels.classifier import OBJECTIVE, XrayClassifier
+from hypermodels.registry import get_backbone
+from hypermodels.weights import resolve_weights
+from search import dataset
+from search.config import CONFIG_FILE, RunConfig, load_config
+from search.tuner import make_tuner
+
+BEST_FILE = "best_hyperparameters.json"
+_DERIVED = ("tuner", "tensorboard", "split.csv", "skipped.csv", BEST_FILE, CONFIG_FILE)
+
+
+def start_run(config: RunConfig) -> RunConfig:
+    """Checks the settings and prepares the run directory (resume or start over)."""
+    for name in config.backbones:
+        resolve_weights(get_backbone(name), config.weights, config.image_size)
+    if config.overwrite:
+        for name in _DERIVED:
+            path = config.path / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    elif (config.path / CONFIG_FILE).is_file():
+        saved = load_config(config.path)
+        config.check_resumable(saved)
+        config = config.replace(counts=saved.counts)
+    return config
+
+
+def run_search(config: RunConfig, log: Callable[[str], None] = print) -> dict:
+    """Runs (or resumes) the search and writes ``best_hyperparameters.json``.
+
+    Returns:
+        The content of ``best_hyperparameters.json``.
+    """
+    config = start_run(config)
+    data = dataset.prepare(config)
+    config = data.config
+    config.save()
+    _log_data(data, log)
+    hypermodel = XrayClassifier(len(config.class_names), config.image_size,
+                                config.backbones, config.weights)
+    tuner = make_tuner(config, hypermodel)
+    tuner.search(data.dataset("train", shuffle=True), validation_data=data.dataset("val"),
+                 epochs=config.max_epochs, verbose=0)
+    best = best_trials(tuner)
+    (config.path / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n")
+    return best
+
+
+def best_trials(tuner, top: int = 5) -> dict:
+    """The best trials with distinct hyperparameters, best first.
+
+    Hyperband trains one configuration in several rounds, each its own trial;
+    only the best-scoring trial of each configuration is kept.
+    """
+    ranked, seen = [], set()
+    for trial in tuner.oracle.get_best_trials(num_trials=len(tuner.oracle.trials)):
+        values = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+        key = json.dumps(values, sort_keys=True)
+        if key not in seen and trial.score is not None:
+            seen.add(key)
+            ranked.append({"trial_id": trial.trial_id, OBJECTIVE: trial.score,
+                           "epochs": trial.hyperparameters.values.get("tuner/epochs"),
+                           "hyperparameters": values})
+    return {"objective": {"name": OBJECTIVE, "direction": "min"},
+            "trials": len(tuner.oracle.trials), "best": ranked[0] if ranked else None,
+            "top": ranked[:top]}
+
+
+def _log_data(data: dataset.RunData, log: Callable[[str], None]) -> None:
+    config = data.config
+    counts = config.counts
+    log(f"images: {counts['found']} found, {counts['used']} used, {counts['skipped']} skipped "
+        f"(see {config.path / 'skipped.csv'})")
+    for i, name in enumerate(config.class_names):
+        per_split = " / ".join(f"{s} {int(((data.labels == i) & (data.splits == s)).sum())}"
+                               for s in dataset.SPLITS)
+        log(f"class {i} = {name}: {per_split}; weight {config.class_weights[name]:.3f}")

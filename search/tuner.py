@@ -1,0 +1,109 @@
+"""KerasTuner's own tuners, kept thin: seeding, memory hygiene, HParams, NaN trials."""
+
+from __future__ import annotations
+
+import gc
+import math
+
+import keras
+import keras_tuner
+
+from hypermodels.classifier import OBJECTIVE
+from search import hparams
+from search.config import RunConfig
+
+
+class _NanGuard(keras.callbacks.Callback):
+    """Fails the trial, with its reason, when the loss stops being a number."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise keras_tuner.errors.FailedTrialError(f"loss became {loss} at epoch {epoch + 1}")
+
+
+class _EpochCurves(keras.callbacks.TensorBoard):
+    """Per-epoch curves for one trial.
+
+    Named so that KerasTuner does not patch it with its own HParams callback: the
+    sessions are written by :mod:`search.hparams`, with Hyperband's bracket and round.
+    """
+
+
+class _XrayTunerMixin:
+    """What every tuner of this project adds to KerasTuner's."""
+
+    def __init__(self, *args, run_config: RunConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run_config = run_config
+
+    @property
+    def tensorboard_dir(self):
+        return self.run_config.path / "tensorboard"
+
+    def on_trial_begin(self, trial):
+        # KerasTuner's well-known leak: graphs and models of earlier trials stay
+        # reachable unless the session is cleared before each build.
+        keras.backend.clear_session()
+        gc.collect()
+        keras.utils.set_random_seed(self.run_config.seed)
+        super().on_trial_begin(trial)
+
+    def run_trial(self, trial, *args, **kwargs):
+        curves = _EpochCurves(str(self.tensorboard_dir / trial.trial_id), write_graph=False,
+                              profile_batch=0)
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), _NanGuard(), curves]
+        return super().run_trial(trial, *args, **kwargs)
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        finished = self.oracle.get_trial(trial.trial_id)
+        hparams.write_trial(self.tensorboard_dir, finished)
+        print(_trial_line(finished), flush=True)
+
+    def on_search_end(self):
+        super().on_search_end()
+        hparams.write_experiment(self.tensorboard_dir, self.oracle.get_space())
+
+
+class XrayHyperband(_XrayTunerMixin, keras_tuner.Hyperband):
+    """KerasTuner's Hyperband with this project's trial hygiene and logging."""
+
+
+class XrayBayesianOptimization(_XrayTunerMixin, keras_tuner.BayesianOptimization):
+    """KerasTuner's Bayesian optimisation with this project's hygiene and logging."""
+
+
+class XrayRandomSearch(_XrayTunerMixin, keras_tuner.RandomSearch):
+    """KerasTuner's random search with this project's hygiene and logging."""
+
+
+def make_tuner(config: RunConfig, hypermodel: keras_tuner.HyperModel) -> keras_tuner.Tuner:
+    """Creates (or reloads, to resume) the tuner the config names."""
+    common = dict(
+        hypermodel=hypermodel,
+        objective=keras_tuner.Objective(OBJECTIVE, direction="min"),
+        seed=config.seed,
+        directory=str(config.path),
+        project_name="tuner",
+        overwrite=config.overwrite,
+        run_config=config,
+    )
+    if config.tuner == "hyperband":
+        return XrayHyperband(max_epochs=config.max_epochs, factor=config.factor, **common)
+    if config.tuner == "bayesian":
+        return XrayBayesianOptimization(max_trials=config.max_trials, **common)
+    return XrayRandomSearch(max_trials=config.max_trials, **common)
+
+
+def _trial_line(trial) -> str:
+    values = trial.hyperparameters.values
+    score = "failed: " + _first_line(trial.message) if trial.score is None else f"{OBJECTIVE}={trial.score:.4f}"
+    bracket = f" bracket {values['tuner/bracket']} round {values['tuner/round']}" if "tuner/bracket" in values else ""
+    shown = {k: v for k, v in hparams.trial_hparams(trial).items() if not k.startswith("tuner/")}
+    return f"trial {trial.trial_id}{bracket}: {score}  {shown}"
+
+
+def _first_line(message: str | None) -> str:
+    lines = [line for line in (message or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown reason"
