@@ -1,0 +1,216 @@
+"""Deterministic 3-class chest-X-ray-like phantoms: the demo data and the tests' data.
+
+Each phantom has a body outline, two dark lung fields, ribs, mediastinum, heart and
+spine. The class signal is an opacity in a known place, so a Grad-CAM test can check
+that a model looks where the disease is:
+
+- ``COVID``: patchy ground-glass opacities in the lower peripheral zones of both lungs;
+- ``Viral_Pneumonia``: streaky opacities in the upper perihilar zones of both lungs;
+- ``Normal``: none.
+
+Position, size, contrast, noise and rib phase vary per image so a model cannot
+memorise one picture, but a small CNN learns the classes at 64x64 in a few epochs.
+"""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from data.errors import UserError
+
+CLASS_NAMES = ("COVID", "Normal", "Viral_Pneumonia")
+
+# Bump when the pictures change, so old demo folders are rewritten, not reused.
+_GENERATOR_VERSION = 1
+_STAMP_NAME = "synthetic.json"
+_MASKS_NAME = "lesion_masks.npz"
+_METADATA_NAME = "metadata.csv"
+_IMAGES_PER_PATIENT = 2
+
+# Lesion centres as (row, distance from the midline towards the lung's outer edge), both
+# as fractions of the image. COVID sits low and lateral, viral pneumonia high and medial.
+_LESION_ZONES = {
+    "COVID": {"rows": (0.60, 0.74), "offsets": (0.20, 0.28), "blobs": 5, "radius": (0.035, 0.06)},
+    "Viral_Pneumonia": {
+        "rows": (0.28, 0.44), "offsets": (0.09, 0.15), "blobs": 3, "radius": (0.05, 0.08),
+    },
+}
+_MASK_LEVEL = 0.25  # share of an opacity's peak density that counts as lesion
+
+
+def phantom(label: str, rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Draws one chest-X-ray-like phantom.
+
+    Args:
+        label: One of ``CLASS_NAMES``.
+        rng: Source of all per-image variation; the same state gives the same image.
+        size: Height and width in pixels.
+
+    Returns:
+        ``(image, mask)``: a uint8 ``(size, size)`` image and a bool ``(size, size)``
+        mask of the class-specific opacities (all False for ``Normal``).
+    """
+    if label not in CLASS_NAMES:
+        raise ValueError(f"unknown class {label!r}; expected one of {CLASS_NAMES}")
+    rows, cols = _grid(size, shift=rng.uniform(-0.03, 0.03, size=2))
+    lungs = _lungs(rows, cols, scale=rng.uniform(0.92, 1.08))
+    density = _anatomy(rows, cols, lungs, rng)
+    lesion = _lesions(label, rows, cols, lungs, rng) if label != "Normal" else np.zeros_like(rows)
+    density += 0.6 * lesion
+    mask = lesion > _MASK_LEVEL
+    density += _texture(size, rng, cells=16) * 0.05 + rng.normal(0.0, rng.uniform(0.01, 0.03), density.shape)
+    image = _expose(density, rng)
+    return image, mask
+
+
+def _grid(size: int, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column coordinates in [0, 1), moved by a small jitter of the patient."""
+    coords = (np.arange(size, dtype=np.float32) + 0.5) / size
+    rows, cols = np.meshgrid(coords - shift[0], coords - shift[1], indexing="ij")
+    return rows, cols
+
+
+def _ellipse(rows, cols, centre, radii, softness=0.15):
+    """A soft-edged ellipse: 1 inside, 0 outside, a smooth ramp of relative width softness."""
+    dist = np.sqrt(((rows - centre[0]) / radii[0]) ** 2 + ((cols - centre[1]) / radii[1]) ** 2)
+    return np.clip((1.0 - dist) / softness, 0.0, 1.0)
+
+
+def _lungs(rows, cols, scale: float) -> np.ndarray:
+    """Both lung fields; the left one (image right) is narrower where the heart sits."""
+    right = _ellipse(rows, cols, (0.48, 0.32), (0.31 * scale, 0.14 * scale))
+    left = _ellipse(rows, cols, (0.48, 0.68), (0.31 * scale, 0.13 * scale))
+    return np.maximum(right, left)
+
+
+def _anatomy(rows, cols, lungs, rng) -> np.ndarray:
+    """Density of everything but the lesions: body, air in the lungs, ribs, heart, spine."""
+    body = _ellipse(rows, cols, (0.58, 0.5), (0.62, 0.45), softness=0.08)
+    ribs = _ribs(rows, cols, phase=rng.uniform(0, 1), count=rng.uniform(6.0, 7.5))
+    heart = _ellipse(rows, cols, (0.66, 0.55), (0.13, 0.15) * rng.uniform(0.9, 1.1, 2), softness=0.3)
+    mediastinum = np.clip(1.0 - np.abs(cols - 0.5) / 0.07, 0.0, 1.0) * (rows > 0.1)
+    spine = (np.abs(cols - 0.5) < 0.035) * (0.8 + 0.2 * (np.sin(rows * 2 * np.pi * 12) > 0))
+    density = 0.45 * body - 0.3 * lungs + 0.1 * ribs * body
+    density += 0.25 * np.maximum(heart, mediastinum) * body + 0.12 * spine * body
+    return density
+
+
+def _ribs(rows, cols, phase: float, count: float) -> np.ndarray:
+    """Curved bright bands that dip towards the sides, like posterior ribs."""
+    curved = rows + 0.9 * (cols - 0.5) ** 2
+    return np.clip(np.sin(2 * np.pi * (curved * count + phase)) * 2.0 - 0.6, 0.0, 1.0)
+
+
+def _lesions(label, rows, cols, lungs, rng) -> np.ndarray:
+    """Opacity density in [0, 1]: blobs in the class's zone of both lungs, kept inside them."""
+    zone = _LESION_ZONES[label]
+    density = np.zeros_like(rows)
+    for side in (-1.0, 1.0):
+        for _ in range(zone["blobs"]):
+            centre = (rng.uniform(*zone["rows"]), 0.5 + side * rng.uniform(*zone["offsets"]))
+            radius = rng.uniform(*zone["radius"])
+            radii = (radius, radius * rng.uniform(0.7, 1.3))
+            density = np.maximum(density, _ellipse(rows, cols, centre, radii, softness=0.8))
+    # Mottling makes the COVID opacities patchy instead of solid discs.
+    patchiness = _texture(rows.shape[0], rng, cells=10)
+    return density * lungs * (0.6 + 0.4 * patchiness)
+
+
+def _texture(size: int, rng, cells: int) -> np.ndarray:
+    """Smooth random field in [0, 1]: a small random grid upsampled bilinearly."""
+    coarse = Image.fromarray(rng.uniform(0, 255, (cells, cells)).astype(np.uint8))
+    return np.asarray(coarse.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+
+
+def _expose(density, rng) -> np.ndarray:
+    """Maps density to 8-bit grey with a per-image brightness, contrast and gamma."""
+    contrast = rng.uniform(0.85, 1.15)
+    offset = rng.uniform(0.04, 0.12)
+    grey = np.clip(offset + contrast * density, 0.0, 1.0) ** rng.uniform(0.85, 1.15)
+    return np.round(grey * 255).astype(np.uint8)
+
+
+def write_demo_dataset(root, n_per_class: int = 120, size: int = 128, seed: int = 0) -> Path:
+    """Writes a folder-per-class demo dataset of phantoms, or reuses one already there.
+
+    Layout: ``root/<class>/<class>-<i>.png`` (8-bit grey, ``i`` from 1), ``root/metadata.csv``
+    (``path,label,patient_id``; every two images of a class share a patient, so the
+    grouped split has groups to keep together), ``root/lesion_masks.npz`` (bool masks
+    keyed by the relative image path) and the stamp ``root/synthetic.json``.
+
+    Args:
+        root: Folder to write into; created if missing. It must be empty or hold an
+            earlier demo dataset (which is replaced when the parameters differ).
+        n_per_class: Images per class.
+        size: Height and width in pixels.
+        seed: Seed of the whole dataset; the same seed gives byte-identical files.
+
+    Returns:
+        ``root`` as a ``Path``.
+
+    Raises:
+        UserError: ``root`` holds files that are not a demo dataset.
+    """
+    root = Path(root)
+    stamp = {"generator_version": _GENERATOR_VERSION, "n_per_class": n_per_class,
+             "size": size, "seed": seed, "complete": True}
+    previous = _read_stamp(root)
+    if previous == stamp:
+        return root
+    _clear_for_rewrite(root, previous)
+    # Stamp first as incomplete: a crash half way leaves a folder we know we may overwrite.
+    _write_stamp(root, {**stamp, "complete": False})
+    rows, masks = [], {}
+    for class_index, label in enumerate(CLASS_NAMES):
+        (root / label).mkdir(exist_ok=True)
+        for i in range(1, n_per_class + 1):
+            rng = np.random.default_rng([seed, class_index, i])
+            image, mask = phantom(label, rng, size)
+            relative = f"{label}/{label}-{i}.png"
+            Image.fromarray(image).save(root / relative)
+            patient = class_index * n_per_class + (i - 1) // _IMAGES_PER_PATIENT + 1
+            rows.append((relative, label, f"P{patient:04d}"))
+            masks[relative] = mask
+    _write_metadata(root / _METADATA_NAME, rows)
+    np.savez_compressed(root / _MASKS_NAME, **masks)
+    _write_stamp(root, stamp)
+    return root
+
+
+def _read_stamp(root: Path) -> dict | None:
+    """The parameters of the demo dataset in root, or None when root holds none."""
+    try:
+        return json.loads((root / _STAMP_NAME).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_stamp(root: Path, stamp: dict) -> None:
+    (root / _STAMP_NAME).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+
+
+def _clear_for_rewrite(root: Path, previous: dict | None) -> None:
+    """Empties an earlier demo dataset so no stale image survives; refuses foreign folders."""
+    if previous is None:
+        if root.exists() and any(root.iterdir()):
+            raise UserError(
+                f"{root} is not empty and holds no demo dataset; "
+                "give an empty or new folder for the synthetic demo data"
+            )
+        root.mkdir(parents=True, exist_ok=True)
+        return
+    for label in CLASS_NAMES:
+        shutil.rmtree(root / label, ignore_errors=True)
+    for name in (_METADATA_NAME, _MASKS_NAME):
+        (root / name).unlink(missing_ok=True)
+
+
+def _write_metadata(path: Path, rows: list[tuple[str, str, str]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(("path", "label", "patient_id"))
+        writer.writerows(rows)
