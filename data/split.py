@@ -1,0 +1,130 @@
+"""Train/val/test split, stratified by class and grouped by patient; saved as split.csv."""
+
+import csv
+import math
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from data.errors import UserError
+from data.manifest import Example
+
+SPLITS = ("train", "val", "test")
+_COLUMNS = ["path", "label", "group", "split"]
+
+
+def split_by_group(
+    labels: Sequence[str], groups: Sequence[str], fractions=(0.7, 0.15, 0.15), seed: int = 0
+) -> list[str]:
+    """Assign "train", "val" or "test" to each item; no group is ever in two splits.
+
+    Stratified by class with scikit-learn's StratifiedGroupKFold: test is one fold of
+    round(1/test_fraction) folds, val one fold of the rest. The fractions are therefore
+    met to within a fold's size. An empty group is a group of its own.
+
+    Args:
+        labels: Class name per item.
+        groups: Patient id per item, or "" when unknown.
+        fractions: (train, val, test), summing to 1.
+        seed: Same seed, same inputs -> same split.
+
+    Raises:
+        UserError: Bad fractions, or a class with too few groups to be in every split.
+    """
+    _check_fractions(fractions)
+    labels = np.asarray(labels)
+    codes = _group_codes(groups)
+    _check_enough_groups(labels, codes, fractions)
+    _, val_fraction, test_fraction = fractions
+    rest, test = _pick_fold(labels, codes, np.arange(len(labels)), 1 / test_fraction, seed)
+    train, val = _pick_fold(labels, codes, rest, (1 - test_fraction) / val_fraction, seed)
+    result = np.empty(len(labels), dtype=object)
+    result[train], result[val], result[test] = "train", "val", "test"
+    return result.tolist()
+
+
+def save_split(path, examples, splits) -> None:
+    """Write ``path,label,group,split`` rows, one per example."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(_COLUMNS)
+        writer.writerows([e.path, e.label, e.group, s] for e, s in zip(examples, splits))
+
+
+def load_split(path) -> tuple[list[Example], list[str]]:
+    """Read a file written by `save_split`: (examples, split per example).
+
+    Raises:
+        UserError: The file is missing or not a split file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"Split file {path} does not exist; run the search to create it.")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames != _COLUMNS:
+            raise UserError(
+                f"{path} has columns {reader.fieldnames}, not {','.join(_COLUMNS)}; delete it "
+                "to split again."
+            )
+        rows = list(reader)
+    bad = sorted({row["split"] for row in rows} - set(SPLITS))
+    if bad:
+        raise UserError(f"{path} has unknown split names {bad}; delete it to split again.")
+    examples = [Example(row["path"], row["label"], row["group"]) for row in rows]
+    return examples, [row["split"] for row in rows]
+
+
+def _check_fractions(fractions) -> None:
+    if len(fractions) != 3 or min(fractions) <= 0 or not math.isclose(sum(fractions), 1.0):
+        raise UserError(
+            f"Split fractions {tuple(fractions)} must be three positive numbers "
+            "(train, val, test) summing to 1, e.g. (0.7, 0.15, 0.15)."
+        )
+
+
+def _group_codes(groups: Sequence[str]) -> np.ndarray:
+    """Integer group ids; every empty group becomes its own singleton."""
+    codes, known = [], {}
+    for index, group in enumerate(groups):
+        key = group if group else ("", index)
+        codes.append(known.setdefault(key, len(known)))
+    return np.asarray(codes)
+
+
+def _check_enough_groups(labels: np.ndarray, codes: np.ndarray, fractions) -> None:
+    # With fewer than 1/min_fraction groups, the smallest split's expected share of a
+    # class is under one group, so the class would often be missing from it.
+    needed = max(len(SPLITS), math.ceil(1 / min(fractions) - 1e-9))
+    groups_per_class = defaultdict(set)
+    for label, code in zip(labels, codes):
+        groups_per_class[label].add(code)
+    for label in sorted(groups_per_class):
+        found = len(groups_per_class[label])
+        if found < needed:
+            images = int(np.sum(labels == label))
+            raise UserError(
+                f"Class {label} has {images} image(s) in {found} patient group(s); each class "
+                f"needs at least {needed} groups so that train, val and test all get some. "
+                "Add images of that class or leave it out."
+            )
+
+
+def _pick_fold(labels, codes, items: np.ndarray, folds: float, seed: int):
+    """(kept, held_out) item indices: the first fold whose both sides hold every class."""
+    n_splits = max(2, min(round(folds), len(np.unique(codes[items]))))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    every_class = set(labels.tolist())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class" is expected
+        for kept, held_out in splitter.split(items, labels[items], codes[items]):
+            if set(labels[items[kept]]) == every_class == set(labels[items[held_out]]):
+                return items[kept], items[held_out]
+    raise UserError(
+        "Could not split the data so that every class is in train, val and test: a few "
+        "large patient groups dominate a class. Add images or change the split fractions."
+    )
