@@ -1,0 +1,119 @@
+"""Evaluate the best winner once on the test split (or an external labelled folder).
+
+Writes ``metrics.json``, ``predictions.csv``, training curves, confusion matrix and
+ROC pictures, Grad-CAM galleries under ``gradcam/`` and a ``report.md`` tying them
+together. This is the only stage that reads the test split's labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+
+from data import cache, manifest
+from data.errors import UserError
+from search import dataset, gradcam, report
+from search.config import RunConfig
+from search.metrics import classification_metrics, roc_curves
+from search.retrain import best_winner
+
+REPORT_DIR = "report"
+
+
+def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | None = None,
+             log: Callable[[str], None] = print) -> dict:
+    """Evaluates the rank-1 winner and writes the report.
+
+    Args:
+        config: The run's config (from ``load_config``).
+        data: Another labelled folder or CSV with the run's class names; ``None``
+            uses the run's test split.
+        out: Output folder; default ``RUN_DIR/report`` (``RUN_DIR/report/external-<name>``
+            for ``data``).
+        layer: Grad-CAM layer; default the backbone's from the registry.
+
+    Returns:
+        The metrics written to ``metrics.json``.
+    """
+    winner = best_winner(config.run_dir)
+    model = keras.saving.load_model(winner / "model.keras")
+    images, labels, paths = _test_split(config) if data is None else _external(config, data, log)
+    out = Path(out or _default_out(config, data))
+    probs = model.predict(images, batch_size=config.batch_size, verbose=0)
+    metrics = classification_metrics(labels, probs, config.class_names)
+    metrics["source"] = {"model": str(winner / "model.keras"), "data": data or "test split of split.csv"}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _write_predictions(out / "predictions.csv", paths, labels, probs, config.class_names)
+    pictures = _pictures(winner, metrics, labels, probs, config.class_names, out)
+    explainer = gradcam.gradcam_model(model, layer or gradcam.default_layer(model))
+    pages = gradcam.write_galleries(explainer, np.asarray(images), labels, probs, config.class_names, out / "gradcam")
+    sections = {"Grad-CAM galleries": _gallery_index(pages, out),
+                "Model": _model_section(winner)}
+    report.write_report_md(out / "report.md", metrics, pictures, f"Evaluation of {winner.name}", sections)
+    log(f"accuracy {metrics['accuracy']['value']:.3f}, macro F1 {metrics['macro_f1']['value']:.3f} "
+        f"on {metrics['n']} images; report: {out / 'report.md'}")
+    return metrics
+
+
+def _default_out(config: RunConfig, data) -> Path:
+    base = config.path / REPORT_DIR
+    return base if data is None else base / f"external-{Path(data).stem}"
+
+
+def _test_split(config: RunConfig):
+    run_data = dataset.prepare(config, progress=False)
+    rows = run_data.indices("test")
+    return run_data.images[rows], run_data.labels[rows], [run_data.examples[i].path for i in rows]
+
+
+def _external(config: RunConfig, data: str, log):
+    """Decodes an external labelled set and maps its classes onto the run's by name."""
+    examples = manifest.discover(data)
+    unknown = sorted({e.label for e in examples} - set(config.class_names))
+    if unknown:
+        raise UserError(f"{data} holds classes the model does not know: {', '.join(unknown)} (it knows "
+                        f"{', '.join(config.class_names)}); remove or rename those folders/labels.")
+    decoded = cache.load_decoded(examples, config.image_size, config.path / "cache", progress=False)
+    for skipped in decoded.skipped:
+        log(f"skipped {skipped.path}: {skipped.reason}")
+    labels = np.array([config.class_names.index(e.label) for e in decoded.examples])
+    return decoded.images, labels, [e.path for e in decoded.examples]
+
+
+def _write_predictions(path: Path, paths, labels, probs, class_names) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "true", "predicted", *(f"p_{name}" for name in class_names)])
+        for file, label, row in zip(paths, labels, probs):
+            writer.writerow([file, class_names[label], class_names[row.argmax()], *(f"{p:.6f}" for p in row)])
+
+
+def _pictures(winner: Path, metrics: dict, labels, probs, class_names, out: Path) -> dict:
+    history = json.loads((winner / "history.json").read_text())
+    aucs = metrics["roc_auc"]["per_class"]
+    return {
+        "Training curves (retrained winner)": report.plot_history(history, out / "training_curves.png"),
+        "Confusion matrix": report.plot_confusion_matrix(
+            metrics["confusion_matrix"]["matrix"], class_names, out / "confusion_matrix.png"),
+        "ROC curves": report.plot_roc(roc_curves(labels, probs, class_names), aucs, out / "roc.png"),
+    }
+
+
+def _gallery_index(pages: dict, out: Path) -> str:
+    if not pages:
+        return "No images to show."
+    lines = ["The heatmap shows where the model looked for the class it predicted (most confident first)."]
+    lines += [f"- [{caption}]({path.relative_to(out).as_posix()})" for caption, path in pages.items()]
+    return "\n".join(lines)
+
+
+def _model_section(winner: Path) -> str:
+    values = json.loads((winner / "hyperparameters.json").read_text())["values"]
+    shown = {k: v for k, v in values.items() if not k.startswith("tuner/")}
+    return "\n".join(f"- {name}: {value}" for name, value in shown.items())

@@ -1,0 +1,147 @@
+"""Retrain the search's best configurations from scratch and rank them on validation.
+
+KerasTuner's best-epoch checkpoints come from Hyperband rounds resumed without the
+optimizer's state, so they are not what a fresh training of the same
+configuration gives; retraining is the honest route. The test split is not read.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import keras
+import keras_tuner
+import numpy as np
+
+from data.errors import UserError
+from hypermodels.classifier import OBJECTIVE, XrayClassifier
+from search import dataset
+from search.config import RunConfig
+from search.run import BEST_FILE
+
+WINNERS_DIR = "winners"
+SUMMARY_FILE = "summary.json"
+PATIENCE = 3
+
+
+def trial_hyperparameters(config: RunConfig, trial_id: str) -> keras_tuner.HyperParameters:
+    """The search space and values of one tuner trial, read from its ``trial.json``."""
+    path = config.path / "tuner" / f"trial_{trial_id}" / "trial.json"
+    if not path.is_file():
+        raise UserError(f"{path} is missing; re-run `python cli.py search --run-dir {config.run_dir}`.")
+    return keras_tuner.HyperParameters.from_config(json.loads(path.read_text())["hyperparameters"])
+
+
+def build_model(config: RunConfig, hp: keras_tuner.HyperParameters) -> keras.Model:
+    """A fresh, compiled model of the run's HyperModel for ``hp``."""
+    hypermodel = XrayClassifier(len(config.class_names), config.image_size, config.backbones, config.weights)
+    return hypermodel.build(hp)
+
+
+def retrain(config: RunConfig, top_k: int = 3, seeds: int = 1, max_epochs: int | None = None,
+            augment: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Retrains the ``top_k`` best distinct configurations and writes ``winners/``.
+
+    Each configuration trains ``seeds`` times (seeds ``config.seed + i``) on the
+    train split with early stopping on ``val_weighted_loss``, keeping the best
+    epoch's weights. Configurations are ranked by their mean over seeds; the best
+    seed's model is saved as ``winners/<rank>-<trial_id>/model.keras`` with its
+    ``history.json`` and ``hyperparameters.json``.
+
+    Returns:
+        The content of ``winners/summary.json``.
+    """
+    top = _top_trials(config)[:top_k]
+    data = dataset.prepare(config, progress=False)
+    config = data.config
+    train, val = data.dataset("train", shuffle=True, augment=augment), data.dataset("val")
+    winners_dir = config.path / WINNERS_DIR
+    shutil.rmtree(winners_dir, ignore_errors=True)
+    epochs = max_epochs or config.max_epochs * 2
+    results = []
+    for entry in top:
+        hp = trial_hyperparameters(config, entry["trial_id"])
+        staging = winners_dir / f"trial_{entry['trial_id']}"
+        scores = [_fit_and_keep(config, hp, train, val, config.seed + i, epochs, staging) for i in range(seeds)]
+        results.append(_result(entry, scores))
+        log(f"retrained trial {entry['trial_id']}: {OBJECTIVE} {_mean_std_text(results[-1])}")
+    return _rank_and_save(winners_dir, results, augment, epochs)
+
+
+def _top_trials(config: RunConfig) -> list[dict]:
+    path = config.path / BEST_FILE
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run `python cli.py search --run-dir {config.run_dir}` first.")
+    top = json.loads(path.read_text())["top"]
+    if not top:
+        raise UserError(f"No trial of the search in {config.run_dir} completed; nothing to retrain.")
+    return top
+
+
+def _fit_and_keep(config, hp, train, val, seed, epochs, staging: Path) -> dict:
+    """Trains one seed; saves the model if it beats the seeds saved before it."""
+    keras.backend.clear_session()  # no graph or model of the previous fit stays reachable
+    gc.collect()
+    keras.utils.set_random_seed(seed)
+    model = build_model(config, hp)
+    stop = keras.callbacks.EarlyStopping(OBJECTIVE, patience=PATIENCE, mode="min", restore_best_weights=True)
+    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=[stop], verbose=0).history
+    history = {k: [float(v) for v in values] for k, values in history.items()}
+    best_epoch = int(np.nanargmin(history[OBJECTIVE]))
+    score = {"seed": seed, OBJECTIVE: history[OBJECTIVE][best_epoch], "best_epoch": best_epoch + 1,
+             "epochs_run": len(history[OBJECTIVE]), "val_accuracy": history["val_accuracy"][best_epoch]}
+    saved = staging / "score.json"
+    if not saved.is_file() or score[OBJECTIVE] < json.loads(saved.read_text())[OBJECTIVE]:
+        staging.mkdir(parents=True, exist_ok=True)
+        model.save(staging / "model.keras")
+        _write_json(staging / "history.json", history)
+        _write_json(staging / "hyperparameters.json", hp.get_config())
+        _write_json(saved, score)
+    return score
+
+
+def _result(entry: dict, scores: list[dict]) -> dict:
+    losses = np.array([s[OBJECTIVE] for s in scores])
+    best = scores[int(losses.argmin())]
+    return {"trial_id": entry["trial_id"], "search_" + OBJECTIVE: entry[OBJECTIVE],
+            OBJECTIVE: {"mean": float(losses.mean()), "std": float(losses.std(ddof=1)) if len(losses) > 1 else 0.0,
+                        "best": float(losses.min())},
+            "best_seed": best["seed"], "best_epoch": best["best_epoch"], "val_accuracy": best["val_accuracy"],
+            "seeds": scores, "hyperparameters": entry["hyperparameters"]}
+
+
+def _rank_and_save(winners_dir: Path, results: list[dict], augment: bool, epochs: int) -> dict:
+    results.sort(key=lambda r: r[OBJECTIVE]["mean"])
+    for rank, result in enumerate(results, start=1):
+        result["rank"], result["dir"] = rank, f"{rank}-{result['trial_id']}"
+        (winners_dir / f"trial_{result['trial_id']}" / "score.json").unlink()
+        (winners_dir / f"trial_{result['trial_id']}").rename(winners_dir / result["dir"])
+    summary = {"ranked_by": f"mean {OBJECTIVE} over seeds, validation split only (lower is better)",
+               "augment": augment, "max_epochs": epochs, "patience": PATIENCE, "winners": results}
+    _write_json(winners_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+def best_winner(run_dir) -> Path:
+    """The folder of the rank-1 winner (its best seed's model).
+
+    Raises:
+        UserError: If the run has no retrained winners yet.
+    """
+    summary = Path(run_dir) / WINNERS_DIR / SUMMARY_FILE
+    if not summary.is_file():
+        raise UserError(f"{run_dir} has no retrained winners; run `python cli.py retrain {run_dir}` first.")
+    return summary.parent / json.loads(summary.read_text())["winners"][0]["dir"]
+
+
+def _mean_std_text(result: dict) -> str:
+    score = result[OBJECTIVE]
+    return f"{score['mean']:.4f} ± {score['std']:.4f} over {len(result['seeds'])} seed(s)"
+
+
+def _write_json(path: Path, content) -> None:
+    path.write_text(json.dumps(content, indent=2) + "\n")
