@@ -1,0 +1,169 @@
+"""Export the best winner as .keras, SavedModel and TFLite, with a model card.
+
+Every format takes raw uint8 grayscale images of the model's size, shape
+``(batch, S, S, 1)``: resizing is the caller's job (``data.images.decode_image``
+does it), the backbone's own preprocessing is inside the model. The SavedModel's
+``serving_default`` signature (what TF Serving calls) takes ``image`` and returns
+the softmax probabilities, in the class order of the model card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import keras
+import keras_tuner
+import numpy as np
+import tensorflow as tf
+
+from data.errors import UserError
+from search import dataset, gradcam
+from search.config import RunConfig
+from search.retrain import best_winner
+
+FORMATS = ("keras", "savedmodel", "tflite")
+FILES = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite"}
+CARD_FILE = "model_card.json"
+_HEADLINE = ("accuracy", "macro_f1", "covid_sensitivity", "covid_specificity")
+
+
+def export_model(config: RunConfig, formats=FORMATS, out=None, log: Callable[[str], None] = print) -> dict:
+    """Writes the rank-1 winner in ``formats`` into ``out`` (default ``RUN_DIR/export``).
+
+    Returns:
+        The model card, also written as ``model_card.json``.
+    """
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise UserError(f"Unknown export format(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}.")
+    out = Path(out or config.path / "export")
+    out.mkdir(parents=True, exist_ok=True)
+    winner = best_winner(config.run_dir)
+    model = keras.saving.load_model(winner / "model.keras")
+    with tempfile.TemporaryDirectory() as scratch:
+        written = _write_formats(model, formats, out, Path(scratch))
+        written = {name: path for name, path in written.items() if name in formats}
+        agreement = _agreement(model, written, _test_images(config))
+    card = model_card(config, winner, model, written, out)
+    card["agreement"] = {"images": "test split", "max_abs_probability_difference": agreement}
+    (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    log(f"exported {', '.join(written)} to {out}")
+    return card
+
+
+def _write_formats(model: keras.Model, formats, out: Path, scratch: Path) -> dict:
+    """Writes each format; TFLite converts from a SavedModel, a scratch one if not asked for."""
+    written = {}
+    if "keras" in formats:
+        written["keras"] = _write_keras(model, out / FILES["keras"])
+    if "savedmodel" in formats or "tflite" in formats:
+        saved = out / FILES["savedmodel"] if "savedmodel" in formats else scratch / "saved_model"
+        model.export(str(saved), format="tf_saved_model", verbose=False)
+        written["savedmodel"] = saved
+    if "tflite" in formats:
+        written["tflite"] = _write_tflite(written["savedmodel"], out / FILES["tflite"])
+    return written
+
+
+def _test_images(config: RunConfig) -> np.ndarray:
+    run_data = dataset.prepare(config, progress=False)
+    return np.asarray(run_data.images[run_data.indices("test")])
+
+
+def _agreement(model: keras.Model, written: dict, images: np.ndarray) -> dict:
+    """Largest absolute probability difference of each written file to the model in memory."""
+    reference = model.predict(images, verbose=0)
+    return {name: float(np.abs(predict_exported(path, images) - reference).max())
+            for name, path in written.items()}
+
+
+def _write_keras(model: keras.Model, path: Path) -> Path:
+    model.save(path)
+    keras.saving.load_model(path, safe_mode=True)  # fails here, not in a user's hands
+    return path
+
+
+def _write_tflite(saved_model: Path, path: Path) -> Path:
+    # float32 on purpose: no quantisation, so the file answers like the model.
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    path.write_bytes(converter.convert())
+    return path
+
+
+def predict_exported(path, images: np.ndarray) -> np.ndarray:
+    """Probabilities from an exported file (.keras, SavedModel folder or .tflite)."""
+    path = Path(path)
+    if path.suffix == ".keras":
+        return keras.saving.load_model(path, safe_mode=True).predict(images, verbose=0)
+    if path.suffix == ".tflite":
+        return _predict_tflite(path, images)
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    (probs,) = serve(tf.constant(images)).values()
+    return probs.numpy()
+
+
+def _predict_tflite(path: Path, images: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():  # tf.lite.Interpreter's notice that LiteRT will replace it
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    source = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(source["index"], images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(source["index"], images.astype(source["dtype"]))
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def model_card(config: RunConfig, winner: Path, model: keras.Model, written: dict, out: Path) -> dict:
+    """What a user of the exported files needs to know, and how to check they are the ones."""
+    size = config.image_size
+    return {
+        "class_names": list(config.class_names),
+        "input": {"name": model.inputs[0].name, "shape": [None, size, size, 1], "dtype": "uint8",
+                  "meaning": f"grayscale X-ray resized to {size}x{size}, values 0-255"},
+        "output": {"name": "predictions", "shape": [None, len(config.class_names)],
+                   "meaning": "softmax probabilities in class_names order"},
+        "preprocessing": {"inside_model": model.get_layer("preprocess").get_config()["mode"]
+                          if _has_layer(model, "preprocess") else None,
+                          "caller": "decode to 8-bit grayscale and resize to the input size"},
+        "gradcam_layer": gradcam.default_layer(model),
+        "hyperparameters": {k: v for k, v in json.loads((winner / "hyperparameters.json").read_text())[
+            "values"].items() if not k.startswith("tuner/")},
+        "winner": winner.name,
+        "metrics": _headline_metrics(config.path / "report" / "metrics.json"),
+        "split_sha256": _sha256(config.path / "split.csv") if (config.path / "split.csv").is_file() else None,
+        "files": {name: _hashes(path, out) for name, path in written.items()},
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                     "keras_tuner": keras_tuner.__version__},
+    }
+
+
+def _has_layer(model, name):
+    return any(layer.name == name for layer in model.layers)
+
+
+def _headline_metrics(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    headline = {name: metrics[name] for name in _HEADLINE}
+    headline["macro_roc_auc"] = metrics["roc_auc"]["macro"]
+    return {"n": metrics["n"], **headline, "ece": metrics["ece"], "ci_method": metrics["ci_method"]}
+
+
+def _hashes(path: Path, out: Path) -> dict:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {p.relative_to(out).as_posix(): _sha256(p) for p in files}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

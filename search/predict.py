@@ -1,0 +1,98 @@
+"""Predict the class of image files with an exported model or a run's best winner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from data.errors import UserError
+from data.images import DecodeFailure, decode_image
+from search import gradcam
+from search.config import CONFIG_FILE, load_config
+from search.export import CARD_FILE
+from search.retrain import best_winner
+
+
+def load_model(source) -> tuple[keras.Model, tuple[str, ...]]:
+    """The model and its class names from a run directory or a ``.keras`` file.
+
+    A run directory gives ``export/model.keras`` if exported, else its best
+    winner. A ``.keras`` file takes its class names from the ``model_card.json``
+    beside it, or from the run it lies in (``RUN_DIR/winners/<rank>-<id>/``).
+
+    Raises:
+        UserError: If the source is neither, or the class names cannot be found.
+    """
+    source = Path(source)
+    if (source / CONFIG_FILE).is_file():
+        exported = source / "export" / "model.keras"
+        path = exported if (exported.parent / CARD_FILE).is_file() else best_winner(source) / "model.keras"
+    elif source.suffix == ".keras" and source.is_file():
+        path = source
+    else:
+        raise UserError(f"{source} is neither a run directory nor a .keras file; pass one of those.")
+    return keras.saving.load_model(path, safe_mode=True), _class_names(path)
+
+
+def _class_names(model_path: Path) -> tuple[str, ...]:
+    card = model_path.parent / CARD_FILE
+    if card.is_file():
+        return tuple(json.loads(card.read_text())["class_names"])
+    run_dir = model_path.parent.parent.parent
+    if (run_dir / CONFIG_FILE).is_file():
+        return load_config(run_dir).class_names
+    raise UserError(f"No {CARD_FILE} beside {model_path} to name its classes; export the model with "
+                    "`python cli.py export RUN_DIR` or pass the run directory instead.")
+
+
+def predict_images(source, image_paths, gradcam_dir=None, target_class: str | None = None,
+                   layer: str | None = None) -> list[dict]:
+    """Class probabilities for each image; unreadable images get an error entry.
+
+    Args:
+        source: A run directory or a ``.keras`` file (see `load_model`).
+        image_paths: Image files (PNG, JPEG, DICOM).
+        gradcam_dir: If given, writes a Grad-CAM overlay per image there.
+        target_class: Class the heatmaps explain; default each image's predicted class.
+        layer: Grad-CAM layer; default the backbone's from the registry.
+
+    Returns:
+        Per image, in order: ``{"path", "probabilities": {class: p}, "predicted"}``
+        (plus ``"gradcam"``: the overlay's path), or ``{"path", "error"}``.
+    """
+    model, names = load_model(source)
+    if target_class is not None and target_class not in names:
+        raise UserError(f"Unknown class {target_class!r}; the model's classes are {', '.join(names)}.")
+    size = model.inputs[0].shape[1]
+    entries, images = [], []
+    for path in map(str, image_paths):
+        try:
+            images.append(decode_image(path, size)[..., None])
+            entries.append({"path": path})
+        except (DecodeFailure, OSError) as error:
+            entries.append({"path": path, "error": str(error) or type(error).__name__})
+    good = [entry for entry in entries if "error" not in entry]
+    if good:
+        batch = np.stack(images)
+        probs = model.predict(batch, verbose=0)
+        for entry, row in zip(good, probs):
+            entry["probabilities"] = {name: float(p) for name, p in zip(names, row)}
+            entry["predicted"] = names[int(row.argmax())]
+        if gradcam_dir is not None:
+            _write_overlays(model, layer, batch, good, names.index(target_class) if target_class else None,
+                            Path(gradcam_dir))
+    return entries
+
+
+def _write_overlays(model, layer, batch, entries, class_index, out: Path) -> None:
+    explainer = gradcam.gradcam_model(model, layer or gradcam.default_layer(model))
+    maps = gradcam.heatmaps(explainer, batch, class_index)
+    used = set()
+    for i, (entry, image, heatmap) in enumerate(zip(entries, batch, maps)):
+        name = f"{Path(entry['path']).stem}-gradcam.png"
+        name = name if name not in used else f"{i}-{name}"  # two inputs with one file name
+        used.add(name)
+        entry["gradcam"] = str(gradcam.save_overlay(image, heatmap, out / name))
