@@ -1,6 +1,7 @@
 """Decode one image file (PNG, JPEG, DICOM) to a square uint8 grayscale array."""
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,11 @@ def _read_dicom(path: Path) -> np.ndarray:
 
 def _read_with_pillow(path: Path, size: int) -> np.ndarray:
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # Pillow warns between its limit and twice it; _check_bomb refuses those instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             _check_bomb(image)
             if image.format == "JPEG":
                 image.draft("L", (size, size))  # let libjpeg decode at a reduced scale
