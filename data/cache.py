@@ -183,9 +183,9 @@ def _rewrite(folder: Path, size: int, old: dict, examples, stats, progress: bool
             os.fsync(out.fileno())
         os.replace(partial, folder / new["data_file"])
         _write_index(folder, new)
-    except OSError as error:
+    except BaseException as error:  # incl. Ctrl-C: leave no half-written pixel file
         partial.unlink(missing_ok=True)
-        if error.errno == errno.ENOSPC:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
             raise _disk_full(folder, (len(examples) + len(kept)) * size * size) from error
         raise
     _remove_old_files(folder, old, new)
