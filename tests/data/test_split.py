@@ -1,0 +1,67 @@
+"""Grouped, stratified train/val/test split and its split.csv."""
+
+from collections import defaultdict
+
+import pytest
+
+from data.errors import UserError
+from data.manifest import Example
+from data.split import load_split, save_split, split_by_group
+
+
+def _dataset():
+    """3 classes of unequal size; patients with 1-3 images; some images without a patient id."""
+    labels, groups = [], []
+    for label, patients in (("COVID", 12), ("Normal", 30), ("Viral_Pneumonia", 20)):
+        for patient in range(patients):
+            for _ in range(1 + patient % 3):
+                labels.append(label)
+                groups.append(f"{label}-{patient}")
+        for _ in range(4):
+            labels.append(label)
+            groups.append("")
+    return labels, groups
+
+
+def test_no_group_in_two_splits_and_every_class_in_every_split():
+    labels, groups = _dataset()
+    splits = split_by_group(labels, groups, seed=3)
+    assert len(splits) == len(labels) and set(splits) == {"train", "val", "test"}
+    splits_of_group = defaultdict(set)
+    for group, split in zip(groups, splits):
+        if group:
+            splits_of_group[group].add(split)
+    assert all(len(s) == 1 for s in splits_of_group.values())
+    for split in ("train", "val", "test"):
+        assert {l for l, s in zip(labels, splits) if s == split} == {"COVID", "Normal", "Viral_Pneumonia"}
+    counts = {s: splits.count(s) for s in ("train", "val", "test")}
+    assert counts["train"] > counts["val"] + counts["test"]
+
+
+def test_same_seed_same_split_other_seed_other_split():
+    labels, groups = _dataset()
+    assert split_by_group(labels, groups, seed=1) == split_by_group(labels, groups, seed=1)
+    assert split_by_group(labels, groups, seed=1) != split_by_group(labels, groups, seed=2)
+
+
+def test_class_with_too_few_groups_is_named():
+    labels = ["COVID"] * 4 + ["Normal"] * 20
+    groups = ["p1", "p1", "p2", "p3"] + [""] * 20
+    with pytest.raises(UserError, match=r"Class COVID has 4 image\(s\) in 3 patient group\(s\).*at least 7"):
+        split_by_group(labels, groups)
+
+
+def test_bad_fractions_are_user_errors():
+    with pytest.raises(UserError, match="summing to 1"):
+        split_by_group(["a"] * 10 + ["b"] * 10, [""] * 20, fractions=(0.5, 0.3, 0.3))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    examples = [Example("/d/a.png", "COVID", "p1"), Example("/d/b,c.png", "Normal", "")]
+    save_split(tmp_path / "split.csv", examples, ["train", "test"])
+    assert load_split(tmp_path / "split.csv") == (examples, ["train", "test"])
+    with pytest.raises(UserError, match="does not exist"):
+        load_split(tmp_path / "missing.csv")
+    (tmp_path / "bad.csv").write_text("path,label\n/d/a.png,COVID\n")
+    with pytest.raises(UserError, match="delete it"):
+        load_split(tmp_path / "bad.csv")
