@@ -47,7 +47,8 @@ class Example:
     Attributes:
         path: Absolute path of the image file.
         label: Normalised class name (see `normalise_label`).
-        group: Patient id when known, else "" (then the image is its own group).
+        group: Patient id when known (CSV column, Kermany file name, DICOM header),
+            else "" (then the image is its own group).
         raw_label: The folder name or CSV label it came from, for printing the mapping;
             not part of equality.
     """
@@ -138,7 +139,8 @@ def _from_tree(root: Path) -> list[Example]:
             continue  # an image outside any class folder has no label
         raw = class_folders[-1]
         label, raw = _kermany_label(raw, path.stem)
-        examples.append(Example(str(path.resolve()), label, _patient_from_name(path.stem), raw))
+        group = _patient_from_name(path.stem) or _dicom_patient(path)
+        examples.append(Example(str(path.resolve()), label, group, raw))
     return examples
 
 
@@ -157,6 +159,19 @@ def _patient_from_name(stem: str) -> str:
     return match.group(1) if match else ""
 
 
+def _dicom_patient(path: Path) -> str:
+    """A DICOM file's header Patient ID ("" for other files or an unreadable header)."""
+    if path.suffix.lower() != ".dcm":
+        return ""
+    from data.dicom import dicom_patient_id  # lazy: pydicom only for DICOM data
+    from data.images import DecodeFailure
+
+    try:
+        return dicom_patient_id(path) or ""
+    except DecodeFailure:
+        return ""  # decoding will skip the file and say why
+
+
 def _from_csv(csv_path: Path) -> list[Example]:
     rows = _read_csv_rows(csv_path)
     base = csv_path.parent.resolve()
@@ -169,7 +184,7 @@ def _from_csv(csv_path: Path) -> list[Example]:
         raw = row["label"].strip()
         if not raw:
             raise UserError(f"{csv_path} line {line}: empty label; give every row a class name.")
-        group = (row.get("patient_id") or "").strip()
+        group = (row.get("patient_id") or "").strip() or _dicom_patient(path)
         examples.append(Example(str(path), normalise_label(raw), group, raw))
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")

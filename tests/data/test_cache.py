@@ -44,12 +44,15 @@ def decode_calls(monkeypatch):
 def test_bad_files_are_skipped_with_reasons_and_counts_reconcile(tmp_path, examples):
     decoded = cache.load_decoded(examples, 16, tmp_path / "cache", progress=False)
     reasons = {os.path.basename(s.path): s.reason for s in decoded.skipped}
-    assert reasons == {"cut.png": "truncated image", "empty.png": "zero-byte file", "text.jpg": "not an image"}
+    assert reasons == {
+        "cut.png": "truncated image", "empty.png": "zero-byte file", "text.jpg": "not an image",
+    }
     assert len(decoded.examples) + len(decoded.skipped) == len(examples)
     assert decoded.images.shape == (3, 16, 16, 1) and decoded.images.dtype == np.uint8
     # Images line up with their examples.
     assert [int(im.mean()) for im in decoded.images] == [120, 200, 40]
-    assert [os.path.basename(e.path) for e in decoded.examples] == ["good120.png", "good200.png", "good40.png"]
+    names = [os.path.basename(e.path) for e in decoded.examples]
+    assert names == ["good120.png", "good200.png", "good40.png"]
 
 
 def test_second_call_reads_the_cache_without_decoding(tmp_path, examples, decode_calls):

@@ -68,7 +68,8 @@ def test_bad_files_fail_with_a_reason(tmp_path, name, content, reason):
 @pytest.mark.parametrize("name", ["cut.png", "cut.jpg"])
 def test_truncated_files_fail(tmp_path, name):
     rng = np.random.default_rng(0)
-    full = _save(tmp_path, "full" + name[-4:], Image.fromarray(rng.integers(0, 255, (64, 64), np.uint8)))
+    noise = Image.fromarray(rng.integers(0, 255, (64, 64), np.uint8))
+    full = _save(tmp_path, "full" + name[-4:], noise)
     data = full.read_bytes()
     (tmp_path / name).write_bytes(data[: len(data) // 2])
     with pytest.raises(DecodeFailure, match="truncated"):

@@ -64,7 +64,8 @@ def test_kermany_layout_labels_from_file_names_and_patient_groups(tmp_path):
     assert by_name["person3_bacteria_10.jpeg"].label == "Bacterial_Pneumonia"
     assert by_name["IM-0115-0001.jpeg"].label == "Normal"
     # The same patient appears in Kermany's train and val folders: one group, split by us.
-    assert by_name["person1_virus_6.jpeg"].group == by_name["person1_virus_7.jpeg"].group == "person1"
+    assert by_name["person1_virus_6.jpeg"].group == "person1"
+    assert by_name["person1_virus_7.jpeg"].group == "person1"
 
 
 def test_discover_is_sorted_and_deterministic(tmp_path):
@@ -77,7 +78,9 @@ def test_discover_is_sorted_and_deterministic(tmp_path):
 def test_csv_manifest_file_with_patient_ids(tmp_path):
     _touch(tmp_path, "img/1.png", "img/2.png", "img/3.png")
     csv_path = tmp_path / "labels.csv"
-    csv_path.write_text("path,label,patient_id\nimg/1.png,covid,p1\nimg/2.png,COVID,p1\nimg/3.png,NORMAL,\n")
+    csv_path.write_text(
+        "path,label,patient_id\nimg/1.png,covid,p1\nimg/2.png,COVID,p1\nimg/3.png,NORMAL,\n"
+    )
     examples = discover(csv_path)
     assert [(Path(e.path).name, e.label, e.group) for e in examples] == [
         ("1.png", "COVID", "p1"), ("2.png", "COVID", "p1"), ("3.png", "Normal", ""),
@@ -89,10 +92,13 @@ def test_folder_with_metadata_csv_uses_the_csv(tmp_path):
     _touch(tmp_path, "COVID/1.png", "Normal/2.png")
     # The CSV's labels win over folder names, and extra columns are ignored.
     (tmp_path / "metadata.csv").write_text(
-        "path,label,patient_id,source\nCOVID/1.png,Viral_Pneumonia,person9,x\nNormal/2.png,Normal,,y\n"
+        "path,label,patient_id,source\n"
+        "COVID/1.png,Viral_Pneumonia,person9,x\nNormal/2.png,Normal,,y\n"
     )
     examples = discover(tmp_path)
-    assert [(e.label, e.group) for e in examples] == [("Viral_Pneumonia", "person9"), ("Normal", "")]
+    assert [(e.label, e.group) for e in examples] == [
+        ("Viral_Pneumonia", "person9"), ("Normal", ""),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -123,3 +129,16 @@ def test_missing_path_no_images_and_one_class_are_user_errors(tmp_path):
     _touch(tmp_path, "COVID/a.png")
     with pytest.raises(UserError, match="Only one class"):
         discover(tmp_path)
+
+
+def test_dicom_patient_id_from_the_header_when_nothing_else_says(tmp_path, monkeypatch):
+    import data.dicom
+
+    monkeypatch.setattr(data.dicom, "dicom_patient_id", lambda path: f"pid-{Path(path).stem}")
+    _touch(tmp_path, "COVID/a.dcm", "Normal/b.DCM", "Normal/c.png")
+    (tmp_path / "manifest.csv").write_text(
+        "path,label,patient_id\nCOVID/a.dcm,COVID,\nNormal/b.DCM,Normal,p2\n"
+    )
+    assert [e.group for e in discover(tmp_path)] == ["pid-a", "p2"]
+    (tmp_path / "manifest.csv").unlink()
+    assert [e.group for e in discover(tmp_path)] == ["pid-a", "pid-b", ""]

@@ -7,16 +7,16 @@ from data.pipeline import make_dataset
 
 def _images(count, size=16):
     # Image i is filled with the value 10 * i, so a batch shows which rows it holds.
-    return np.repeat(np.arange(count, dtype=np.uint8)[:, None, None, None] * 10, size * size).reshape(
-        count, size, size, 1
-    )
+    levels = np.arange(count, dtype=np.uint8) * 10
+    return np.broadcast_to(levels[:, None, None, None], (count, size, size, 1)).copy()
 
 
 def test_batches_have_the_promised_shapes_dtypes_and_aligned_labels():
     images, labels = _images(10), np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
     weights = np.array([0.5, 1.0, 2.0])[labels]
     seen = []
-    for batch, one_hot, batch_weights in make_dataset(images, labels, weights, 3, 4, shuffle=True, seed=1):
+    dataset = make_dataset(images, labels, weights, 3, 4, shuffle=True, seed=1)
+    for batch, one_hot, batch_weights in dataset:
         assert batch.dtype.name == "uint8" and tuple(batch.shape[1:]) == (16, 16, 1)
         assert one_hot.dtype.name == "float32" and batch_weights.dtype.name == "float32"
         rows = batch.numpy()[:, 0, 0, 0] // 10

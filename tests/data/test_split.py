@@ -33,7 +33,8 @@ def test_no_group_in_two_splits_and_every_class_in_every_split():
             splits_of_group[group].add(split)
     assert all(len(s) == 1 for s in splits_of_group.values())
     for split in ("train", "val", "test"):
-        assert {l for l, s in zip(labels, splits) if s == split} == {"COVID", "Normal", "Viral_Pneumonia"}
+        present = {label for label, s in zip(labels, splits) if s == split}
+        assert present == {"COVID", "Normal", "Viral_Pneumonia"}
     counts = {s: splits.count(s) for s in ("train", "val", "test")}
     assert counts["train"] > counts["val"] + counts["test"]
 
@@ -47,7 +48,8 @@ def test_same_seed_same_split_other_seed_other_split():
 def test_class_with_too_few_groups_is_named():
     labels = ["COVID"] * 4 + ["Normal"] * 20
     groups = ["p1", "p1", "p2", "p3"] + [""] * 20
-    with pytest.raises(UserError, match=r"Class COVID has 4 image\(s\) in 3 patient group\(s\).*at least 7"):
+    message = r"Class COVID has 4 image\(s\) in 3 patient group\(s\).*at least 7"
+    with pytest.raises(UserError, match=message):
         split_by_group(labels, groups)
 
 
