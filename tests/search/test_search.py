@@ -1,0 +1,99 @@
+"""A tiny end-to-end search: TensorBoard HParams per trial, resume, best trials."""
+
+import json
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from hypermodels.classifier import OBJECTIVE
+from search.config import new_config
+from search.run import run_search
+
+
+def _config(run_dir, data, **changes):
+    settings = dict(backbones=("vanilla_cnn",), image_size=32, max_epochs=2, factor=2,
+                    batch_size=16, seed=3)
+    settings.update(changes)
+    return new_config(str(run_dir), str(data), weights="none", **settings)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, demo_data):
+    run_dir = tmp_path_factory.mktemp("run") / "r"
+    best = run_search(_config(run_dir, demo_data), log=lambda line: None)
+    return run_dir, best
+
+
+def _session_hparams(trial_dir: Path) -> dict:
+    """HParams of one TensorBoard session, read back with TensorBoard's own reader."""
+    acc = event_accumulator.EventAccumulator(str(trial_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    values = {}
+    for name, value in info.hparams.items():
+        kind = value.WhichOneof("kind")
+        values[name] = getattr(value, kind)
+    return values
+
+
+def test_every_trial_is_an_hparams_session_with_bracket_round_and_objective(finished_run):
+    run_dir, best = finished_run
+    trials = sorted(p.parent.name.replace("trial_", "") for p in (run_dir / "tuner").glob("trial_*/trial.json"))
+    assert len(trials) == best["trials"] >= 2
+    for trial_id in trials:
+        hparams = _session_hparams(run_dir / "tensorboard" / trial_id)
+        assert {"backbone", "learning_rate", "tuner/bracket", "tuner/round"} <= set(hparams)
+        acc = event_accumulator.EventAccumulator(str(run_dir / "tensorboard" / trial_id))
+        acc.Reload()
+        assert OBJECTIVE in acc.Tags()["tensors"]
+
+
+def test_experiment_summary_names_the_weighted_loss_metric(finished_run):
+    run_dir, _ = finished_run
+    acc = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/experiment"]
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+    assert OBJECTIVE in [m.name.tag for m in experiment.metric_infos]
+    assert {"backbone", "learning_rate", "tuner/bracket"} <= {h.name for h in experiment.hparam_infos}
+
+
+def test_best_hyperparameters_file_ranks_on_the_weighted_loss(finished_run):
+    run_dir, best = finished_run
+    saved = json.loads((run_dir / "best_hyperparameters.json").read_text())
+    assert saved == best
+    assert saved["objective"] == {"name": OBJECTIVE, "direction": "min"}
+    scores = [t[OBJECTIVE] for t in saved["top"]]
+    assert scores == sorted(scores)
+    assert saved["best"]["hyperparameters"]["backbone"] == "vanilla_cnn"
+
+
+def test_run_directory_holds_config_split_and_skipped(finished_run):
+    run_dir, _ = finished_run
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["class_names"] == ["COVID", "Normal", "Viral_Pneumonia"]
+    assert set(config["class_weights"]) == set(config["class_names"])
+    assert config["counts"]["used"] == config["counts"]["train"] + config["counts"]["val"] + config["counts"]["test"]
+    assert (run_dir / "split.csv").is_file() and (run_dir / "skipped.csv").is_file()
+
+
+def test_resuming_a_finished_run_adds_no_trials(finished_run, demo_data):
+    run_dir, best = finished_run
+    split_before = (run_dir / "split.csv").read_text()
+    again = run_search(_config(run_dir, demo_data), log=lambda line: None)
+    assert again["trials"] == best["trials"]
+    assert (run_dir / "split.csv").read_text() == split_before
+
+
+def test_same_seed_gives_same_split_and_trial_sequence(tmp_path, demo_data):
+    runs = []
+    for name in ("a", "b"):
+        config = _config(tmp_path / name, demo_data, tuner="random", max_trials=3, max_epochs=1)
+        run_search(config, log=lambda line: None)
+        trials = sorted((tmp_path / name / "tuner").glob("trial_*/trial.json"))
+        hps = [json.loads(t.read_text())["hyperparameters"]["values"] for t in trials]
+        runs.append(((tmp_path / name / "split.csv").read_text().replace(str(tmp_path / name), ""), hps))
+    assert runs[0] == runs[1]
