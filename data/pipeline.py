@@ -25,7 +25,7 @@ CONTRAST_RANGE = (0.9, 1.1)
 
 def make_dataset(
     images, labels, sample_weights, num_classes: int, batch_size: int,
-    shuffle: bool = False, seed: int = 0, augment: bool = False,
+    shuffle: bool = False, seed: int = 0, augment: bool = False, rows=None,
 ) -> tf.data.Dataset:
     """Batches of ``(uint8 (B,S,S,1), one-hot float32 (B,K), float32 weights (B,))``.
 
@@ -38,15 +38,18 @@ def make_dataset(
         shuffle: Reshuffle every epoch (seeded).
         seed: Seed for shuffling and augmentation.
         augment: Apply the mild augmentation described in the module docstring.
+        rows: Optional row of ``images`` for each label, e.g. one split's indices into
+            the whole cache; avoids ``images[idx]``, which copies that split into RAM.
     """
     labels = tf.constant(np.asarray(labels, dtype=np.int32))
     count = int(labels.shape[0])
     weights = np.ones(count) if sample_weights is None else np.asarray(sample_weights)
     weights = tf.constant(weights.astype(np.float32))
     image_shape = tuple(images.shape[1:])
+    rows = np.arange(count) if rows is None else np.asarray(rows, dtype=np.int64)
 
     def load(indices):
-        batch = tf.numpy_function(lambda i: images[i], [indices], tf.uint8, stateful=False)
+        batch = tf.numpy_function(lambda i: images[rows[i]], [indices], tf.uint8, stateful=False)
         batch.set_shape((None, *image_shape))
         one_hot = tf.one_hot(tf.gather(labels, indices), num_classes, dtype=tf.float32)
         return batch, one_hot, tf.gather(weights, indices)

@@ -41,3 +41,10 @@ def test_augmentation_keeps_uint8_and_shape_and_changes_pixels():
     assert batch.dtype.name == "uint8" and batch.shape == (6, 32, 32, 1)
     assert not np.array_equal(batch.numpy(), images)
     assert np.array_equal(one_hot.numpy().argmax(1), labels)  # labels are not augmented
+
+
+def test_rows_select_from_the_whole_array_without_copying_it():
+    images = _images(6)
+    (batch, one_hot, _), = list(make_dataset(images, [1, 0], None, 2, 8, rows=[4, 1]))
+    assert batch.numpy()[:, 0, 0, 0].tolist() == [40, 10]
+    assert one_hot.numpy().argmax(1).tolist() == [1, 0]
