@@ -100,7 +100,8 @@ def _check_decoder(dataset) -> None:
 def _install_hint(decoder) -> str:
     """pydicom's own note on what is missing, preferring the pylibjpeg route (pip-only)."""
     notes = list(decoder.missing_dependencies)
-    chosen = next((note for note in notes if note.startswith("pylibjpeg")), notes[0] if notes else "")
+    preferred = [note for note in notes if note.startswith("pylibjpeg")] + notes
+    chosen = preferred[0] if preferred else ""
     return "install " + chosen.split(" - requires ", 1)[-1] if chosen else "no decoder known"
 
 

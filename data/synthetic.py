@@ -59,7 +59,8 @@ def phantom(label: str, rng: np.random.Generator, size: int = 128) -> tuple[np.n
     """
     if label not in CLASS_NAMES:
         raise ValueError(f"unknown class {label!r}; expected one of {CLASS_NAMES}")
-    rows, cols = _grid(size, rng.uniform(-0.04, 0.04, 2), rng.uniform(0.9, 1.1, 2), rng.uniform(-6, 6))
+    shift, zoom, degrees = rng.uniform(-0.04, 0.04, 2), rng.uniform(0.9, 1.1, 2), rng.uniform(-6, 6)
+    rows, cols = _grid(size, shift, zoom, degrees)
     lungs = _lungs(rows, cols, scales=rng.uniform(0.9, 1.1, (2, 2)))
     density = _anatomy(rows, cols, lungs, rng)
     lesion = _lesions(label, rows, cols, lungs, rng) if label != "Normal" else np.zeros_like(rows)
@@ -100,7 +101,8 @@ def _anatomy(rows, cols, lungs, rng) -> np.ndarray:
     """Density of everything but the lesions: body, air in the lungs, ribs, heart, spine."""
     body = _ellipse(rows, cols, (0.58, 0.5), (0.62, rng.uniform(0.4, 0.5)), softness=0.08)
     ribs = _ribs(rows, cols, phase=rng.uniform(0, 1), count=rng.uniform(6.0, 7.5))
-    heart = _ellipse(rows, cols, (0.66, 0.55), (0.13, 0.15) * rng.uniform(0.9, 1.1, 2), softness=0.3)
+    heart_radii = np.array((0.13, 0.15)) * rng.uniform(0.9, 1.1, 2)
+    heart = _ellipse(rows, cols, (0.66, 0.55), heart_radii, softness=0.3)
     mediastinum = np.clip(1.0 - np.abs(cols - 0.5) / 0.07, 0.0, 1.0) * (rows > 0.1)
     spine = (np.abs(cols - 0.5) < 0.035) * (0.8 + 0.2 * (np.sin(rows * 2 * np.pi * 12) > 0))
     density = 0.45 * body - 0.3 * lungs + 0.1 * ribs * body
