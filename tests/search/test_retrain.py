@@ -1,0 +1,70 @@
+"""Retraining the search's winners: ranked on validation only, best epoch kept, re-runnable."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from data.errors import UserError
+from hypermodels.classifier import OBJECTIVE
+from search import dataset
+from search.config import load_config
+from search.retrain import best_winner, retrain, trial_hyperparameters
+
+
+def _summary(run_dir):
+    return json.loads((run_dir / "winners" / "summary.json").read_text())
+
+
+def test_winners_are_ranked_by_mean_validation_loss_with_spread_over_seeds(retrained_run):
+    winners = _summary(retrained_run)["winners"]
+    assert len(winners) == 2
+    means = [w[OBJECTIVE]["mean"] for w in winners]
+    assert means == sorted(means)
+    for rank, winner in enumerate(winners, start=1):
+        losses = [s[OBJECTIVE] for s in winner["seeds"]]
+        assert [s["seed"] for s in winner["seeds"]] == [1, 2]
+        assert winner[OBJECTIVE]["mean"] == pytest.approx(np.mean(losses))
+        assert winner[OBJECTIVE]["std"] == pytest.approx(np.std(losses, ddof=1))
+        folder = retrained_run / "winners" / f"{rank}-{winner['trial_id']}"
+        assert {p.name for p in folder.iterdir()} == {"model.keras", "history.json", "hyperparameters.json"}
+    assert best_winner(retrained_run).name == winners[0]["dir"]
+
+
+def test_saved_model_is_the_best_seed_at_its_best_epoch(retrained_run):
+    """The saved weights reproduce the best validation loss seen, not the last epoch's."""
+    winner = _summary(retrained_run)["winners"][0]
+    data = dataset.prepare(load_config(retrained_run), progress=False)
+    model = keras.saving.load_model(best_winner(retrained_run) / "model.keras")
+    scores = model.evaluate(data.dataset("val"), return_dict=True, verbose=0)
+    assert scores["weighted_loss"] == pytest.approx(winner[OBJECTIVE]["best"], rel=1e-4)
+    history = json.loads((best_winner(retrained_run) / "history.json").read_text())
+    assert min(history[OBJECTIVE]) == pytest.approx(winner[OBJECTIVE]["best"])
+
+
+def test_retrain_never_reads_the_test_split_and_replaces_old_winners(run_copy, monkeypatch):
+    read = []
+    original = dataset.RunData.dataset
+    monkeypatch.setattr(dataset.RunData, "dataset",
+                        lambda self, name, **kw: read.append(name) or original(self, name, **kw))
+    summary = retrain(load_config(run_copy), top_k=1, seeds=1, max_epochs=1, augment=False, log=lambda line: None)
+    assert "test" not in read and set(read) == {"train", "val"}
+    assert len(summary["winners"]) == 1 and not summary["augment"]
+    assert sorted(p.name for p in (run_copy / "winners").iterdir()) == [summary["winners"][0]["dir"], "summary.json"]
+
+
+def test_rebuilt_hyperparameters_are_the_trials(retrained_run):
+    best = json.loads((retrained_run / "best_hyperparameters.json").read_text())["top"][0]
+    hp = trial_hyperparameters(load_config(retrained_run), best["trial_id"])
+    assert {k: hp.values[k] for k in best["hyperparameters"]} == best["hyperparameters"]
+
+
+def test_missing_search_results_are_a_user_error(tmp_path, retrained_run):
+    config = load_config(retrained_run).replace(run_dir=str(tmp_path))
+    with pytest.raises(UserError, match="search"):
+        retrain(config)
+    with pytest.raises(UserError, match="retrain"):
+        best_winner(tmp_path)
+    with pytest.raises(UserError, match="missing"):
+        trial_hyperparameters(config, "9999")
