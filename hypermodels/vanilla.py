@@ -5,12 +5,17 @@ from __future__ import annotations
 import keras
 
 # Grad-CAM target: the last block's activation, as for the keras.applications models.
-LAST_CONV_LAYER = "block3_relu"
-_FILTERS = (32, 64, 128)
+LAST_CONV_LAYER = "block5_relu"
+_FILTERS = (16, 32, 64, 128, 128)
 
 
 def VanillaCNN(include_top=False, weights=None, input_tensor=None, input_shape=None):  # noqa: N802
-    """Builds three conv-pool blocks with the ``keras.applications`` signature.
+    """Builds five conv-BN-ReLU blocks with the ``keras.applications`` signature.
+
+    Five blocks (four poolings), not the tutorials' three: chest findings are told
+    apart partly by *where* they sit, and after global pooling a network only
+    knows position if its receptive field spans the image (three blocks at 64 px
+    left the demo's upper- vs lower-zone classes at chance).
 
     Args:
         include_top: Must be False; the HyperModel adds the classifier head.
