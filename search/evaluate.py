@@ -67,7 +67,8 @@ def _default_out(config: RunConfig, data) -> Path:
 
 
 def _test_split(config: RunConfig):
-    run_data = dataset.prepare(config, progress=False)
+    # Read the saved split: a run started with --overwrite keeps that flag in config.json.
+    run_data = dataset.prepare(config.replace(overwrite=False), progress=False)
     rows = run_data.indices("test")
     return run_data.images[rows], run_data.labels[rows], [run_data.examples[i].path for i in rows]
 
@@ -79,7 +80,8 @@ def _external(config: RunConfig, data: str, log):
     if unknown:
         raise UserError(f"{data} holds classes the model does not know: {', '.join(unknown)} (it knows "
                         f"{', '.join(config.class_names)}); remove or rename those folders/labels.")
-    decoded = cache.load_decoded(examples, config.image_size, config.path / "cache", progress=False)
+    # A cache of its own: sharing the run's would reorder it and force the test split to re-decode.
+    decoded = cache.load_decoded(examples, config.image_size, config.path / "cache" / "external", progress=False)
     for skipped in decoded.skipped:
         log(f"skipped {skipped.path}: {skipped.reason}")
     labels = np.array([config.class_names.index(e.label) for e in decoded.examples])

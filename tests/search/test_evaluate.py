@@ -1,0 +1,74 @@
+"""Evaluate: the figures, pictures and report a person reads, on the test split or an external set."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+from data.errors import UserError
+from search.config import load_config
+from search.evaluate import evaluate
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _predictions(report_dir):
+    with open(report_dir / "predictions.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_metrics_match_sklearn_on_the_written_test_predictions(evaluated_run):
+    report_dir = evaluated_run / "report"
+    metrics = json.loads((report_dir / "metrics.json").read_text())
+    rows = _predictions(report_dir)
+    names = metrics["class_names"]
+    y_true = [names.index(r["true"]) for r in rows]
+    y_pred = [names.index(r["predicted"]) for r in rows]
+    config = load_config(evaluated_run)
+    assert metrics["n"] == len(rows) == config.counts["test"]
+    assert metrics["accuracy"]["value"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert metrics["macro_f1"]["value"] == pytest.approx(
+        f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0))
+    assert metrics["confusion_matrix"]["matrix"] == confusion_matrix(y_true, y_pred, labels=range(3)).tolist()
+    probs = np.array([[float(r[f"p_{n}"]) for n in names] for r in rows])
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+    for figure in ("accuracy", "macro_f1", "covid_sensitivity", "covid_specificity"):
+        assert "ci95" in metrics[figure]
+    assert {"tp", "fp", "tn", "fn"} <= set(metrics["per_class"]["COVID"]) and "value" in metrics["ece"]
+
+
+def test_report_links_pictures_and_galleries_that_exist(evaluated_run):
+    report_dir = evaluated_run / "report"
+    text = (report_dir / "report.md").read_text()
+    linked = [line.split("](")[1].rstrip(")") for line in text.splitlines() if "](" in line]
+    assert {"training_curves.png", "confusion_matrix.png", "roc.png"} <= set(linked)
+    galleries = [link for link in linked if link.startswith("gradcam/")]
+    assert galleries
+    for link in linked:
+        assert (report_dir / link).read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_external_set_with_a_class_missing_is_evaluated_in_its_own_folder(retrained_run, demo_data, tmp_path):
+    external = tmp_path / "hospital_b"
+    for name in ("COVID", "Normal"):
+        (external / name).mkdir(parents=True)
+        for image in sorted((demo_data / name).glob("*.png"))[:4]:
+            shutil.copy(image, external / name / image.name)
+    metrics = evaluate(load_config(retrained_run), data=str(external), log=lambda line: None)
+    out = retrained_run / "report" / "external-hospital_b"
+    assert metrics["n"] == 8 and json.loads((out / "metrics.json").read_text())["n"] == 8
+    assert metrics["per_class"]["Viral_Pneumonia"]["support"] == 0
+    assert metrics["roc_auc"]["per_class"]["Viral_Pneumonia"] is None
+    assert (out / "report.md").is_file()
+
+
+def test_external_set_with_an_unknown_class_is_a_user_error(retrained_run, demo_data, tmp_path):
+    external = tmp_path / "other"
+    for name in ("COVID", "Tuberculosis"):
+        (external / name).mkdir(parents=True)
+        shutil.copy(next((demo_data / "COVID").glob("*.png")), external / name / "a.png")
+    with pytest.raises(UserError, match="Tuberculosis"):
+        evaluate(load_config(retrained_run), data=str(external), out=tmp_path / "out", log=lambda line: None)

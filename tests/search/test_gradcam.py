@@ -1,0 +1,119 @@
+"""Grad-CAM: it runs on every backbone, flat or nested, and it points at the lesion."""
+
+import keras
+import keras_tuner
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from data.errors import UserError
+from data.synthetic import CLASS_NAMES, phantom
+from hypermodels.classifier import XrayClassifier
+from hypermodels.layers import XrayPreprocess
+from hypermodels.registry import BACKBONES
+from search import gradcam
+
+SIZE = 64
+REQUIRED_SHARE = 0.6
+
+
+def _size(spec):
+    return max(spec.min_size, 32)
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_heatmap_for_every_registered_backbone(name):
+    spec = BACKBONES[name]
+    keras.backend.clear_session()
+    model = XrayClassifier(3, _size(spec), (name,), "none").build(keras_tuner.HyperParameters())
+    assert gradcam.default_layer(model) == spec.last_conv_layer
+    images = np.random.default_rng(0).integers(0, 256, (2, _size(spec), _size(spec), 1)).astype("uint8")
+    maps = gradcam.heatmaps(gradcam.gradcam_model(model, spec.last_conv_layer), images)
+    assert maps.shape[0] == 2 and np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_nested_backbone_is_explained_without_graph_disconnected(name):
+    """A user's model with the keras.applications model as one layer: no 'Graph disconnected'."""
+    spec, size = BACKBONES[name], _size(BACKBONES[name])
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    base = spec.constructor(include_top=False, weights=None, input_shape=(size, size, 3))
+    nested = keras.Sequential([keras.Input((size, size, 1), dtype="uint8"), XrayPreprocess(spec.preprocess),
+                               base, keras.layers.GlobalAveragePooling2D(),
+                               keras.layers.Dense(3, activation="softmax")])
+    explainer = gradcam.gradcam_model(nested, spec.last_conv_layer)
+    activations, scores = explainer(np.zeros((1, size, size, 1), "uint8"))
+    assert activations.shape[1:] == base.get_layer(spec.last_conv_layer).output.shape[1:]
+    assert np.allclose(keras.ops.softmax(scores), nested(np.zeros((1, size, size, 1), "uint8")), atol=1e-5)
+
+
+def test_unknown_layer_is_a_user_error_naming_the_layers():
+    model = XrayClassifier(3, 32, ("vanilla_cnn",), "none").build(keras_tuner.HyperParameters())
+    with pytest.raises(UserError, match="no layer 'conv99'.*--layer"):
+        gradcam.gradcam_model(model, "conv99")
+
+
+def _phantoms(n_per_class, seed):
+    images, masks, labels = [], [], []
+    for index, name in enumerate(CLASS_NAMES):
+        for i in range(n_per_class):
+            image, mask = phantom(name, np.random.default_rng([seed, index, i]), SIZE)
+            images.append(image)
+            masks.append(mask)
+            labels.append(index)
+    return np.stack(images)[..., None], np.stack(masks), np.array(labels)
+
+
+def _share_of_maxima_in(maps, masks):
+    peaks = [np.unravel_index(gradcam.upsample(m, SIZE).argmax(), (SIZE, SIZE)) for m in maps]
+    return float(np.mean([mask[row, col] for mask, (row, col) in zip(masks, peaks)]))
+
+
+def test_heatmap_maximum_falls_on_the_lesion():
+    """The Grad-CAM maximum lies on the lesion of >= 60% of correctly classified sick images.
+
+    A vanilla_cnn trained for 10 epochs on 240 phantoms at 64 px, whose class signal
+    is an opacity in a known zone (COVID low and lateral, viral pneumonia high and
+    medial), is explained at the registry's layer on 90 new phantoms. A heatmap
+    cannot place its maximum finer than one of its cells (16 px at 64 px for a
+    4x4 map), so "on the lesion" means within half a cell of the lesion mask.
+
+    Why 60%: those dilated masks cover under 30% of an image (asserted), so a
+    heatmap that ignores the lesions lands on one with about that chance; we
+    measured about 80%. 60% is twice the worst chance level and leaves room for a
+    small model that also uses the lung edges. Random heatmaps are checked to fail,
+    so the test can fail.
+    """
+    train_x, _, train_y = _phantoms(80, seed=1)
+    test_x, test_masks, test_y = _phantoms(30, seed=2)
+    keras.utils.set_random_seed(0)
+    model = XrayClassifier(3, SIZE, ("vanilla_cnn",), "none").build(keras_tuner.HyperParameters())
+    model.fit(train_x, keras.utils.to_categorical(train_y, 3), epochs=10, batch_size=16, verbose=0)
+
+    predicted = model.predict(test_x, verbose=0).argmax(axis=1)
+    sick = np.flatnonzero((predicted == test_y) & (test_y != CLASS_NAMES.index("Normal")))
+    assert len(sick) >= 20, "the model must classify enough sick phantoms correctly to judge"
+    maps = gradcam.heatmaps(gradcam.gradcam_model(model, gradcam.default_layer(model)), test_x[sick])
+    half_cell = max(1, SIZE // maps.shape[1] // 2)
+    masks = np.stack([ndimage.binary_dilation(test_masks[i], iterations=half_cell) for i in sick])
+    random_maps = np.random.default_rng(0).random(maps.shape)
+
+    assert masks.mean() < 0.3
+    assert _share_of_maxima_in(random_maps, masks) < REQUIRED_SHARE / 2
+    assert _share_of_maxima_in(maps, masks) >= REQUIRED_SHARE
+
+
+def test_galleries_and_overlays_are_pngs(tmp_path):
+    model = XrayClassifier(3, 32, ("vanilla_cnn",), "none").build(keras_tuner.HyperParameters())
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1)).astype("uint8")
+    probs = model.predict(images, verbose=0)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    explainer = gradcam.gradcam_model(model, gradcam.default_layer(model))
+    pages = gradcam.write_galleries(explainer, images, labels, probs, CLASS_NAMES, tmp_path)
+    predicted = probs.argmax(axis=1)
+    expected = {f"{CLASS_NAMES[c]} {'correct' if ok else 'incorrect'}" for c, ok in zip(labels, predicted == labels)}
+    assert set(pages) == expected
+    assert all(path.read_bytes().startswith(b"\x89PNG") for path in pages.values())
+    picture = gradcam.overlay(images[0], np.eye(4))
+    assert picture.shape == (32, 32, 3) and picture.dtype == np.uint8
