@@ -55,12 +55,13 @@ def search_options(function):
         click.option("--tuner", type=click.Choice(["hyperband", "bayesian", "random"]),
                      default="hyperband", show_default=True),
         click.option("--max-epochs", type=click.IntRange(1), default=None,
-                     help="Most epochs for one model. Default: 6 for the demo, else 9."),
+                     help="Most epochs for one model. Default: 8 for the demo, else 9."),
         click.option("--factor", type=click.IntRange(2), default=3, show_default=True,
                      help="Hyperband's reduction factor."),
         click.option("--max-trials", type=click.IntRange(1), default=20, show_default=True,
                      help="Trial budget of the bayesian and random tuners."),
-        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1), default=None,
+                     help="Default: 16 for the demo, else 32."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Same seed, same split and same trial sequence."),
         click.option("--overwrite", is_flag=True, help="Start over instead of resuming."),
@@ -79,13 +80,28 @@ def _config(options: dict):
 
 @cli.command()
 @search_options
-def search(**options):
-    """Search the best classifier for the data (resumes an existing run)."""
+@click.option("--no-retrain", is_flag=True,
+              help="Stop after the search (no retrain, evaluate, Grad-CAM or export).")
+def search(no_retrain, **options):
+    """Search the best classifier for the data (resumes an existing run).
+
+    Then retrains the top 3 configurations, evaluates the best on the test split
+    with Grad-CAM galleries and exports it, unless --no-retrain.
+    """
     from search.run import run_search
 
     config = _config(options)
     best = run_search(config, log=click.echo)
     _print_best(best, config.path)
+    if not no_retrain:
+        from search.evaluate import evaluate
+        from search.export import export_model
+        from search.retrain import retrain
+
+        saved = _run_config(config.run_dir)  # with the class names the data stage found
+        retrain(saved, log=click.echo)
+        evaluate(saved, log=click.echo)
+        export_model(saved, log=click.echo)
 
 
 def _print_best(best: dict, run_dir: Path) -> None:
@@ -108,6 +124,94 @@ def backbones():
         weights = spec.weight_file(spec.default_size) if spec.pretrainable else "(from scratch only)"
         click.echo(f"{spec.name:<16} size {spec.default_size:>3} (min {spec.min_size:>2})  "
                    f"grad-cam {spec.last_conv_layer:<20} {weights}")
+
+
+def _run_config(run_dir):
+    from search.config import load_config
+
+    return load_config(run_dir)
+
+
+_run_dir_argument = click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+
+
+@cli.command()
+@_run_dir_argument
+@click.option("--top-k", type=click.IntRange(1), default=3, show_default=True,
+              help="How many of the best distinct configurations to retrain.")
+@click.option("--seeds", type=click.IntRange(1), default=1, show_default=True,
+              help="Trainings per configuration (seeds seed, seed+1, ...); ranks on their mean.")
+@click.option("--max-epochs", type=click.IntRange(1), default=None,
+              help="Most epochs per training (early stopping usually ends sooner). Default: twice the search's.")
+@click.option("--no-augment", is_flag=True, help="Train without augmentation.")
+def retrain(run_dir, top_k, seeds, max_epochs, no_augment):
+    """Retrain the search's top configurations from scratch and rank them on validation."""
+    from search.retrain import retrain as retrain_winners
+
+    summary = retrain_winners(_run_config(run_dir), top_k=top_k, seeds=seeds, max_epochs=max_epochs,
+                              augment=not no_augment, log=click.echo)
+    click.echo(f"best: {summary['winners'][0]['dir']} (see {Path(run_dir) / 'winners' / 'summary.json'})")
+
+
+@cli.command()
+@_run_dir_argument
+@click.option("--data", type=click.Path(exists=True), default=None,
+              help="Another labelled folder or CSV with the run's class names. Default: the test split.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder. Default: RUN_DIR/report (RUN_DIR/report/external-NAME with --data).")
+@click.option("--layer", default=None, help="Grad-CAM layer. Default: the backbone's from the registry.")
+def evaluate(run_dir, data, out, layer):
+    """Evaluate the best winner once: metrics.json, pictures, Grad-CAM galleries, report.md."""
+    from search.evaluate import evaluate as evaluate_winner
+
+    evaluate_winner(_run_config(run_dir), data=data, out=out, layer=layer, log=click.echo)
+
+
+@cli.command()
+@_run_dir_argument
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for the overlays. Default: RUN_DIR/report/gradcam-images.")
+@click.option("--class", "class_name", default=None, help="Class to explain. Default: the predicted one.")
+@click.option("--layer", default=None, help="Grad-CAM layer. Default: the backbone's from the registry.")
+def gradcam(run_dir, images, out, class_name, layer):
+    """Write Grad-CAM overlays for images, explained by the run's model."""
+    from search.predict import predict_images
+
+    out = out or Path(run_dir) / "report" / "gradcam-images"
+    entries = predict_images(run_dir, images, gradcam_dir=out, target_class=class_name, layer=layer)
+    for entry in entries:
+        click.echo(f"{entry['path']}: " + (f"error: {entry['error']}" if "error" in entry else
+                                           f"{entry['predicted']} -> {entry['gradcam']}"))
+
+
+@cli.command()
+@_run_dir_argument
+@click.option("--format", "formats", callback=_csv, default="keras,savedmodel,tflite", show_default=True,
+              help="Comma-separated formats to write.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder. Default: RUN_DIR/export.")
+def export(run_dir, formats, out):
+    """Export the best winner with a model card (class names, input, metrics, hashes)."""
+    from search.export import export_model
+
+    card = export_model(_run_config(run_dir), formats=formats, out=out, log=click.echo)
+    for name, difference in card["agreement"]["max_abs_probability_difference"].items():
+        click.echo(f"  {name}: largest probability difference to the model on the test split {difference:.2e}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--gradcam", "gradcam_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write Grad-CAM overlays into this folder.")
+def predict(model, images, gradcam_dir):
+    """Print JSON class probabilities for images. MODEL: a run directory or a .keras file."""
+    import json
+
+    from search.predict import predict_images
+
+    click.echo(json.dumps(predict_images(model, images, gradcam_dir=gradcam_dir), indent=2))
 
 
 def main():

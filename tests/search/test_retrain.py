@@ -68,3 +68,17 @@ def test_missing_search_results_are_a_user_error(tmp_path, retrained_run):
         best_winner(tmp_path)
     with pytest.raises(UserError, match="missing"):
         trial_hyperparameters(config, "9999")
+
+
+def test_retrain_then_evaluate_commands_on_an_existing_run(run_copy):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["retrain", str(run_copy), "--top-k", "1", "--max-epochs", "1", "--no-augment"])
+    assert result.exit_code == 0, result.output
+    assert "best: 1-" in result.output
+    result = runner.invoke(cli, ["evaluate", str(run_copy)])
+    assert result.exit_code == 0, result.output
+    assert (run_copy / "report" / "metrics.json").is_file()
