@@ -12,7 +12,7 @@ TUNERS = ("hyperband", "bayesian", "random")
 CONFIG_FILE = "config.json"
 # Settings that may differ between the first run and a resume without changing
 # what the search means.
-_RESUMABLE = {"run_dir", "overwrite", "class_weights", "class_names", "counts"}
+_RESUMABLE = {"run_dir", "overwrite", "class_weights", "class_names", "counts", "audit"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,7 @@ class RunConfig:
         class_names: Filled by the data stage: sorted class names.
         class_weights: Filled by the data stage: ``compute_class_weight("balanced")``.
         counts: Filled by the data stage: images found, used, skipped, per split.
+        audit: Filled by the data stage: the leakage audit's counts for the split.
     """
 
     run_dir: str
@@ -55,6 +56,7 @@ class RunConfig:
     class_names: tuple[str, ...] = ()
     class_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    audit: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -84,10 +86,11 @@ class RunConfig:
 
 # The demo data are small phantoms: ImageNet features are no help and would need
 # a download, so the demo trains small models from scratch at a small size.
+# Batches of 16 give the from-scratch demo models enough steps to learn in 8 epochs.
 DEMO_DEFAULTS = dict(backbones=("vanilla_cnn", "mobilenet_025"), image_size=64, weights="none",
-                     max_epochs=6)
+                     max_epochs=8, batch_size=16)
 DATA_DEFAULTS = dict(backbones=("efficientnet_b0", "mobilenet_v2", "resnet50", "densenet121"),
-                     image_size=224, weights="imagenet", max_epochs=9)
+                     image_size=224, weights="imagenet", max_epochs=9, batch_size=32)
 
 
 def new_config(run_dir: str, data: str | None = None, **given) -> RunConfig:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data import cache, manifest, pipeline, split, synthetic
+from data import audit, cache, manifest, pipeline, split, synthetic
 from data.errors import UserError
 from data.weights import class_weights
 from search.config import RunConfig
@@ -48,9 +48,10 @@ class RunData:
         idx = self.indices(name)
         names = self.config.class_names
         weights = np.array([self.config.class_weights[names[i]] for i in self.labels[idx]], "float32")
+        # rows= gathers batches from the memmap instead of copying the split into RAM.
         return pipeline.make_dataset(
-            self.images[idx], self.labels[idx], weights, len(names), self.config.batch_size,
-            shuffle=shuffle, seed=self.config.seed, augment=augment)
+            self.images, self.labels[idx], weights, len(names), self.config.batch_size,
+            shuffle=shuffle, seed=self.config.seed, augment=augment, rows=idx)
 
 
 def data_root(config: RunConfig) -> Path:
@@ -81,11 +82,26 @@ def prepare(config: RunConfig, progress: bool = True) -> RunData:
         examples = manifest.discover(data_root(config))
         decoded = cache.load_decoded(examples, config.image_size, config.path / "cache", progress)
         cache.write_skipped_csv(config.path / "skipped.csv", decoded.skipped)
-        splits = split.split_by_group([e.label for e in decoded.examples],
-                                      [e.group for e in decoded.examples], config.fractions, config.seed)
+        splits, report = _leak_free_split(config, decoded)
         split.save_split(split_csv, decoded.examples, splits)
+        audit.write_audit_csv(config.path / "audit.csv", report)
+        config = config.replace(audit=report.counts())
         found = len(examples)
     return _run_data(config, decoded, np.asarray(splits), found)
+
+
+def _leak_free_split(config: RunConfig, decoded):
+    """Splits so that no patient and no (near-)duplicate group spans two splits.
+
+    Returns:
+        The split per image and the leakage audit of that split (all cross-split
+        counts zero by construction; the audit proves it).
+    """
+    examples = decoded.examples
+    duplicates = audit.duplicate_groups([e.path for e in examples], images=decoded.images)
+    groups = audit.merge_groups([e.group for e in examples], duplicates)
+    splits = split.split_by_group([e.label for e in examples], groups, config.fractions, config.seed)
+    return splits, audit.audit(examples, decoded.images, splits)
 
 
 def _run_data(config: RunConfig, decoded, splits: np.ndarray, found: int) -> RunData:

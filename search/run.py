@@ -6,6 +6,7 @@ import json
 import shutil
 from typing import Callable
 
+from data import manifest
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from hypermodels.registry import get_backbone
 from hypermodels.weights import resolve_weights
@@ -14,7 +15,7 @@ from search.config import CONFIG_FILE, RunConfig, load_config
 from search.tuner import make_tuner
 
 BEST_FILE = "best_hyperparameters.json"
-_DERIVED = ("tuner", "tensorboard", "split.csv", "skipped.csv", BEST_FILE, CONFIG_FILE)
+_DERIVED = ("tuner", "tensorboard", "split.csv", "skipped.csv", "audit.csv", BEST_FILE, CONFIG_FILE)
 
 
 def start_run(config: RunConfig) -> RunConfig:
@@ -28,7 +29,7 @@ def start_run(config: RunConfig) -> RunConfig:
     elif (config.path / CONFIG_FILE).is_file():
         saved = load_config(config.path)
         config.check_resumable(saved)
-        config = config.replace(counts=saved.counts)
+        config = config.replace(counts=saved.counts, audit=saved.audit)
     return config
 
 
@@ -78,7 +79,12 @@ def _log_data(data: dataset.RunData, log: Callable[[str], None]) -> None:
     counts = config.counts
     log(f"images: {counts['found']} found, {counts['used']} used, {counts['skipped']} skipped "
         f"(see {config.path / 'skipped.csv'})")
+    raw_names = manifest.class_mapping(data.examples)
     for i, name in enumerate(config.class_names):
+        source = ", ".join(repr(r) for r in raw_names.get(name, [name]))
         per_split = " / ".join(f"{s} {int(((data.labels == i) & (data.splits == s)).sum())}"
                                for s in dataset.SPLITS)
-        log(f"class {i} = {name}: {per_split}; weight {config.class_weights[name]:.3f}")
+        log(f"class {i} = {name} (from {source}): {per_split}; weight {config.class_weights[name]:.3f}")
+    if config.audit:
+        log("leakage audit of the split: " + ", ".join(f"{k} {v}" for k, v in config.audit.items())
+            + f" (groups in {config.path / 'audit.csv'})")
