@@ -56,7 +56,8 @@ def retrain(config: RunConfig, top_k: int = 3, seeds: int = 1, max_epochs: int |
         The content of ``winners/summary.json``.
     """
     top = _top_trials(config)[:top_k]
-    data = dataset.prepare(config, progress=False)
+    # Read the saved split: a run started with --overwrite keeps that flag in config.json.
+    data = dataset.prepare(config.replace(overwrite=False), progress=False)
     config = data.config
     train, val = data.dataset("train", shuffle=True, augment=augment), data.dataset("val")
     winners_dir = config.path / WINNERS_DIR
