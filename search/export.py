@@ -78,7 +78,7 @@ def _test_images(config: RunConfig) -> np.ndarray:
 
 def _agreement(model: keras.Model, written: dict, images: np.ndarray) -> dict:
     """Largest absolute probability difference of each written file to the model in memory."""
-    reference = model.predict(images, verbose=0)
+    reference = _in_batches(lambda batch: model(batch, training=False), images)
     return {name: float(np.abs(predict_exported(path, images) - reference).max())
             for name, path in written.items()}
 
@@ -100,12 +100,18 @@ def predict_exported(path, images: np.ndarray) -> np.ndarray:
     """Probabilities from an exported file (.keras, SavedModel folder or .tflite)."""
     path = Path(path)
     if path.suffix == ".keras":
-        return keras.saving.load_model(path, safe_mode=True).predict(images, verbose=0)
+        model = keras.saving.load_model(path, safe_mode=True)
+        return _in_batches(lambda batch: model(batch, training=False), images)
     if path.suffix == ".tflite":
         return _predict_tflite(path, images)
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-    (probs,) = serve(tf.constant(images)).values()
-    return probs.numpy()
+    return _in_batches(lambda batch: next(iter(serve(tf.constant(batch)).values())), images)
+
+
+def _in_batches(predict, images: np.ndarray, size: int = 64) -> np.ndarray:
+    # Direct calls, not Model.predict: predict retraces (and warns) for every new model.
+    return np.concatenate([keras.ops.convert_to_numpy(predict(images[i:i + size]))
+                           for i in range(0, len(images), size)])
 
 
 def _predict_tflite(path: Path, images: np.ndarray) -> np.ndarray:
@@ -132,6 +138,10 @@ def model_card(config: RunConfig, winner: Path, model: keras.Model, written: dic
         "preprocessing": {"inside_model": model.get_layer("preprocess").get_config()["mode"]
                           if _has_layer(model, "preprocess") else None,
                           "caller": "decode to 8-bit grayscale and resize to the input size"},
+        "loading": {"keras": "import hypermodels.layers (registers XrayPreprocess), then "
+                             "keras.saving.load_model(path, safe_mode=True)",
+                    "savedmodel": "tf.saved_model.load(path).signatures['serving_default'](image=uint8 batch)",
+                    "tflite": "tf.lite.Interpreter (or ai_edge_litert); float32, uint8 input"},
         "gradcam_layer": gradcam.default_layer(model),
         "hyperparameters": {k: v for k, v in json.loads((winner / "hyperparameters.json").read_text())[
             "values"].items() if not k.startswith("tuner/")},
