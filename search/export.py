@@ -40,7 +40,8 @@ def export_model(config: RunConfig, formats=FORMATS, out=None, log: Callable[[st
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
-        raise UserError(f"Unknown export format(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}.")
+        raise UserError(f"Unknown export format(s) {', '.join(unknown) or '(none given)'}; "
+                        f"choose from {', '.join(FORMATS)}.")
     out = Path(out or config.path / "export")
     out.mkdir(parents=True, exist_ok=True)
     winner = best_winner(config.run_dir)
