@@ -214,6 +214,40 @@ def predict(model, images, gradcam_dir):
     click.echo(json.dumps(predict_images(model, images, gradcam_dir=gradcam_dir), indent=2))
 
 
+@cli.group()
+def data():
+    """Check a labelled image collection before (or after) a search."""
+
+
+@data.command("audit")
+@click.argument("path", type=click.Path())
+@click.option("--split", "split_csv", type=click.Path(dir_okay=False), default=None,
+              help="A run's split.csv: also count duplicate groups and patients across splits.")
+@click.option("--out", type=click.Path(dir_okay=False), default="audit.csv", show_default=True,
+              help="CSV of the groups found (group,path,label,split,kind).")
+def audit(path, split_csv, out):
+    """Find exact and near-duplicate images, images under two labels and split leakage.
+
+    PATH is a folder of labelled X-rays or a CSV manifest, as for `search --data`.
+    """
+    from data import audit as leakage
+    from data.manifest import discover
+    from data.split import load_split
+
+    examples = discover(path)
+    splits = None
+    if split_csv is not None:
+        split_examples, split_names = load_split(split_csv)
+        split_of = {e.path: s for e, s in zip(split_examples, split_names)}
+        splits = [split_of.get(e.path, "") for e in examples]  # "": not in the split (e.g. skipped)
+        click.echo(f"{sum(bool(s) for s in splits)} of {len(examples)} images are in {split_csv}")
+    report = leakage.audit(examples, splits=splits)
+    for line in leakage.summary_lines(report):
+        click.echo(line)
+    leakage.write_audit_csv(out, report)
+    click.echo(f"groups: {out}")
+
+
 def main():
     """Console-script entry point."""
     cli(prog_name="cxr-tuner")

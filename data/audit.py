@@ -31,6 +31,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from data.errors import UserError
+
 HASH_SIZE = 16  # phash of a 16x16 DCT block: 256 bits
 NEAR_DUPLICATE_THRESHOLD = 44
 _DECODE_SIZE = 128  # phash shrinks to 64 px; 64, 128 and 224 px decodes give the same pairs
@@ -123,7 +125,8 @@ def audit(
     Args:
         examples: `data.manifest.Example`s (``path``, ``label``, ``group``).
         images: Optional decoded images in the same order (see `duplicate_groups`).
-        splits: Optional split name per example (e.g. from ``split.csv``).
+        splits: Optional split name per example (e.g. from ``split.csv``); ``""`` for
+            an example in no split, which is never counted as crossing splits.
         threshold: Near-duplicate Hamming threshold (of 256 bits).
     """
     examples = list(examples)
@@ -149,11 +152,19 @@ def audit(
 
 
 def write_audit_csv(path, report: AuditReport) -> None:
-    """Writes the report's rows as CSV with columns ``group,path,label,split,kind``."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_CSV_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(report.rows)
+    """Writes the report's rows as CSV with columns ``group,path,label,split,kind``.
+
+    Raises:
+        UserError: The file cannot be written (missing folder, no permission, full disk).
+    """
+    try:
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=_CSV_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(report.rows)
+    except OSError as error:
+        raise UserError(f"Cannot write the audit CSV {path} ({error.strerror}); "
+                        "pass --out with a writable file path.") from error
 
 
 def summary_lines(report: AuditReport) -> list[str]:
@@ -242,7 +253,7 @@ def _duplicate_rows(duplicates, digests, examples, split_of):
         kinds = ["exact_duplicate" if identical else "near_duplicate"]
         if len({examples[i].label for i in members}) > 1:
             kinds.append("cross_label")
-        if len({split_of[i] for i in members}) > 1:
+        if len({split_of[i] for i in members} - {""}) > 1:
             kinds.append("cross_split")
         flags.append(kinds)
         rows += [_row(f"dup{members[0]:05d}", examples[i], split_of[i], ";".join(kinds))
@@ -252,8 +263,9 @@ def _duplicate_rows(duplicates, digests, examples, split_of):
 
 def _cross_split_patients(examples, split_of) -> dict[str, list[int]]:
     by_patient = _members_by_id([e.group for e in examples])
+    # "" = in no split (e.g. skipped by the decoder): it cannot leak into another split.
     return {patient: members for patient, members in by_patient.items()
-            if len({split_of[i] for i in members}) > 1}
+            if len({split_of[i] for i in members} - {""}) > 1}
 
 
 def _row(group, example, split, kind) -> dict:

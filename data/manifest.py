@@ -197,18 +197,39 @@ def _from_csv(csv_path: Path) -> list[Example]:
 
 
 def _read_csv_rows(csv_path: Path) -> list[tuple[int, dict]]:
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip().lower() for c in (reader.fieldnames or [])]
-        missing = [c for c in ("path", "label") if c not in columns]
-        if missing:
-            raise UserError(
-                f"{csv_path} lacks column(s) {', '.join(missing)}; it has "
-                f"{', '.join(columns) or 'no header'}. A manifest needs path,label[,patient_id]."
-            )
-        reader.fieldnames = columns
-        rows = [(i + 2, row) for i, row in enumerate(reader)]
-    return rows
+    if csv_path.suffix.lower() != ".csv":
+        raise UserError(
+            f"Data path {csv_path} is a file but not a .csv manifest: pass the folder that "
+            f"holds the images, or a CSV with columns path,label[,patient_id]."
+        )
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [_column_name(c) for c in (reader.fieldnames or [])]
+            _check_columns(csv_path, columns)
+            reader.fieldnames = columns
+            return [(i + 2, row) for i, row in enumerate(reader)]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise UserError(
+            f"{csv_path} is not a readable UTF-8 CSV ({error}); save it as CSV (UTF-8) with "
+            "columns path,label[,patient_id]."
+        ) from None
+
+
+def _column_name(header: str) -> str:
+    """'Patient ID', 'patient-id', 'PatientID' -> 'patient_id'; other names lower-cased."""
+    name = re.sub(r"[\s\-]+", "_", (header or "").strip().lower())
+    return "patient_id" if name == "patientid" else name
+
+
+def _check_columns(csv_path: Path, columns: list[str]) -> None:
+    missing = [c for c in ("path", "label") if c not in columns]
+    if missing:
+        raise UserError(
+            f"{csv_path} lacks column(s) {', '.join(missing)}; it has "
+            f"{', '.join(columns) or 'no header'}. A manifest needs path,label[,patient_id] "
+            "(other columns are ignored): rename the columns."
+        )
 
 
 def _resolve_row_path(csv_path: Path, base: Path, line: int, text: str) -> Path:

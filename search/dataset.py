@@ -82,12 +82,26 @@ def prepare(config: RunConfig, progress: bool = True) -> RunData:
         examples = manifest.discover(data_root(config))
         decoded = cache.load_decoded(examples, config.image_size, config.path / "cache", progress)
         cache.write_skipped_csv(config.path / "skipped.csv", decoded.skipped)
+        _check_every_class_readable(examples, decoded, config.path / "skipped.csv")
         splits, report = _leak_free_split(config, decoded)
         split.save_split(split_csv, decoded.examples, splits)
         audit.write_audit_csv(config.path / "audit.csv", report)
         config = config.replace(audit=report.counts())
         found = len(examples)
     return _run_data(config, decoded, np.asarray(splits), found)
+
+
+def _check_every_class_readable(examples, decoded, skipped_csv: Path) -> None:
+    """A class whose files all failed to decode would silently vanish from the model."""
+    readable = set(manifest.class_names(decoded.examples))
+    label_of = {example.path: example.label for example in examples}
+    for name in manifest.class_names(examples):
+        if name not in readable:
+            failed = [item for item in decoded.skipped if label_of[item.path] == name]
+            raise UserError(
+                f"Class {name} has no readable image: all {len(failed)} of its files were skipped "
+                f"(e.g. {failed[0].path}: {failed[0].reason}; all in {skipped_csv}). Replace them "
+                "with PNG, JPEG or DICOM files that open, or remove that class folder.")
 
 
 def _leak_free_split(config: RunConfig, decoded):
