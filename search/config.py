@@ -68,9 +68,14 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
     def save(self) -> None:
-        """Writes ``config.json`` into the run directory."""
+        """Writes ``config.json`` into the run directory.
+
+        ``overwrite`` is an action, not a setting: it is saved as False so that
+        later stages and resumes never start over because the first run did.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        saved = dataclasses.asdict(self.replace(overwrite=False))
+        text = json.dumps(saved, indent=2, sort_keys=True)
         (self.path / CONFIG_FILE).write_text(text + "\n")
 
     def check_resumable(self, saved: "RunConfig") -> None:

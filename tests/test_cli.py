@@ -1,0 +1,43 @@
+"""The command line as a user meets it: clear one-line errors, a finished search."""
+
+from click.testing import CliRunner
+
+from cli import cli
+from hypermodels.registry import BACKBONES
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_backbones_lists_every_registered_backbone_with_its_size():
+    result = _run("backbones")
+    assert result.exit_code == 0
+    for name, spec in BACKBONES.items():
+        assert any(line.startswith(name + " ") and str(spec.default_size) in line
+                   for line in result.output.splitlines())
+
+
+def test_missing_data_path_is_one_clear_line(tmp_path):
+    result = _run("search", "--data", tmp_path / "nope", "--run-dir", tmp_path / "run")
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert "nope" in result.output
+
+
+def test_unknown_backbone_names_the_known_ones(tmp_path, demo_data):
+    result = _run("search", "--data", demo_data, "--run-dir", tmp_path / "run",
+                  "--backbones", "resnet5O", "--weights", "none")
+    assert result.exit_code == 1
+    assert "Unknown backbone 'resnet5O'" in result.output and "mobilenet_025" in result.output
+
+
+def test_search_prints_best_trial_and_tensorboard_command(tmp_path, demo_data):
+    run_dir = tmp_path / "run"
+    result = _run("search", "--data", demo_data, "--run-dir", run_dir, "--backbones", "vanilla_cnn",
+                  "--weights", "none", "--image-size", 32, "--max-epochs", 1, "--factor", 2,
+                  "--no-retrain")
+    assert result.exit_code == 0, result.output
+    assert "best trial" in result.output and "val_weighted_loss" in result.output
+    assert f"tensorboard --logdir {run_dir / 'tensorboard'}" in result.output
+    assert "class 0 = COVID" in result.output
