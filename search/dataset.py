@@ -43,14 +43,19 @@ class RunData:
         """Row indices of split ``name``."""
         return np.flatnonzero(self.splits == name)
 
+    def sample_weights(self, name: str) -> np.ndarray:
+        """The class weight of each image of split ``name``, float32, in row order."""
+        names = self.config.class_names
+        return np.array([self.config.class_weights[names[i]] for i in self.labels[self.indices(name)]],
+                        "float32")
+
     def dataset(self, name: str, shuffle: bool = False, augment: bool = False):
         """A batched tf.data pipeline of ``(image, one-hot, class weight)`` for a split."""
         idx = self.indices(name)
-        names = self.config.class_names
-        weights = np.array([self.config.class_weights[names[i]] for i in self.labels[idx]], "float32")
         # rows= gathers batches from the memmap instead of copying the split into RAM.
         return pipeline.make_dataset(
-            self.images, self.labels[idx], weights, len(names), self.config.batch_size,
+            self.images, self.labels[idx], self.sample_weights(name), len(self.config.class_names),
+            self.config.batch_size,
             shuffle=shuffle, seed=self.config.seed, augment=augment, rows=idx)
 
 

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from typing import Callable
 
 from data import manifest
+from data.errors import UserError
+from hypermodels.cached import CachedFeatureClassifier
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from hypermodels.registry import get_backbone
 from hypermodels.weights import resolve_weights
-from search import dataset
+from search import dataset, features
 from search.config import CONFIG_FILE, RunConfig, load_config
-from search.tuner import make_tuner
+from search.tuner import MEMORY_FILE, make_tuner
 
 BEST_FILE = "best_hyperparameters.json"
-_DERIVED = ("tuner", "tensorboard", "split.csv", "skipped.csv", "audit.csv", BEST_FILE, CONFIG_FILE)
+_DERIVED = ("tuner", "tensorboard", "split.csv", "skipped.csv", "audit.csv", MEMORY_FILE, BEST_FILE,
+            CONFIG_FILE)
 
 
 def start_run(config: RunConfig) -> RunConfig:
     """Checks the settings and prepares the run directory (resume or start over)."""
+    if config.data is not None and not Path(config.data).exists():
+        # Before the weights: a wrong path is the first thing to fix, and costs no download.
+        raise UserError(f"Data path {config.data} does not exist: pass a folder of images or a CSV.")
     for name in config.backbones:
         resolve_weights(get_backbone(name), config.weights, config.image_size)
     if config.overwrite:
@@ -44,11 +51,14 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print) -> dict:
     config = data.config
     config.save()
     _log_data(data, log)
-    hypermodel = XrayClassifier(len(config.class_names), config.image_size,
+    classifier = XrayClassifier(len(config.class_names), config.image_size,
                                 config.backbones, config.weights)
+    # Trials of pretrained backbones train only what is above the freeze boundary,
+    # on activations computed once; the hypermodel's fit picks each trial's data.
+    cache = features.ActivationCache(classifier, data.images, config.path / features.ACTIVATIONS_DIR)
+    hypermodel = CachedFeatureClassifier(classifier, features.TrialData(data, cache))
     tuner = make_tuner(config, hypermodel)
-    tuner.search(data.dataset("train", shuffle=True), validation_data=data.dataset("val"),
-                 epochs=config.max_epochs, verbose=0)
+    tuner.search(epochs=config.max_epochs, verbose=0)
     best = best_trials(tuner)
     (config.path / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n")
     return best

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
+from pathlib import Path
 
 import keras
 import keras_tuner
@@ -11,6 +12,38 @@ import keras_tuner
 from hypermodels.classifier import OBJECTIVE
 from search import hparams
 from search.config import RunConfig
+
+
+MEMORY_FILE = "memory.csv"
+"""Per finished trial: ``trial_id,peak RSS MB during the trial,RSS MB at its end``."""
+
+
+def reset_peak_rss() -> None:
+    """Restarts the kernel's peak-RSS count (VmHWM) of this process; no-op off Linux."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory (VmHWM) of this process since start or the last reset, in MB."""
+    return _proc_status_mb("VmHWM")
+
+
+def rss_mb() -> float:
+    """Resident memory (VmRSS) of this process now, in MB."""
+    return _proc_status_mb("VmRSS")
+
+
+def _proc_status_mb(field: str) -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 class _NanGuard(keras.callbacks.Callback):
@@ -41,12 +74,22 @@ class _XrayTunerMixin:
     def tensorboard_dir(self):
         return self.run_config.path / "tensorboard"
 
+    def on_search_begin(self):
+        # Every trial collects garbage several times (KerasTuner and Keras both do
+        # before each build); with TensorFlow loaded a full collection takes ~0.5 s.
+        # Objects alive before the search (modules, the data) are not garbage:
+        # freezing them leaves collections only what trials create.
+        gc.collect()
+        gc.freeze()
+        super().on_search_begin()
+
     def on_trial_begin(self, trial):
         # KerasTuner's well-known leak: graphs and models of earlier trials stay
         # reachable unless the session is cleared before each build.
         keras.backend.clear_session()
         gc.collect()
         keras.utils.set_random_seed(self.run_config.seed)
+        reset_peak_rss()
         super().on_trial_begin(trial)
 
     def run_trial(self, trial, *args, **kwargs):
@@ -59,10 +102,14 @@ class _XrayTunerMixin:
         super().on_trial_end(trial)
         finished = self.oracle.get_trial(trial.trial_id)
         hparams.write_trial(self.tensorboard_dir, finished)
-        print(_trial_line(finished), flush=True)
+        peak, now = peak_rss_mb(), rss_mb()
+        with open(self.run_config.path / MEMORY_FILE, "a") as log:
+            log.write(f"{trial.trial_id},{peak:.1f},{now:.1f}\n")
+        print(f"{_trial_line(finished)}  peak RSS {peak:.0f} MB", flush=True)
 
     def on_search_end(self):
         super().on_search_end()
+        gc.unfreeze()
         hparams.write_experiment(self.tensorboard_dir, self.oracle.get_space())
 
 

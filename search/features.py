@@ -1,0 +1,216 @@
+"""Activation cache: the frozen part of each backbone runs once over the run's images.
+
+Layout: ``RUN_DIR/cache/activations/<backbone>-<size>px-w<weights>-i<images>/`` holds one
+raw float32 array per cut layer (``<cut>.f32``, one row per image of the decoded cache)
+and its ``<cut>.json`` (shape, dtype and the key). ``<weights>`` is the start of the
+sha256 of the weights file (``none`` for random weights), ``<images>`` the start of the
+sha256 of the decoded pixels: other weights, another size or other images are another
+entry, and a cut is its own file. An array is written whole under a temporary name and
+renamed, and its ``.json`` comes last, so an interrupted extraction leaves no entry.
+
+Cost: all missing cuts of a backbone come out of one forward pass, starting from the
+deepest cut already cached when there is one (deriving shallower cuts is a fraction of
+a pass), so extraction is about one forward pass per backbone and image size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import keras_tuner
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from hypermodels.cached import POOLED, cut_layer, frozen_model
+from hypermodels.classifier import XrayClassifier
+from hypermodels.registry import get_backbone
+from hypermodels.weights import keras_cache_dir, resolve_weights
+
+ACTIVATIONS_DIR = Path("cache") / "activations"
+_BATCH = 64
+
+
+class ActivationCache:
+    """Cached activations of the frozen backbones of one run, computed on first use.
+
+    Args:
+        classifier: The image model (backbones, weights, image size).
+        images: The run's decoded uint8 images ``(N, S, S, 1)``, usually the memmap.
+        folder: Where entries live, normally ``RUN_DIR/cache/activations``.
+        progress: Show a progress bar (counts and rate) while extracting.
+    """
+
+    def __init__(self, classifier: XrayClassifier, images: np.ndarray, folder: str | Path,
+                 progress: bool = True):
+        self.classifier = classifier
+        self.images = images
+        self.folder = Path(folder)
+        self.progress = progress
+        self._images_id = None
+        self._keys = {}  # hashing is not free: once per backbone and run
+
+    def key(self, backbone: str) -> dict:
+        """What ``backbone``'s activations depend on: backbone, size, weights and images."""
+        if backbone not in self._keys:
+            if self._images_id is None:
+                self._images_id = images_identity(self.images)
+            size = self.classifier.image_size
+            self._keys[backbone] = {"backbone": backbone, "image_size": size, "images": self._images_id,
+                                    "weights": weights_identity(backbone, self.classifier.weights, size)}
+        return self._keys[backbone]
+
+    def entry(self, backbone: str) -> Path:
+        """The folder of ``backbone``'s activations for these weights, size and images."""
+        key = self.key(backbone)
+        return self.folder / (f"{backbone}-{key['image_size']}px-w{key['weights'][:16]}"
+                              f"-i{key['images'][:16]}")
+
+    def activations(self, backbone: str, depth: int) -> np.ndarray:
+        """Read-only float32 activations at the freeze boundary of ``depth``, one row per image.
+
+        Computes (and caches) every cut of the backbone that is still missing, in
+        one pass, when the requested one is missing.
+        """
+        spec = get_backbone(backbone)
+        entry = self.entry(backbone)
+        cuts = [cut_layer(spec, d) for d in range(len(spec.unfreeze_points) + 1)]
+        if _read(entry, cut_layer(spec, depth)) is None:
+            self._extract(backbone, entry, [c for c in cuts if _read(entry, c) is None])
+        return _read(entry, cut_layer(spec, depth))
+
+    def _extract(self, backbone: str, entry: Path, missing: list[str]) -> None:
+        model = _image_model(self.classifier, backbone)
+        spec = get_backbone(backbone)
+        # Cuts from the output down: the deepest cached one below every missing cut is
+        # the cheapest exact source; without one, the images are.
+        order = [POOLED, *spec.unfreeze_points]
+        below = [c for c in order[max(order.index(m) for m in missing) + 1:] if _read(entry, c) is not None]
+        source = below[0] if below else None
+        inputs = self.images if source is None else _read(entry, source)
+        segment = frozen_model(model, source, missing)
+        _write_outputs(segment, inputs, entry, missing, self.key(backbone),
+                       self.progress and f"activations {backbone} from {source or 'images'}")
+
+
+def weights_identity(backbone: str, weights: str, size: int) -> str:
+    """``"none"`` for random weights, else the sha256 of the weights file the backbone loads."""
+    resolved = resolve_weights(get_backbone(backbone), weights, size)
+    if resolved is None:
+        return "none"
+    path = keras_cache_dir() / get_backbone(backbone).weight_file(size) if resolved == "imagenet" else Path(resolved)
+    return _sha256_file(path)
+
+
+def images_identity(images: np.ndarray) -> str:
+    """sha256 of the decoded pixels (and their shape): same images, same activations."""
+    digest = hashlib.sha256(repr(images.shape).encode())
+    flat = images.reshape(len(images), -1)
+    for start in range(0, len(flat), 1024):
+        digest.update(np.ascontiguousarray(flat[start:start + 1024]).data)
+    return digest.hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _image_model(classifier: XrayClassifier, backbone: str):
+    """The image model with ``backbone`` frozen whole (head values are irrelevant here)."""
+    hp = keras_tuner.HyperParameters()
+    hp.Choice("backbone", list(classifier.backbones))
+    hp.values["backbone"] = backbone
+    return classifier.build(hp)
+
+
+def _read(entry: Path, cut: str) -> np.ndarray | None:
+    meta = entry / f"{cut}.json"
+    if not meta.is_file():
+        return None
+    shape = tuple(json.loads(meta.read_text())["shape"])
+    return np.memmap(entry / f"{cut}.f32", dtype=np.float32, mode="r", shape=shape)
+
+
+def _write_outputs(segment, inputs, entry: Path, cuts: list[str], key: dict, label) -> None:
+    entry.mkdir(parents=True, exist_ok=True)
+    count = len(inputs)
+    shapes = [(count, *output.shape[1:]) for output in segment.outputs]
+    parts = [entry / f"{cut}.f32.partial" for cut in cuts]
+    arrays = [np.memmap(p, dtype=np.float32, mode="w+", shape=s) for p, s in zip(parts, shapes)]
+    bar = tqdm(total=count, unit="img", desc=label or "", disable=not label, mininterval=1.0)
+    try:
+        for start in range(0, count, _BATCH):
+            outputs = segment.predict_on_batch(np.asarray(inputs[start:start + _BATCH]))
+            for array, output in zip(arrays, outputs if isinstance(outputs, list) else [outputs]):
+                array[start:start + _BATCH] = output
+            bar.update(min(_BATCH, count - start))
+        for array, part, cut, shape in zip(arrays, parts, cuts, shapes):
+            array.flush()
+            os.replace(part, entry / f"{cut}.f32")
+            (entry / f"{cut}.json").write_text(json.dumps({**key, "cut": cut, "shape": shape,
+                                                           "dtype": "float32"}, indent=2) + "\n")
+    finally:
+        bar.close()
+        for part in parts:
+            part.unlink(missing_ok=True)
+
+
+def feature_dataset(features: np.ndarray, rows: np.ndarray, labels: np.ndarray, weights: np.ndarray,
+                    num_classes: int, batch_size: int, shuffle: bool = False, seed: int = 0):
+    """Batches of ``(activations, one-hot, class weight)`` gathered from the cache per batch.
+
+    Same order as :func:`data.pipeline.make_dataset` with the same seed, so a trial
+    on activations sees the batches its image model would.
+    """
+    labels = tf.constant(np.asarray(labels, dtype=np.int32))
+    weights = tf.constant(np.asarray(weights, dtype=np.float32))
+    rows = np.asarray(rows, dtype=np.int64)
+    shape = tuple(features.shape[1:])
+
+    def load(indices):
+        batch = tf.numpy_function(lambda i: features[rows[i]], [indices], tf.float32, stateful=False)
+        batch.set_shape((None, *shape))
+        return batch, tf.one_hot(tf.gather(labels, indices), num_classes), tf.gather(weights, indices)
+
+    dataset = tf.data.Dataset.range(len(rows))
+    if shuffle:
+        dataset = dataset.shuffle(max(len(rows), 1), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+class TrialData:
+    """The ``(train, validation)`` data a trial fits on, made once per kind and reused.
+
+    Callable as ``(backbone, depth)``: cached activations at the freeze boundary of
+    ``depth``, or images for ``depth=None`` (backbones trained whole). Training
+    batches are reshuffled every epoch with the run's seed; validation is not shuffled.
+    """
+
+    def __init__(self, data, cache: ActivationCache):
+        self.data = data
+        self.cache = cache
+        self._made = {}
+
+    def __call__(self, backbone: str, depth: int | None) -> tuple:
+        key = ("images",) if depth is None else (backbone, depth)
+        if key not in self._made:
+            self._made[key] = self._make(backbone, depth)
+        return self._made[key]
+
+    def _make(self, backbone: str, depth: int | None) -> tuple:
+        if depth is None:
+            return self.data.dataset("train", shuffle=True), self.data.dataset("val")
+        features = self.cache.activations(backbone, depth)
+        config = self.data.config
+        return tuple(
+            feature_dataset(features, self.data.indices(split), self.data.labels[self.data.indices(split)],
+                            self.data.sample_weights(split), len(config.class_names), config.batch_size,
+                            shuffle=split == "train", seed=config.seed)
+            for split in ("train", "val"))

@@ -1,0 +1,148 @@
+"""Activation cache: exact activations, keyed entries, and trials that match image trials.
+
+The backbone is MobileNet (alpha 0.25) at 32 px with random weights saved to a file
+and passed as ``--weights PATH``: a pretrained-style run (frozen part, unfreeze depths)
+without ImageNet weights.
+"""
+
+import json
+
+import keras
+import keras_tuner
+import numpy as np
+import pytest
+
+from hypermodels.cached import CachedFeatureClassifier, cut_layer, frozen_model
+from hypermodels.classifier import OBJECTIVE, XrayClassifier
+from hypermodels.registry import get_backbone
+from search import dataset, features
+from search.config import new_config
+from search.run import run_search
+
+BACKBONE = "mobilenet_025"
+SIZE = 32
+
+
+def _weights_file(path, seed):
+    keras.utils.set_random_seed(seed)
+    base = get_backbone(BACKBONE).constructor(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
+    base.save_weights(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def weights_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("weights")
+    return [_weights_file(folder / f"w{seed}.weights.h5", seed) for seed in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def run_data(tmp_path_factory, demo_data, weights_files):
+    config = new_config(str(tmp_path_factory.mktemp("run") / "r"), str(demo_data), backbones=(BACKBONE,),
+                        image_size=SIZE, weights=weights_files[0], batch_size=16, seed=5)
+    return dataset.prepare(config, progress=False)
+
+
+def _classifier(data, weights):
+    return XrayClassifier(len(data.config.class_names), SIZE, (BACKBONE,), weights)
+
+
+def _cache(data, weights, folder):
+    return features.ActivationCache(_classifier(data, weights), data.images, folder, progress=False)
+
+
+def _fresh(data, weights, cut):
+    """Activations at ``cut`` from a fresh model run on the images, not from the cache."""
+    model = features._image_model(_classifier(data, weights), BACKBONE)
+    return frozen_model(model, None, [cut]).predict(np.asarray(data.images), verbose=0)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_cached_activations_equal_a_fresh_forward_pass(run_data, weights_files, tmp_path, depth):
+    cached = _cache(run_data, weights_files[0], tmp_path).activations(BACKBONE, depth)
+    fresh = _fresh(run_data, weights_files[0], cut_layer(get_backbone(BACKBONE), depth))
+    assert cached.shape == fresh.shape and cached.dtype == np.float32
+    np.testing.assert_allclose(cached, fresh, rtol=1e-5, atol=1e-5)
+
+
+def test_shallower_cuts_derive_from_the_deepest_cached_one(run_data, weights_files, tmp_path, monkeypatch):
+    cache = _cache(run_data, weights_files[0], tmp_path)
+    cache.activations(BACKBONE, 3)
+    entry = cache.entry(BACKBONE)
+    for depth in (0, 1):
+        (entry / f"{cut_layer(get_backbone(BACKBONE), depth)}.json").unlink()
+    sources = []
+    real = features.frozen_model
+    monkeypatch.setattr(features, "frozen_model", lambda m, source, cuts: sources.append(source) or real(m, source, cuts))
+    derived = cache.activations(BACKBONE, 0)
+    assert sources == [cut_layer(get_backbone(BACKBONE), 2)]
+    np.testing.assert_allclose(derived, _fresh(run_data, weights_files[0], "head_pool"), rtol=1e-5, atol=1e-5)
+
+
+def test_a_second_request_reads_the_cache_without_a_forward_pass(run_data, weights_files, tmp_path, monkeypatch):
+    _cache(run_data, weights_files[0], tmp_path).activations(BACKBONE, 2)
+    passes = []
+    monkeypatch.setattr(features, "_write_outputs", lambda *args: passes.append(args))
+    again = _cache(run_data, weights_files[0], tmp_path)
+    assert [again.activations(BACKBONE, d).shape[0] for d in range(4)] == [len(run_data.images)] * 4
+    assert passes == []
+
+
+def test_entries_are_keyed_by_weights_size_and_cut(run_data, weights_files, tmp_path):
+    entries = {_cache(run_data, w, tmp_path).entry(BACKBONE) for w in weights_files}
+    other_size = features.ActivationCache(
+        XrayClassifier(3, SIZE * 2, (BACKBONE,), weights_files[0]), run_data.images, tmp_path, progress=False)
+    entries.add(other_size.entry(BACKBONE))
+    assert len(entries) == 3
+    cache = _cache(run_data, weights_files[1], tmp_path)
+    cache.activations(BACKBONE, 1)
+    metas = [json.loads(p.read_text()) for p in sorted(cache.entry(BACKBONE).glob("*.json"))]
+    assert len({m["cut"] for m in metas}) == 4
+    assert {m["weights"] for m in metas} == {features.weights_identity(BACKBONE, weights_files[1], SIZE)}
+    changed = run_data.images.copy()
+    changed[0, 0, 0, 0] ^= 1
+    assert features.images_identity(changed) != features.images_identity(run_data.images)
+
+
+def _hp(depth):
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("backbone", BACKBONE)
+    hp.Fixed("unfreeze_depth", depth)
+    hp.Fixed("head_depth", 1)
+    hp.Fixed("learning_rate", 3e-3)
+    return hp
+
+
+@pytest.mark.parametrize("depth", [0, 2])
+def test_a_trial_on_cached_activations_scores_as_the_same_trial_on_images(run_data, weights_files, tmp_path, depth):
+    # Same seed, same shuffled batches, same initial weights (the top model is cut out
+    # of the same image model): only float summation order differs, so the
+    # weighted validation loss agrees far below any difference that could reorder trials.
+    weights = weights_files[0]
+    keras.utils.set_random_seed(7)
+    image_model = _classifier(run_data, weights).build(_hp(depth))
+    on_images = image_model.fit(run_data.dataset("train", shuffle=True), epochs=3,
+                                validation_data=run_data.dataset("val"), verbose=0)
+    hypermodel = CachedFeatureClassifier(
+        _classifier(run_data, weights), features.TrialData(run_data, _cache(run_data, weights, tmp_path)))
+    hp = _hp(depth)
+    keras.utils.set_random_seed(7)
+    top = hypermodel.build(hp)
+    assert len(top.layers) < len(image_model.layers)
+    on_features = hypermodel.fit(hp, top, epochs=3, verbose=0)
+    np.testing.assert_allclose(on_features.history[OBJECTIVE],
+                               on_images.history[OBJECTIVE], rtol=1e-4)
+
+
+def test_search_of_a_pretrained_backbone_trains_on_cached_activations(tmp_path, demo_data, weights_files):
+    run_dir = tmp_path / "run"
+    config = new_config(str(run_dir), str(demo_data), backbones=(BACKBONE,), image_size=SIZE,
+                        weights=weights_files[0], tuner="random", max_trials=4, max_epochs=1,
+                        batch_size=16, seed=2)
+    best = run_search(config, log=lambda line: None)
+    assert best["trials"] == 4 and best["best"] is not None
+    assert "unfreeze_depth" in best["best"]["hyperparameters"]
+    (entry,) = (run_dir / features.ACTIVATIONS_DIR).iterdir()
+    assert (entry / "head_pool.f32").is_file()
+    memory = (run_dir / "memory.csv").read_text().splitlines()
+    assert len(memory) == 4
