@@ -47,12 +47,17 @@ def _proc_status_mb(field: str) -> float:
 
 
 class _NanGuard(keras.callbacks.Callback):
-    """Fails the trial, with its reason, when the loss stops being a number."""
+    """Fails the trial, with its reason, when a training or validation loss stops being a number.
+
+    Validation too: a diverged model's training loss can stay finite (it is averaged
+    over the epoch, and cross-entropy clips probabilities) while its val loss is inf,
+    which KerasTuner would record as a COMPLETED trial with score inf.
+    """
 
     def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            raise keras_tuner.errors.FailedTrialError(f"loss became {loss} at epoch {epoch + 1}")
+        for name, value in (logs or {}).items():
+            if name.endswith("loss") and not math.isfinite(value):
+                raise keras_tuner.errors.FailedTrialError(f"{name} became {value} at epoch {epoch + 1}")
 
 
 class _EpochCurves(keras.callbacks.TensorBoard):
