@@ -134,3 +134,20 @@ def test_merge_groups_keeps_unrelated_ids_apart_and_empty_stays_empty():
 def test_merge_groups_rejects_unequal_lengths():
     with pytest.raises(ValueError, match="differ in length"):
         merge_groups(["a"], ["a", "b"])
+
+
+def test_an_image_in_no_split_is_not_counted_as_leaking(files):
+    # E.g. `data audit PATH --split`: a file the search skipped is in the folder, not the split.
+    examples = [Example(files["original"], "COVID", "P1"), Example(files["copy"], "COVID", "P1")]
+    report = audit(examples, splits=["train", ""])
+    assert report.exact_duplicate_groups == 1
+    assert report.cross_split_groups == report.cross_split_patients == 0
+    assert audit(examples, splits=["train", "test"]).cross_split_patients == 1
+
+
+def test_unwritable_audit_csv_is_a_user_error(files, tmp_path):
+    from data.errors import UserError
+
+    report = audit([Example(files["original"], "COVID")])
+    with pytest.raises(UserError, match="Cannot write the audit CSV"):
+        write_audit_csv(tmp_path / "missing-folder" / "audit.csv", report)

@@ -142,3 +142,19 @@ def test_dicom_patient_id_from_the_header_when_nothing_else_says(tmp_path, monke
     assert [e.group for e in discover(tmp_path)] == ["pid-a", "p2"]
     (tmp_path / "manifest.csv").unlink()
     assert [e.group for e in discover(tmp_path)] == ["pid-a", "pid-b", ""]
+
+
+@pytest.mark.parametrize("header", ["Path,Label,Patient ID", "path,label,PatientID", "PATH,LABEL,patient-id"])
+def test_csv_column_names_ignore_case_and_separators(tmp_path, header):
+    _touch(tmp_path, "a.png", "b.png")
+    (tmp_path / "manifest.csv").write_text(f"{header},source\na.png,COVID,p1,x\nb.png,Normal,p2,y\n")
+    assert [(e.label, e.group) for e in discover(tmp_path)] == [("COVID", "p1"), ("Normal", "p2")]
+
+
+def test_a_data_file_that_is_not_a_csv_or_not_utf8_is_a_user_error(tmp_path):
+    _touch(tmp_path, "a.png")
+    with pytest.raises(UserError, match="not a .csv manifest"):
+        discover(tmp_path / "a.png")
+    (tmp_path / "labels.csv").write_bytes("path,label\na.png,Pneumonie \xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not a readable UTF-8 CSV"):
+        discover(tmp_path / "labels.csv")
