@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from pathlib import Path
 
 import click
@@ -15,6 +16,11 @@ import click
 from data.errors import UserError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: quiet C++ logs
+# Known, harmless library warnings that would bury the trial lines: Keras loads the
+# 224-pixel MobileNet weights for other sizes (conv weights do not depend on size),
+# and KerasTuner's Hyperband continues a trial from weights without optimizer state.
+warnings.filterwarnings("ignore", message="`input_shape` is undefined or non-square")
+warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
 
 
 class _Group(click.Group):
