@@ -236,7 +236,7 @@ def _check_free_space(folder: Path, needed: int) -> None:
 def _disk_full(folder: Path, needed: int) -> UserError:
     return UserError(
         f"Not enough disk space for the decoded-image cache in {folder}: it needs about "
-        f"{needed / 1e6:.0f} MB; free some space or point the cache at a bigger disk."
+        f"{max(needed / 1e6, 0.1):,.1f} MB; free some space or point the cache at a bigger disk."
     )
 
 
