@@ -58,10 +58,26 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print) -> dict:
     cache = features.ActivationCache(classifier, data.images, config.path / features.ACTIVATIONS_DIR)
     hypermodel = CachedFeatureClassifier(classifier, features.TrialData(data, cache))
     tuner = make_tuner(config, hypermodel)
-    tuner.search(epochs=config.max_epochs, verbose=0)
+    _search(tuner, config)
     best = best_trials(tuner)
     (config.path / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n")
     return best
+
+
+def _search(tuner, config: RunConfig) -> None:
+    try:
+        tuner.search(epochs=config.max_epochs, verbose=0)
+    except RuntimeError as error:
+        # KerasTuner gives up after several failed trials in a row (something systematic,
+        # not bad luck) with a RuntimeError that carries the last trial's traceback.
+        if "consecutive failures" not in str(error):
+            raise
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        raise UserError(
+            f"The search stopped: {lines[0].rstrip('.').lower().replace('number of ', '')} "
+            f"(last: {lines[-1]}). The trial lines above say why; fix that (e.g. a smaller "
+            "--batch-size or --image-size when out of memory) and run the same command to "
+            "resume: finished trials are kept.") from None
 
 
 def best_trials(tuner, top: int = 5) -> dict:

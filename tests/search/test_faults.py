@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from cli import cli
 from data import synthetic
 from search.config import new_config
+from search import tuner as tuner_module
 from search.tuner import make_tuner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,3 +173,18 @@ def test_nan_loss_and_failed_build_are_failed_trials_and_the_search_goes_on(tmp_
     assert saved["trial_1"]["status"] == "FAILED" and "loss became" in saved["trial_1"]["message"]
     printed = capsys.readouterr().out
     assert "trial 1: failed:" in printed and "trial 2: failed:" in printed
+
+
+def test_trials_failing_in_a_row_stop_with_one_line_and_a_resumable_run(phantoms, tmp_path, monkeypatch):
+    def diverged(self, epoch, logs=None):
+        raise keras_tuner.errors.FailedTrialError(f"loss became nan at epoch {epoch + 1}")
+
+    monkeypatch.setattr(tuner_module._NanGuard, "on_epoch_end", diverged)
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["search", "--data", str(phantoms), "--run-dir", str(run_dir), *FLAGS])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "consecutive failures exceeded the limit of 3" in errors[0]
+    assert "loss became nan at epoch 1" in errors[0] and "run the same command to resume" in errors[0]
+    failed = [t for t in _trials(run_dir).values() if t["status"] == "FAILED"]
+    assert len(failed) >= 2 and all("loss became nan" in t["message"] for t in failed)
