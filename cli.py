@@ -43,7 +43,7 @@ def _csv(ctx, param, value):
 
 
 def search_options(function):
-    """The flags that define a search, shared by `search` and `worker`."""
+    """The flags that define a search (a `worker` reads them from the run directory)."""
     options = [
         click.option("--data", type=click.Path(), default=None,
                      help="Folder of labelled X-rays or a CSV manifest (path,label[,patient_id]). "
@@ -84,11 +84,25 @@ def _config(options: dict):
     return new_config(run_dir=options.pop("run_dir"), data=data, **options)
 
 
+_strategy_option = click.option(
+    "--strategy", type=click.Choice(["none", "mirrored"]), default="none", show_default=True,
+    help="Within each trial: mirrored trains on all of this machine's GPUs "
+         "(tf.distribute.MirroredStrategy); one replica on a CPU-only machine.")
+
+
 @cli.command()
 @search_options
 @click.option("--no-retrain", is_flag=True,
               help="Stop after the search (no retrain, evaluate, Grad-CAM or export).")
-def search(no_retrain, **options):
+@click.option("--chief", metavar="HOST:PORT", default=None,
+              help="Be the chief of a distributed search: prepare the run directory and caches, "
+                   "then serve trials to `worker` processes at HOST:PORT (e.g. 0.0.0.0:8000); "
+                   "runs no trial itself.")
+@click.option("--worker-timeout", type=click.IntRange(6), default=120, show_default=True,
+              help="With --chief: seconds without a sign of life after which a worker counts as "
+                   "dead and its trial goes to another worker.")
+@_strategy_option
+def search(no_retrain, chief, worker_timeout, strategy, **options):
     """Search the best classifier for the data (resumes an existing run).
 
     Then retrains the top 3 configurations, evaluates the best on the test split
@@ -97,7 +111,10 @@ def search(no_retrain, **options):
     from search.run import run_search
 
     config = _config(options)
-    best = run_search(config, log=click.echo)
+    if chief and strategy != "none":
+        click.echo("--strategy applies where trials train: pass it to the workers")
+    best = run_search(config, log=click.echo, chief=chief, worker_timeout=worker_timeout,
+                      strategy=strategy)
     _print_best(best, config.path)
     if not no_retrain:
         from search.evaluate import evaluate
@@ -108,6 +125,27 @@ def search(no_retrain, **options):
         retrain(saved, log=click.echo)
         evaluate(saved, log=click.echo)
         export_model(saved, log=click.echo)
+
+
+@cli.command()
+@click.option("--chief", metavar="HOST:PORT", required=True,
+              help="Where the chief (`search --chief`) serves, as seen from this machine.")
+@click.option("--run-dir", type=click.Path(file_okay=False), required=True,
+              help="The chief's run directory, on a filesystem shared with it.")
+@click.option("--worker-id", default=None, help="This worker's name. Default: HOSTNAME-PID.")
+@click.option("--wait", type=click.IntRange(1), default=3600, show_default=True,
+              help="Seconds to wait for the chief to start serving.")
+@_strategy_option
+def worker(chief, run_dir, worker_id, wait, strategy):
+    """Run trials of a distributed search until its chief says it is done.
+
+    The search's settings come from the run directory's config.json, which the
+    chief writes before it serves; the split and the caches there are shared.
+    """
+    from search.run import run_worker
+
+    name = run_worker(run_dir, chief, worker_id=worker_id, strategy=strategy, wait=wait, log=click.echo)
+    click.echo(f"worker {name}: the search is done")
 
 
 def _print_best(best: dict, run_dir: Path) -> None:

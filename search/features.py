@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from hypermodels.cached import POOLED, cut_layer, frozen_model
+from hypermodels.cached import POOLED, cut_layer, frozen_model, is_cacheable
 from hypermodels.classifier import XrayClassifier
 from hypermodels.registry import get_backbone
 from hypermodels.weights import keras_cache_dir, resolve_weights
@@ -81,6 +81,18 @@ class ActivationCache:
         if _read(entry, cut_layer(spec, depth)) is None:
             self._extract(backbone, entry, [c for c in cuts if _read(entry, c) is None])
         return _read(entry, cut_layer(spec, depth))
+
+    def warm(self, backbones) -> None:
+        """Computes now every cut of each of ``backbones`` that a trial could ask for.
+
+        A distributed search's chief does, before serving, so that workers only read.
+        Backbones without a frozen part (trained from scratch) have nothing to cache.
+        """
+        for backbone in backbones:
+            if is_cacheable(backbone, self.classifier.weights):
+                # The first call extracts every missing cut in one pass; the rest read.
+                for depth in range(len(get_backbone(backbone).unfreeze_points) + 1):
+                    self.activations(backbone, depth)
 
     def _extract(self, backbone: str, entry: Path, missing: list[str]) -> None:
         model = _image_model(self.classifier, backbone)

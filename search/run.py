@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +14,7 @@ from hypermodels.cached import CachedFeatureClassifier
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from hypermodels.registry import get_backbone
 from hypermodels.weights import resolve_weights
-from search import dataset, features
+from search import dataset, distributed, features
 from search.config import CONFIG_FILE, RunConfig, load_config
 from search.tuner import MEMORY_FILE, make_tuner
 
@@ -40,8 +41,16 @@ def start_run(config: RunConfig) -> RunConfig:
     return config
 
 
-def run_search(config: RunConfig, log: Callable[[str], None] = print) -> dict:
+def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str | None = None,
+               worker_timeout: float = 120.0, strategy: str | None = None) -> dict:
     """Runs (or resumes) the search and writes ``best_hyperparameters.json``.
+
+    Args:
+        chief: ``HOST:PORT``: be the chief of a distributed search, serving trials
+            to :func:`run_worker` processes and running none; None runs them here.
+        worker_timeout: With ``chief``: seconds without a sign of life after which
+            a worker's trial goes to another worker.
+        strategy: ``"mirrored"``: each trial trains under ``tf.distribute.MirroredStrategy``.
 
     Returns:
         The content of ``best_hyperparameters.json``.
@@ -51,22 +60,55 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print) -> dict:
     config = data.config
     config.save()
     _log_data(data, log)
-    classifier = XrayClassifier(len(config.class_names), config.image_size,
-                                config.backbones, config.weights)
-    # Trials of pretrained backbones train only what is above the freeze boundary,
-    # on activations computed once; the hypermodel's fit picks each trial's data.
-    cache = features.ActivationCache(classifier, data.images, config.path / features.ACTIVATIONS_DIR)
-    hypermodel = CachedFeatureClassifier(classifier, features.TrialData(data, cache))
-    tuner = make_tuner(config, hypermodel)
-    _search(tuner, config)
+    hypermodel, cache = _trial_hypermodel(data)
+    with _failed_trials_as_user_error():
+        if chief is None:
+            tuner = make_tuner(config, hypermodel, distributed.distribution_strategy(strategy, log))
+            tuner.search(epochs=config.max_epochs, verbose=0)
+        else:
+            cache.warm(config.backbones)  # before serving: workers only read the caches
+            tuner = distributed.run_chief(config, hypermodel, chief, worker_timeout, log)
     best = best_trials(tuner)
     (config.path / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n")
     return best
 
 
-def _search(tuner, config: RunConfig) -> None:
+def run_worker(run_dir: str, chief: str, worker_id: str | None = None, strategy: str | None = None,
+               wait: float = 3600.0, log: Callable[[str], None] = print) -> str:
+    """Runs trials of the distributed search that ``chief`` (``HOST:PORT``) serves, until it is done.
+
+    The settings come from ``run_dir/config.json``, written by the chief before it
+    serves, so the two cannot disagree; the split and the caches are read, not rebuilt.
+
+    Returns:
+        This worker's id.
+    """
+    worker_id = distributed.check_worker_id(worker_id) if worker_id else distributed.default_worker_id()
+    distributed.wait_for_chief(chief, wait, log)
+    config = load_config(run_dir)
+    distributed.check_data_visible(config)
+    hypermodel, _ = _trial_hypermodel(dataset.prepare(config, progress=False))
+    log(f"worker {worker_id}: running trials for {run_dir}")
+    with _failed_trials_as_user_error():
+        distributed.run_worker(config, hypermodel, chief, worker_id, strategy, log)
+    return worker_id
+
+
+def _trial_hypermodel(data: dataset.RunData):
+    """The search's hypermodel for ``data`` and the activation cache it trains on."""
+    config = data.config
+    classifier = XrayClassifier(len(config.class_names), config.image_size,
+                                config.backbones, config.weights)
+    # Trials of pretrained backbones train only what is above the freeze boundary,
+    # on activations computed once; the hypermodel's fit picks each trial's data.
+    cache = features.ActivationCache(classifier, data.images, config.path / features.ACTIVATIONS_DIR)
+    return CachedFeatureClassifier(classifier, features.TrialData(data, cache)), cache
+
+
+@contextlib.contextmanager
+def _failed_trials_as_user_error():
     try:
-        tuner.search(epochs=config.max_epochs, verbose=0)
+        yield
     except RuntimeError as error:
         # KerasTuner gives up after several failed trials in a row (something systematic,
         # not bad luck) with a RuntimeError that carries the last trial's traceback.

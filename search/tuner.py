@@ -110,12 +110,13 @@ class _XrayTunerMixin:
         peak, now = peak_rss_mb(), rss_mb()
         with open(self.run_config.path / MEMORY_FILE, "a") as log:
             log.write(f"{trial.trial_id},{peak:.1f},{now:.1f}\n")
-        print(f"{_trial_line(finished)}  peak RSS {peak:.0f} MB", flush=True)
+        print(f"{trial_line(finished)}  peak RSS {peak:.0f} MB", flush=True)
 
     def on_search_end(self):
         super().on_search_end()
         gc.unfreeze()
-        hparams.write_experiment(self.tensorboard_dir, self.oracle.get_space())
+        if not self._is_worker():  # a distributed search's chief writes it, once
+            hparams.write_experiment(self.tensorboard_dir, self.oracle.get_space())
 
 
 class XrayHyperband(_XrayTunerMixin, keras_tuner.Hyperband):
@@ -130,9 +131,15 @@ class XrayRandomSearch(_XrayTunerMixin, keras_tuner.RandomSearch):
     """KerasTuner's random search with this project's hygiene and logging."""
 
 
-def make_tuner(config: RunConfig, hypermodel: keras_tuner.HyperModel) -> keras_tuner.Tuner:
-    """Creates (or reloads, to resume) the tuner the config names."""
+def make_tuner(config: RunConfig, hypermodel: keras_tuner.HyperModel,
+               distribution_strategy=None) -> keras_tuner.Tuner:
+    """Creates (or reloads, to resume) the tuner the config names.
+
+    Args:
+        distribution_strategy: A ``tf.distribute`` strategy each trial trains under.
+    """
     common = dict(
+        distribution_strategy=distribution_strategy,
         hypermodel=hypermodel,
         objective=keras_tuner.Objective(OBJECTIVE, direction="min"),
         seed=config.seed,
@@ -148,7 +155,8 @@ def make_tuner(config: RunConfig, hypermodel: keras_tuner.HyperModel) -> keras_t
     return XrayRandomSearch(max_trials=config.max_trials, **common)
 
 
-def _trial_line(trial) -> str:
+def trial_line(trial) -> str:
+    """One line for a finished trial: id, Hyperband bracket and round, score or why it failed."""
     values = trial.hyperparameters.values
     score = "failed: " + _first_line(trial.message) if trial.score is None else f"{OBJECTIVE}={trial.score:.4f}"
     bracket = f" bracket {values['tuner/bracket']} round {values['tuner/round']}" if "tuner/bracket" in values else ""
