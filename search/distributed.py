@@ -27,12 +27,14 @@ import io
 import os
 import queue
 import re
+import shutil
 import socket
 import sys
 import threading
 import time
 import uuid
 from concurrent import futures
+from pathlib import Path
 from typing import Callable
 
 import grpc
@@ -48,6 +50,7 @@ from search.tuner import make_tuner, trial_line
 
 CHIEF_ID = "chief"
 """The chief's tuner id: KerasTuner treats any id containing "chief" as the chief."""
+_LOCAL_ID = "tuner0"  # KerasTuner's tuner id without distribution
 HEARTBEAT_SECONDS = 2.0
 CHIEF_LOST_SECONDS = 120.0
 """A worker gives up when the chief has not answered for this long."""
@@ -101,6 +104,20 @@ def kerastuner_env(tuner_id: str, address: str):
             os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
 
 
+def resume_across_modes(tuner_dir, tuner_id: str) -> None:
+    """Lets a search started on one machine resume distributed, and the other way round.
+
+    KerasTuner reloads the oracle only when the tuner file of this process's id
+    exists (``tuner0.json`` on one machine, ``chief.json`` for a chief): without
+    it, a search begun in the other mode would start over and overwrite its trials.
+    """
+    tuner_dir = Path(tuner_dir)
+    mine = tuner_dir / f"{tuner_id}.json"
+    other = tuner_dir / (f"{CHIEF_ID}.json" if tuner_id == _LOCAL_ID else f"{_LOCAL_ID}.json")
+    if (tuner_dir / "oracle.json").is_file() and not mine.is_file() and other.is_file():
+        shutil.copyfile(other, mine)
+
+
 def distribution_strategy(name: str | None, log: Callable[[str], None]):
     """The ``tf.distribute`` strategy a trial trains under: None, or ``"mirrored"``."""
     if name in (None, "none"):
@@ -123,6 +140,7 @@ def run_chief(config, hypermodel, address: str, worker_timeout: float, log: Call
     Returns:
         The tuner, whose oracle holds every trial of the search.
     """
+    resume_across_modes(config.path / "tuner", CHIEF_ID)
     with kerastuner_env(CHIEF_ID, address):
         tuner = make_tuner(config, hypermodel)
         serve(tuner, address, worker_timeout, log)
