@@ -15,7 +15,7 @@ import pytest
 from hypermodels.cached import CachedFeatureClassifier, cut_layer, frozen_model
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from hypermodels.registry import get_backbone
-from search import dataset, features
+from search import dataset, features, tuner
 from search.config import new_config
 from search.run import run_search
 
@@ -139,8 +139,11 @@ def test_search_of_a_pretrained_backbone_trains_on_cached_activations(tmp_path, 
     config = new_config(str(run_dir), str(demo_data), backbones=(BACKBONE,), image_size=SIZE,
                         weights=weights_files[0], tuner="random", max_trials=4, max_epochs=1,
                         batch_size=16, seed=2)
+    gradients_before = set(tuner._custom_gradients())
     best = run_search(config, log=lambda line: None)
     assert best["trials"] == 4 and best["best"] is not None
+    # Each trial's traced step would stay reachable from TF's gradient registry (a leak).
+    assert set(tuner._custom_gradients()) == gradients_before
     assert "unfreeze_depth" in best["best"]["hyperparameters"]
     (entry,) = (run_dir / features.ACTIVATIONS_DIR).iterdir()
     assert (entry / "head_pool.f32").is_file()
