@@ -1,0 +1,62 @@
+"""Measurements on a run directory of this project, each in its own process.
+
+    python bench/measure.py floor RUN_DIR BACKBONE   # one forward pass over every image
+    python bench/measure.py score RUN_DIR            # the retrained winner on the test split
+
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import f1_score, recall_score  # noqa: E402
+
+from hypermodels.cached import POOLED, frozen_model  # noqa: E402
+from hypermodels.classifier import XrayClassifier  # noqa: E402
+from search import dataset, features  # noqa: E402
+from search.config import load_config  # noqa: E402
+from search.retrain import best_winner  # noqa: E402
+
+BATCH = 64
+
+
+def floor(run_dir: str, backbone: str) -> dict:
+    """Seconds of one forward pass of the frozen backbone over every decoded image."""
+    config = load_config(run_dir)
+    data = dataset.prepare(config, progress=False)
+    classifier = XrayClassifier(len(config.class_names), config.image_size, (backbone,), config.weights)
+    model = frozen_model(features._image_model(classifier, backbone), None, [POOLED])
+    model.predict_on_batch(np.asarray(data.images[:BATCH]))  # trace once, not timed
+    start = time.perf_counter()
+    for begin in range(0, len(data.images), BATCH):
+        model.predict_on_batch(np.asarray(data.images[begin:begin + BATCH]))
+    seconds = time.perf_counter() - start
+    return {"floor_seconds": seconds, "images": len(data.images), "images_per_second": len(data.images) / seconds}
+
+
+def score(run_dir: str) -> dict:
+    """Test macro-F1 and COVID sensitivity of the run's rank-1 winner (scikit-learn)."""
+    config = load_config(run_dir)
+    data = dataset.prepare(config, progress=False)
+    model = keras.saving.load_model(best_winner(run_dir) / "model.keras")
+    rows = data.indices("test")
+    y_true = data.labels[rows]
+    y_pred = np.argmax(model.predict(np.asarray(data.images[rows]), batch_size=BATCH, verbose=0), 1)
+    covid = list(config.class_names).index("COVID")
+    return {"test_macro_f1": float(f1_score(y_true, y_pred, average="macro")),
+            "covid_sensitivity": float(recall_score(y_true == covid, y_pred == covid))}
+
+
+if __name__ == "__main__":
+    what, *args = sys.argv[1:]
+    print(json.dumps({"floor": floor, "score": score}[what](*args)))
