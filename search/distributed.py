@@ -10,10 +10,13 @@ module adds around it:
   the chief's serve loop (a replacement for ``oracle_chief.start_server``, with
   KerasTuner's own ``OracleServicer``) releases a silent worker: its trial goes to
   the oracle's retry queue once (KerasTuner's own re-run path, as on a resume) and
-  is marked FAILED if it loses a second worker.
+  is marked FAILED if it loses a second worker. A released worker that comes back
+  (suspended, cut off) learns it at its next check-in, before any report, and exits.
 - A worker whose chief is gone would wait in a gRPC call for up to an hour
   (``OracleClient`` calls wait for the server); the heartbeat ends it sooner.
 - An idle worker asks again at once when Hyperband answers IDLE; it pauses here.
+- KerasTuner prints a stray debug line per conditional hyperparameter whenever a
+  trial crosses gRPC; those are muted.
 
 ``KERASTUNER_TUNER_ID``, ``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT`` are
 set by :func:`kerastuner_env` only, the project's one use of environment variables
@@ -233,12 +236,12 @@ class _Roster:
         self.timeout = timeout
         self._lock = threading.Lock()
         self._seen = {}  # worker id -> (monotonic time, instance token or None)
-        self._dead = set()  # instance tokens of released workers
+        self._dead = set()  # instance ids of released worker processes
 
     def seen(self, worker: str, instance: str | None = None) -> bool:
         """Records a sign of life; False if this instance was already released."""
         with self._lock:
-            if instance in self._dead:
+            if instance is not None and instance in self._dead:
                 return False
             previous = self._seen.get(worker, (0, None))[1]
             self._seen[worker] = (time.monotonic(), instance or previous)
@@ -256,6 +259,7 @@ class _Roster:
             gone = [w for w, (at, _) in self._seen.items() if now - at > self.timeout]
             for worker in gone:
                 self._dead.add(self._seen.pop(worker)[1])
+            self._dead.discard(None)
             return gone
 
 
@@ -360,9 +364,9 @@ def _requeue(oracle, trial_id: str) -> None:
 def run_worker(config, hypermodel, address: str, worker_id: str, strategy: str | None,
                log: Callable[[str], None]) -> None:
     """Runs trials served by the chief at ``address`` until its oracle says the search is done."""
-    with worker_session(address, worker_id, log):
+    with worker_session(address, worker_id, log) as heartbeat:
         tuner = make_tuner(config, hypermodel, distribution_strategy(strategy, log))
-        pace(tuner)
+        pace(tuner, heartbeat)
         try:
             tuner.search(epochs=config.max_epochs, verbose=0)
         except grpc.RpcError as error:
@@ -402,73 +406,99 @@ def wait_for_chief(address: str, timeout: float, log: Callable[[str], None]) -> 
 
 @contextlib.contextmanager
 def worker_session(address: str, worker_id: str, log: Callable[[str], None]):
-    """KerasTuner's worker variables plus a heartbeat to the chief, for the block."""
+    """KerasTuner's worker variables and a heartbeat to the chief, for the block.
+
+    Yields:
+        The heartbeat, for :func:`pace`.
+    """
+    heartbeat = _Heartbeat(address, worker_id, log)
+    heartbeat.beat()  # before any trial: the chief knows this instance from the start
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(address, worker_id, stop, log),
-                            name="heartbeat", daemon=True)
+    thread = threading.Thread(target=heartbeat.run, args=(stop,), name="heartbeat", daemon=True)
     with kerastuner_env(worker_id, address):
-        beat.start()
+        thread.start()
         try:
-            yield
+            yield heartbeat
         finally:
             stop.set()
 
 
-def pace(tuner) -> None:
-    """Makes a worker's tuner pause after an IDLE answer instead of asking again at once."""
-    tuner.oracle = _PatientClient(tuner.oracle)
+def pace(tuner, heartbeat: "_Heartbeat") -> None:
+    """Makes a worker's tuner check in before each report and pause after an IDLE answer."""
+    tuner.oracle = _WorkerClient(tuner.oracle, heartbeat)
 
 
-class _PatientClient:
-    """KerasTuner's ``OracleClient`` that pauses after an IDLE answer (and sends quietly).
+class _WorkerClient:
+    """KerasTuner's ``OracleClient``, made safe for a worker the chief may have released.
 
-    ``BaseTuner.search`` asks again at once when the oracle answers IDLE (Hyperband
-    waiting for a round's results): without a pause, an idle worker floods the
-    chief's one server thread and burns the CPU a training worker may share.
+    Before asking for a trial or reporting one it checks in (which exits if the chief
+    released this worker: its trial has gone to another), so a worker that was
+    suspended or cut off past the timeout cannot report over the re-issued trial.
+    It pauses after an IDLE answer: ``BaseTuner.search`` asks again at once (e.g.
+    Hyperband waiting for a round), which would flood the chief's one server thread.
     """
 
-    def __init__(self, client):
+    def __init__(self, client, heartbeat: "_Heartbeat"):
         self._client = client
+        self._heartbeat = heartbeat
 
     def __getattr__(self, name):
         return getattr(self._client, name)
 
     def create_trial(self, tuner_id):
+        self._heartbeat.beat()
         trial = self._client.create_trial(tuner_id)
         if trial.status == trial_module.TrialStatus.IDLE:
             time.sleep(_IDLE_PAUSE_SECONDS)
         return trial
 
+    def update_trial(self, trial_id, metrics, step=0):
+        self._heartbeat.beat()
+        return self._client.update_trial(trial_id, metrics, step=step)
+
     def end_trial(self, trial):
+        self._heartbeat.beat()
         # Sending a trial prints KerasTuner's stray debug lines (see _MutedThreads).
         with contextlib.redirect_stdout(io.StringIO()):
             return self._client.end_trial(trial)
 
 
-def _heartbeat(address: str, worker_id: str, stop: threading.Event, log) -> None:
-    """Tells the chief this worker lives; ends the process when the chief is gone or released it.
+class _Heartbeat:
+    """This worker's signs of life to the chief, under an id for this process.
 
-    A hard exit because the main thread may sit in an ``OracleClient`` call that
-    waits for an absent chief for up to an hour.
+    Ends the process when the chief released the worker or stayed unreachable for
+    ``CHIEF_LOST_SECONDS``: a hard exit, because the main thread may sit in an
+    ``OracleClient`` call that waits for an absent chief for up to an hour.
     """
-    host, port = parse_address(address)
-    metadata = ((_WORKER_KEY, worker_id), (_INSTANCE_KEY, uuid.uuid4().hex))
-    with grpc.insecure_channel(f"{host}:{port}") as channel:
-        stub = protos.get_service_grpc().OracleStub(channel)
-        answered = time.monotonic()
+
+    def __init__(self, address: str, worker_id: str, log: Callable[[str], None]):
+        host, port = parse_address(address)
+        self.address = f"{host}:{port}"
+        self.worker_id = worker_id
+        self.log = log
+        self._metadata = ((_WORKER_KEY, worker_id), (_INSTANCE_KEY, uuid.uuid4().hex))
+        self._stub = protos.get_service_grpc().OracleStub(grpc.insecure_channel(self.address))
+        self._answered = time.monotonic()
+
+    def beat(self) -> None:
+        """One sign of life; exits the process if the chief released this worker."""
+        try:
+            self._stub.GetSpace(protos.get_service().GetSpaceRequest(), metadata=self._metadata,
+                                timeout=4 * HEARTBEAT_SECONDS)
+            self._answered = time.monotonic()
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.PERMISSION_DENIED:
+                _exit(self.log, f"worker {self.worker_id}: the chief released this worker as silent "
+                                "(its trial runs elsewhere); exiting. Start it again to rejoin.")
+            if time.monotonic() - self._answered > CHIEF_LOST_SECONDS:
+                _exit(self.log, f"worker {self.worker_id}: no answer from the chief at {self.address} "
+                                f"for {CHIEF_LOST_SECONDS:.0f} s; exiting. Restart the chief (it "
+                                "resumes) and the workers.")
+
+    def run(self, stop: threading.Event) -> None:
+        """Beats every ``HEARTBEAT_SECONDS`` until ``stop`` is set."""
         while not stop.wait(HEARTBEAT_SECONDS):
-            try:
-                stub.GetSpace(protos.get_service().GetSpaceRequest(), metadata=metadata,
-                              timeout=4 * HEARTBEAT_SECONDS)
-                answered = time.monotonic()
-            except grpc.RpcError as error:
-                if error.code() == grpc.StatusCode.PERMISSION_DENIED:
-                    _exit(log, f"worker {worker_id}: the chief released this worker as silent "
-                               "(its trial runs elsewhere); exiting. Start it again to rejoin.")
-                if time.monotonic() - answered > CHIEF_LOST_SECONDS and not stop.is_set():
-                    _exit(log, f"worker {worker_id}: no answer from the chief at {host}:{port} for "
-                               f"{CHIEF_LOST_SECONDS:.0f} s; exiting. Restart the chief (it resumes) "
-                               "and the workers.")
+            self.beat()
 
 
 def _exit(log, message: str) -> None:
