@@ -133,8 +133,8 @@ def search(no_retrain, chief, worker_timeout, strategy, **options):
 @click.option("--run-dir", type=click.Path(file_okay=False), required=True,
               help="The chief's run directory, on a filesystem shared with it.")
 @click.option("--worker-id", default=None, help="This worker's name. Default: HOSTNAME-PID.")
-@click.option("--wait", type=click.IntRange(1), default=3600, show_default=True,
-              help="Seconds to wait for the chief to start serving.")
+@click.option("--wait", type=click.IntRange(1), default=6 * 3600, show_default=True,
+              help="Seconds to wait for the chief to start serving (it prepares the caches first).")
 @_strategy_option
 def worker(chief, run_dir, worker_id, wait, strategy):
     """Run trials of a distributed search until its chief says it is done.

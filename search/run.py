@@ -75,7 +75,7 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
 
 
 def run_worker(run_dir: str, chief: str, worker_id: str | None = None, strategy: str | None = None,
-               wait: float = 3600.0, log: Callable[[str], None] = print) -> str:
+               wait: float = 6 * 3600.0, log: Callable[[str], None] = print) -> str:
     """Runs trials of the distributed search that ``chief`` (``HOST:PORT``) serves, until it is done.
 
     The settings come from ``run_dir/config.json``, written by the chief before it
