@@ -83,9 +83,26 @@ def main(argv=None) -> dict:
         work / "logs" / "reference.log")
     reference = json.loads((work / "reference.json").read_text())
     results = _results(args, ours, steps, score, floor, reference)
+    if args.memory_trials:
+        results["memory"] = memory_trend(python, data, budget, args.memory_trials, work)
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     return results
+
+
+def memory_trend(python: str, data: str, budget: list[str], trials: int, work: Path) -> dict:
+    """Peak RSS of the first and last 10 trials of a ``trials``-trial random search."""
+    run_dir = work / "memory"
+    run_step(f"this project: {trials}-trial search for memory", [
+        python, "cli.py", "search", "--data", str(Path(data).resolve()), "--run-dir", str(run_dir), *budget,
+        "--tuner", "random", "--max-trials", str(trials), "--no-retrain"], work / "logs" / "memory.log")
+    rows = [line.split(",") for line in (run_dir / "memory.csv").read_text().splitlines()]
+    peak = [float(r[1]) for r in rows]
+    anonymous = [float(r[3]) for r in rows]
+    first, last = sum(peak[:10]) / 10, sum(peak[-10:]) / 10
+    return {"trials": len(rows), "peak_rss_first_10_mb": first, "peak_rss_last_10_mb": last,
+            "change": last / first - 1, "anonymous_rss_first_10_mb": sum(anonymous[:10]) / 10,
+            "anonymous_rss_last_10_mb": sum(anonymous[-10:]) / 10}
 
 
 def _results(args, ours: Path, steps: dict, score: dict, floor: dict, reference: dict) -> dict:
@@ -124,6 +141,12 @@ def table(results: dict) -> str:
     lines += ["", f"floor (one forward pass over {floor['images']} images): {floor['floor_seconds']:.1f} s "
               f"({floor['images_per_second']:.0f} images/s); our search = {ours['search_seconds'] / floor['floor_seconds']:.1f}x "
               f"the floor; search {speed:.1f}x faster, search + retrain {total:.1f}x faster"]
+    if "memory" in results:
+        memory = results["memory"]
+        lines.append(f"memory over a {memory['trials']}-trial search: peak RSS of the first 10 trials "
+                     f"{memory['peak_rss_first_10_mb']:.0f} MB, of the last 10 {memory['peak_rss_last_10_mb']:.0f} MB "
+                     f"({memory['change']:+.1%}); anonymous RSS {memory['anonymous_rss_first_10_mb']:.0f} -> "
+                     f"{memory['anonymous_rss_last_10_mb']:.0f} MB")
     return "\n".join(lines)
 
 
@@ -143,6 +166,8 @@ def _arguments(argv):
     parser.add_argument("--factor", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="use N images, stratified by class")
+    parser.add_argument("--memory-trials", type=int, default=0,
+                        help="also run an N-trial random search and compare the peak RSS of its first and last 10 trials")
     return parser.parse_args(argv)
 
 
