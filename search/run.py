@@ -14,7 +14,8 @@ from hypermodels.cached import CachedFeatureClassifier
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from hypermodels.registry import get_backbone
 from hypermodels.weights import resolve_weights
-from search import dataset, distributed, features
+from search import dataset, distributed, features, worker
+from search.chief import run_chief
 from search.config import CONFIG_FILE, RunConfig, load_config
 from search.tuner import MEMORY_FILE, make_tuner
 
@@ -68,7 +69,7 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
             tuner.search(epochs=config.max_epochs, verbose=0)
         else:
             cache.warm(config.backbones)  # before serving: workers only read the caches
-            tuner = distributed.run_chief(config, hypermodel, chief, worker_timeout, log)
+            tuner = run_chief(config, hypermodel, chief, worker_timeout, log)
     best = best_trials(tuner)
     (config.path / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n")
     return best
@@ -85,13 +86,13 @@ def run_worker(run_dir: str, chief: str, worker_id: str | None = None, strategy:
         This worker's id.
     """
     worker_id = distributed.check_worker_id(worker_id) if worker_id else distributed.default_worker_id()
-    distributed.wait_for_chief(chief, wait, log)
+    worker.wait_for_chief(chief, wait, log)
     config = load_config(run_dir)
-    distributed.check_data_visible(config)
+    worker.check_data_visible(config)
     hypermodel, _ = _trial_hypermodel(dataset.prepare(config, progress=False))
     log(f"worker {worker_id}: running trials for {run_dir}")
     with _failed_trials_as_user_error():
-        distributed.run_worker(config, hypermodel, chief, worker_id, strategy, log)
+        worker.run_worker(config, hypermodel, chief, worker_id, strategy, log)
     return worker_id
 
 
