@@ -40,7 +40,7 @@ from data.errors import UserError
 
 CHIEF_ID = "chief"
 """The chief's tuner id: KerasTuner treats any id containing "chief" as the chief."""
-_LOCAL_ID = "tuner0"  # KerasTuner's tuner id without distribution
+LOCAL_ID = "tuner0"  # KerasTuner's tuner id without distribution
 WORKER_KEY, INSTANCE_KEY = "x-cxr-worker", "x-cxr-instance"  # gRPC metadata keys are lowercase
 _ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 
@@ -98,7 +98,7 @@ def resume_across_modes(tuner_dir, tuner_id: str) -> None:
     """
     tuner_dir = Path(tuner_dir)
     mine = tuner_dir / f"{tuner_id}.json"
-    other = tuner_dir / (f"{CHIEF_ID}.json" if tuner_id == _LOCAL_ID else f"{_LOCAL_ID}.json")
+    other = tuner_dir / (f"{CHIEF_ID}.json" if tuner_id == LOCAL_ID else f"{LOCAL_ID}.json")
     if (tuner_dir / "oracle.json").is_file() and not mine.is_file() and other.is_file():
         shutil.copyfile(other, mine)
 

@@ -64,7 +64,7 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
     hypermodel, cache = _trial_hypermodel(data)
     with _failed_trials_as_user_error():
         if chief is None:
-            distributed.resume_across_modes(config.path / "tuner", "tuner0")
+            distributed.resume_across_modes(config.path / "tuner", distributed.LOCAL_ID)
             tuner = make_tuner(config, hypermodel, distributed.distribution_strategy(strategy, log))
             tuner.search(epochs=config.max_epochs, verbose=0)
         else:
