@@ -24,8 +24,18 @@ SIZE = 32
 
 
 def _weights_file(path, seed):
+    """Random weights whose BatchNorm statistics fit their own activations.
+
+    With the initial statistics (mean 0, variance 1) activations shrink block after
+    block to ~1e-17 and every comparison below would hold trivially; one pass in
+    training mode with momentum 0 sets each layer's statistics to what it sees.
+    """
     keras.utils.set_random_seed(seed)
     base = get_backbone(BACKBONE).constructor(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    base(np.random.default_rng(seed).uniform(-1, 1, (64, SIZE, SIZE, 3)).astype("float32"), training=True)
     base.save_weights(path)
     return str(path)
 
@@ -62,7 +72,8 @@ def test_cached_activations_equal_a_fresh_forward_pass(run_data, weights_files, 
     cached = _cache(run_data, weights_files[0], tmp_path).activations(BACKBONE, depth)
     fresh = _fresh(run_data, weights_files[0], cut_layer(get_backbone(BACKBONE), depth))
     assert cached.shape == fresh.shape and cached.dtype == np.float32
-    np.testing.assert_allclose(cached, fresh, rtol=1e-5, atol=1e-5)
+    assert fresh.std() > 0.05  # activations that carry signal, not ~0
+    np.testing.assert_allclose(cached, fresh, rtol=1e-5, atol=1e-5 * np.abs(fresh).max())
 
 
 def test_shallower_cuts_derive_from_the_deepest_cached_one(run_data, weights_files, tmp_path, monkeypatch):
@@ -76,7 +87,8 @@ def test_shallower_cuts_derive_from_the_deepest_cached_one(run_data, weights_fil
     monkeypatch.setattr(features, "frozen_model", lambda m, source, cuts: sources.append(source) or real(m, source, cuts))
     derived = cache.activations(BACKBONE, 0)
     assert sources == [cut_layer(get_backbone(BACKBONE), 2)]
-    np.testing.assert_allclose(derived, _fresh(run_data, weights_files[0], "head_pool"), rtol=1e-5, atol=1e-5)
+    fresh = _fresh(run_data, weights_files[0], "head_pool")
+    np.testing.assert_allclose(derived, fresh, rtol=1e-5, atol=1e-5 * np.abs(fresh).max())
 
 
 def test_a_second_request_reads_the_cache_without_a_forward_pass(run_data, weights_files, tmp_path, monkeypatch):
@@ -130,8 +142,9 @@ def test_a_trial_on_cached_activations_scores_as_the_same_trial_on_images(run_da
     top = hypermodel.build(hp)
     assert len(top.layers) < len(image_model.layers)
     on_features = hypermodel.fit(hp, top, epochs=3, verbose=0)
-    np.testing.assert_allclose(on_features.history[OBJECTIVE],
-                               on_images.history[OBJECTIVE], rtol=1e-4)
+    curve = on_images.history[OBJECTIVE]
+    assert abs(curve[-1] - curve[0]) > 1e-2  # the trial learns, so equal curves mean something
+    np.testing.assert_allclose(on_features.history[OBJECTIVE], curve, rtol=1e-4)
 
 
 def test_search_of_a_pretrained_backbone_trains_on_cached_activations(tmp_path, demo_data, weights_files):
