@@ -97,8 +97,8 @@ class ActivationCache:
     def _extract(self, backbone: str, entry: Path, missing: list[str]) -> None:
         model = _image_model(self.classifier, backbone)
         spec = get_backbone(backbone)
-        # Cuts from the output down: the deepest cached one below every missing cut is
-        # the cheapest exact source; without one, the images are.
+        # Cuts from the output down: the nearest cached cut below every missing one is
+        # the cheapest exact source (a few blocks, not the whole backbone); else the images.
         order = [POOLED, *spec.unfreeze_points]
         below = [c for c in order[max(order.index(m) for m in missing) + 1:] if _read(entry, c) is not None]
         source = below[0] if below else None
