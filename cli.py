@@ -21,6 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: q
 # and KerasTuner's Hyperband continues a trial from weights without optimizer state.
 warnings.filterwarnings("ignore", message="`input_shape` is undefined or non-square")
 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+# Our tf.data pipelines shuffle themselves; Keras warns that fit's own shuffle=True is ignored.
+warnings.filterwarnings("ignore", message="`shuffle=True` was passed, but will be ignored")
 
 
 class _Group(click.Group):

@@ -153,7 +153,7 @@ def make_tuner(config: RunConfig, hypermodel: keras_tuner.HyperModel,
         distribution_strategy=distribution_strategy,
         hypermodel=hypermodel,
         objective=keras_tuner.Objective(OBJECTIVE, direction="min"),
-        seed=config.seed,
+        seed=oracle_seed(config.seed),
         directory=str(config.path),
         project_name="tuner",
         overwrite=config.overwrite,
@@ -164,6 +164,16 @@ def make_tuner(config: RunConfig, hypermodel: keras_tuner.HyperModel,
     if config.tuner == "bayesian":
         return XrayBayesianOptimization(max_trials=config.max_trials, **common)
     return XrayRandomSearch(max_trials=config.max_trials, **common)
+
+
+def oracle_seed(seed: int) -> int:
+    """The seed handed to KerasTuner's oracle for the run's ``--seed``.
+
+    KerasTuner treats a seed of 0 as "no seed" (``seed or random.randint(...)``),
+    so ``--seed 0``, the default, would sample a different trial sequence in every
+    process. Non-negative seeds shift by one; negative ones are already non-zero.
+    """
+    return seed + 1 if seed >= 0 else seed
 
 
 def _custom_gradients() -> dict:
