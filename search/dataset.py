@@ -79,7 +79,7 @@ def prepare(config: RunConfig, progress: bool = True) -> RunData:
         decoded = cache.load_decoded(examples, config.image_size, config.path / "cache", progress)
         if decoded.skipped:
             raise UserError(
-                f"{len(decoded.skipped)} images of {split_csv} can no longer be read "
+                f"{len(decoded.skipped)} image(s) of {split_csv} can no longer be read "
                 f"(first: {decoded.skipped[0].path}: {decoded.skipped[0].reason}); "
                 "restore them or start over with --overwrite.")
         found = config.counts.get("found", len(examples))
