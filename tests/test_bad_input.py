@@ -293,7 +293,7 @@ def test_resume_with_a_vanished_image_keeps_split_and_trials(run_copy, mixed_dat
         result = _search(mixed_data, run_copy)
     finally:
         hidden.rename(image)
-    _error_line(result, "1 images of", "Normal-2.png: file missing",
+    _error_line(result, "1 image(s) of", "Normal-2.png: file missing",
                 "restore them or start over with --overwrite")
     after = {k: v for k, v in _tree_digest(run_copy).items() if not k.startswith("cache")}
     assert after == before
