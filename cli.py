@@ -278,14 +278,12 @@ def audit(path, split_csv, out):
     """
     from data import audit as leakage
     from data.manifest import discover
-    from data.split import load_split
+    from data.split import splits_of
 
     examples = discover(path)
     splits = None
     if split_csv is not None:
-        split_examples, split_names = load_split(split_csv)
-        split_of = {e.path: s for e, s in zip(split_examples, split_names)}
-        splits = [split_of.get(e.path, "") for e in examples]  # "": not in the split (e.g. skipped)
+        splits = splits_of(examples, split_csv)
         click.echo(f"{sum(bool(s) for s in splits)} of {len(examples)} images are in {split_csv}")
     report = leakage.audit(examples, splits=splits)
     for line in leakage.summary_lines(report):

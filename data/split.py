@@ -128,3 +128,15 @@ def _pick_fold(labels, codes, items: np.ndarray, folds: float, seed: int):
         "Could not split the data so that every class is in train, val and test: a few "
         "large patient groups dominate a class. Add images or change the split fractions."
     )
+
+
+def splits_of(examples, path) -> list[str]:
+    """The split of each example according to the split file at ``path``.
+
+    Returns:
+        One split name per example; ``""`` for an example the file does not list
+        (e.g. one that was skipped as unreadable).
+    """
+    listed, names = load_split(path)
+    split_of = {e.path: s for e, s in zip(listed, names)}
+    return [split_of.get(e.path, "") for e in examples]

@@ -57,7 +57,7 @@ def retrain(config: RunConfig, top_k: int = 3, seeds: int = 1, max_epochs: int |
     """
     top = _top_trials(config)[:top_k]
     # Read the saved split: a run started with --overwrite keeps that flag in config.json.
-    data = dataset.prepare(config.replace(overwrite=False), progress=False)
+    data = dataset.prepare(config, progress=False)
     config = data.config
     train, val = data.dataset("train", shuffle=True, augment=augment), data.dataset("val")
     winners_dir = config.path / WINNERS_DIR
