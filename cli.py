@@ -7,6 +7,7 @@ line on stderr and exit status 1, without a traceback.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -23,6 +24,9 @@ warnings.filterwarnings("ignore", message="`input_shape` is undefined or non-squ
 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
 # Our tf.data pipelines shuffle themselves; Keras warns that fit's own shuffle=True is ignored.
 warnings.filterwarnings("ignore", message="`shuffle=True` was passed, but will be ignored")
+# Every trial traces its own new training step; TensorFlow counts those first traces
+# of new functions as "retracing" and suggests fixes for a loop that is not there.
+logging.getLogger("tensorflow").addFilter(lambda record: "triggered tf.function retracing" not in record.getMessage())
 
 
 class _Group(click.Group):

@@ -21,7 +21,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import f1_score, recall_score  # noqa: E402
 
-from hypermodels.cached import POOLED, frozen_model  # noqa: E402
+from hypermodels.cached import frozen_model  # noqa: E402
+from hypermodels.classifier import POOLED  # noqa: E402
 from hypermodels.classifier import XrayClassifier  # noqa: E402
 from search import dataset, features  # noqa: E402
 from search.config import load_config  # noqa: E402

@@ -15,11 +15,12 @@ from typing import Callable
 import keras
 import keras_tuner
 
-from hypermodels.classifier import XrayClassifier, compile_model
+from hypermodels.classifier import POOLED, XrayClassifier, compile_model, head_seed
 from hypermodels.registry import BackboneSpec, get_backbone
 
-POOLED = "head_pool"
-"""Layer whose output (the backbone's globally pooled features) feeds the head."""
+STEPS_PER_EXECUTION = 16
+"""Training steps per call into TensorFlow: a trial's small steps are dominated by
+Python overhead between steps, not by the arithmetic."""
 
 DatasetsFor = Callable[[str, "int | None"], tuple]
 """``(backbone, unfreeze depth or None for the image model) -> (train, validation)``."""
@@ -28,11 +29,6 @@ DatasetsFor = Callable[[str, "int | None"], tuple]
 def cut_layer(spec: BackboneSpec, depth: int) -> str:
     """Name of the layer whose output is the input of the trainable part at ``depth``."""
     return spec.unfreeze_points[depth - 1] if depth else POOLED
-
-
-def top_model(model: keras.Model, cut: str) -> keras.Model:
-    """The part of a built functional ``model`` above layer ``cut``, sharing its weights."""
-    return keras.Model(model.get_layer(cut).output, model.output, name=f"{model.name}_above_{cut}")
 
 
 def frozen_model(model: keras.Model, source: str | None, cuts: list[str]) -> keras.Model:
@@ -44,9 +40,12 @@ def frozen_model(model: keras.Model, source: str | None, cuts: list[str]) -> ker
 class CachedFeatureClassifier(keras_tuner.HyperModel):
     """:class:`XrayClassifier` whose trials train on cached frozen activations.
 
-    ``build(hp)`` builds the image model for ``hp`` and returns the part above its
-    freeze boundary; ``fit`` trains it on the matching cached activations. Backbones
-    trained from scratch have no frozen part: they build and fit on images.
+    ``build(hp)`` returns only the part of ``hp``'s image model above its freeze
+    boundary: the backbone's top blocks (copies of a template image model's, with
+    its pretrained values) and the head, on an input shaped like the cached
+    activations. The backbone itself is built once per process, not per trial.
+    ``fit`` trains on the matching cached activations. Backbones trained from
+    scratch have no frozen part: they build and fit on images.
 
     Args:
         classifier: The image model whose hyperparameters are searched.
@@ -58,6 +57,7 @@ class CachedFeatureClassifier(keras_tuner.HyperModel):
         super().__init__(**kwargs)
         self.classifier = classifier
         self.datasets = datasets
+        self._templates = {}
 
     def frozen_depth(self, hp: keras_tuner.HyperParameters) -> int | None:
         """The unfreeze depth of ``hp``'s backbone, or None when nothing of it is frozen."""
@@ -66,17 +66,46 @@ class CachedFeatureClassifier(keras_tuner.HyperModel):
         return hp.values.get("unfreeze_depth", 0)
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
-        model = self.classifier.build(hp)
-        depth = self.frozen_depth(hp)
-        if depth is None:
-            return model
-        top = top_model(model, cut_layer(get_backbone(hp.values["backbone"]), depth))
-        compile_model(top, hp.values["learning_rate"])
-        return top
+        name = self.classifier.backbone(hp)
+        if not is_cacheable(name, self.classifier.weights):
+            return self.classifier.build(hp)
+        spec = get_backbone(name)
+        depth = self.classifier.unfreeze_depth(hp, spec)
+        seed = head_seed()  # first, as in the image model: the same head for the same seed
+        template, values = self._template(name)
+        cut = cut_layer(spec, depth)
+        inputs = keras.Input(template.get_layer(cut).output.shape[1:], name=cut)
+        features = inputs
+        if depth:
+            blocks = keras.Model(template.get_layer(cut).output, template.get_layer(POOLED).input)
+            copy = keras.models.clone_model(blocks, input_tensors=inputs)
+            for layer in copy.layers:
+                if layer.weights:
+                    layer.set_weights(values[layer.name])
+                # BatchNorm stays in inference mode, as in the image model.
+                layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+            features = copy.output
+        outputs = self.classifier.head(features, hp, seed, pooled=not depth)
+        model = keras.Model(inputs, outputs, name=f"cxr_{name}_above_{cut}")
+        compile_model(model, self.classifier.learning_rate(hp), steps_per_execution=STEPS_PER_EXECUTION)
+        return model
 
     def fit(self, hp, model, *args, **kwargs):
         train, validation = self.datasets(hp.values["backbone"], self.frozen_depth(hp))
         return model.fit(train, validation_data=validation, **kwargs)
+
+    def _template(self, name: str) -> tuple[keras.Model, dict]:
+        """The image model of backbone ``name`` (built once per process) and its layers' values.
+
+        It is never trained: trials train copies of its top blocks, given its
+        pretrained values, so it is only read, however many trials come.
+        """
+        if name not in self._templates:
+            hp = keras_tuner.HyperParameters()
+            hp.values.update(backbone=name, unfreeze_depth=0)
+            model = self.classifier.build(hp)
+            self._templates[name] = (model, {layer.name: layer.get_weights() for layer in model.layers})
+        return self._templates[name]
 
 
 def is_cacheable(backbone: str, weights: str) -> bool:

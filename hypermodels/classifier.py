@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Sequence
 
 import keras
@@ -15,6 +16,8 @@ OBJECTIVE = "val_weighted_loss"
 """Name of the class-weighted validation loss that ranks trials."""
 
 MAX_HEAD_DEPTH = 3
+POOLED = "head_pool"
+"""Layer whose output (the backbone's globally pooled features) feeds the head."""
 HEAD_UNITS = (64, 128, 256, 512)
 
 
@@ -44,43 +47,65 @@ class XrayClassifier(keras_tuner.HyperModel):
         self.weights = weights
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
-        name = hp.Choice("backbone", list(self.backbones), default=self.backbones[0])
-        spec = get_backbone(name)
+        spec = get_backbone(self.backbone(hp))
+        weights = resolve_weights(spec, self.weights, self.image_size)
+        depth = self.unfreeze_depth(hp, spec) if weights is not None else None
+        seed = head_seed()
         inputs = keras.Input((self.image_size, self.image_size, 1), dtype="uint8", name="image")
         x = XrayPreprocess(spec.preprocess, name="preprocess")(inputs)
-        weights = resolve_weights(spec, self.weights, self.image_size)
         base = spec.constructor(include_top=False, weights=weights, input_tensor=x)
-        if weights is not None:
-            self._freeze(base, spec, hp)
-        else:
+        if depth is None:
             _follow_batch_statistics_faster(base)
-        outputs = self._head(base.output, hp)
-        model = keras.Model(inputs, outputs, name=f"cxr_{name}")
-        compile_model(model, hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3))
+        else:
+            freeze_backbone(base, spec, depth)
+        outputs = self.head(base.output, hp, seed)
+        model = keras.Model(inputs, outputs, name=f"cxr_{spec.name}")
+        compile_model(model, self.learning_rate(hp))
         return model
+
+    def backbone(self, hp: keras_tuner.HyperParameters) -> str:
+        """Declares (or reads) the ``backbone`` choice; returns its value."""
+        return hp.Choice("backbone", list(self.backbones), default=self.backbones[0])
+
+    def unfreeze_depth(self, hp: keras_tuner.HyperParameters, spec: BackboneSpec) -> int:
+        """Declares (or reads) ``unfreeze_depth``, which only pretrained backbones have."""
+        with hp.conditional_scope("backbone", self._pretrained()):
+            return hp.Int("unfreeze_depth", 0, len(spec.unfreeze_points), default=0)
+
+    def learning_rate(self, hp: keras_tuner.HyperParameters) -> float:
+        """Declares (or reads) the log-scaled ``learning_rate``."""
+        return hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
 
     def _pretrained(self) -> list[str]:
         if self.weights == "none":
             return []
         return [n for n in self.backbones if get_backbone(n).pretrainable]
 
-    def _freeze(self, base: keras.Model, spec: BackboneSpec, hp) -> None:
-        with hp.conditional_scope("backbone", self._pretrained()):
-            depth = hp.Int("unfreeze_depth", 0, len(spec.unfreeze_points), default=0)
-        freeze_backbone(base, spec, depth)
+    def head(self, features, hp: keras_tuner.HyperParameters, seed: int, pooled: bool = False):
+        """The classification head on ``features`` (the backbone's output, or already pooled).
 
-    def _head(self, features, hp):
-        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)
+        Its initial values and dropout masks come from ``seed`` alone, not from
+        whatever was built before it: a trial that trains only the part above the
+        freeze boundary starts exactly where the whole image model would.
+        """
+        x = features if pooled else keras.layers.GlobalAveragePooling2D(name=POOLED)(features)
         depth = hp.Int("head_depth", 0, MAX_HEAD_DEPTH, default=1)
         dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.2)
         for i in range(depth):
             with hp.conditional_scope("head_depth", list(range(i + 1, MAX_HEAD_DEPTH + 1))):
                 units = hp.Choice(f"head_units_{i}", list(HEAD_UNITS), default=128)
-            x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{i}")(x)
-            x = keras.layers.Dropout(dropout, name=f"head_dropout_{i}")(x)
+            x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{i}",
+                                   kernel_initializer=keras.initializers.GlorotUniform(seed + 2 * i))(x)
+            x = keras.layers.Dropout(dropout, name=f"head_dropout_{i}", seed=seed + 2 * i + 1)(x)
         if depth == 0:
-            x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-        return keras.layers.Dense(self.num_classes, activation="softmax", name="predictions")(x)
+            x = keras.layers.Dropout(dropout, name="head_dropout", seed=seed + 1)(x)
+        return keras.layers.Dense(self.num_classes, activation="softmax", name="predictions",
+                                  kernel_initializer=keras.initializers.GlorotUniform(seed + 2 * MAX_HEAD_DEPTH))(x)
+
+
+def head_seed() -> int:
+    """A seed for the head, drawn from the global random state ``keras.utils.set_random_seed`` sets."""
+    return random.randrange(2**30)
 
 
 def freeze_backbone(base: keras.Model, spec: BackboneSpec, depth: int) -> None:
@@ -111,7 +136,7 @@ def _follow_batch_statistics_faster(base: keras.Model) -> None:
             layer.momentum = 0.9
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> None:
+def compile_model(model: keras.Model, learning_rate: float, steps_per_execution: int = 1) -> None:
     """Compiles with the class-weighted loss the search ranks on.
 
     The data carry per-sample class weights, so ``weighted_loss`` is the
@@ -124,4 +149,5 @@ def compile_model(model: keras.Model, learning_rate: float) -> None:
         loss=keras.losses.CategoricalCrossentropy(),
         metrics=["accuracy"],
         weighted_metrics=[keras.metrics.CategoricalCrossentropy(name="weighted_loss")],
+        steps_per_execution=steps_per_execution,
     )

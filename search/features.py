@@ -25,8 +25,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from hypermodels.cached import POOLED, cut_layer, frozen_model, is_cacheable
-from hypermodels.classifier import XrayClassifier
+from hypermodels.cached import cut_layer, frozen_model, is_cacheable
+from hypermodels.classifier import POOLED, XrayClassifier
 from hypermodels.registry import get_backbone
 from hypermodels.weights import keras_cache_dir, resolve_weights
 
