@@ -94,6 +94,20 @@ class CachedFeatureClassifier(keras_tuner.HyperModel):
         train, validation = self.datasets(hp.values["backbone"], self.frozen_depth(hp))
         return model.fit(train, validation_data=validation, **kwargs)
 
+    def image_model(self, hp: keras_tuner.HyperParameters, trained: keras.Model) -> keras.Model:
+        """The whole image model of ``hp`` holding the values of ``trained``, a model of :meth:`build`.
+
+        Layers above the freeze boundary take ``trained``'s values by name; the frozen
+        part keeps the pretrained ones, which ``trained`` was fed the activations of.
+        """
+        if self.frozen_depth(hp) is None:
+            return trained  # built and trained whole, on images
+        model = self.classifier.build(hp)
+        for layer in trained.layers:
+            if layer.weights:
+                model.get_layer(layer.name).set_weights(layer.get_weights())
+        return model
+
     def _template(self, name: str) -> tuple[keras.Model, dict]:
         """The image model of backbone ``name`` (built once per process) and its layers' values.
 

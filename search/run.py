@@ -61,7 +61,7 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
     config = data.config
     config.save()
     _log_data(data, log)
-    hypermodel, cache = _trial_hypermodel(data)
+    hypermodel, cache = trial_hypermodel(data)
     with _failed_trials_as_user_error():
         if chief is None:
             distributed.resume_across_modes(config.path / "tuner", distributed.LOCAL_ID)
@@ -89,21 +89,21 @@ def run_worker(run_dir: str, chief: str, worker_id: str | None = None, strategy:
     worker.wait_for_chief(chief, wait, log)
     config = load_config(run_dir)
     worker.check_data_visible(config)
-    hypermodel, _ = _trial_hypermodel(dataset.prepare(config, progress=False))
+    hypermodel, _ = trial_hypermodel(dataset.prepare(config, progress=False))
     log(f"worker {worker_id}: running trials for {run_dir}")
     with _failed_trials_as_user_error():
         worker.run_worker(config, hypermodel, chief, worker_id, strategy, log)
     return worker_id
 
 
-def _trial_hypermodel(data: dataset.RunData):
+def trial_hypermodel(data: dataset.RunData, progress: bool = True):
     """The search's hypermodel for ``data`` and the activation cache it trains on."""
     config = data.config
     classifier = XrayClassifier(len(config.class_names), config.image_size,
                                 config.backbones, config.weights)
     # Trials of pretrained backbones train only what is above the freeze boundary,
     # on activations computed once; the hypermodel's fit picks each trial's data.
-    cache = features.ActivationCache(classifier, data.images, config.path / features.ACTIVATIONS_DIR)
+    cache = features.ActivationCache(classifier, data.images, config.path / features.ACTIVATIONS_DIR, progress)
     return CachedFeatureClassifier(classifier, features.TrialData(data, cache)), cache
 
 

@@ -15,7 +15,7 @@ import pytest
 from hypermodels.cached import CachedFeatureClassifier, cut_layer, frozen_model
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from hypermodels.registry import get_backbone
-from search import dataset, features, tuner
+from search import dataset, features, retrain, tuner
 from search.config import new_config
 from search.run import run_search
 
@@ -162,3 +162,17 @@ def test_search_of_a_pretrained_backbone_trains_on_cached_activations(tmp_path, 
     assert (entry / "head_pool.f32").is_file()
     memory = (run_dir / "memory.csv").read_text().splitlines()
     assert len(memory) == 4
+
+
+def test_retraining_without_augmentation_on_cached_activations_saves_the_image_models_result(run_data, tmp_path):
+    # Winners retrained without augmentation train above the freeze boundary on the
+    # cache, then their values go into the whole image model: the saved model must be
+    # the one training on images gives, and score on validation images what training saw.
+    hp = _hp(2)
+    on_cache = retrain._fit_and_keep(retrain._CachedTraining(run_data), hp, 3, 3, tmp_path / "cache")
+    on_images = retrain._fit_and_keep(retrain._ImageTraining(run_data, augment=False), hp, 3, 3, tmp_path / "images")
+    assert on_cache[OBJECTIVE] == pytest.approx(on_images[OBJECTIVE], rel=1e-4)
+    saved = keras.saving.load_model(tmp_path / "cache" / "model.keras")
+    assert saved.input.shape[1:] == (SIZE, SIZE, 1)
+    scores = saved.evaluate(run_data.dataset("val"), return_dict=True, verbose=0)
+    assert scores["weighted_loss"] == pytest.approx(on_cache[OBJECTIVE], rel=1e-4)
