@@ -75,7 +75,8 @@ class AuditReport:
         return {name: getattr(self, name) for name in names}
 
 
-def duplicate_groups(paths, images=None, threshold: int = NEAR_DUPLICATE_THRESHOLD) -> list[str]:
+def duplicate_groups(paths, images=None, threshold: int = NEAR_DUPLICATE_THRESHOLD,
+                     prints: tuple | None = None) -> list[str]:
     """A cluster id per image: exact and near-duplicates share one, others get their own.
 
     Args:
@@ -84,11 +85,12 @@ def duplicate_groups(paths, images=None, threshold: int = NEAR_DUPLICATE_THRESHO
             ``(N, s, s, 1)`` or a list (``None`` entries for images that did not decode),
             e.g. the decoded cache, so files are not decoded twice.
         threshold: Largest Hamming distance (of 256 bits) that counts as a near-duplicate.
+        prints: :func:`fingerprints` of ``paths`` already computed (then nothing is read).
 
     Returns:
         One id per path such as ``"dup00017"`` (the index of the cluster's first image).
     """
-    digests, hashes, hashed = _fingerprints(paths, images)
+    digests, hashes, hashed = prints or fingerprints(paths, images)
     roots = _cluster_roots(digests, hashes, hashed, threshold)
     return [f"dup{root:05d}" for root in roots]
 
@@ -118,7 +120,7 @@ def merge_groups(*groupings: Sequence[str]) -> list[str]:
 
 
 def audit(
-    examples, images=None, splits=None, threshold: int = NEAR_DUPLICATE_THRESHOLD
+    examples, images=None, splits=None, threshold: int = NEAR_DUPLICATE_THRESHOLD, prints: tuple | None = None
 ) -> AuditReport:
     """Audits examples for duplicates, label conflicts and split leakage.
 
@@ -128,9 +130,10 @@ def audit(
         splits: Optional split name per example (e.g. from ``split.csv``); ``""`` for
             an example in no split, which is never counted as crossing splits.
         threshold: Near-duplicate Hamming threshold (of 256 bits).
+        prints: :func:`fingerprints` of the examples' paths already computed.
     """
     examples = list(examples)
-    digests, hashes, hashed = _fingerprints([e.path for e in examples], images)
+    digests, hashes, hashed = prints or fingerprints([e.path for e in examples], images)
     clusters = defaultdict(list)
     for index, root in enumerate(_cluster_roots(digests, hashes, hashed, threshold)):
         clusters[root].append(index)
@@ -183,8 +186,9 @@ def summary_lines(report: AuditReport) -> list[str]:
     return [header] + [f"  {name + ':':<32}{value}{note}" for name, value, note in counts]
 
 
-def _fingerprints(paths, images):
-    """(sha256 or None, (N, 4) uint64 phash words, bool mask of images that hashed)."""
+def fingerprints(paths, images=None) -> tuple:
+    """What the audit compares, per image: (sha256 or None, (N, 4) uint64 phash words,
+    bool mask of images that hashed). ``images`` as in :func:`duplicate_groups`."""
     paths = list(paths)
     digests = [_sha256(path) for path in paths]
     hashes = np.zeros((len(paths), HASH_SIZE * HASH_SIZE // 64), dtype=np.uint64)

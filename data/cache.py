@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from data.errors import UserError
 _FORMAT = 1
 _INDEX_NAME = "index.json"
 _STALE_PARTIAL_SECONDS = 3600
+_DECODE_CHUNK = 256
 
 
 @dataclass
@@ -171,11 +173,7 @@ def _rewrite(folder: Path, size: int, old: dict, examples, stats, progress: bool
         with open(partial, "wb") as out, tqdm(
             total=misses, disable=not progress, unit="img", desc=f"Decoding images at {size}px"
         ) as bar:
-            for example, stat in zip(examples, stats):
-                entry = _entry_for(old, example.path, stat)
-                if entry is None:
-                    entry = _decode_entry(example.path, stat, size)
-                    bar.update(1)
+            for example, entry in zip(examples, _entries(old, examples, stats, size, bar)):
                 _add_entry(new, out, example.path, entry, old_pixels)
             for path, entry in kept.items():
                 _add_entry(new, out, path, entry, old_pixels)
@@ -198,6 +196,26 @@ def _still_valid_others(old: dict, requested: set) -> dict:
         path: entry for path, entry in old["entries"].items()
         if path not in requested and _entry_for(old, path, _stat(path)) is not None
     }
+
+
+def _entries(old: dict, examples, stats, size: int, bar):
+    """Each example's entry, in order: the old one while valid, else decoded anew.
+
+    Decoding runs on a thread per core (Pillow and NumPy release the GIL while they
+    decode and resize), a chunk at a time so that only a chunk's pixels wait in memory.
+    """
+    examples, stats = list(examples), list(stats)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for start in range(0, len(examples), _DECODE_CHUNK):
+            chunk = list(zip(examples[start:start + _DECODE_CHUNK], stats[start:start + _DECODE_CHUNK]))
+            kept = [_entry_for(old, example.path, stat) for example, stat in chunk]
+            pending = [pool.submit(_decode_entry, example.path, stat, size) if entry is None else None
+                       for (example, stat), entry in zip(chunk, kept)]
+            for entry, future in zip(kept, pending):
+                if future is not None:
+                    entry = future.result()
+                    bar.update(1)
+                yield entry
 
 
 def _decode_entry(path: str, stat, size: int) -> dict:

@@ -1,6 +1,7 @@
 """Decode one image file (PNG, JPEG, DICOM) to a square uint8 grayscale array."""
 
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 _RESAMPLE = Image.Resampling.LANCZOS
 _REDUCING_GAP = 3.0
 _HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+_OPEN_LOCK = threading.Lock()
 
 
 class DecodeFailure(Exception):
@@ -58,8 +60,10 @@ def _read_dicom(path: Path) -> np.ndarray:
 
 def _read_with_pillow(path: Path, size: int) -> np.ndarray:
     try:
-        with warnings.catch_warnings():
-            # Pillow warns between its limit and twice it; _check_bomb refuses those instead.
+        # Pillow warns between its limit and twice it; _check_bomb refuses those instead.
+        # catch_warnings swaps process-wide filters, so threads take turns; opening only
+        # reads the header, decoding (the slow part) runs in parallel.
+        with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
         with image:

@@ -117,10 +117,11 @@ def _leak_free_split(config: RunConfig, decoded):
         counts zero by construction; the audit proves it).
     """
     examples = decoded.examples
-    duplicates = audit.duplicate_groups([e.path for e in examples], images=decoded.images)
+    prints = audit.fingerprints([e.path for e in examples], decoded.images)  # once for both uses
+    duplicates = audit.duplicate_groups([e.path for e in examples], prints=prints)
     groups = audit.merge_groups([e.group for e in examples], duplicates)
     splits = split.split_by_group([e.label for e in examples], groups, config.fractions, config.seed)
-    return splits, audit.audit(examples, decoded.images, splits)
+    return splits, audit.audit(examples, splits=splits, prints=prints)
 
 
 def _run_data(config: RunConfig, decoded, splits: np.ndarray, found: int) -> RunData:
