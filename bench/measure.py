@@ -1,6 +1,7 @@
 """Measurements on a run directory of this project, each in its own process.
 
     python bench/measure.py floor RUN_DIR BACKBONE   # one forward pass over every image
+    python bench/measure.py retrain RUN_DIR          # `cli.py retrain RUN_DIR --no-augment`, timed
     python bench/measure.py score RUN_DIR            # the retrained winner on the test split
 
 Prints one JSON object.
@@ -26,7 +27,7 @@ from hypermodels.classifier import POOLED  # noqa: E402
 from hypermodels.classifier import XrayClassifier  # noqa: E402
 from search import dataset, features  # noqa: E402
 from search.config import load_config  # noqa: E402
-from search.retrain import best_winner  # noqa: E402
+from search.retrain import best_winner, retrain as retrain_winners  # noqa: E402
 
 BATCH = 64
 
@@ -45,6 +46,17 @@ def floor(run_dir: str, backbone: str) -> dict:
     return {"floor_seconds": seconds, "images": len(data.images), "images_per_second": len(data.images) / seconds}
 
 
+def retrain(run_dir: str) -> dict:
+    """Seconds of the retrain of the search's winners (defaults, no augmentation).
+
+    Timed after the imports, as the reference's retrain is (it runs in its search's
+    process); reading the run's data and caches is inside the timing.
+    """
+    start = time.perf_counter()
+    summary = retrain_winners(load_config(run_dir), augment=False, log=lambda line: None)
+    return {"retrain_seconds": time.perf_counter() - start, "winners": len(summary["winners"])}
+
+
 def score(run_dir: str) -> dict:
     """Test macro-F1 and COVID sensitivity of the run's rank-1 winner (scikit-learn)."""
     config = load_config(run_dir)
@@ -60,4 +72,4 @@ def score(run_dir: str) -> dict:
 
 if __name__ == "__main__":
     what, *args = sys.argv[1:]
-    print(json.dumps({"floor": floor, "score": score}[what](*args)))
+    print(json.dumps({"floor": floor, "retrain": retrain, "score": score}[what](*args)))
