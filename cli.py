@@ -100,6 +100,8 @@ _strategy_option = click.option(
 @search_options
 @click.option("--no-retrain", is_flag=True,
               help="Stop after the search (no retrain, evaluate, Grad-CAM or export).")
+@click.option("--no-augment", is_flag=True,
+              help="Retrain the winners without augmentation (on the cached activations: much faster).")
 @click.option("--chief", metavar="HOST:PORT", default=None,
               help="Be the chief of a distributed search: prepare the run directory and caches, "
                    "then serve trials to `worker` processes at HOST:PORT (e.g. 0.0.0.0:8000); "
@@ -108,7 +110,7 @@ _strategy_option = click.option(
               help="With --chief: seconds without a sign of life after which a worker counts as "
                    "dead and its trial goes to another worker.")
 @_strategy_option
-def search(no_retrain, chief, worker_timeout, strategy, **options):
+def search(no_retrain, no_augment, chief, worker_timeout, strategy, **options):
     """Search the best classifier for the data (resumes an existing run).
 
     Then retrains the top 3 configurations, evaluates the best on the test split
@@ -128,7 +130,7 @@ def search(no_retrain, chief, worker_timeout, strategy, **options):
         from search.retrain import retrain
 
         saved = _run_config(config.run_dir)  # with the class names the data stage found
-        retrain(saved, log=click.echo)
+        retrain(saved, augment=not no_augment, log=click.echo)
         evaluate(saved, log=click.echo)
         export_model(saved, log=click.echo)
 

@@ -41,3 +41,19 @@ def test_search_prints_best_trial_and_tensorboard_command(tmp_path, demo_data):
     assert "best trial" in result.output and "val_weighted_loss" in result.output
     assert f"tensorboard --logdir {run_dir / 'tensorboard'}" in result.output
     assert "class 0 = COVID" in result.output
+
+
+def test_search_no_augment_reaches_the_retrain_it_runs(tmp_path, demo_data, monkeypatch):
+    import search.evaluate
+    import search.export
+    import search.retrain
+
+    calls = []
+    monkeypatch.setattr(search.retrain, "retrain", lambda config, **kw: calls.append(("retrain", kw["augment"])))
+    monkeypatch.setattr(search.evaluate, "evaluate", lambda config, **kw: calls.append(("evaluate",)))
+    monkeypatch.setattr(search.export, "export_model", lambda config, **kw: calls.append(("export",)))
+    flags = ["--data", demo_data, "--backbones", "vanilla_cnn", "--weights", "none", "--image-size", 32,
+             "--max-epochs", 1, "--factor", 2]
+    assert _run("search", "--run-dir", tmp_path / "a", *flags, "--no-augment").exit_code == 0
+    assert _run("search", "--run-dir", tmp_path / "b", *flags).exit_code == 0
+    assert calls == [("retrain", False), ("evaluate",), ("export",), ("retrain", True), ("evaluate",), ("export",)]
