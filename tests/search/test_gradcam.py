@@ -102,3 +102,18 @@ def test_heatmap_is_warmer_on_the_lesion():
 
     assert _share_hotter_on_the_lesion(random_maps, masks) < 0.65
     assert _share_hotter_on_the_lesion(maps, masks) >= REQUIRED_SHARE
+
+
+def test_galleries_and_overlays_are_pngs(tmp_path):
+    model = XrayClassifier(3, 32, ("vanilla_cnn",), "none").build(keras_tuner.HyperParameters())
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1)).astype("uint8")
+    probs = model.predict(images, verbose=0)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    explainer = gradcam.gradcam_model(model, gradcam.default_layer(model))
+    pages = gradcam.write_galleries(explainer, images, labels, probs, CLASS_NAMES, tmp_path)
+    predicted = probs.argmax(axis=1)
+    expected = {f"{CLASS_NAMES[c]} {'correct' if ok else 'incorrect'}" for c, ok in zip(labels, predicted == labels)}
+    assert set(pages) == expected
+    assert all(path.read_bytes().startswith(b"\x89PNG") for path in pages.values())
+    picture = gradcam.overlay(images[0], np.eye(4))
+    assert picture.shape == (32, 32, 3) and picture.dtype == np.uint8
