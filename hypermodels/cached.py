@@ -72,7 +72,7 @@ class CachedFeatureClassifier(keras_tuner.HyperModel):
         spec = get_backbone(name)
         depth = self.classifier.unfreeze_depth(hp, spec)
         seed = head_seed()  # first, as in the image model: the same head for the same seed
-        template, values = self._template(name)
+        template = self._template(name)
         cut = cut_layer(spec, depth)
         inputs = keras.Input(template.get_layer(cut).output.shape[1:], name=cut)
         features = inputs
@@ -81,7 +81,7 @@ class CachedFeatureClassifier(keras_tuner.HyperModel):
             copy = keras.models.clone_model(blocks, input_tensors=inputs)
             for layer in copy.layers:
                 if layer.weights:
-                    layer.set_weights(values[layer.name])
+                    layer.set_weights(template.get_layer(layer.name).get_weights())
                 # BatchNorm stays in inference mode, as in the image model.
                 layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
             features = copy.output
@@ -108,8 +108,8 @@ class CachedFeatureClassifier(keras_tuner.HyperModel):
                 model.get_layer(layer.name).set_weights(layer.get_weights())
         return model
 
-    def _template(self, name: str) -> tuple[keras.Model, dict]:
-        """The image model of backbone ``name`` (built once per process) and its layers' values.
+    def _template(self, name: str) -> keras.Model:
+        """The image model of backbone ``name``, built once per process.
 
         It is never trained: trials train copies of its top blocks, given its
         pretrained values, so it is only read, however many trials come.
@@ -117,8 +117,7 @@ class CachedFeatureClassifier(keras_tuner.HyperModel):
         if name not in self._templates:
             hp = keras_tuner.HyperParameters()
             hp.values.update(backbone=name, unfreeze_depth=0)
-            model = self.classifier.build(hp)
-            self._templates[name] = (model, {layer.name: layer.get_weights() for layer in model.layers})
+            self._templates[name] = self.classifier.build(hp)
         return self._templates[name]
 
 

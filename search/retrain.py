@@ -27,9 +27,8 @@ import numpy as np
 from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from search import dataset
-from search.run import trial_hypermodel
 from search.config import RunConfig
-from search.run import BEST_FILE
+from search.run import BEST_FILE, trial_hypermodel
 
 WINNERS_DIR = "winners"
 SUMMARY_FILE = "summary.json"
