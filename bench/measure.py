@@ -22,10 +22,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import f1_score, recall_score  # noqa: E402
 
-from hypermodels.cached import frozen_model  # noqa: E402
-from hypermodels.classifier import POOLED  # noqa: E402
-from hypermodels.classifier import XrayClassifier  # noqa: E402
-from search import dataset, features  # noqa: E402
+from hypermodels.cached import frozen_image_model, frozen_model  # noqa: E402
+from hypermodels.classifier import POOLED, XrayClassifier  # noqa: E402
+from search import dataset  # noqa: E402
 from search.config import load_config  # noqa: E402
 from search.retrain import best_winner, retrain as retrain_winners  # noqa: E402
 
@@ -37,7 +36,7 @@ def floor(run_dir: str, backbone: str) -> dict:
     config = load_config(run_dir)
     data = dataset.prepare(config, progress=False)
     classifier = XrayClassifier(len(config.class_names), config.image_size, (backbone,), config.weights)
-    model = frozen_model(features._image_model(classifier, backbone), None, [POOLED])
+    model = frozen_model(frozen_image_model(classifier, backbone), None, [POOLED])
     model.predict_on_batch(np.asarray(data.images[:BATCH]))  # trace once, not timed
     start = time.perf_counter()
     for begin in range(0, len(data.images), BATCH):

@@ -10,6 +10,7 @@ only the part above the freeze boundary: the head alone on pooled features for
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import keras
@@ -29,6 +30,13 @@ DatasetsFor = Callable[[str, "int | None"], tuple]
 def cut_layer(spec: BackboneSpec, depth: int) -> str:
     """Name of the layer whose output is the input of the trainable part at ``depth``."""
     return spec.unfreeze_points[depth - 1] if depth else POOLED
+
+
+def frozen_image_model(classifier: XrayClassifier, backbone: str) -> keras.Model:
+    """The image model of ``backbone`` with its whole backbone frozen (the head is irrelevant)."""
+    hp = keras_tuner.HyperParameters()
+    hp.values.update(backbone=backbone, unfreeze_depth=0)
+    return classifier.build(hp)
 
 
 def frozen_model(model: keras.Model, source: str | None, cuts: list[str]) -> keras.Model:
@@ -51,13 +59,17 @@ class CachedFeatureClassifier(keras_tuner.HyperModel):
         classifier: The image model whose hyperparameters are searched.
         datasets: Gives the ``(train, validation)`` data for a backbone and an
             unfreeze depth (``None``: images, for the whole model).
+        templates: Gives the :func:`frozen_image_model` of a backbone, built once
+            (e.g. the one the activation cache extracted with); by default built
+            here on first use.
     """
 
-    def __init__(self, classifier: XrayClassifier, datasets: DatasetsFor, **kwargs):
+    def __init__(self, classifier: XrayClassifier, datasets: DatasetsFor,
+                 templates: Callable[[str], keras.Model] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.classifier = classifier
         self.datasets = datasets
-        self._templates = {}
+        self._templates = templates or functools.cache(functools.partial(frozen_image_model, classifier))
 
     def frozen_depth(self, hp: keras_tuner.HyperParameters) -> int | None:
         """The unfreeze depth of ``hp``'s backbone, or None when nothing of it is frozen."""
@@ -72,7 +84,7 @@ class CachedFeatureClassifier(keras_tuner.HyperModel):
         spec = get_backbone(name)
         depth = self.classifier.unfreeze_depth(hp, spec)
         seed = head_seed()  # first, as in the image model: the same head for the same seed
-        template = self._template(name)
+        template = self._templates(name)  # never trained: trials train copies of its blocks
         cut = cut_layer(spec, depth)
         inputs = keras.Input(template.get_layer(cut).output.shape[1:], name=cut)
         features = inputs
@@ -107,19 +119,6 @@ class CachedFeatureClassifier(keras_tuner.HyperModel):
             if layer.weights:
                 model.get_layer(layer.name).set_weights(layer.get_weights())
         return model
-
-    def _template(self, name: str) -> keras.Model:
-        """The image model of backbone ``name``, built once per process.
-
-        It is never trained: trials train copies of its top blocks, given its
-        pretrained values, so it is only read, however many trials come.
-        """
-        if name not in self._templates:
-            hp = keras_tuner.HyperParameters()
-            hp.values.update(backbone=name, unfreeze_depth=0)
-            self._templates[name] = self.classifier.build(hp)
-        return self._templates[name]
-
 
 def is_cacheable(backbone: str, weights: str) -> bool:
     """Whether ``backbone`` has a frozen part under ``weights`` (pretrained, not from scratch)."""

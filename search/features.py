@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from hypermodels.cached import cut_layer, frozen_model, is_cacheable
+from hypermodels.cached import cut_layer, frozen_image_model, frozen_model, is_cacheable
 from hypermodels.classifier import POOLED, XrayClassifier
 from hypermodels.registry import get_backbone
 from hypermodels.weights import keras_cache_dir, resolve_weights
@@ -52,6 +52,7 @@ class ActivationCache:
         self.progress = progress
         self._images_id = None
         self._keys = {}  # hashing is not free: once per backbone and run
+        self._models = {}
 
     def key(self, backbone: str) -> dict:
         """What ``backbone``'s activations depend on: backbone, size, weights and images."""
@@ -94,8 +95,14 @@ class ActivationCache:
                 for depth in range(len(get_backbone(backbone).unfreeze_points) + 1):
                     self.activations(backbone, depth)
 
+    def image_model(self, backbone: str):
+        """The :func:`frozen_image_model` of ``backbone``, built once; the trials' template too."""
+        if backbone not in self._models:
+            self._models[backbone] = frozen_image_model(self.classifier, backbone)
+        return self._models[backbone]
+
     def _extract(self, backbone: str, entry: Path, missing: list[str]) -> None:
-        model = _image_model(self.classifier, backbone)
+        model = self.image_model(backbone)
         spec = get_backbone(backbone)
         # Cuts from the output down: the nearest cached cut below every missing one is
         # the cheapest exact source (a few blocks, not the whole backbone); else the images.
@@ -129,14 +136,6 @@ def images_identity(images: np.ndarray) -> str:
 def _sha256_file(path: Path) -> str:
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _image_model(classifier: XrayClassifier, backbone: str):
-    """The image model with ``backbone`` frozen whole (head values are irrelevant here)."""
-    hp = keras_tuner.HyperParameters()
-    hp.Choice("backbone", list(classifier.backbones))
-    hp.values["backbone"] = backbone
-    return classifier.build(hp)
 
 
 def _read(entry: Path, cut: str) -> np.ndarray | None:

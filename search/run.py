@@ -104,7 +104,7 @@ def trial_hypermodel(data: dataset.RunData, progress: bool = True):
     # Trials of pretrained backbones train only what is above the freeze boundary,
     # on activations computed once; the hypermodel's fit picks each trial's data.
     cache = features.ActivationCache(classifier, data.images, config.path / features.ACTIVATIONS_DIR, progress)
-    return CachedFeatureClassifier(classifier, features.TrialData(data, cache)), cache
+    return CachedFeatureClassifier(classifier, features.TrialData(data, cache), cache.image_model), cache
 
 
 @contextlib.contextmanager

@@ -12,12 +12,12 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from hypermodels.cached import CachedFeatureClassifier, cut_layer, frozen_model
+from hypermodels.cached import CachedFeatureClassifier, cut_layer, frozen_image_model, frozen_model
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from hypermodels.registry import get_backbone
 from search import dataset, features, retrain, tuner
 from search.config import new_config
-from search.run import run_search
+from search.run import run_search, trial_hypermodel
 
 BACKBONE = "mobilenet_025"
 SIZE = 32
@@ -63,7 +63,7 @@ def _cache(data, weights, folder):
 
 def _fresh(data, weights, cut):
     """Activations at ``cut`` from a fresh model run on the images, not from the cache."""
-    model = features._image_model(_classifier(data, weights), BACKBONE)
+    model = frozen_image_model(_classifier(data, weights), BACKBONE)
     return frozen_model(model, None, [cut]).predict(np.asarray(data.images), verbose=0)
 
 
@@ -169,7 +169,7 @@ def test_retraining_without_augmentation_on_cached_activations_saves_the_image_m
     # cache, then their values go into the whole image model: the saved model must be
     # the one training on images gives, and score on validation images what training saw.
     hp = _hp(2)
-    on_cache = retrain._fit_and_keep(retrain._CachedTraining(run_data), hp, 3, 3, tmp_path / "cache")
+    on_cache = retrain._fit_and_keep(trial_hypermodel(run_data)[0], hp, 3, 3, tmp_path / "cache")
     on_images = retrain._fit_and_keep(retrain._ImageTraining(run_data, augment=False), hp, 3, 3, tmp_path / "images")
     assert on_cache[OBJECTIVE] == pytest.approx(on_images[OBJECTIVE], rel=1e-4)
     saved = keras.saving.load_model(tmp_path / "cache" / "model.keras")
