@@ -67,7 +67,7 @@ def _default_out(config: RunConfig, data) -> Path:
 
 
 def _test_split(config: RunConfig):
-    # Read the saved split: a run started with --overwrite keeps that flag in config.json.
+    # config.json always saves overwrite=False, so this reads the split the search saved.
     run_data = dataset.prepare(config, progress=False)
     rows = run_data.indices("test")
     return run_data.images[rows], run_data.labels[rows], [run_data.examples[i].path for i in rows]

@@ -72,7 +72,7 @@ def _write_formats(model: keras.Model, formats, out: Path, scratch: Path) -> dic
 
 
 def _test_images(config: RunConfig) -> np.ndarray:
-    # Read the saved split: a run started with --overwrite keeps that flag in config.json.
+    # config.json always saves overwrite=False, so this reads the split the search saved.
     run_data = dataset.prepare(config, progress=False)
     return np.asarray(run_data.images[run_data.indices("test")])
 

@@ -63,10 +63,12 @@ def retrain(config: RunConfig, top_k: int = 3, seeds: int = 1, max_epochs: int |
         The content of ``winners/summary.json``.
     """
     top = _top_trials(config)[:top_k]
-    # Read the saved split: a run started with --overwrite keeps that flag in config.json.
+    # config.json always saves overwrite=False, so this reads the split the search saved.
     data = dataset.prepare(config, progress=False)
     config = data.config
-    training = _ImageTraining(data, augment) if augment else _CachedTraining(data)
+    # Without augmentation the search's hypermodel builds, fits (on cached activations)
+    # and gives back the whole image model, as _ImageTraining does on images.
+    training = _ImageTraining(data, augment) if augment else trial_hypermodel(data)[0]
     winners_dir = config.path / WINNERS_DIR
     shutil.rmtree(winners_dir, ignore_errors=True)
     epochs = max_epochs or config.max_epochs * 2
@@ -98,29 +100,19 @@ class _ImageTraining:
         self._datasets = None
 
     def build(self, hp):
+        return build_model(self.data.config, hp)
+
+    def fit(self, hp, model, **kwargs):
         # Made on first use, after the seed is set, as the cached activations' datasets
         # are: tf.data's shuffle order also depends on the global seed at creation.
         if self._datasets is None:
             self._datasets = (self.data.dataset("train", shuffle=True, augment=self.augment),
                               self.data.dataset("val"))
-        return build_model(self.data.config, hp), self._datasets
+        train, val = self._datasets
+        return model.fit(train, validation_data=val, **kwargs)
 
     def image_model(self, hp, trained):
         return trained
-
-
-class _CachedTraining:
-    """Winners train what is above the freeze boundary on cached activations, as trials do."""
-
-    def __init__(self, data: dataset.RunData):
-        self.hypermodel, _ = trial_hypermodel(data)
-
-    def build(self, hp):
-        model = self.hypermodel.build(hp)
-        return model, self.hypermodel.datasets(hp.values["backbone"], self.hypermodel.frozen_depth(hp))
-
-    def image_model(self, hp, trained):
-        return self.hypermodel.image_model(hp, trained)
 
 
 def _fit_and_keep(training, hp, seed, epochs, staging: Path) -> dict:
@@ -128,9 +120,9 @@ def _fit_and_keep(training, hp, seed, epochs, staging: Path) -> dict:
     keras.backend.clear_session()  # no graph or model of the previous fit stays reachable
     gc.collect()
     keras.utils.set_random_seed(seed)
-    model, (train, val) = training.build(hp)
+    model = training.build(hp)
     stop = keras.callbacks.EarlyStopping(OBJECTIVE, patience=PATIENCE, mode="min", restore_best_weights=True)
-    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=[stop], verbose=0).history
+    history = training.fit(hp, model, epochs=epochs, callbacks=[stop], verbose=0).history
     history = {k: [float(v) for v in values] for k, values in history.items()}
     best_epoch = int(np.nanargmin(history[OBJECTIVE]))
     score = {"seed": seed, OBJECTIVE: history[OBJECTIVE][best_epoch], "best_epoch": best_epoch + 1,
