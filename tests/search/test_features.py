@@ -12,7 +12,10 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from hypermodels.cached import CachedFeatureClassifier, cut_layer, frozen_image_model, frozen_model
+import tensorflow as tf
+
+from hypermodels.cached import (CachedFeatureClassifier, cut_layer, frozen_image_model, frozen_model,
+                                without_graph_rewrites)
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from hypermodels.registry import get_backbone
 from search import dataset, features, retrain, tuner
@@ -162,6 +165,15 @@ def test_search_of_a_pretrained_backbone_trains_on_cached_activations(tmp_path, 
     assert (entry / "head_pool.f32").is_file()
     memory = (run_dir / "memory.csv").read_text().splitlines()
     assert len(memory) == 4
+    # Trials ran without Grappler; what the process runs next (evaluate, export) has it back.
+    assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+
+
+def test_graph_rewrites_come_back_when_training_fails():
+    with pytest.raises(RuntimeError), without_graph_rewrites():
+        assert tf.config.optimizer.get_experimental_options()["disable_meta_optimizer"]
+        raise RuntimeError("a trial failed")
+    assert not tf.config.optimizer.get_experimental_options()["disable_meta_optimizer"]
 
 
 def test_retraining_without_augmentation_on_cached_activations_saves_the_image_models_result(run_data, tmp_path):
