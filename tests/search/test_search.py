@@ -7,9 +7,10 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from hypermodels.classifier import OBJECTIVE
+from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from search.config import new_config
 from search.run import run_search
+from search.tuner import XrayHyperband
 
 
 def _config(run_dir, data, **changes):
@@ -99,3 +100,24 @@ def test_same_seed_gives_same_split_and_trial_sequence(tmp_path, demo_data):
         hps = [json.loads(t.read_text())["hyperparameters"]["values"] for t in trials]
         runs.append(((tmp_path / name / "split.csv").read_text().replace(str(tmp_path / name), ""), hps))
     assert runs[0] == runs[1]
+
+
+def test_promoted_trials_reuse_their_model_and_score_as_fresh_builds(tmp_path, demo_data, monkeypatch):
+    # A Hyperband promotion trains the model object of the round it continues (its
+    # traced steps kept), restarted as a fresh build starts: every score is unchanged.
+    builds = []
+    build = XrayClassifier.build
+    monkeypatch.setattr(XrayClassifier, "build", lambda self, hp: builds.append(1) or build(self, hp))
+
+    def scores(name):
+        run_search(_config(tmp_path / name, demo_data), log=lambda line: None)
+        trials = [json.loads(t.read_text()) for t in sorted((tmp_path / name / "tuner").glob("trial_*/trial.json"))]
+        return [t["score"] for t in trials], sum("tuner/trial_id" in t["hyperparameters"]["values"] for t in trials)
+
+    reused, promoted = scores("reused")
+    reused_builds = len(builds)
+    monkeypatch.setattr(XrayHyperband, "MAX_KEPT", 0)
+    fresh, _ = scores("fresh")
+    fresh_builds = len(builds) - reused_builds
+    assert promoted >= 1 and fresh_builds - reused_builds == promoted  # one build fewer per promotion
+    assert reused == pytest.approx(fresh, rel=1e-5)
