@@ -1,5 +1,6 @@
 """A tiny end-to-end search: TensorBoard HParams per trial, resume, best trials."""
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -20,11 +21,26 @@ def _config(run_dir, data, **changes):
     return new_config(str(run_dir), str(data), weights="none", **settings)
 
 
+@contextlib.contextmanager
+def _counting_builds():
+    """Counts the image models built (every trial's, and KerasTuner's first for the space)."""
+    builds, build = [], XrayClassifier.build
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(XrayClassifier, "build", lambda self, hp: builds.append(1) or build(self, hp))
+        yield builds
+
+
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, demo_data):
+def finished(tmp_path_factory, demo_data):
     run_dir = tmp_path_factory.mktemp("run") / "r"
-    best = run_search(_config(run_dir, demo_data), log=lambda line: None)
-    return run_dir, best
+    with _counting_builds() as builds:
+        best = run_search(_config(run_dir, demo_data), log=lambda line: None)
+    return run_dir, best, len(builds)
+
+
+@pytest.fixture(scope="module")
+def finished_run(finished):
+    return finished[:2]
 
 
 def _session_hparams(trial_dir: Path) -> dict:
@@ -102,22 +118,18 @@ def test_same_seed_gives_same_split_and_trial_sequence(tmp_path, demo_data):
     assert runs[0] == runs[1]
 
 
-def test_promoted_trials_reuse_their_model_and_score_as_fresh_builds(tmp_path, demo_data, monkeypatch):
+def test_promoted_trials_reuse_their_model_and_score_as_fresh_builds(finished, tmp_path, demo_data, monkeypatch):
     # A Hyperband promotion trains the model object of the round it continues (its
     # traced steps kept), restarted as a fresh build starts: every score is unchanged.
-    builds = []
-    build = XrayClassifier.build
-    monkeypatch.setattr(XrayClassifier, "build", lambda self, hp: builds.append(1) or build(self, hp))
-
-    def scores(name):
-        run_search(_config(tmp_path / name, demo_data), log=lambda line: None)
-        trials = [json.loads(t.read_text()) for t in sorted((tmp_path / name / "tuner").glob("trial_*/trial.json"))]
+    def scores(run_dir):
+        trials = [json.loads(t.read_text()) for t in sorted((run_dir / "tuner").glob("trial_*/trial.json"))]
         return [t["score"] for t in trials], sum("tuner/trial_id" in t["hyperparameters"]["values"] for t in trials)
 
-    reused, promoted = scores("reused")
-    reused_builds = len(builds)
+    run_dir, _, reused_builds = finished
+    reused, promoted = scores(run_dir)
     monkeypatch.setattr(XrayHyperband, "MAX_KEPT", 0)
-    fresh, _ = scores("fresh")
-    fresh_builds = len(builds) - reused_builds
-    assert promoted >= 1 and fresh_builds - reused_builds == promoted  # one build fewer per promotion
+    with _counting_builds() as builds:
+        run_search(_config(tmp_path / "fresh", demo_data), log=lambda line: None)
+    fresh, _ = scores(tmp_path / "fresh")
+    assert promoted >= 1 and len(builds) - reused_builds == promoted  # one build fewer per promotion
     assert reused == pytest.approx(fresh, rel=1e-5)
