@@ -11,7 +11,6 @@ import keras
 import keras_tuner
 import numpy as np
 import pytest
-
 import tensorflow as tf
 
 from hypermodels.cached import (CachedFeatureClassifier, cut_layer, frozen_image_model, frozen_model,
