@@ -25,8 +25,8 @@ STEPS_PER_EXECUTION = 16
 """Training steps per call into TensorFlow: a trial's small steps are dominated by
 Python overhead between steps, not by the arithmetic."""
 
-DatasetsFor = Callable[[str, "int | None"], tuple]
-"""``(backbone, unfreeze depth or None for the image model) -> (train, validation)``."""
+DatasetsFor = Callable[[str, "int | None", int], tuple]
+"""``(backbone, unfreeze depth or None for the image model, initial epoch) -> (train, validation)``."""
 
 
 def cut_layer(spec: BackboneSpec, depth: int) -> str:
@@ -59,8 +59,9 @@ class CachedFeatureClassifier(keras_tuner.HyperModel):
 
     Args:
         classifier: The image model whose hyperparameters are searched.
-        datasets: Gives the ``(train, validation)`` data for a backbone and an
-            unfreeze depth (``None``: images, for the whole model).
+        datasets: Gives the ``(train, validation)`` data for a backbone, an
+            unfreeze depth (``None``: images, for the whole model) and the epoch
+            the fit starts at.
         templates: Gives the :func:`frozen_image_model` of a backbone, built once
             (e.g. the one the activation cache extracted with); by default built
             here on first use.
@@ -106,7 +107,7 @@ class CachedFeatureClassifier(keras_tuner.HyperModel):
 
     def fit(self, hp, model, *args, **kwargs):
         depth = self.frozen_depth(hp)
-        train, validation = self.datasets(hp.values["backbone"], depth)
+        train, validation = self.datasets(hp.values["backbone"], depth, kwargs.get("initial_epoch", 0))
         with contextlib.nullcontext() if depth is None else without_graph_rewrites():
             return model.fit(train, validation_data=validation, **kwargs)
 

@@ -49,14 +49,14 @@ class RunData:
         return np.array([self.config.class_weights[names[i]] for i in self.labels[self.indices(name)]],
                         "float32")
 
-    def dataset(self, name: str, shuffle: bool = False, augment: bool = False):
-        """A batched tf.data pipeline of ``(image, one-hot, class weight)`` for a split."""
+    def dataset(self, name: str, shuffle: bool = False, augment: bool = False, seed: int | None = None):
+        """A batched tf.data pipeline of ``(image, one-hot, class weight)`` for a split (``seed``: the run's)."""
         idx = self.indices(name)
         # rows= gathers batches from the memmap instead of copying the split into RAM.
         return pipeline.make_dataset(
             self.images, self.labels[idx], self.sample_weights(name), len(self.config.class_names),
             self.config.batch_size,
-            shuffle=shuffle, seed=self.config.seed, augment=augment, rows=idx)
+            shuffle=shuffle, seed=self.config.seed if seed is None else seed, augment=augment, rows=idx)
 
 
 def data_root(config: RunConfig) -> Path:

@@ -194,31 +194,42 @@ def feature_dataset(features: np.ndarray, rows: np.ndarray, labels: np.ndarray, 
 
 
 class TrialData:
-    """The ``(train, validation)`` data a trial fits on, made once per kind and reused.
+    """The ``(train, validation)`` data a trial fits on.
 
-    Callable as ``(backbone, depth)``: cached activations at the freeze boundary of
-    ``depth``, or images for ``depth=None`` (backbones trained whole). Training
-    batches are reshuffled every epoch with the run's seed; validation is not shuffled.
+    Callable as ``(backbone, depth, initial_epoch)``: cached activations at the
+    freeze boundary of ``depth``, or images for ``depth=None`` (backbones trained
+    whole). Each call gets a fresh training pipeline whose shuffle orders follow
+    from the run's seed and ``initial_epoch`` alone: a trial sees the same batches
+    whatever ran before it in this process (a pipeline kept across trials would
+    continue its sequence of orders), so a distributed or resumed search's trials
+    score as they would in one uninterrupted process. Validation is not shuffled.
     """
 
     def __init__(self, data, cache: ActivationCache):
         self.data = data
         self.cache = cache
-        self._made = {}
+        self._validation = {}
 
-    def __call__(self, backbone: str, depth: int | None) -> tuple:
+    def __call__(self, backbone: str, depth: int | None, initial_epoch: int = 0) -> tuple:
         key = ("images",) if depth is None else (backbone, depth)
-        if key not in self._made:
-            self._made[key] = self._make(backbone, depth)
-        return self._made[key]
+        if key not in self._validation:
+            self._validation[key] = self._make(backbone, depth, "val")
+        return self._make(backbone, depth, "train", shuffle_seed(self.data.config.seed, initial_epoch)), \
+            self._validation[key]
 
-    def _make(self, backbone: str, depth: int | None) -> tuple:
+    def _make(self, backbone: str, depth: int | None, split: str, seed: int = 0):
+        shuffle = split == "train"
         if depth is None:
-            return self.data.dataset("train", shuffle=True), self.data.dataset("val")
-        features = self.cache.activations(backbone, depth)
+            return self.data.dataset(split, shuffle=shuffle, seed=seed)
         config = self.data.config
-        return tuple(
-            feature_dataset(features, self.data.indices(split), self.data.labels[self.data.indices(split)],
-                            self.data.sample_weights(split), len(config.class_names), config.batch_size,
-                            shuffle=split == "train", seed=config.seed)
-            for split in ("train", "val"))
+        rows = self.data.indices(split)
+        return feature_dataset(self.cache.activations(backbone, depth), rows, self.data.labels[rows],
+                               self.data.sample_weights(split), len(config.class_names), config.batch_size,
+                               shuffle=shuffle, seed=seed)
+
+
+def shuffle_seed(seed: int, initial_epoch: int) -> int:
+    """The shuffle seed of a fit starting at ``initial_epoch``: the run's ``seed`` for a fresh one."""
+    if not initial_epoch:
+        return seed
+    return int(np.random.SeedSequence([seed, initial_epoch]).generate_state(1)[0] >> 1)

@@ -149,6 +149,25 @@ def test_a_trial_on_cached_activations_scores_as_the_same_trial_on_images(run_da
     np.testing.assert_allclose(on_features.history[OBJECTIVE], curve, rtol=1e-4)
 
 
+def test_a_fits_batches_do_not_depend_on_what_trained_before_it_in_the_process(run_data, weights_files, tmp_path):
+    # A worker of a distributed search, or a resumed search, runs a trial after other
+    # trials than one uninterrupted process does; its data must not know.
+    data = features.TrialData(run_data, _cache(run_data, weights_files[0], tmp_path))
+
+    def epochs(depth, initial_epoch, count=2):
+        train, _ = data(BACKBONE, depth, initial_epoch)
+        return [np.concatenate([np.asarray(x) for x, _, _ in train]) for _ in range(count)]
+
+    fresh = epochs(0, 0)
+    epochs(0, 0), epochs(0, 3), epochs(2, 0)  # other trials ran in between
+    again = epochs(0, 0)
+    for first, second in zip(fresh, again):
+        np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(fresh[0], fresh[1])  # still reshuffled every epoch
+    np.testing.assert_array_equal(epochs(0, 3)[0], epochs(0, 3)[0])
+    assert not np.array_equal(epochs(0, 3)[0], fresh[0])  # a continued fit does not replay epoch 1
+
+
 def test_search_of_a_pretrained_backbone_trains_on_cached_activations(tmp_path, demo_data, weights_files):
     run_dir = tmp_path / "run"
     config = new_config(str(run_dir), str(demo_data), backbones=(BACKBONE,), image_size=SIZE,
