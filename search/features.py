@@ -209,6 +209,7 @@ class TrialData:
         self.data = data
         self.cache = cache
         self._validation = {}
+        self._features = {}  # one memory map per cut and process: each map's pages count in its RSS
 
     def __call__(self, backbone: str, depth: int | None, initial_epoch: int = 0) -> tuple:
         key = ("images",) if depth is None else (backbone, depth)
@@ -221,9 +222,11 @@ class TrialData:
         shuffle = split == "train"
         if depth is None:
             return self.data.dataset(split, shuffle=shuffle, seed=seed)
+        if (backbone, depth) not in self._features:
+            self._features[backbone, depth] = self.cache.activations(backbone, depth)
         config = self.data.config
         rows = self.data.indices(split)
-        return feature_dataset(self.cache.activations(backbone, depth), rows, self.data.labels[rows],
+        return feature_dataset(self._features[backbone, depth], rows, self.data.labels[rows],
                                self.data.sample_weights(split), len(config.class_names), config.batch_size,
                                shuffle=shuffle, seed=seed)
 
