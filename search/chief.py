@@ -29,8 +29,12 @@ from search.tuner import make_tuner, trial_line
 _SERVER_THREAD = "oracle-server"
 
 
-def run_chief(config, hypermodel, address: str, worker_timeout: float, log: Callable[[str], None]):
+def run_chief(config, hypermodel, address: str, worker_timeout: float, log: Callable[[str], None],
+              check: Callable[[], None] | None = None):
     """Builds the chief's tuner, serves the search until it is done, writes the experiment summary.
+
+    ``check``, if given, is called while serving and may raise to stop (e.g. when
+    the local workers it watches have all failed).
 
     Returns:
         The tuner, whose oracle holds every trial of the search.
@@ -38,7 +42,7 @@ def run_chief(config, hypermodel, address: str, worker_timeout: float, log: Call
     resume_across_modes(config.path / "tuner", CHIEF_ID)
     with kerastuner_env(CHIEF_ID, address):
         tuner = make_tuner(config, hypermodel)
-        serve(tuner, address, worker_timeout, log)
+        serve(tuner, address, worker_timeout, log, check)
     # on_search_end runs on workers only; the chief writes the summary, once.
     hparams.write_experiment(tuner.tensorboard_dir, tuner.oracle.get_space())
     trials = tuner.oracle.trials.values()
@@ -47,7 +51,8 @@ def run_chief(config, hypermodel, address: str, worker_timeout: float, log: Call
     return tuner
 
 
-def serve(tuner, address: str, worker_timeout: float, log: Callable[[str], None]) -> None:
+def serve(tuner, address: str, worker_timeout: float, log: Callable[[str], None],
+          check: Callable[[], None] | None = None) -> None:
     """Serves ``tuner``'s oracle to the workers until the search is done; runs no trial.
 
     Replaces ``BaseTuner.search`` on the chief (save, then serve), with a loop that
@@ -69,14 +74,14 @@ def serve(tuner, address: str, worker_timeout: float, log: Callable[[str], None]
         f"`python cli.py worker --chief HOST:{port} --run-dir {tuner.run_config.run_dir}`")
     try:
         with contextlib.redirect_stdout(_MutedThreads(sys.stdout, _SERVER_THREAD)):
-            _watch(tuner, servicer, roster, worker_timeout, log)
+            _watch(tuner, servicer, roster, worker_timeout, log, check)
     finally:
         server.stop(grace=5).wait()
         while not servicer.lines.empty():
             log(servicer.lines.get())
 
 
-def _watch(tuner, servicer: "_Servicer", roster: "_Roster", worker_timeout: float, log) -> None:
+def _watch(tuner, servicer: "_Servicer", roster: "_Roster", worker_timeout: float, log, check=None) -> None:
     """Until the search is done: prints the servicer's lines, releases silent workers."""
     while True:
         time.sleep(0.5)
@@ -86,6 +91,8 @@ def _watch(tuner, servicer: "_Servicer", roster: "_Roster", worker_timeout: floa
             raise servicer.error
         if servicer.stop_triggered and _search_done(tuner.oracle):
             return
+        if check is not None:
+            check()
         for worker in roster.silent():
             _release_worker(tuner, worker, servicer.reissued, worker_timeout, log)
 

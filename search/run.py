@@ -14,14 +14,14 @@ from hypermodels.cached import CachedFeatureClassifier
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from hypermodels.registry import get_backbone
 from hypermodels.weights import resolve_weights
-from search import dataset, distributed, features, worker
+from search import dataset, distributed, features, local, worker
 from search.chief import run_chief
 from search.config import CONFIG_FILE, RunConfig, load_config
 from search.tuner import MEMORY_FILE, make_tuner
 
 BEST_FILE = "best_hyperparameters.json"
 _DERIVED = ("tuner", "tensorboard", "split.csv", "skipped.csv", "audit.csv", MEMORY_FILE, BEST_FILE,
-            CONFIG_FILE)
+            CONFIG_FILE, local.LOGS_DIR)
 
 
 def start_run(config: RunConfig) -> RunConfig:
@@ -43,7 +43,7 @@ def start_run(config: RunConfig) -> RunConfig:
 
 
 def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str | None = None,
-               worker_timeout: float = 120.0, strategy: str | None = None) -> dict:
+               worker_timeout: float = 120.0, strategy: str | None = None, workers: int = 1) -> dict:
     """Runs (or resumes) the search and writes ``best_hyperparameters.json``.
 
     Args:
@@ -52,24 +52,31 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
         worker_timeout: With ``chief``: seconds without a sign of life after which
             a worker's trial goes to another worker.
         strategy: ``"mirrored"``: each trial trains under ``tf.distribute.MirroredStrategy``.
+        workers: Trials at once on this machine: more than 1 starts that many
+            worker processes here and serves them as the chief (:mod:`search.local`).
 
     Returns:
         The content of ``best_hyperparameters.json``.
     """
+    local.check_count(workers, chief)
     config = start_run(config)
-    data = dataset.prepare(config)
-    config = data.config
-    config.save()
-    _log_data(data, log)
-    hypermodel, cache = trial_hypermodel(data)
-    with _failed_trials_as_user_error():
-        if chief is None:
-            distributed.resume_across_modes(config.path / "tuner", distributed.LOCAL_ID)
-            tuner = make_tuner(config, hypermodel, distributed.distribution_strategy(strategy, log))
-            tuner.search(epochs=config.max_epochs, verbose=0)
-        else:
-            cache.warm(config.backbones)  # before serving: workers only read the caches
-            tuner = run_chief(config, hypermodel, chief, worker_timeout, log)
+    # Started first: they load TensorFlow while this process decodes and caches.
+    with local.local_workers(config.path, workers, log, strategy) if workers > 1 else \
+            contextlib.nullcontext() as helpers:
+        data = dataset.prepare(config)
+        config = data.config
+        config.save()
+        _log_data(data, log)
+        hypermodel, cache = trial_hypermodel(data)
+        with _failed_trials_as_user_error():
+            if chief is None and helpers is None:
+                distributed.resume_across_modes(config.path / "tuner", distributed.LOCAL_ID)
+                tuner = make_tuner(config, hypermodel, distributed.distribution_strategy(strategy, log))
+                tuner.search(epochs=config.max_epochs, verbose=0)
+            else:
+                cache.warm(config.backbones)  # before serving: workers only read the caches
+                tuner = run_chief(config, hypermodel, chief or helpers.address, worker_timeout, log,
+                                  helpers.check if helpers else None)
     best = best_trials(tuner)
     (config.path / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n")
     return best

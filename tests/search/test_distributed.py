@@ -1,4 +1,4 @@
-"""Distributed search: a chief and workers as real processes on 127.0.0.1, one killed mid-trial."""
+"""Distributed search: a chief and workers as real processes on 127.0.0.1, one killed mid-trial; local workers."""
 
 import json
 import os
@@ -17,7 +17,9 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from cli import cli
+from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE
+from search import local
 from search.config import new_config
 from search.run import run_search
 from tests.search.test_search import _session_hparams
@@ -188,3 +190,43 @@ def test_worker_errors_are_one_line(tmp_path):
     named = runner.invoke(cli, ["worker", "--chief", _free_address(), "--run-dir", str(tmp_path),
                                 "--worker-id", "chief-2"])
     assert named.exit_code == 1 and "without the word 'chief'" in named.output
+
+
+def _local_search(processes, data, run_dir, workers: int):
+    return processes.start(
+        f"local{workers}", "search", "--data", str(data), "--run-dir", str(run_dir), "--backbones", "vanilla_cnn",
+        "--weights", "none", "--image-size", "32", "--max-epochs", "2", "--factor", "2",
+        "--batch-size", "16", "--seed", "3", "--no-retrain", "--workers", str(workers))
+
+
+def test_local_workers_run_every_trial_and_exit_with_the_search(tmp_path, demo_data, processes):
+    run_dir = tmp_path / "run"
+    search = _local_search(processes, demo_data, run_dir, 2)
+    assert _exit_code(search, processes, "local2") == 0, processes.log("local2")[-3000:]
+    said = processes.log("local2")
+    assert f"2 local workers, {max(1, local.available_cores() // 2)} thread" in said  # a share of the cores each
+    trials = _trials(run_dir)
+    assert {t["status"] for t in trials.values()} == {"COMPLETED"}
+    assert len(re.findall(rf"^trial \d+ .*{OBJECTIVE}=.*\(worker local-[12]\)$", said, re.MULTILINE)) == len(trials)
+    _assert_single_machine_format(run_dir, trials)
+    assert re.search(r"^best trial \d+ of \d+: ", said, re.MULTILINE)
+    for name in ("local-1", "local-2"):  # each was told the search is done, and exited
+        assert "the search is done" in (run_dir / "workers" / f"{name}.log").read_text()
+
+
+def test_local_workers_that_all_fail_stop_the_search_with_one_line(tmp_path):
+    failing = {name: subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"]) for name in ("a", "b")}
+    lines = []
+    helpers = local.LocalWorkers("127.0.0.1:1", failing, tmp_path, lines.append)
+    for process in failing.values():
+        process.wait(timeout=30)
+    with pytest.raises(UserError, match="Every local worker stopped before the search was done"):
+        helpers.check()
+    assert lines == [f"worker {name} stopped (exit status 3); see {tmp_path / f'{name}.log'}" for name in "ab"]
+
+
+def test_local_workers_and_a_chief_address_are_one_or_the_other(tmp_path):
+    result = CliRunner().invoke(cli, ["search", "--run-dir", str(tmp_path / "run"), "--workers", "2",
+                                      "--chief", _free_address()])
+    assert result.exit_code == 1 and "--workers starts workers on this machine" in result.output
+    assert "Traceback" not in result.output
