@@ -159,12 +159,8 @@ def worker(chief, run_dir, worker_id, wait, threads, strategy):
     """
     from search.run import run_worker
 
-    if threads:
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-
-    name = run_worker(run_dir, chief, worker_id=worker_id, strategy=strategy, wait=wait, log=click.echo)
+    name = run_worker(run_dir, chief, worker_id=worker_id, strategy=strategy, wait=wait, threads=threads,
+                      log=click.echo)
     click.echo(f"worker {name}: the search is done")
 
 

@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+import tensorflow as tf
+
 from data import manifest
 from data.errors import UserError
 from hypermodels.cached import CachedFeatureClassifier
@@ -83,16 +85,19 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
 
 
 def run_worker(run_dir: str, chief: str, worker_id: str | None = None, strategy: str | None = None,
-               wait: float = 6 * 3600.0, log: Callable[[str], None] = print) -> str:
+               wait: float = 6 * 3600.0, threads: int | None = None, log: Callable[[str], None] = print) -> str:
     """Runs trials of the distributed search that ``chief`` (``HOST:PORT``) serves, until it is done.
 
     The settings come from ``run_dir/config.json``, written by the chief before it
     serves, so the two cannot disagree; the split and the caches are read, not rebuilt.
+    ``threads``: how many threads each TensorFlow operation computes on (default: all cores).
 
     Returns:
         This worker's id.
     """
     worker_id = distributed.check_worker_id(worker_id) if worker_id else distributed.default_worker_id()
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)  # before TensorFlow's first operation
     worker.wait_for_chief(chief, wait, log)
     config = load_config(run_dir)
     worker.check_data_visible(config)
