@@ -201,8 +201,9 @@ class TrialData:
     whole). Each call gets a fresh training pipeline whose shuffle orders follow
     from the run's seed and ``initial_epoch`` alone: a trial sees the same batches
     whatever ran before it in this process (a pipeline kept across trials would
-    continue its sequence of orders), so a distributed or resumed search's trials
-    score as they would in one uninterrupted process. Validation is not shuffled.
+    continue its sequence of orders), so it does not matter which worker of a
+    distributed search runs it, or whether a search was resumed. Validation is not
+    shuffled.
     """
 
     def __init__(self, data, cache: ActivationCache):

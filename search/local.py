@@ -6,16 +6,16 @@ while the other cores wait. ``cli.py search --workers N`` makes this process the
 chief of a distributed search (data, caches and oracle here, then the retrain) and
 starts N ``cli.py worker`` processes on this machine, each computing on its share
 of the cores: one trial's tracing overlaps another's arithmetic. On 2 cores, the
-23-trial search of the benchmark took 128 s in one process and 85 s with 2 workers.
+23-trial search of the benchmark took 135 s in one process and 96 s with 2 workers.
 
 Reproducibility: one process (the default, ``--workers 1``) runs the same trial
 sequence for the same ``--seed``. With several workers, KerasTuner's Hyperband hands
 out trials in the order workers ask, so trial numbers, and the configurations its
 later brackets draw while earlier rounds are still running, can differ between
-runs, as in any distributed search. On the benchmark data two runs (2 and 3
-workers) ran the same 23 configurations with the same scores; a worker computes
-on fewer threads than one process, which changes float summation order, so
-scores differ slightly from a one-process search.
+runs, as in any distributed search. On the benchmark data, runs with 2 and 3
+workers ran the same 23 configurations with the same scores; a worker computes on
+fewer threads than one process, which changes float summation order (the
+one-process search had 22 of the 23 scores identical).
 """
 
 from __future__ import annotations
