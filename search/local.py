@@ -81,7 +81,7 @@ def local_workers(run_dir: Path, count: int, log: Callable[[str], None],
     trials until it says the search is done and exit; any still running when the
     block ends (an error, Ctrl-C) are stopped.
     """
-    address = f"127.0.0.1:{_free_port()}"
+    address = free_local_address()
     threads = max(1, available_cores() // count)
     logs = Path(run_dir) / LOGS_DIR
     logs.mkdir(parents=True, exist_ok=True)
@@ -117,10 +117,11 @@ def _stop(processes, patience: float) -> None:
                 process.wait()
 
 
-def _free_port() -> int:
+def free_local_address() -> str:
+    """``127.0.0.1:PORT`` with a port free now (the chief binds it later; a clash is one clear error)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
 def check_count(workers: int, chief: str | None) -> None:

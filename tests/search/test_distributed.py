@@ -4,7 +4,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -64,12 +63,6 @@ def processes(tmp_path):
         started.kill_all()
 
 
-def _free_address() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
-
-
 def _start_chief(processes, data, run_dir, address):
     return processes.start(
         "chief", "search", "--data", str(data), "--run-dir", str(run_dir), "--backbones", "vanilla_cnn",
@@ -114,7 +107,7 @@ def _assert_single_machine_format(run_dir: Path, trials: dict) -> None:
 
 def test_chief_and_two_workers_finish_every_trial_and_the_chief_exits_by_itself(
         tmp_path, demo_data, processes):
-    run_dir, address = tmp_path / "run", _free_address()
+    run_dir, address = tmp_path / "run", local.free_local_address()
     chief = _start_chief(processes, demo_data, run_dir, address)
     workers = [_start_worker(processes, run_dir, address, name) for name in ("w1", "w2")]
 
@@ -130,7 +123,7 @@ def test_chief_and_two_workers_finish_every_trial_and_the_chief_exits_by_itself(
 
 def test_a_worker_killed_mid_trial_loses_no_finished_trial_and_a_late_worker_completes_the_search(
         tmp_path, demo_data, processes):
-    run_dir, address = tmp_path / "run", _free_address()
+    run_dir, address = tmp_path / "run", local.free_local_address()
     chief = _start_chief(processes, demo_data, run_dir, address)
     doomed = _start_worker(processes, run_dir, address, "doomed")
     _wait_for(lambda: _issued(processes.log("chief"), "doomed"), processes)
@@ -185,9 +178,10 @@ def test_worker_errors_are_one_line(tmp_path):
     runner = CliRunner()
     bad = runner.invoke(cli, ["worker", "--chief", "no-port", "--run-dir", str(tmp_path)])
     assert bad.exit_code == 1 and "is not HOST:PORT" in bad.output
-    alone = runner.invoke(cli, ["worker", "--chief", _free_address(), "--run-dir", str(tmp_path), "--wait", "1"])
+    alone = runner.invoke(cli, ["worker", "--chief", local.free_local_address(), "--run-dir", str(tmp_path),
+                                "--wait", "1"])
     assert alone.exit_code == 1 and "No chief answered" in alone.output and "Traceback" not in alone.output
-    named = runner.invoke(cli, ["worker", "--chief", _free_address(), "--run-dir", str(tmp_path),
+    named = runner.invoke(cli, ["worker", "--chief", local.free_local_address(), "--run-dir", str(tmp_path),
                                 "--worker-id", "chief-2"])
     assert named.exit_code == 1 and "without the word 'chief'" in named.output
 
@@ -227,6 +221,6 @@ def test_local_workers_that_all_fail_stop_the_search_with_one_line(tmp_path):
 
 def test_local_workers_and_a_chief_address_are_one_or_the_other(tmp_path):
     result = CliRunner().invoke(cli, ["search", "--run-dir", str(tmp_path / "run"), "--workers", "2",
-                                      "--chief", _free_address()])
+                                      "--chief", local.free_local_address()])
     assert result.exit_code == 1 and "--workers starts workers on this machine" in result.output
     assert "Traceback" not in result.output
