@@ -129,7 +129,7 @@ def search(no_retrain, no_augment, chief, worker_timeout, workers, strategy, **o
                       strategy=strategy, workers=workers)
     _print_best(best, config.path)
     if not no_retrain:
-        from search.evaluate import evaluate
+        from search.evaluation.evaluate import evaluate
         from search.export import export_model
         from search.retrain import retrain
 
@@ -222,7 +222,7 @@ def retrain(run_dir, top_k, seeds, max_epochs, no_augment):
 @click.option("--layer", default=None, help="Grad-CAM layer. Default: the backbone's from the registry.")
 def evaluate(run_dir, data, out, layer):
     """Evaluate the best winner once: metrics.json, pictures, Grad-CAM galleries, report.md."""
-    from search.evaluate import evaluate as evaluate_winner
+    from search.evaluation.evaluate import evaluate as evaluate_winner
 
     evaluate_winner(_run_config(run_dir), data=data, out=out, layer=layer, log=click.echo)
 

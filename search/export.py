@@ -22,7 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from data.errors import UserError
-from search import dataset, gradcam
+from search import dataset
+from search.evaluation import gradcam
 from search.config import RunConfig
 from search.retrain import best_winner
 

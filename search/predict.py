@@ -11,7 +11,7 @@ import numpy as np
 from data.errors import UserError
 from data.images import DecodeFailure, decode_image
 import hypermodels.layers  # noqa: F401  (registers XrayPreprocess, which model.keras needs)
-from search import gradcam
+from search.evaluation import gradcam
 from search.config import CONFIG_FILE, load_config
 from search.export import CARD_FILE
 from search.retrain import best_winner

@@ -16,8 +16,9 @@ from hypermodels.cached import CachedFeatureClassifier
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from hypermodels.registry import get_backbone
 from hypermodels.weights import resolve_weights
-from search import dataset, distributed, features, local, worker
-from search.chief import run_chief
+from search import dataset, features
+from search.distributed import local, protocol as distributed, worker
+from search.distributed.chief import run_chief
 from search.config import CONFIG_FILE, RunConfig, load_config
 from search.tuner import MEMORY_FILE, make_tuner
 
@@ -55,7 +56,7 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
             a worker's trial goes to another worker.
         strategy: ``"mirrored"``: each trial trains under ``tf.distribute.MirroredStrategy``.
         workers: Trials at once on this machine: more than 1 starts that many
-            worker processes here and serves them as the chief (:mod:`search.local`).
+            worker processes here and serves them as the chief (:mod:`search.distributed.local`).
 
     Returns:
         The content of ``best_hyperparameters.json``.
@@ -104,7 +105,7 @@ def run_worker(run_dir: str, chief: str, worker_id: str | None = None, strategy:
     hypermodel, _ = trial_hypermodel(dataset.prepare(config, progress=False))
     log(f"worker {worker_id}: running trials for {run_dir}")
     with _failed_trials_as_user_error():
-        worker.run_worker(config, hypermodel, chief, worker_id, strategy, log)
+        worker.serve_trials(config, hypermodel, chief, worker_id, strategy, log)
     return worker_id
 
 

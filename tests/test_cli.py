@@ -44,13 +44,13 @@ def test_search_prints_best_trial_and_tensorboard_command(tmp_path, demo_data):
 
 
 def test_search_no_augment_reaches_the_retrain_it_runs(tmp_path, demo_data, monkeypatch):
-    import search.evaluate
+    import search.evaluation.evaluate
     import search.export
     import search.retrain
 
     calls = []
     monkeypatch.setattr(search.retrain, "retrain", lambda config, **kw: calls.append(("retrain", kw["augment"])))
-    monkeypatch.setattr(search.evaluate, "evaluate", lambda config, **kw: calls.append(("evaluate",)))
+    monkeypatch.setattr(search.evaluation.evaluate, "evaluate", lambda config, **kw: calls.append(("evaluate",)))
     monkeypatch.setattr(search.export, "export_model", lambda config, **kw: calls.append(("export",)))
     flags = ["--data", demo_data, "--backbones", "vanilla_cnn", "--weights", "none", "--image-size", 32,
              "--max-epochs", 1, "--factor", 2]

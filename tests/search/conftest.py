@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from search.config import load_config, new_config
-from search.evaluate import evaluate
+from search.evaluation.evaluate import evaluate
 from search.export import export_model
 from search.retrain import retrain
 from search.run import run_search

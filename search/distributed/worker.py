@@ -1,6 +1,6 @@
 """A worker of a distributed search: runs the trials its chief serves, with a heartbeat.
 
-See :mod:`search.distributed` for what this adds to KerasTuner's chief/worker mode.
+See :mod:`search.distributed.protocol` for what this adds to KerasTuner's chief/worker mode.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from keras_tuner.src import protos
 from keras_tuner.src.engine import trial as trial_module
 
 from data.errors import UserError
-from search.distributed import INSTANCE_KEY, WORKER_KEY, distribution_strategy, kerastuner_env, parse_address
+from search.distributed.protocol import INSTANCE_KEY, WORKER_KEY, distribution_strategy, kerastuner_env, parse_address
 from search.tuner import make_tuner
 
 HEARTBEAT_SECONDS = 2.0
@@ -28,7 +28,7 @@ CHIEF_LOST_SECONDS = 120.0
 _IDLE_PAUSE_SECONDS = 1.0
 
 
-def run_worker(config, hypermodel, address: str, worker_id: str, strategy: str | None,
+def serve_trials(config, hypermodel, address: str, worker_id: str, strategy: str | None,
                log: Callable[[str], None]) -> None:
     """Runs trials served by the chief at ``address`` until its oracle says the search is done."""
     with worker_session(address, worker_id, log) as heartbeat:
@@ -125,7 +125,7 @@ class _WorkerClient:
 
     def end_trial(self, trial):
         self._heartbeat.beat()
-        # Sending a trial prints KerasTuner's stray debug lines (see _MutedThreads in search.chief).
+        # Sending a trial prints KerasTuner's stray debug lines (see _MutedThreads in search.distributed.chief).
         with contextlib.redirect_stdout(io.StringIO()):
             return self._client.end_trial(trial)
 

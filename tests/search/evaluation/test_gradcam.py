@@ -10,7 +10,7 @@ from data.synthetic import CLASS_NAMES, phantom
 from hypermodels.classifier import XrayClassifier
 from hypermodels.layers import XrayPreprocess
 from hypermodels.registry import BACKBONES
-from search import gradcam
+from search.evaluation import gradcam
 
 SIZE = 64
 REQUIRED_SHARE = 0.8

@@ -17,9 +17,10 @@ import numpy as np
 
 from data import cache, manifest
 from data.errors import UserError
-from search import dataset, gradcam, report
+from search import dataset
+from search.evaluation import gradcam, report
 from search.config import RunConfig
-from search.metrics import classification_metrics, roc_curves
+from search.evaluation.metrics import classification_metrics, roc_curves
 from search.retrain import best_winner
 
 REPORT_DIR = "report"

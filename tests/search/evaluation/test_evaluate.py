@@ -10,7 +10,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from data.errors import UserError
 from search.config import load_config
-from search.evaluate import evaluate
+from search.evaluation.evaluate import evaluate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

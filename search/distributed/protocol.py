@@ -2,7 +2,7 @@
 
 KerasTuner (1.4.8) does the distribution: the chief holds the oracle and answers the
 workers' ``OracleClient`` over gRPC; workers run trials. What it lacks, and
-:mod:`search.chief` and :mod:`search.worker` add around it:
+:mod:`search.distributed.chief` and :mod:`search.distributed.worker` add around it:
 
 - A worker that dies keeps its trial RUNNING and its id in ``oracle.tuner_ids``
   forever: nothing re-issues the trial, Hyperband waits for it (IDLE) and the chief

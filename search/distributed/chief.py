@@ -1,6 +1,6 @@
 """The chief of a distributed search: serves the oracle to the workers, releases silent ones.
 
-See :mod:`search.distributed` for what this adds to KerasTuner's chief/worker mode.
+See :mod:`search.distributed.protocol` for what this adds to KerasTuner's chief/worker mode.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from keras_tuner.src.engine import trial as trial_module
 
 from data.errors import UserError
 from search import hparams
-from search.distributed import (CHIEF_ID, INSTANCE_KEY, WORKER_KEY, kerastuner_env, parse_address,
+from search.distributed.protocol import (CHIEF_ID, INSTANCE_KEY, WORKER_KEY, kerastuner_env, parse_address,
                                 resume_across_modes)
 from search.tuner import make_tuner, trial_line
 

@@ -33,7 +33,7 @@ from data.errors import UserError
 LOGS_DIR = "workers"
 """Under the run directory: one log per local worker (its trial lines and errors)."""
 
-_CLI = Path(__file__).resolve().parents[1] / "cli.py"
+_CLI = Path(__file__).resolve().parents[2] / "cli.py"
 
 
 def available_cores() -> int:

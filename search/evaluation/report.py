@@ -80,7 +80,7 @@ def plot_roc(curves: dict, aucs: dict, path) -> Path:
     """One-vs-rest ROC curves, one line per class, with the chance diagonal.
 
     Args:
-        curves: ``{class name: (fpr, tpr)}`` as from `search.metrics.roc_curves`.
+        curves: ``{class name: (fpr, tpr)}`` as from `search.evaluation.metrics.roc_curves`.
         aucs: ``{class name: AUC or None}`` for the legend.
         path: where to write the PNG.
     """
@@ -123,7 +123,7 @@ def write_report_md(
 
     Args:
         path: where to write the markdown file.
-        metrics: the dict from `search.metrics.classification_metrics`.
+        metrics: the dict from `search.evaluation.metrics.classification_metrics`.
         images: ``{caption: image path}``, shown in this order; paths are linked
             relative to the report's folder so the folder can be moved as a whole.
         title: the report's top heading.

@@ -18,12 +18,12 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from cli import cli
 from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE
-from search import local
+from search.distributed import local
 from search.config import new_config
 from search.run import run_search
 from tests.search.test_search import _session_hparams
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEADLINE = 240  # seconds: a hard limit for any process of a test, so CI never hangs
 WORKER_TIMEOUT = 10  # the chief releases a worker silent this long (heartbeats every 2 s)
 
