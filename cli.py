@@ -16,17 +16,25 @@ import click
 
 from data.errors import UserError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: quiet C++ logs
-# Known, harmless library warnings that would bury the trial lines: Keras loads the
-# 224-pixel MobileNet weights for other sizes (conv weights do not depend on size),
-# and KerasTuner's Hyperband continues a trial from weights without optimizer state.
-warnings.filterwarnings("ignore", message="`input_shape` is undefined or non-square")
-warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-# Our tf.data pipelines shuffle themselves; Keras warns that fit's own shuffle=True is ignored.
-warnings.filterwarnings("ignore", message="`shuffle=True` was passed, but will be ignored")
-# Every trial traces its own new training step; TensorFlow counts those first traces
-# of new functions as "retracing" and suggests fixes for a loop that is not there.
-logging.getLogger("tensorflow").addFilter(lambda record: "triggered tf.function retracing" not in record.getMessage())
+def _quiet_process() -> None:
+    """Process-wide output settings, made once when a command runs (never at import)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: quiet C++ logs
+    # Known, harmless library warnings that would bury the trial lines: Keras loads the
+    # 224-pixel MobileNet weights for other sizes (conv weights do not depend on size),
+    # and KerasTuner's Hyperband continues a trial from weights without optimizer state.
+    warnings.filterwarnings("ignore", message="`input_shape` is undefined or non-square")
+    warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+    # Our tf.data pipelines shuffle themselves; Keras warns that fit's own shuffle=True is ignored.
+    warnings.filterwarnings("ignore", message="`shuffle=True` was passed, but will be ignored")
+    # Every trial traces its own new training step; TensorFlow counts those first traces
+    # of new functions as "retracing" and suggests fixes for a loop that is not there.
+    logger = logging.getLogger("tensorflow")
+    if _not_retracing not in logger.filters:
+        logger.addFilter(_not_retracing)
+
+
+def _not_retracing(record) -> bool:
+    return "triggered tf.function retracing" not in record.getMessage()
 
 
 class _Group(click.Group):
@@ -40,6 +48,7 @@ class _Group(click.Group):
 @click.group(cls=_Group)
 def cli():
     """Search transfer-learning classifiers for chest X-rays with KerasTuner."""
+    _quiet_process()  # here, not at import: every command (and CliRunner) gets it, importers do not
 
 
 def _csv(ctx, param, value):
@@ -120,23 +129,13 @@ def search(no_retrain, no_augment, chief, worker_timeout, workers, strategy, **o
     Then retrains the top 3 configurations, evaluates the best on the test split
     with Grad-CAM galleries and exports it, unless --no-retrain.
     """
-    from search.run import run_search
+    from search.job import run_job
 
     config = _config(options)
     if chief and strategy != "none":
         click.echo("--strategy applies where trials train: pass it to the workers")
-    best = run_search(config, log=click.echo, chief=chief, worker_timeout=worker_timeout,
-                      strategy=strategy, workers=workers)
-    _print_best(best, config.path)
-    if not no_retrain:
-        from search.evaluation.evaluate import evaluate
-        from search.export import export_model
-        from search.retrain import retrain
-
-        saved = _run_config(config.run_dir)  # with the class names the data stage found
-        retrain(saved, augment=not no_augment, log=click.echo)
-        evaluate(saved, log=click.echo)
-        export_model(saved, log=click.echo)
+    run_job(config, retrain=not no_retrain, augment=not no_augment, log=click.echo, chief=chief,
+            worker_timeout=worker_timeout, strategy=strategy, workers=workers)
 
 
 @cli.command()
@@ -162,17 +161,6 @@ def worker(chief, run_dir, worker_id, wait, threads, strategy):
     name = run_worker(run_dir, chief, worker_id=worker_id, strategy=strategy, wait=wait, threads=threads,
                       log=click.echo)
     click.echo(f"worker {name}: the search is done")
-
-
-def _print_best(best: dict, run_dir: Path) -> None:
-    if best["best"] is None:
-        raise UserError(f"No trial of {best['trials']} completed; see the trial lines above for why.")
-    top = best["best"]
-    click.echo(f"best trial {top['trial_id']} of {best['trials']}: "
-               f"{best['objective']['name']} = {top[best['objective']['name']]:.4f}")
-    for name, value in top["hyperparameters"].items():
-        click.echo(f"  {name}: {value}")
-    click.echo(f"inspect: tensorboard --logdir {run_dir / 'tensorboard'}")
 
 
 @cli.command()
@@ -210,7 +198,7 @@ def retrain(run_dir, top_k, seeds, max_epochs, no_augment):
 
     summary = retrain_winners(_run_config(run_dir), top_k=top_k, seeds=seeds, max_epochs=max_epochs,
                               augment=not no_augment, log=click.echo)
-    click.echo(f"best: {summary['winners'][0]['dir']} (see {Path(run_dir) / 'winners' / 'summary.json'})")
+    click.echo(f"best: {summary['winners'][0]['dir']} (see {_run_config(run_dir).layout.winners_summary})")
 
 
 @cli.command()
@@ -238,8 +226,8 @@ def gradcam(run_dir, images, out, class_name, layer):
     """Write Grad-CAM overlays for images, explained by the run's model."""
     from search.predict import predict_images
 
-    out = out or Path(run_dir) / "report" / "gradcam-images"
-    entries = predict_images(run_dir, images, gradcam_dir=out, target_class=class_name, layer=layer)
+    entries = predict_images(run_dir, images, gradcam_dir=out or _run_config(run_dir).layout.gradcam_images,
+                             target_class=class_name, layer=layer)
     for entry in entries:
         click.echo(f"{entry['path']}: " + (f"error: {entry['error']}" if "error" in entry else
                                            f"{entry['predicted']} -> {entry['gradcam']}"))
@@ -290,20 +278,9 @@ def audit(path, split_csv, out):
 
     PATH is a folder of labelled X-rays or a CSV manifest, as for `search --data`.
     """
-    from data import audit as leakage
-    from data.manifest import discover
-    from data.split import splits_of
+    from data.audit import audit_collection
 
-    examples = discover(path)
-    splits = None
-    if split_csv is not None:
-        splits = splits_of(examples, split_csv)
-        click.echo(f"{sum(bool(s) for s in splits)} of {len(examples)} images are in {split_csv}")
-    report = leakage.audit(examples, splits=splits)
-    for line in leakage.summary_lines(report):
-        click.echo(line)
-    leakage.write_audit_csv(out, report)
-    click.echo(f"groups: {out}")
+    audit_collection(path, split_csv=split_csv, out=out, log=click.echo)
 
 
 def main():

@@ -26,7 +26,8 @@ from hypermodels.cached import frozen_image_model, frozen_model  # noqa: E402
 from hypermodels.classifier import POOLED, XrayClassifier  # noqa: E402
 from search import dataset  # noqa: E402
 from search.config import load_config  # noqa: E402
-from search.retrain import best_winner, retrain as retrain_winners  # noqa: E402
+from search.layout import RunLayout  # noqa: E402
+from search.retrain import retrain as retrain_winners  # noqa: E402
 
 BATCH = 64
 
@@ -60,7 +61,7 @@ def score(run_dir: str) -> dict:
     """Test macro-F1 and COVID sensitivity of the run's rank-1 winner (scikit-learn)."""
     config = load_config(run_dir)
     data = dataset.prepare(config, progress=False)
-    model = keras.saving.load_model(best_winner(run_dir) / "model.keras")
+    model = keras.saving.load_model(RunLayout(run_dir).best_winner() / "model.keras")
     rows = data.indices("test")
     y_true = data.labels[rows]
     y_pred = np.argmax(model.predict(np.asarray(data.images[rows]), batch_size=BATCH, verbose=0), 1)

@@ -23,7 +23,6 @@ the files and 1.2 s from the decoded cache, with identical counts.
 """
 
 import csv
-import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -31,7 +30,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from data import files
 from data.errors import UserError
+from data.manifest import discover
+from data.split import splits_of
 
 HASH_SIZE = 16  # phash of a 16x16 DCT block: 256 bits
 NEAR_DUPLICATE_THRESHOLD = 44
@@ -161,13 +163,35 @@ def write_audit_csv(path, report: AuditReport) -> None:
         UserError: The file cannot be written (missing folder, no permission, full disk).
     """
     try:
-        with open(path, "w", newline="", encoding="utf-8") as handle:
+        with files.replaced(path, newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=_CSV_COLUMNS, lineterminator="\n")
             writer.writeheader()
             writer.writerows(report.rows)
     except OSError as error:
         raise UserError(f"Cannot write the audit CSV {path} ({error.strerror}); "
                         "pass --out with a writable file path.") from error
+
+
+def audit_collection(path, split_csv=None, out="audit.csv", log=print) -> AuditReport:
+    """The ``data audit`` command: audits the collection at ``path`` and writes ``out``.
+
+    Args:
+        path: A folder of labelled images or a CSV manifest.
+        split_csv: A run's ``split.csv``: also count groups and patients across splits.
+        out: The CSV of groups found.
+        log: Where the summary lines go.
+    """
+    examples = discover(path)
+    splits = None
+    if split_csv is not None:
+        splits = splits_of(examples, split_csv)
+        log(f"{sum(bool(s) for s in splits)} of {len(examples)} images are in {split_csv}")
+    report = audit(examples, splits=splits)
+    for line in summary_lines(report):
+        log(line)
+    write_audit_csv(out, report)
+    log(f"groups: {out}")
+    return report
 
 
 def summary_lines(report: AuditReport) -> list[str]:
@@ -202,8 +226,7 @@ def fingerprints(paths, images=None) -> tuple:
 
 def _sha256(path) -> str | None:
     try:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
+        return files.sha256_file(path)
     except OSError:
         return None  # unreadable: the decoder reports why; it simply has no exact copies
 

@@ -132,7 +132,7 @@ def get_backbone(name: str) -> BackboneSpec:
         known = ", ".join(BACKBONES)
         raise UserError(
             f"Unknown backbone {name!r}. Known backbones: {known} "
-            "(`python cli.py backbones` lists them with their sizes)."
+            "(`cxr-tuner backbones` lists them with their sizes)."
         ) from None
 
 

@@ -6,10 +6,11 @@ import dataclasses
 import json
 from pathlib import Path
 
+from data import files
 from data.errors import UserError
+from search.layout import RunLayout
 
 TUNERS = ("hyperband", "bayesian", "random")
-CONFIG_FILE = "config.json"
 # Settings that may differ between the first run and a resume without changing
 # what the search means.
 _RESUMABLE = {"run_dir", "overwrite", "class_weights", "class_names", "counts", "audit"}
@@ -63,6 +64,11 @@ class RunConfig:
         """The run directory as a Path."""
         return Path(self.run_dir)
 
+    @property
+    def layout(self) -> RunLayout:
+        """The run directory's files and folders."""
+        return RunLayout(self.run_dir)
+
     def replace(self, **changes) -> "RunConfig":
         """A copy with ``changes`` applied (the config itself never mutates)."""
         return dataclasses.replace(self, **changes)
@@ -73,10 +79,8 @@ class RunConfig:
         ``overwrite`` is an action, not a setting: it is saved as False so that
         later stages and resumes never start over because the first run did.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
         saved = dataclasses.asdict(self.replace(overwrite=False))
-        text = json.dumps(saved, indent=2, sort_keys=True)
-        (self.path / CONFIG_FILE).write_text(text + "\n")
+        files.write_text(self.layout.config, json.dumps(saved, indent=2, sort_keys=True) + "\n")
 
     def check_resumable(self, saved: "RunConfig") -> None:
         """Refuses to resume a run that was started with different settings."""
@@ -115,10 +119,12 @@ def load_config(run_dir: str | Path) -> RunConfig:
     Raises:
         UserError: If the folder holds no run.
     """
-    path = Path(run_dir) / CONFIG_FILE
+    path = RunLayout(run_dir).config
     if not path.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); run `python cli.py search --run-dir {run_dir}` first.")
-    raw = json.loads(path.read_text())
+        raise UserError(f"{run_dir} is not a run directory (no {path.name}); run `cxr-tuner search --run-dir {run_dir}` first.")
+    raw = files.read_json(path, f"start over with `cxr-tuner search --run-dir {run_dir} --overwrite` and the run's flags")
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} is damaged (not a JSON object); start over with `cxr-tuner search --run-dir {run_dir} --overwrite`.")
     known = {f.name for f in dataclasses.fields(RunConfig)}
     raw = {k: v for k, v in raw.items() if k in known}
     for key in ("backbones", "fractions", "class_names"):

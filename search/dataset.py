@@ -18,7 +18,6 @@ from data.weights import class_weights
 from search.config import RunConfig
 
 SPLITS = ("train", "val", "test")
-DEMO_DIR = "demo-data"
 
 
 @dataclasses.dataclass
@@ -63,7 +62,7 @@ def data_root(config: RunConfig) -> Path:
     """The user's data, or the synthetic demo set written into the run directory."""
     if config.data is not None:
         return Path(config.data)
-    return synthetic.write_demo_dataset(config.path / DEMO_DIR)
+    return synthetic.write_demo_dataset(config.layout.demo_data)
 
 
 def prepare(config: RunConfig, progress: bool = True) -> RunData:
@@ -73,10 +72,11 @@ def prepare(config: RunConfig, progress: bool = True) -> RunData:
         The run's data; ``config`` in it carries class names, class weights
         (computed on the training split) and the image counts.
     """
-    split_csv = config.path / "split.csv"
+    layout = config.layout
+    split_csv = layout.split
     if split_csv.is_file() and not config.overwrite:
         examples, splits = split.load_split(split_csv)
-        decoded = cache.load_decoded(examples, config.image_size, config.path / "cache", progress)
+        decoded = cache.load_decoded(examples, config.image_size, layout.cache, progress)
         if decoded.skipped:
             raise UserError(
                 f"{len(decoded.skipped)} image(s) of {split_csv} can no longer be read "
@@ -85,12 +85,12 @@ def prepare(config: RunConfig, progress: bool = True) -> RunData:
         found = config.counts.get("found", len(examples))
     else:
         examples = manifest.discover(data_root(config))
-        decoded = cache.load_decoded(examples, config.image_size, config.path / "cache", progress)
-        cache.write_skipped_csv(config.path / "skipped.csv", decoded.skipped)
-        _check_every_class_readable(examples, decoded, config.path / "skipped.csv")
+        decoded = cache.load_decoded(examples, config.image_size, layout.cache, progress)
+        cache.write_skipped_csv(layout.skipped, decoded.skipped)
+        _check_every_class_readable(examples, decoded, layout.skipped)
         splits, report = _leak_free_split(config, decoded)
         split.save_split(split_csv, decoded.examples, splits)
-        audit.write_audit_csv(config.path / "audit.csv", report)
+        audit.write_audit_csv(layout.audit, report)
         config = config.replace(audit=report.counts())
         found = len(examples)
     return _run_data(config, decoded, np.asarray(splits), found)

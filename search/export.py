@@ -9,7 +9,6 @@ the softmax probabilities, in the class order of the model card.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import warnings
@@ -21,15 +20,17 @@ import keras_tuner
 import numpy as np
 import tensorflow as tf
 
+from data import files
 from data.errors import UserError
 from search import dataset
 from search.evaluation import gradcam
 from search.config import RunConfig
-from search.retrain import best_winner
+from search.hparams import searched_values
+from search.layout import SPLIT_STAMP, WINNER_HYPERPARAMETERS, WINNER_MODEL, RunLayout
 
 FORMATS = ("keras", "savedmodel", "tflite")
 FILES = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite"}
-CARD_FILE = "model_card.json"
+CARD_FILE = "model_card.json"  # beside the exported files, wherever --out puts them
 _HEADLINE = ("accuracy", "macro_f1", "covid_sensitivity", "covid_specificity")
 
 
@@ -43,17 +44,17 @@ def export_model(config: RunConfig, formats=FORMATS, out=None, log: Callable[[st
     if unknown or not formats:
         raise UserError(f"Unknown export format(s) {', '.join(unknown) or '(none given)'}; "
                         f"choose from {', '.join(FORMATS)}.")
-    out = Path(out or config.path / "export")
+    out = Path(out or config.layout.export)
     out.mkdir(parents=True, exist_ok=True)
-    winner = best_winner(config.run_dir)
-    model = keras.saving.load_model(winner / "model.keras")
+    winner = config.layout.best_winner()
+    model = keras.saving.load_model(winner / WINNER_MODEL)
     with tempfile.TemporaryDirectory() as scratch:
         written = _write_formats(model, formats, out, Path(scratch))
         written = {name: path for name, path in written.items() if name in formats}
         agreement = _agreement(model, written, _test_images(config))
     card = model_card(config, winner, model, written, out)
     card["agreement"] = {"images": "test split", "max_abs_probability_difference": agreement}
-    (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    files.write_json(out / CARD_FILE, card)
     log(f"exported {', '.join(written)} to {out}")
     return card
 
@@ -145,11 +146,10 @@ def model_card(config: RunConfig, winner: Path, model: keras.Model, written: dic
                     "savedmodel": "tf.saved_model.load(path).signatures['serving_default'](image=uint8 batch)",
                     "tflite": "tf.lite.Interpreter (or ai_edge_litert); float32, uint8 input"},
         "gradcam_layer": gradcam.default_layer(model),
-        "hyperparameters": {k: v for k, v in json.loads((winner / "hyperparameters.json").read_text())[
-            "values"].items() if not k.startswith("tuner/")},
+        "hyperparameters": searched_values(json.loads((winner / WINNER_HYPERPARAMETERS).read_text())["values"]),
         "winner": winner.name,
-        "metrics": _headline_metrics(config.path / "report" / "metrics.json"),
-        "split_sha256": _sha256(config.path / "split.csv") if (config.path / "split.csv").is_file() else None,
+        "metrics": _headline_metrics(config.layout),
+        SPLIT_STAMP: config.layout.split_digest(),
         "files": {name: _hashes(path, out) for name, path in written.items()},
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
                      "keras_tuner": keras_tuner.__version__},
@@ -160,20 +160,16 @@ def _has_layer(model, name):
     return any(layer.name == name for layer in model.layers)
 
 
-def _headline_metrics(path: Path) -> dict | None:
-    if not path.is_file():
+def _headline_metrics(layout: RunLayout) -> dict | None:
+    """The test figures of the current split's evaluation, if it has run."""
+    if not layout.metrics.is_file():
         return None
-    metrics = json.loads(path.read_text())
+    metrics = layout.read_current(layout.metrics, f"run `cxr-tuner evaluate {layout.root}`")
     headline = {name: metrics[name] for name in _HEADLINE}
     headline["macro_roc_auc"] = metrics["roc_auc"]["macro"]
     return {"n": metrics["n"], **headline, "ece": metrics["ece"], "ci_method": metrics["ci_method"]}
 
 
 def _hashes(path: Path, out: Path) -> dict:
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return {p.relative_to(out).as_posix(): _sha256(p) for p in files}
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return {p.relative_to(out).as_posix(): files.sha256_file(p) for p in found}

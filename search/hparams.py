@@ -21,6 +21,11 @@ METRICS = (OBJECTIVE, "val_accuracy")
 _DISPLAY = {OBJECTIVE: "class-weighted validation loss", "val_accuracy": "validation accuracy"}
 
 
+def searched_values(values: dict) -> dict:
+    """The searched hyperparameters of a trial's values, without KerasTuner's ``tuner/`` bookkeeping."""
+    return {k: v for k, v in values.items() if not k.startswith("tuner/")}
+
+
 def trial_hparams(trial) -> dict[str, object]:
     """Active hyperparameter values of ``trial`` plus Hyperband's bookkeeping."""
     hps = trial.hyperparameters

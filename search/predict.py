@@ -12,9 +12,9 @@ from data.errors import UserError
 from data.images import DecodeFailure, decode_image
 import hypermodels.layers  # noqa: F401  (registers XrayPreprocess, which model.keras needs)
 from search.evaluation import gradcam
-from search.config import CONFIG_FILE, load_config
-from search.export import CARD_FILE
-from search.retrain import best_winner
+from search.config import load_config
+from search.export import CARD_FILE, FILES
+from search.layout import WINNER_MODEL, RunLayout
 
 
 def load_model(source) -> tuple[keras.Model, tuple[str, ...]]:
@@ -28,9 +28,10 @@ def load_model(source) -> tuple[keras.Model, tuple[str, ...]]:
         UserError: If the source is neither, or the class names cannot be found.
     """
     source = Path(source)
-    if (source / CONFIG_FILE).is_file():
-        exported = source / "export" / "model.keras"
-        path = exported if (exported.parent / CARD_FILE).is_file() else best_winner(source) / "model.keras"
+    layout = RunLayout(source)
+    if layout.config.is_file():
+        exported = layout.export / FILES["keras"]
+        path = exported if (layout.export / CARD_FILE).is_file() else layout.best_winner() / WINNER_MODEL
     elif source.suffix == ".keras" and source.is_file():
         path = source
     else:
@@ -42,11 +43,11 @@ def _class_names(model_path: Path) -> tuple[str, ...]:
     card = model_path.parent / CARD_FILE
     if card.is_file():
         return tuple(json.loads(card.read_text())["class_names"])
-    run_dir = model_path.parent.parent.parent
-    if (run_dir / CONFIG_FILE).is_file():
+    run_dir = model_path.parent.parent.parent  # RUN_DIR/winners/<rank>-<id>/model.keras
+    if RunLayout(run_dir).config.is_file():
         return load_config(run_dir).class_names
     raise UserError(f"No {CARD_FILE} beside {model_path} to name its classes; export the model with "
-                    "`python cli.py export RUN_DIR` or pass the run directory instead.")
+                    "`cxr-tuner export RUN_DIR` or pass the run directory instead.")
 
 
 def predict_images(source, image_paths, gradcam_dir=None, target_class: str | None = None,

@@ -24,23 +24,26 @@ import keras
 import keras_tuner
 import numpy as np
 
+from data import files
 from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from search import dataset
 from search.config import RunConfig
-from search.run import BEST_FILE, trial_hypermodel
+from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
+from search.activations import trial_hypermodel
 
-WINNERS_DIR = "winners"
-SUMMARY_FILE = "summary.json"
 PATIENCE = 3
+_SCORE = "score.json"  # the best seed's score so far, while a winner trains
 
 
 def trial_hyperparameters(config: RunConfig, trial_id: str) -> keras_tuner.HyperParameters:
     """The search space and values of one tuner trial, read from its ``trial.json``."""
-    path = config.path / "tuner" / f"trial_{trial_id}" / "trial.json"
-    if not path.is_file():
-        raise UserError(f"{path} is missing; re-run `python cli.py search --run-dir {config.run_dir}`.")
-    return keras_tuner.HyperParameters.from_config(json.loads(path.read_text())["hyperparameters"])
+    path = config.layout.trial(trial_id)
+    remedy = f"run `cxr-tuner search --run-dir {config.run_dir}` to resume the search"
+    try:
+        return keras_tuner.HyperParameters.from_config(files.read_json(path, remedy)["hyperparameters"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{path} is damaged (no readable hyperparameters); {remedy}.") from None
 
 
 def build_model(config: RunConfig, hp: keras_tuner.HyperParameters) -> keras.Model:
@@ -69,7 +72,7 @@ def retrain(config: RunConfig, top_k: int = 3, seeds: int = 1, max_epochs: int |
     # Without augmentation the search's hypermodel builds, fits (on cached activations)
     # and gives back the whole image model, as _ImageTraining does on images.
     training = _ImageTraining(data, augment) if augment else trial_hypermodel(data)[0]
-    winners_dir = config.path / WINNERS_DIR
+    winners_dir = config.layout.winners
     shutil.rmtree(winners_dir, ignore_errors=True)
     epochs = max_epochs or config.max_epochs * 2
     results = []
@@ -79,14 +82,15 @@ def retrain(config: RunConfig, top_k: int = 3, seeds: int = 1, max_epochs: int |
         scores = [_fit_and_keep(training, hp, config.seed + i, epochs, staging) for i in range(seeds)]
         results.append(_result(entry, scores))
         log(f"retrained trial {entry['trial_id']}: {OBJECTIVE} {_mean_std_text(results[-1])}")
-    return _rank_and_save(winners_dir, results, augment, epochs)
+    return _rank_and_save(config, results, augment, epochs)
 
 
 def _top_trials(config: RunConfig) -> list[dict]:
-    path = config.path / BEST_FILE
-    if not path.is_file():
-        raise UserError(f"{path} is missing: run `python cli.py search --run-dir {config.run_dir}` first.")
-    top = json.loads(path.read_text())["top"]
+    path = config.layout.best
+    remedy = f"run `cxr-tuner search --run-dir {config.run_dir}` (it resumes)"
+    top = config.layout.read_current(path, remedy).get("top")
+    if not isinstance(top, list):
+        raise UserError(f"{path} is damaged (no list of top trials); {remedy}.")
     if not top:
         raise UserError(f"No trial of the search in {config.run_dir} completed; nothing to retrain.")
     return top
@@ -127,13 +131,13 @@ def _fit_and_keep(training, hp, seed, epochs, staging: Path) -> dict:
     best_epoch = int(np.nanargmin(history[OBJECTIVE]))
     score = {"seed": seed, OBJECTIVE: history[OBJECTIVE][best_epoch], "best_epoch": best_epoch + 1,
              "epochs_run": len(history[OBJECTIVE]), "val_accuracy": history["val_accuracy"][best_epoch]}
-    saved = staging / "score.json"
+    saved = staging / _SCORE
     if not saved.is_file() or score[OBJECTIVE] < json.loads(saved.read_text())[OBJECTIVE]:
         staging.mkdir(parents=True, exist_ok=True)
-        training.image_model(hp, model).save(staging / "model.keras")
-        _write_json(staging / "history.json", history)
-        _write_json(staging / "hyperparameters.json", hp.get_config())
-        _write_json(saved, score)
+        training.image_model(hp, model).save(staging / WINNER_MODEL)
+        files.write_json(staging / WINNER_HISTORY, history)
+        files.write_json(staging / WINNER_HYPERPARAMETERS, hp.get_config())
+        files.write_json(saved, score)
     return score
 
 
@@ -147,34 +151,21 @@ def _result(entry: dict, scores: list[dict]) -> dict:
             "seeds": scores, "hyperparameters": entry["hyperparameters"]}
 
 
-def _rank_and_save(winners_dir: Path, results: list[dict], augment: bool, epochs: int) -> dict:
+def _rank_and_save(config: RunConfig, results: list[dict], augment: bool, epochs: int) -> dict:
+    winners_dir = config.layout.winners
     results.sort(key=lambda r: r[OBJECTIVE]["mean"])
     for rank, result in enumerate(results, start=1):
         result["rank"], result["dir"] = rank, f"{rank}-{result['trial_id']}"
-        (winners_dir / f"trial_{result['trial_id']}" / "score.json").unlink()
+        (winners_dir / f"trial_{result['trial_id']}" / _SCORE).unlink()
         (winners_dir / f"trial_{result['trial_id']}").rename(winners_dir / result["dir"])
     summary = {"ranked_by": f"mean {OBJECTIVE} over seeds, validation split only (lower is better)",
-               "augment": augment, "max_epochs": epochs, "patience": PATIENCE, "winners": results}
-    _write_json(winners_dir / SUMMARY_FILE, summary)
+               "augment": augment, "max_epochs": epochs, "patience": PATIENCE, "winners": results,
+               SPLIT_STAMP: config.layout.split_digest()}
+    files.write_json(config.layout.winners_summary, summary)
     return summary
-
-
-def best_winner(run_dir) -> Path:
-    """The folder of the rank-1 winner (its best seed's model).
-
-    Raises:
-        UserError: If the run has no retrained winners yet.
-    """
-    summary = Path(run_dir) / WINNERS_DIR / SUMMARY_FILE
-    if not summary.is_file():
-        raise UserError(f"{run_dir} has no retrained winners; run `python cli.py retrain {run_dir}` first.")
-    return summary.parent / json.loads(summary.read_text())["winners"][0]["dir"]
 
 
 def _mean_std_text(result: dict) -> str:
     score = result[OBJECTIVE]
     return f"{score['mean']:.4f} ± {score['std']:.4f} over {len(result['seeds'])} seed(s)"
 
-
-def _write_json(path: Path, content) -> None:
-    path.write_text(json.dumps(content, indent=2) + "\n")

@@ -4,27 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 from pathlib import Path
 from typing import Callable
 
 import tensorflow as tf
 
-from data import manifest
+from data import files, manifest
 from data.errors import UserError
-from hypermodels.cached import CachedFeatureClassifier
-from hypermodels.classifier import OBJECTIVE, XrayClassifier
+from hypermodels.classifier import OBJECTIVE
 from hypermodels.registry import get_backbone
 from hypermodels.weights import resolve_weights
-from search import dataset, features
+from search import dataset
+from search.activations import trial_hypermodel
 from search.distributed import local, protocol as distributed, worker
 from search.distributed.chief import run_chief
-from search.config import CONFIG_FILE, RunConfig, load_config
-from search.tuner import MEMORY_FILE, make_tuner
-
-BEST_FILE = "best_hyperparameters.json"
-_DERIVED = ("tuner", "tensorboard", "split.csv", "skipped.csv", "audit.csv", MEMORY_FILE, BEST_FILE,
-            CONFIG_FILE, local.LOGS_DIR)
+from search.config import RunConfig, load_config
+from search.hparams import searched_values
+from search.layout import SPLIT_STAMP
+from search.tuner import make_tuner
 
 
 def start_run(config: RunConfig) -> RunConfig:
@@ -35,10 +32,8 @@ def start_run(config: RunConfig) -> RunConfig:
     for name in config.backbones:
         resolve_weights(get_backbone(name), config.weights, config.image_size)
     if config.overwrite:
-        for name in _DERIVED:
-            path = config.path / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    elif (config.path / CONFIG_FILE).is_file():
+        config.layout.clear_derived()
+    elif config.layout.config.is_file():
         saved = load_config(config.path)
         config.check_resumable(saved)
         config = config.replace(counts=saved.counts, audit=saved.audit)
@@ -60,6 +55,9 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
 
     Returns:
         The content of ``best_hyperparameters.json``.
+
+    Raises:
+        UserError: If no trial completed (the trial lines say why).
     """
     local.check_count(workers, chief)
     config = start_run(config)
@@ -73,7 +71,7 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
         hypermodel, cache = trial_hypermodel(data)
         with _failed_trials_as_user_error():
             if chief is None and helpers is None:
-                distributed.resume_across_modes(config.path / "tuner", distributed.LOCAL_ID)
+                distributed.resume_across_modes(config.layout.tuner, distributed.LOCAL_ID)
                 tuner = make_tuner(config, hypermodel, distributed.distribution_strategy(strategy, log))
                 tuner.search(epochs=config.max_epochs, verbose=0)
             else:
@@ -81,7 +79,10 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
                 tuner = run_chief(config, hypermodel, chief or helpers.address, worker_timeout, log,
                                   helpers.check if helpers else None)
     best = best_trials(tuner)
-    (config.path / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n")
+    best[SPLIT_STAMP] = config.layout.split_digest()
+    files.write_json(config.layout.best, best)
+    if best["best"] is None:
+        raise UserError(f"No trial of {best['trials']} completed; see the trial lines above for why.")
     return best
 
 
@@ -109,17 +110,6 @@ def run_worker(run_dir: str, chief: str, worker_id: str | None = None, strategy:
     return worker_id
 
 
-def trial_hypermodel(data: dataset.RunData, progress: bool = True):
-    """The search's hypermodel for ``data`` and the activation cache it trains on."""
-    config = data.config
-    classifier = XrayClassifier(len(config.class_names), config.image_size,
-                                config.backbones, config.weights)
-    # Trials of pretrained backbones train only what is above the freeze boundary,
-    # on activations computed once; the hypermodel's fit picks each trial's data.
-    cache = features.ActivationCache(classifier, data.images, config.path / features.ACTIVATIONS_DIR, progress)
-    return CachedFeatureClassifier(classifier, features.TrialData(data, cache), cache.image_model), cache
-
-
 @contextlib.contextmanager
 def _failed_trials_as_user_error():
     try:
@@ -145,7 +135,7 @@ def best_trials(tuner, top: int = 5) -> dict:
     """
     ranked, seen = [], set()
     for trial in tuner.oracle.get_best_trials(num_trials=len(tuner.oracle.trials)):
-        values = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+        values = searched_values(trial.hyperparameters.values)
         key = json.dumps(values, sort_keys=True)
         if key not in seen and trial.score is not None:
             seen.add(key)
@@ -161,7 +151,7 @@ def _log_data(data: dataset.RunData, log: Callable[[str], None]) -> None:
     config = data.config
     counts = config.counts
     log(f"images: {counts['found']} found, {counts['used']} used, {counts['skipped']} skipped "
-        f"(see {config.path / 'skipped.csv'})")
+        f"(see {config.layout.skipped})")
     raw_names = manifest.class_mapping(data.examples)
     for i, name in enumerate(config.class_names):
         source = ", ".join(repr(r) for r in raw_names.get(name, [name]))
@@ -170,4 +160,4 @@ def _log_data(data: dataset.RunData, log: Callable[[str], None]) -> None:
         log(f"class {i} = {name} (from {source}): {per_split}; weight {config.class_weights[name]:.3f}")
     if config.audit:
         log("leakage audit of the split: " + ", ".join(f"{k} {v}" for k, v in config.audit.items())
-            + f" (groups in {config.path / 'audit.csv'})")
+            + f" (groups in {config.layout.audit})")

@@ -17,7 +17,6 @@ from search import hparams
 from search.config import RunConfig
 
 
-MEMORY_FILE = "memory.csv"
 """Per finished trial: ``trial_id,peak RSS,RSS at its end,anonymous RSS at its end`` (MB).
 
 The RSS counts the cache files' pages the trial read (memory maps); the anonymous
@@ -83,7 +82,7 @@ class _XrayTunerMixin:
 
     @property
     def tensorboard_dir(self):
-        return self.run_config.path / "tensorboard"
+        return self.run_config.layout.tensorboard
 
     def on_search_begin(self):
         # Every trial collects garbage several times (KerasTuner and Keras both do
@@ -120,7 +119,7 @@ class _XrayTunerMixin:
         finished = self.oracle.get_trial(trial.trial_id)
         hparams.write_trial(self.tensorboard_dir, finished)
         peak, now, anonymous = peak_rss_mb(), rss_mb(), _proc_status_mb("RssAnon")
-        with open(self.run_config.path / MEMORY_FILE, "a") as log:
+        with open(self.run_config.layout.memory, "a") as log:
             log.write(f"{trial.trial_id},{peak:.1f},{now:.1f},{anonymous:.1f}\n")
         print(f"{trial_line(finished)}  peak RSS {peak:.0f} MB", flush=True)
 
@@ -217,8 +216,8 @@ def make_tuner(config: RunConfig, hypermodel: keras_tuner.HyperModel,
         hypermodel=hypermodel,
         objective=keras_tuner.Objective(OBJECTIVE, direction="min"),
         seed=oracle_seed(config.seed),
-        directory=str(config.path),
-        project_name="tuner",
+        directory=str(config.layout.tuner.parent),
+        project_name=config.layout.tuner.name,
         overwrite=config.overwrite,
         run_config=config,
     )

@@ -14,49 +14,20 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from cli import cli
 from data import cache, synthetic
 from data.images import decode_image
+from tests.conftest import FAST_SEARCH, error_line, phantom_folders, run_cli
 
-FAST = ("--backbones", "vanilla_cnn", "--weights", "none", "--image-size", "32",
-        "--max-epochs", "1", "--factor", "2", "--no-retrain")
-
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def _search(data, run_dir, *extra, flags=FAST):
-    return _run("search", "--data", data, "--run-dir", run_dir, *flags, *extra)
-
-
-def _error_line(result, *phrases) -> str:
-    """Checks a clean failure and returns its one message line."""
-    assert result.exit_code == 1, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not a crash
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1, result.output
-    for phrase in phrases:
-        assert phrase in errors[0], errors[0]
-    return errors[0]
+def _search(data, run_dir, *extra, flags=FAST_SEARCH):
+    return run_cli("search", "--data", data, "--run-dir", run_dir, *flags, *extra)
 
 
 def _tree_digest(folder: Path) -> dict:
     """sha256 of every file under ``folder``, to show a failed command changed nothing."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def _phantom_folders(root: Path, n_per_class: int = 12) -> Path:
-    """A folder-per-class set of 64-px phantoms, each image its own group (no CSV)."""
-    synthetic.write_demo_dataset(root, n_per_class=n_per_class, size=64, seed=5)
-    for name in ("metadata.csv", "synthetic.json", "lesion_masks.npz"):
-        (root / name).unlink()
-    return root
 
 
 def _noise_png(path: Path, size: int = 64, seed: int = 0) -> Path:
@@ -68,7 +39,7 @@ def _noise_png(path: Path, size: int = 64, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def mixed_data(tmp_path_factory):
     """Phantoms plus unusual-but-valid files and broken files, in the class folders."""
-    root = _phantom_folders(tmp_path_factory.mktemp("mixed") / "data")
+    root = phantom_folders(tmp_path_factory.mktemp("mixed") / "data")
     covid = root / "COVID"
     grey = [np.asarray(Image.open(covid / f"COVID-{i}.png")) for i in range(1, 5)]
     Image.fromarray(grey[0].astype(np.uint16) * 16).save(covid / "COVID-1.png")  # 12-bit in 16-bit
@@ -105,46 +76,46 @@ def run_copy(mixed_run, tmp_path):
 
 def test_missing_data_path(tmp_path):
     result = _search(tmp_path / "nowhere", tmp_path / "run")
-    _error_line(result, "nowhere does not exist", "pass a folder of images or a CSV")
+    error_line(result, "nowhere does not exist", "pass a folder of images or a CSV")
 
 
 def test_empty_data_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     result = _search(tmp_path / "empty", tmp_path / "run")
-    _error_line(result, "No images found under", "a folder per class")
+    error_line(result, "No images found under", "a folder per class")
 
 
 def test_a_file_that_is_not_a_manifest(tmp_path):
     path = _noise_png(tmp_path / "one.png")
-    _error_line(_search(path, tmp_path / "run"), "not a .csv manifest", "pass the folder")
+    error_line(_search(path, tmp_path / "run"), "not a .csv manifest", "pass the folder")
 
 
 def test_class_folder_without_a_readable_image(tmp_path):
-    root = _phantom_folders(tmp_path / "data", n_per_class=8)
+    root = phantom_folders(tmp_path / "data", n_per_class=8)
     broken = root / "Lung_Opacity"
     broken.mkdir()
     (broken / "a.png").write_bytes(b"")
     (broken / "b.jpg").write_text("not a picture")
     result = _search(root, tmp_path / "run")
-    _error_line(result, "Class Lung_Opacity has no readable image", "all 2 of its files",
+    error_line(result, "Class Lung_Opacity has no readable image", "all 2 of its files",
                 "skipped.csv", "remove that class folder")
     skipped = (tmp_path / "run" / "skipped.csv").read_text()
     assert "zero-byte file" in skipped and "not an image" in skipped
 
 
 def test_only_one_class(tmp_path):
-    root = _phantom_folders(tmp_path / "data", n_per_class=8)
+    root = phantom_folders(tmp_path / "data", n_per_class=8)
     for name in ("Normal", "Viral_Pneumonia"):
         shutil.rmtree(root / name)
-    _error_line(_search(root, tmp_path / "run"), "Only one class (COVID)", "at least two")
+    error_line(_search(root, tmp_path / "run"), "Only one class (COVID)", "at least two")
 
 
 def test_class_too_small_for_every_split(tmp_path):
-    root = _phantom_folders(tmp_path / "data", n_per_class=8)
+    root = phantom_folders(tmp_path / "data", n_per_class=8)
     for path in sorted((root / "Viral_Pneumonia").iterdir())[3:]:
         path.unlink()
     result = _search(root, tmp_path / "run")
-    _error_line(result, "Class Viral_Pneumonia has 3 image(s) in 3 patient group(s)",
+    error_line(result, "Class Viral_Pneumonia has 3 image(s) in 3 patient group(s)",
                 "needs at least 7 groups", "Add images of that class or leave it out")
 
 
@@ -170,7 +141,7 @@ def test_16_bit_rgba_palette_png_and_cmyk_jpeg_are_used(mixed_run):
 
 def test_unusual_formats_decode_to_the_same_picture(mixed_data, tmp_path):
     # Each flavour was made from an 8-bit phantom; decoding must give back (nearly) its pixels.
-    reference = _phantom_folders(tmp_path / "again") / "COVID"
+    reference = phantom_folders(tmp_path / "again") / "COVID"
     for name, original in [("COVID-1.png", "COVID-1.png"), ("COVID-2.png", "COVID-2.png"),
                            ("COVID-3.png", "COVID-3.png"), ("COVID-4.jpg", "COVID-4.png")]:
         flavour = decode_image(mixed_data / "COVID" / name, 32).astype(float)
@@ -188,12 +159,12 @@ def _manifest(root: Path, header: str, rows: list[str]) -> Path:
 
 @pytest.fixture
 def csv_root(tmp_path):
-    return _phantom_folders(tmp_path / "data", n_per_class=8)
+    return phantom_folders(tmp_path / "data", n_per_class=8)
 
 
 def test_manifest_without_path_and_label_columns(csv_root, tmp_path):
     path = _manifest(csv_root, "file,diagnosis", ["COVID/COVID-1.png,COVID"])
-    _error_line(_search(path, tmp_path / "run"), "lacks column(s) path, label",
+    error_line(_search(path, tmp_path / "run"), "lacks column(s) path, label",
                 "it has file, diagnosis", "rename the columns")
 
 
@@ -208,37 +179,37 @@ def test_manifest_extra_columns_are_ignored_and_patient_id_spellings_accepted(cs
 
 def test_manifest_listing_missing_files(csv_root, tmp_path):
     path = _manifest(csv_root, "path,label", ["COVID/COVID-1.png,COVID", "COVID/gone.png,COVID"])
-    _error_line(_search(path, tmp_path / "run"), "1 listed file(s) do not exist (COVID/gone.png)",
+    error_line(_search(path, tmp_path / "run"), "1 listed file(s) do not exist (COVID/gone.png)",
                 "fix the paths or remove those rows")
 
 
 def test_manifest_with_an_absolute_path(csv_root, tmp_path):
     absolute = csv_root / "COVID" / "COVID-1.png"
     path = _manifest(csv_root, "path,label", [f"{absolute},COVID"])
-    _error_line(_search(path, tmp_path / "run"), "line 2: absolute path", "write paths relative to")
+    error_line(_search(path, tmp_path / "run"), "line 2: absolute path", "write paths relative to")
 
 
 def test_manifest_path_leaving_the_data_root(csv_root, tmp_path):
     _noise_png(csv_root.parent / "outside.png")
     path = _manifest(csv_root, "path,label", ["../outside.png,COVID"])
-    _error_line(_search(path, tmp_path / "run"), "line 2: ../outside.png points outside the data folder",
+    error_line(_search(path, tmp_path / "run"), "line 2: ../outside.png points outside the data folder",
                 "keep the images inside the CSV's folder")
 
 
 def test_manifest_that_is_not_utf8(csv_root, tmp_path):
     path = csv_root / "manifest.csv"
     path.write_bytes("path,label\nCOVID/COVID-1.png,Pneumonie virale \xe9\n".encode("latin-1"))
-    _error_line(_search(path, tmp_path / "run"), "not a readable UTF-8 CSV", "save it as CSV (UTF-8)")
+    error_line(_search(path, tmp_path / "run"), "not a readable UTF-8 CSV", "save it as CSV (UTF-8)")
 
 
 # --- settings ---------------------------------------------------------------------------
 
 def test_unknown_backbone_even_with_overwrite_deletes_nothing(run_copy, mixed_data):
     before = _tree_digest(run_copy)
-    flags = [*FAST, "--overwrite"]
+    flags = [*FAST_SEARCH, "--overwrite"]
     flags[flags.index("vanilla_cnn")] = "resnet5O"
     result = _search(mixed_data, run_copy, flags=flags)
-    _error_line(result, "Unknown backbone 'resnet5O'", "mobilenet_025")
+    error_line(result, "Unknown backbone 'resnet5O'", "mobilenet_025")
     assert _tree_digest(run_copy) == before
 
 
@@ -252,10 +223,10 @@ def test_imagenet_weights_offline_without_the_file(run_copy, mixed_data, tmp_pat
 
     monkeypatch.setattr(keras.src.utils.file_utils, "get_file", offline)
     before = _tree_digest(run_copy)
-    flags = [*FAST, "--overwrite"]
+    flags = [*FAST_SEARCH, "--overwrite"]
     flags[flags.index("vanilla_cnn")], flags[flags.index("none")] = "mobilenet_025", "imagenet"
     result = _search(mixed_data, run_copy, flags=flags)
-    _error_line(result, "ImageNet weights for mobilenet_025 are not available offline",
+    error_line(result, "ImageNet weights for mobilenet_025 are not available offline",
                 "mobilenet_2_5_224_tf_no_top.h5", "empty-keras-home", "--weights none")
     assert fetched, "the offline fetch was not attempted (a real download would have been)"
     assert _tree_digest(run_copy) == before
@@ -274,7 +245,7 @@ def test_disk_full_while_writing_the_cache(csv_root, tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "_add_entry", fills_up)
     run_dir = tmp_path / "run"
     result = _search(csv_root, run_dir)
-    _error_line(result, "Not enough disk space for the decoded-image cache", str(run_dir / "cache"),
+    error_line(result, "Not enough disk space for the decoded-image cache", str(run_dir / "cache"),
                 "free some space")
     assert not list((run_dir / "cache").rglob("*.partial"))  # no half-written pixel file left
     assert not (run_dir / "split.csv").exists()
@@ -293,7 +264,7 @@ def test_resume_with_a_vanished_image_keeps_split_and_trials(run_copy, mixed_dat
         result = _search(mixed_data, run_copy)
     finally:
         hidden.rename(image)
-    _error_line(result, "1 image(s) of", "Normal-2.png: file missing",
+    error_line(result, "1 image(s) of", "Normal-2.png: file missing",
                 "restore them or start over with --overwrite")
     after = {k: v for k, v in _tree_digest(run_copy).items() if not k.startswith("cache")}
     assert after == before
@@ -305,10 +276,10 @@ def test_resume_with_a_vanished_image_keeps_split_and_trials(run_copy, mixed_dat
 
 def test_resume_with_other_settings_keeps_the_run(run_copy, mixed_data):
     before = _tree_digest(run_copy)
-    flags = [*FAST]
+    flags = [*FAST_SEARCH]
     flags[flags.index("32")] = "48"
     result = _search(mixed_data, run_copy, flags=flags)
-    _error_line(result, "holds a run with other settings (image_size: 32 -> 48)",
+    error_line(result, "holds a run with other settings (image_size: 32 -> 48)",
                 "repeat the original flags to resume, or --overwrite")
     assert _tree_digest(run_copy) == before
 
@@ -316,17 +287,17 @@ def test_resume_with_other_settings_keeps_the_run(run_copy, mixed_data):
 # --- evaluation on an external folder ---------------------------------------------------
 
 def test_external_test_set_with_a_class_training_never_saw(run_copy, tmp_path):
-    assert _run("retrain", run_copy, "--top-k", 1, "--max-epochs", 1).exit_code == 0
-    external = _phantom_folders(tmp_path / "external", n_per_class=2)
+    assert run_cli("retrain", run_copy, "--top-k", 1, "--max-epochs", 1).exit_code == 0
+    external = phantom_folders(tmp_path / "external", n_per_class=2)
     shutil.copytree(external / "COVID", external / "Tuberculosis")
-    result = _run("evaluate", run_copy, "--data", external)
-    _error_line(result, "holds classes the model does not know: Tuberculosis",
+    result = run_cli("evaluate", run_copy, "--data", external)
+    error_line(result, "holds classes the model does not know: Tuberculosis",
                 "it knows COVID, Normal, Viral_Pneumonia", "remove or rename those folders")
 
 
 # --- the audit command ----------------------------------------------------------------------
 
 def test_audit_of_a_missing_path_and_to_an_unwritable_file(tmp_path, csv_root):
-    _error_line(_run("data", "audit", tmp_path / "nowhere"), "does not exist")
-    result = _run("data", "audit", csv_root, "--out", tmp_path / "no" / "such" / "dir" / "a.csv")
-    _error_line(result, "Cannot write the audit CSV", "pass --out with a writable file path")
+    error_line(run_cli("data", "audit", tmp_path / "nowhere"), "does not exist")
+    result = run_cli("data", "audit", csv_root, "--out", tmp_path / "no" / "such" / "dir" / "a.csv")
+    error_line(result, "Cannot write the audit CSV", "pass --out with a writable file path")

@@ -39,7 +39,7 @@ def run_chief(config, hypermodel, address: str, worker_timeout: float, log: Call
     Returns:
         The tuner, whose oracle holds every trial of the search.
     """
-    resume_across_modes(config.path / "tuner", CHIEF_ID)
+    resume_across_modes(config.layout.tuner, CHIEF_ID)
     with kerastuner_env(CHIEF_ID, address):
         tuner = make_tuner(config, hypermodel)
         serve(tuner, address, worker_timeout, log, check)
@@ -71,7 +71,7 @@ def serve(tuner, address: str, worker_timeout: float, log: Callable[[str], None]
     _bind(server, host, port)
     server.start()
     log(f"chief: serving the search at {host}:{port}; start workers with "
-        f"`python cli.py worker --chief HOST:{port} --run-dir {tuner.run_config.run_dir}`")
+        f"`cxr-tuner worker --chief HOST:{port} --run-dir {tuner.run_config.run_dir}`")
     try:
         with contextlib.redirect_stdout(_MutedThreads(sys.stdout, _SERVER_THREAD)):
             _watch(tuner, servicer, roster, worker_timeout, log, check)

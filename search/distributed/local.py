@@ -2,9 +2,9 @@
 
 A trial on cached activations spends much of its time in single-threaded Python
 (tracing its new model's train and test steps, KerasTuner's and Keras' bookkeeping)
-while the other cores wait. ``cli.py search --workers N`` makes this process the
+while the other cores wait. ``cxr-tuner search --workers N`` makes this process the
 chief of a distributed search (data, caches and oracle here, then the retrain) and
-starts N ``cli.py worker`` processes on this machine, each computing on its share
+starts N ``cxr-tuner worker`` processes on this machine, each computing on its share
 of the cores: one trial's tracing overlaps another's arithmetic. On 2 cores, the
 23-trial search of the benchmark took 135 s in one process and 96 s with 2 workers.
 
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from data.errors import UserError
+from search.layout import RunLayout
 
-LOGS_DIR = "workers"
 """Under the run directory: one log per local worker (its trial lines and errors)."""
 
 _CLI = Path(__file__).resolve().parents[2] / "cli.py"
@@ -83,17 +83,18 @@ def local_workers(run_dir: Path, count: int, log: Callable[[str], None],
     """
     address = free_local_address()
     threads = max(1, available_cores() // count)
-    logs = Path(run_dir) / LOGS_DIR
+    layout = RunLayout(run_dir)
+    logs = layout.worker_logs
     logs.mkdir(parents=True, exist_ok=True)
     processes, done = {}, False
     try:
         for i in range(count):
-            name = f"local-{i + 1}"
+            name = layout.worker_log(i + 1).stem
             command = [sys.executable, "-u", str(_CLI), "worker", "--chief", address, "--run-dir", str(run_dir),
                        "--worker-id", name, "--threads", str(threads)]
             if strategy not in (None, "none"):
                 command += ["--strategy", strategy]
-            with open(logs / f"{name}.log", "w") as out:
+            with open(layout.worker_log(i + 1), "w") as out:
                 processes[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                                    stdin=subprocess.DEVNULL)
         log(f"{count} local workers, {threads} thread{'s' * (threads > 1)} each (logs in {logs})")
@@ -128,4 +129,4 @@ def check_count(workers: int, chief: str | None) -> None:
     """``--workers`` starts the workers of a search this process serves itself."""
     if workers > 1 and chief:
         raise UserError("--workers starts workers on this machine for a search it serves to them; "
-                        "with --chief, start workers with `cli.py worker` (on any machine) instead.")
+                        "with --chief, start workers with `cxr-tuner worker` (on any machine) instead.")

@@ -67,7 +67,7 @@ def wait_for_chief(address: str, timeout: float, log: Callable[[str], None]) -> 
             grpc.channel_ready_future(channel).result(timeout=timeout)
         except grpc.FutureTimeoutError:
             raise UserError(f"No chief answered at {host}:{port} within {timeout:.0f} s: start "
-                            f"`python cli.py search --chief {address} ...` first, check the address, "
+                            f"`cxr-tuner search --chief {address} ...` first, check the address, "
                             "or wait longer with --wait.") from None
 
 

@@ -15,15 +15,14 @@ from typing import Callable
 import keras
 import numpy as np
 
-from data import cache, manifest
+from data import cache, files, manifest
 from data.errors import UserError
 from search import dataset
+from search.hparams import searched_values
 from search.evaluation import gradcam, report
 from search.config import RunConfig
 from search.evaluation.metrics import classification_metrics, roc_curves
-from search.retrain import best_winner
-
-REPORT_DIR = "report"
+from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
 
 
 def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | None = None,
@@ -41,15 +40,16 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
     Returns:
         The metrics written to ``metrics.json``.
     """
-    winner = best_winner(config.run_dir)
-    model = keras.saving.load_model(winner / "model.keras")
+    winner = config.layout.best_winner()
+    model = keras.saving.load_model(winner / WINNER_MODEL)
     images, labels, paths = _test_split(config) if data is None else _external(config, data, log)
     out = Path(out or _default_out(config, data))
     probs = model.predict(images, batch_size=config.batch_size, verbose=0)
     metrics = classification_metrics(labels, probs, config.class_names)
-    metrics["source"] = {"model": str(winner / "model.keras"), "data": data or "test split of split.csv"}
+    metrics["source"] = {"model": str(winner / WINNER_MODEL), "data": data or "test split of split.csv"}
+    metrics[SPLIT_STAMP] = config.layout.split_digest()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    files.write_json(out / config.layout.metrics.name, metrics)
     _write_predictions(out / "predictions.csv", paths, labels, probs, config.class_names)
     pictures = _pictures(winner, metrics, labels, probs, config.class_names, out)
     explainer = gradcam.gradcam_model(model, layer or gradcam.default_layer(model))
@@ -63,8 +63,7 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
 
 
 def _default_out(config: RunConfig, data) -> Path:
-    base = config.path / REPORT_DIR
-    return base if data is None else base / f"external-{Path(data).stem}"
+    return config.layout.report if data is None else config.layout.external_report(data)
 
 
 def _test_split(config: RunConfig):
@@ -82,7 +81,7 @@ def _external(config: RunConfig, data: str, log):
         raise UserError(f"{data} holds classes the model does not know: {', '.join(unknown)} (it knows "
                         f"{', '.join(config.class_names)}); remove or rename those folders/labels.")
     # A cache of its own: sharing the run's would reorder it and force the test split to re-decode.
-    decoded = cache.load_decoded(examples, config.image_size, config.path / "cache" / "external", progress=False)
+    decoded = cache.load_decoded(examples, config.image_size, config.layout.external_cache, progress=False)
     for skipped in decoded.skipped:
         log(f"skipped {skipped.path}: {skipped.reason}")
     labels = np.array([config.class_names.index(e.label) for e in decoded.examples])
@@ -98,7 +97,7 @@ def _write_predictions(path: Path, paths, labels, probs, class_names) -> None:
 
 
 def _pictures(winner: Path, metrics: dict, labels, probs, class_names, out: Path) -> dict:
-    history = json.loads((winner / "history.json").read_text())
+    history = json.loads((winner / WINNER_HISTORY).read_text())
     aucs = metrics["roc_auc"]["per_class"]
     return {
         "Training curves (retrained winner)": report.plot_history(history, out / "training_curves.png"),
@@ -117,6 +116,5 @@ def _gallery_index(pages: dict, out: Path) -> str:
 
 
 def _model_section(winner: Path) -> str:
-    values = json.loads((winner / "hyperparameters.json").read_text())["values"]
-    shown = {k: v for k, v in values.items() if not k.startswith("tuner/")}
-    return "\n".join(f"- {name}: {value}" for name, value in shown.items())
+    values = json.loads((winner / WINNER_HYPERPARAMETERS).read_text())["values"]
+    return "\n".join(f"- {name}: {value}" for name, value in searched_values(values).items())

@@ -12,7 +12,7 @@ from data.errors import UserError
 from search import dataset
 from search.config import load_config
 from search.export import export_model, predict_exported
-from search.retrain import best_winner
+from search.layout import RunLayout
 
 TOLERANCE = 1e-4
 
@@ -25,7 +25,7 @@ def test_images(exported_run):
 
 @pytest.mark.parametrize("file_name", ["model.keras", "saved_model", "model.tflite"])
 def test_exports_agree_with_the_model_in_memory_on_the_test_split(exported_run, test_images, file_name):
-    model = keras.saving.load_model(best_winner(exported_run) / "model.keras")
+    model = keras.saving.load_model(RunLayout(exported_run).best_winner() / "model.keras")
     expected = model.predict(test_images, verbose=0)
     got = predict_exported(exported_run / "export" / file_name, test_images)
     assert got.shape == expected.shape

@@ -28,23 +28,13 @@ from data import synthetic
 from search.config import new_config
 from search import tuner as tuner_module
 from search.tuner import make_tuner
+from tests.conftest import saved_trials
 
 REPO = Path(__file__).resolve().parents[2]
 # Hyperband with max_epochs 2 and factor 2: two brackets, five trials.
 FLAGS = ("--backbones", "vanilla_cnn", "--weights", "none", "--image-size", "32",
          "--max-epochs", "2", "--factor", "2", "--seed", "4", "--no-retrain")
 _KILL_TIMEOUT_SECONDS = 600
-
-
-def _trials(run_dir: Path) -> dict:
-    """trial id -> saved trial.json, for the trials KerasTuner has written so far."""
-    found = {}
-    for path in (run_dir / "tuner").glob("trial_*/trial.json"):
-        try:
-            found[path.parent.name] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            pass  # being written right now
-    return found
 
 
 def _summary(trials: dict) -> dict:
@@ -83,7 +73,7 @@ def killed_then_resumed(phantoms, tmp_path_factory):
     deadline, at_kill, killed_id = time.monotonic() + _KILL_TIMEOUT_SECONDS, None, None
     try:
         while process.poll() is None and time.monotonic() < deadline:
-            trials = _trials(run_dir)
+            trials = saved_trials(run_dir)
             running = [tid for tid, t in trials.items() if t["status"] == "RUNNING"]
             done = [t for t in trials.values() if t["status"] == "COMPLETED"]
             if done and running and _training(run_dir, running[0]):
@@ -104,7 +94,7 @@ def test_killed_search_resumes_keeps_finished_trials_and_completes(killed_then_r
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Traceback" not in resumed.stderr
     assert "best trial" in resumed.stdout
-    after = _summary(_trials(run_dir))
+    after = _summary(saved_trials(run_dir))
     finished_before = {tid: s for tid, s in _summary(at_kill).items() if s[0] == "COMPLETED"}
     assert finished_before and all(after[tid] == s for tid, s in finished_before.items())
     # The interrupted trial ran again under its id with its hyperparameters, and finished.
@@ -117,17 +107,17 @@ def test_killed_search_resumes_keeps_finished_trials_and_completes(killed_then_r
 
 def test_resumed_search_ran_the_trials_of_an_uninterrupted_one(killed_then_resumed, uninterrupted):
     run_dir = killed_then_resumed[0]
-    values = {tid: s[2] for tid, s in _summary(_trials(run_dir)).items()}
-    assert values == {tid: s[2] for tid, s in _summary(_trials(uninterrupted)).items()}
+    values = {tid: s[2] for tid, s in _summary(saved_trials(run_dir)).items()}
+    assert values == {tid: s[2] for tid, s in _summary(saved_trials(uninterrupted)).items()}
 
 
 def test_same_seed_and_data_give_the_same_split_and_first_trials(killed_then_resumed, uninterrupted):
     # Two fresh runs of the same command (one of them later killed and resumed).
     run_dir = killed_then_resumed[0]
     assert (run_dir / "split.csv").read_bytes() == (uninterrupted / "split.csv").read_bytes()
-    first = sorted(_trials(run_dir))[:3]
-    assert [_trials(run_dir)[t]["hyperparameters"]["values"] for t in first] == \
-        [_trials(uninterrupted)[t]["hyperparameters"]["values"] for t in first]
+    first = sorted(saved_trials(run_dir))[:3]
+    assert [saved_trials(run_dir)[t]["hyperparameters"]["values"] for t in first] == \
+        [saved_trials(uninterrupted)[t]["hyperparameters"]["values"] for t in first]
 
 
 # --- a trial that diverges or does not build -----------------------------------------------
@@ -169,7 +159,7 @@ def test_nan_loss_and_failed_build_are_failed_trials_and_the_search_goes_on(tmp_
     assert re.search(r"loss became (nan|inf) at epoch 1", trials[1].message)
     assert "head_units must be positive" in trials[2].message
     assert trials[0].score is not None and trials[3].score is not None
-    saved = _trials(tmp_path / "run")  # the reasons are on disk, for a resumed run too
+    saved = saved_trials(tmp_path / "run")  # the reasons are on disk, for a resumed run too
     assert saved["trial_1"]["status"] == "FAILED" and "loss became" in saved["trial_1"]["message"]
     printed = capsys.readouterr().out
     assert "trial 1: failed:" in printed and "trial 2: failed:" in printed
@@ -186,5 +176,5 @@ def test_trials_failing_in_a_row_stop_with_one_line_and_a_resumable_run(phantoms
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and "consecutive failures exceeded the limit of 3" in errors[0]
     assert "loss became nan at epoch 1" in errors[0] and "run the same command to resume" in errors[0]
-    failed = [t for t in _trials(run_dir).values() if t["status"] == "FAILED"]
+    failed = [t for t in saved_trials(run_dir).values() if t["status"] == "FAILED"]
     assert len(failed) >= 2 and all("loss became nan" in t["message"] for t in failed)

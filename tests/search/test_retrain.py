@@ -10,7 +10,8 @@ from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE
 from search import dataset
 from search.config import load_config
-from search.retrain import best_winner, retrain, trial_hyperparameters
+from search.layout import RunLayout
+from search.retrain import retrain, trial_hyperparameters
 
 
 def _summary(run_dir):
@@ -29,17 +30,17 @@ def test_winners_are_ranked_by_mean_validation_loss_with_spread_over_seeds(retra
         assert winner[OBJECTIVE]["std"] == pytest.approx(np.std(losses, ddof=1))
         folder = retrained_run / "winners" / f"{rank}-{winner['trial_id']}"
         assert {p.name for p in folder.iterdir()} == {"model.keras", "history.json", "hyperparameters.json"}
-    assert best_winner(retrained_run).name == winners[0]["dir"]
+    assert RunLayout(retrained_run).best_winner().name == winners[0]["dir"]
 
 
 def test_saved_model_is_the_best_seed_at_its_best_epoch(retrained_run):
     """The saved weights reproduce the best validation loss seen, not the last epoch's."""
     winner = _summary(retrained_run)["winners"][0]
     data = dataset.prepare(load_config(retrained_run), progress=False)
-    model = keras.saving.load_model(best_winner(retrained_run) / "model.keras")
+    model = keras.saving.load_model(RunLayout(retrained_run).best_winner() / "model.keras")
     scores = model.evaluate(data.dataset("val"), return_dict=True, verbose=0)
     assert scores["weighted_loss"] == pytest.approx(winner[OBJECTIVE]["best"], rel=1e-4)
-    history = json.loads((best_winner(retrained_run) / "history.json").read_text())
+    history = json.loads((RunLayout(retrained_run).best_winner() / "history.json").read_text())
     assert min(history[OBJECTIVE]) == pytest.approx(winner[OBJECTIVE]["best"])
 
 
@@ -65,7 +66,7 @@ def test_missing_search_results_are_a_user_error(tmp_path, retrained_run):
     with pytest.raises(UserError, match="search"):
         retrain(config)
     with pytest.raises(UserError, match="retrain"):
-        best_winner(tmp_path)
+        RunLayout(tmp_path).best_winner()
     with pytest.raises(UserError, match="missing"):
         trial_hyperparameters(config, "9999")
 

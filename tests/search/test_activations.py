@@ -17,9 +17,11 @@ from hypermodels.cached import (CachedFeatureClassifier, cut_layer, frozen_image
                                 without_graph_rewrites)
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from hypermodels.registry import get_backbone
-from search import dataset, features, retrain, tuner
+from search import activations as features, dataset, retrain, tuner
 from search.config import new_config
-from search.run import run_search, trial_hypermodel
+from search.layout import RunLayout
+from search.activations import trial_hypermodel
+from search.run import run_search
 
 BACKBONE = "mobilenet_025"
 SIZE = 32
@@ -179,7 +181,7 @@ def test_search_of_a_pretrained_backbone_trains_on_cached_activations(tmp_path, 
     # Each trial's traced step would stay reachable from TF's gradient registry (a leak).
     assert set(tuner._custom_gradients()) == gradients_before
     assert "unfreeze_depth" in best["best"]["hyperparameters"]
-    (entry,) = (run_dir / features.ACTIVATIONS_DIR).iterdir()
+    (entry,) = (RunLayout(run_dir).activations).iterdir()
     assert (entry / "head_pool.f32").is_file()
     memory = (run_dir / "memory.csv").read_text().splitlines()
     assert len(memory) == 4

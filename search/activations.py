@@ -20,17 +20,16 @@ import json
 import os
 from pathlib import Path
 
-import keras_tuner
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from hypermodels.cached import cut_layer, frozen_image_model, frozen_model, is_cacheable
+from data import files
+from hypermodels.cached import CachedFeatureClassifier, cut_layer, frozen_image_model, frozen_model, is_cacheable
 from hypermodels.classifier import POOLED, XrayClassifier
 from hypermodels.registry import get_backbone
 from hypermodels.weights import keras_cache_dir, resolve_weights
 
-ACTIVATIONS_DIR = Path("cache") / "activations"
 _BATCH = 64
 
 
@@ -121,7 +120,7 @@ def weights_identity(backbone: str, weights: str, size: int) -> str:
     if resolved is None:
         return "none"
     path = keras_cache_dir() / get_backbone(backbone).weight_file(size) if resolved == "imagenet" else Path(resolved)
-    return _sha256_file(path)
+    return files.sha256_file(path)
 
 
 def images_identity(images: np.ndarray) -> str:
@@ -131,11 +130,6 @@ def images_identity(images: np.ndarray) -> str:
     for start in range(0, len(flat), 1024):
         digest.update(np.ascontiguousarray(flat[start:start + 1024]).data)
     return digest.hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _read(entry: Path, cut: str) -> np.ndarray | None:
@@ -237,3 +231,14 @@ def shuffle_seed(seed: int, initial_epoch: int) -> int:
     if not initial_epoch:
         return seed
     return int(np.random.SeedSequence([seed, initial_epoch]).generate_state(1)[0] >> 1)
+
+
+def trial_hypermodel(data, progress: bool = True):
+    """The search's hypermodel for ``data`` and the activation cache it trains on."""
+    config = data.config
+    classifier = XrayClassifier(len(config.class_names), config.image_size,
+                                config.backbones, config.weights)
+    # Trials of pretrained backbones train only what is above the freeze boundary,
+    # on activations computed once; the hypermodel's fit picks each trial's data.
+    cache = ActivationCache(classifier, data.images, config.layout.activations, progress)
+    return CachedFeatureClassifier(classifier, TrialData(data, cache), cache.image_model), cache

@@ -1,0 +1,48 @@
+"""The whole job: search, then retrain the winners, evaluate the best once, export it."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from search.config import RunConfig, load_config
+from search.run import run_search
+
+
+def run_job(config: RunConfig, retrain: bool = True, augment: bool = True, log: Callable[[str], None] = print,
+            **search_options) -> dict:
+    """Runs (or resumes) the search and, with ``retrain``, the stages after it.
+
+    Args:
+        config: The run's settings (from ``new_config``).
+        retrain: Go on after the search: retrain the top configurations, evaluate
+            the best on the test split (with Grad-CAM galleries) and export it.
+        augment: Retrain with augmentation (on images); without, on the cached activations.
+        search_options: ``chief``, ``worker_timeout``, ``strategy``, ``workers``
+            (see :func:`search.run.run_search`).
+
+    Returns:
+        The content of ``best_hyperparameters.json``.
+    """
+    best = run_search(config, log=log, **search_options)
+    for line in best_lines(best, config):
+        log(line)
+    if retrain:
+        # Imported here: a search-only run (or a chief) needs none of the later stages.
+        from search.evaluation.evaluate import evaluate
+        from search.export import export_model
+        from search.retrain import retrain as retrain_winners
+
+        saved = load_config(config.run_dir)  # with the class names the data stage found
+        retrain_winners(saved, augment=augment, log=log)
+        evaluate(saved, log=log)
+        export_model(saved, log=log)
+    return best
+
+
+def best_lines(best: dict, config: RunConfig) -> list[str]:
+    """What to print about the search's best trial and where to look further."""
+    top, objective = best["best"], best["objective"]["name"]
+    lines = [f"best trial {top['trial_id']} of {best['trials']}: {objective} = {top[objective]:.4f}"]
+    lines += [f"  {name}: {value}" for name, value in top["hyperparameters"].items()]
+    lines.append(f"inspect: tensorboard --logdir {config.layout.tensorboard}")
+    return lines
