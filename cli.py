@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from data.errors import UserError
+from search.config import TUNERS
 
 def _quiet_process() -> None:
     """Process-wide output settings, made once when a command runs (never at import)."""
@@ -73,7 +74,7 @@ def search_options(function):
                      help="Square image side in pixels. Default: 64 for the demo, else 224."),
         click.option("--weights", default=None,
                      help="imagenet, none, or a weights file. Default: none for the demo, else imagenet."),
-        click.option("--tuner", type=click.Choice(["hyperband", "bayesian", "random"]),
+        click.option("--tuner", type=click.Choice(TUNERS),
                      default="hyperband", show_default=True),
         click.option("--max-epochs", type=click.IntRange(1), default=None,
                      help="Most epochs for one model. Default: 8 for the demo, else 9."),

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from data import files
-from data.errors import UserError
+from data.errors import DecodeFailure, UserError
 from data.manifest import discover
 from data.split import splits_of
 
@@ -232,7 +232,7 @@ def _sha256(path) -> str | None:
 
 
 def _decoded(path) -> np.ndarray | None:
-    from data.images import DecodeFailure, decode_image
+    from data.images import decode_image
 
     try:
         return decode_image(path, _DECODE_SIZE)

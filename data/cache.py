@@ -10,7 +10,6 @@ before ``index.json`` is replaced with ``os.replace``; an interrupted write leav
 index pointing at the old, intact pixel file. One writer per cache folder at a time.
 """
 
-import csv
 import errno
 import json
 import os
@@ -24,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data import images as image_io
-from data.errors import UserError
+from data import files, images as image_io
+from data.errors import DecodeFailure, UserError
 
 # Bump when decode_image's output for the same file changes, so old caches are rebuilt.
 _FORMAT = 1
@@ -81,10 +80,7 @@ def load_decoded(examples, size: int, cache_dir, progress: bool = True) -> Decod
 
 def write_skipped_csv(path, skipped) -> None:
     """Write ``path,reason`` rows for skipped images (the header even when none were)."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "reason"])
-        writer.writerows([item.path, item.reason] for item in skipped)
+    files.write_csv(path, ["path", "reason"], ([item.path, item.reason] for item in skipped))
 
 
 def _make_folder(folder: Path) -> None:
@@ -223,7 +219,7 @@ def _decode_entry(path: str, stat, size: int) -> dict:
         return {"stat": None, "reason": "file missing"}
     try:
         return {"stat": stat, "pixels": image_io.decode_image(path, size)}
-    except image_io.DecodeFailure as failure:
+    except DecodeFailure as failure:
         return {"stat": stat, "reason": str(failure)}
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data.errors import DecodeFailure
+
 _RGB_TO_GREY = np.array([0.299, 0.587, 0.114])
 # Inputs far outside any window, to read back the output range a window maps to.
 _WINDOW_PROBE = np.array([-1e12, 1e12])
@@ -33,10 +35,9 @@ def read_dicom(path) -> tuple[np.ndarray, str | None]:
         file) and the header's Patient ID, or None when it is empty or missing.
 
     Raises:
-        data.images.DecodeFailure: Not DICOM, no pixel data, a transfer syntax no
+        data.errors.DecodeFailure: Not DICOM, no pixel data, a transfer syntax no
             installed decoder handles, or pixel data that does not decode.
     """
-    from data.images import DecodeFailure  # lazy: data.images imports this module lazily too
 
     dataset = _read_dataset(path, stop_before_pixels=False)
     if not any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
@@ -60,7 +61,7 @@ def dicom_patient_id(path) -> str | None:
         The Patient ID with surrounding spaces removed, or None when empty or missing.
 
     Raises:
-        data.images.DecodeFailure: The file is not DICOM.
+        data.errors.DecodeFailure: The file is not DICOM.
     """
     return _patient_id(_read_dataset(path, stop_before_pixels=True))
 
@@ -69,7 +70,6 @@ def _read_dataset(path, stop_before_pixels: bool):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    from data.images import DecodeFailure
 
     try:
         return pydicom.dcmread(Path(path), stop_before_pixels=stop_before_pixels)
@@ -83,7 +83,6 @@ def _check_decoder(dataset) -> None:
     """Fails early, naming the package to install, when no decoder handles the syntax."""
     from pydicom.pixels import get_decoder
 
-    from data.images import DecodeFailure
 
     file_meta = getattr(dataset, "file_meta", None)
     syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None

@@ -25,10 +25,10 @@ def replaced(path, mode: str = "w", newline: str | None = None):
     """Opens a temporary file beside ``path``; on success it replaces ``path`` whole.
 
     A kill, a full disk or an exception before the end leaves ``path`` as it was
-    (the old content, or no file) and removes the temporary file.
+    (the old content, or no file) and removes the temporary file. The folder
+    must exist.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": newline}

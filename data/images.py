@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from data.errors import DecodeFailure
+
 # LANCZOS: Pillow scales its support with the reduction factor, so downscaling a
 # 3000-px radiograph to 224 px is properly anti-aliased (no moire from ribs) and keeps
 # edges sharper than bilinear/box. reducing_gap lets Pillow first shrink by an integer
@@ -16,10 +18,6 @@ _RESAMPLE = Image.Resampling.LANCZOS
 _REDUCING_GAP = 3.0
 _HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _OPEN_LOCK = threading.Lock()
-
-
-class DecodeFailure(Exception):
-    """A file that cannot be used as an image; ``str(error)`` is a short human reason."""
 
 
 def decode_image(path, size: int) -> np.ndarray:

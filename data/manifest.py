@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.errors import UserError
+from data.errors import DecodeFailure, UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm")
 CSV_NAMES = ("metadata.csv", "manifest.csv")
@@ -164,7 +164,6 @@ def _dicom_patient(path: Path) -> str:
     if path.suffix.lower() != ".dcm":
         return ""
     from data.dicom import dicom_patient_id  # lazy: pydicom only for DICOM data
-    from data.images import DecodeFailure
 
     try:
         return dicom_patient_id(path) or ""

@@ -27,10 +27,11 @@ def make_dataset(
     images, labels, sample_weights, num_classes: int, batch_size: int,
     shuffle: bool = False, seed: int = 0, augment: bool = False, rows=None,
 ) -> tf.data.Dataset:
-    """Batches of ``(uint8 (B,S,S,1), one-hot float32 (B,K), float32 weights (B,))``.
+    """Batches of ``(images (B,S,S,1), one-hot float32 (B,K), float32 weights (B,))``.
 
     Args:
-        images: ``(N, S, S, 1)`` uint8 array or memmap; rows are read per batch.
+        images: ``(N, ...)`` array or memmap, read per batch in its own dtype: uint8
+            images, or float32 backbone activations (the activation cache).
         labels: Class index per image.
         sample_weights: Weight per image (e.g. its class weight), or None for ones.
         num_classes: K, the width of the one-hot labels.
@@ -45,11 +46,11 @@ def make_dataset(
     count = int(labels.shape[0])
     weights = np.ones(count) if sample_weights is None else np.asarray(sample_weights)
     weights = tf.constant(weights.astype(np.float32))
-    image_shape = tuple(images.shape[1:])
+    image_shape, dtype = tuple(images.shape[1:]), tf.as_dtype(images.dtype)
     rows = np.arange(count) if rows is None else np.asarray(rows, dtype=np.int64)
 
     def load(indices):
-        batch = tf.numpy_function(lambda i: images[rows[i]], [indices], tf.uint8, stateful=False)
+        batch = tf.numpy_function(lambda i: images[rows[i]], [indices], dtype, stateful=False)
         batch.set_shape((None, *image_shape))
         one_hot = tf.one_hot(tf.gather(labels, indices), num_classes, dtype=tf.float32)
         return batch, one_hot, tf.gather(weights, indices)

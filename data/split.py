@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from data import files
 from data.errors import UserError
 from data.manifest import Example
 
@@ -49,10 +50,7 @@ def split_by_group(
 
 def save_split(path, examples, splits) -> None:
     """Write ``path,label,group,split`` rows, one per example."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(_COLUMNS)
-        writer.writerows([e.path, e.label, e.group, s] for e, s in zip(examples, splits))
+    files.write_csv(path, _COLUMNS, ([e.path, e.label, e.group, s] for e, s in zip(examples, splits)))
 
 
 def load_split(path) -> tuple[list[Example], list[str]]:

@@ -21,10 +21,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 from tqdm import tqdm
 
-from data import files
+from data import files, pipeline
 from hypermodels.cached import CachedFeatureClassifier, cut_layer, frozen_image_model, frozen_model, is_cacheable
 from hypermodels.classifier import POOLED, XrayClassifier
 from hypermodels.registry import get_backbone
@@ -164,29 +163,6 @@ def _write_outputs(segment, inputs, entry: Path, cuts: list[str], key: dict, lab
             part.unlink(missing_ok=True)
 
 
-def feature_dataset(features: np.ndarray, rows: np.ndarray, labels: np.ndarray, weights: np.ndarray,
-                    num_classes: int, batch_size: int, shuffle: bool = False, seed: int = 0):
-    """Batches of ``(activations, one-hot, class weight)`` gathered from the cache per batch.
-
-    Same order as :func:`data.pipeline.make_dataset` with the same seed, so a trial
-    on activations sees the batches its image model would.
-    """
-    labels = tf.constant(np.asarray(labels, dtype=np.int32))
-    weights = tf.constant(np.asarray(weights, dtype=np.float32))
-    rows = np.asarray(rows, dtype=np.int64)
-    shape = tuple(features.shape[1:])
-
-    def load(indices):
-        batch = tf.numpy_function(lambda i: features[rows[i]], [indices], tf.float32, stateful=False)
-        batch.set_shape((None, *shape))
-        return batch, tf.one_hot(tf.gather(labels, indices), num_classes), tf.gather(weights, indices)
-
-    dataset = tf.data.Dataset.range(len(rows))
-    if shuffle:
-        dataset = dataset.shuffle(max(len(rows), 1), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
 class TrialData:
     """The ``(train, validation)`` data a trial fits on.
 
@@ -221,9 +197,10 @@ class TrialData:
             self._features[backbone, depth] = self.cache.activations(backbone, depth)
         config = self.data.config
         rows = self.data.indices(split)
-        return feature_dataset(self._features[backbone, depth], rows, self.data.labels[rows],
-                               self.data.sample_weights(split), len(config.class_names), config.batch_size,
-                               shuffle=shuffle, seed=seed)
+        # The same pipeline as images, so a trial on activations sees the batches its image model would.
+        return pipeline.make_dataset(self._features[backbone, depth], self.data.labels[rows],
+                                     self.data.sample_weights(split), len(config.class_names),
+                                     config.batch_size, shuffle=shuffle, seed=seed, rows=rows)
 
 
 def shuffle_seed(seed: int, initial_epoch: int) -> int:

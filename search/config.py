@@ -13,7 +13,7 @@ from search.layout import RunLayout
 TUNERS = ("hyperband", "bayesian", "random")
 # Settings that may differ between the first run and a resume without changing
 # what the search means.
-_RESUMABLE = {"run_dir", "overwrite", "class_weights", "class_names", "counts", "audit"}
+_RESUMABLE = {"run_dir", "overwrite", "class_weights", "class_names"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +37,9 @@ class RunConfig:
         overwrite: Start over instead of resuming.
         class_names: Filled by the data stage: sorted class names.
         class_weights: Filled by the data stage: ``compute_class_weight("balanced")``.
-        counts: Filled by the data stage: images found, used, skipped, per split.
-        audit: Filled by the data stage: the leakage audit's counts for the split.
+
+    Class names and weights define the model's output and loss, so they sit with
+    the settings; what the data stage counted is `search.dataset.DataFindings`.
     """
 
     run_dir: str
@@ -56,8 +57,6 @@ class RunConfig:
     overwrite: bool = False
     class_names: tuple[str, ...] = ()
     class_weights: dict[str, float] = dataclasses.field(default_factory=dict)
-    counts: dict[str, int] = dataclasses.field(default_factory=dict)
-    audit: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -79,6 +78,7 @@ class RunConfig:
         ``overwrite`` is an action, not a setting: it is saved as False so that
         later stages and resumes never start over because the first run did.
         """
+        self.path.mkdir(parents=True, exist_ok=True)
         saved = dataclasses.asdict(self.replace(overwrite=False))
         files.write_text(self.layout.config, json.dumps(saved, indent=2, sort_keys=True) + "\n")
 

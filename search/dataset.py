@@ -12,12 +12,36 @@ from pathlib import Path
 
 import numpy as np
 
-from data import audit, cache, manifest, pipeline, split, synthetic
+from data import audit, cache, files, manifest, pipeline, split, synthetic
 from data.errors import UserError
-from data.weights import class_weights
+from data.class_weights import class_weights
 from search.config import RunConfig
 
-SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataFindings:
+    """What the data stage found, saved as ``data.json`` beside the settings.
+
+    Attributes:
+        counts: Images found, used and skipped, and per split.
+        audit: The leakage audit's counts for the split.
+    """
+
+    counts: dict[str, int]
+    audit: dict[str, int]
+
+    def save(self, layout) -> None:
+        """Writes ``data.json`` whole."""
+        files.write_json(layout.findings, dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, layout) -> "DataFindings | None":
+        """The saved findings, or None for a run that has none (made before they were saved apart)."""
+        if not layout.findings.is_file():
+            return None
+        saved = files.read_json(layout.findings, "start over with --overwrite")
+        return cls(counts=dict(saved.get("counts", {})), audit=dict(saved.get("audit", {})))
 
 
 @dataclasses.dataclass
@@ -25,11 +49,12 @@ class RunData:
     """Decoded images of a run with their split and class indices.
 
     Attributes:
-        config: The run's config, with class names, weights and counts filled in.
+        config: The run's config, with class names and weights filled in.
         images: uint8 array (N, size, size, 1), one row per used image.
         examples: The used images' manifest entries, same order.
         splits: "train", "val" or "test" per image.
         labels: Class index per image, into ``config.class_names``.
+        findings: Counts and audit of the data stage.
     """
 
     config: RunConfig
@@ -37,6 +62,7 @@ class RunData:
     examples: list
     splits: np.ndarray
     labels: np.ndarray
+    findings: DataFindings
 
     def indices(self, name: str) -> np.ndarray:
         """Row indices of split ``name``."""
@@ -69,12 +95,13 @@ def prepare(config: RunConfig, progress: bool = True) -> RunData:
     """Loads or creates the run's split and decodes its images through the cache.
 
     Returns:
-        The run's data; ``config`` in it carries class names, class weights
-        (computed on the training split) and the image counts.
+        The run's data; ``config`` in it carries class names and class weights
+        (computed on the training split); a new split's findings are saved.
     """
     layout = config.layout
     split_csv = layout.split
-    if split_csv.is_file() and not config.overwrite:
+    new_split = config.overwrite or not split_csv.is_file()
+    if not new_split:
         examples, splits = split.load_split(split_csv)
         decoded = cache.load_decoded(examples, config.image_size, layout.cache, progress)
         if decoded.skipped:
@@ -82,7 +109,9 @@ def prepare(config: RunConfig, progress: bool = True) -> RunData:
                 f"{len(decoded.skipped)} image(s) of {split_csv} can no longer be read "
                 f"(first: {decoded.skipped[0].path}: {decoded.skipped[0].reason}); "
                 "restore them or start over with --overwrite.")
-        found = config.counts.get("found", len(examples))
+        saved = DataFindings.load(layout)
+        found = saved.counts.get("found", len(examples)) if saved else len(examples)
+        audit_counts = saved.audit if saved else {}
     else:
         examples = manifest.discover(data_root(config))
         decoded = cache.load_decoded(examples, config.image_size, layout.cache, progress)
@@ -91,9 +120,11 @@ def prepare(config: RunConfig, progress: bool = True) -> RunData:
         splits, report = _leak_free_split(config, decoded)
         split.save_split(split_csv, decoded.examples, splits)
         audit.write_audit_csv(layout.audit, report)
-        config = config.replace(audit=report.counts())
-        found = len(examples)
-    return _run_data(config, decoded, np.asarray(splits), found)
+        found, audit_counts = len(examples), report.counts()
+    data = _run_data(config, decoded, np.asarray(splits), found, audit_counts)
+    if new_split:
+        data.findings.save(layout)
+    return data
 
 
 def _check_every_class_readable(examples, decoded, skipped_csv: Path) -> None:
@@ -124,12 +155,15 @@ def _leak_free_split(config: RunConfig, decoded):
     return splits, audit.audit(examples, splits=splits, prints=prints)
 
 
-def _run_data(config: RunConfig, decoded, splits: np.ndarray, found: int) -> RunData:
+def _run_data(config: RunConfig, decoded, splits: np.ndarray, found: int, audit_counts: dict) -> RunData:
     names = tuple(manifest.class_names(decoded.examples))
+    if config.class_names and names != tuple(config.class_names):
+        raise UserError(f"{config.layout.split} no longer matches {config.layout.config} (classes "
+                        f"{', '.join(names)} against {', '.join(config.class_names)}); start over with "
+                        f"`cxr-tuner search --run-dir {config.run_dir} --overwrite` and the run's flags.")
     labels = np.array([names.index(e.label) for e in decoded.examples])
     train_labels = [e.label for e, s in zip(decoded.examples, splits) if s == "train"]
     counts = {"found": found, "used": len(decoded.examples), "skipped": found - len(decoded.examples)}
-    counts.update({s: int((splits == s).sum()) for s in SPLITS})
-    config = config.replace(class_names=names, class_weights=class_weights(train_labels, names),
-                            counts=counts)
-    return RunData(config, decoded.images, decoded.examples, splits, labels)
+    counts.update({s: int((splits == s).sum()) for s in split.SPLITS})
+    config = config.replace(class_names=names, class_weights=class_weights(train_labels, names))
+    return RunData(config, decoded.images, decoded.examples, splits, labels, DataFindings(counts, audit_counts))

@@ -10,6 +10,8 @@ the softmax probabilities, in the class order of the model card.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -26,6 +28,7 @@ from search import dataset
 from search.evaluation import gradcam
 from search.config import RunConfig
 from search.hparams import searched_values
+from search.lock import run_lock
 from search.layout import SPLIT_STAMP, WINNER_HYPERPARAMETERS, WINNER_MODEL, RunLayout
 
 FORMATS = ("keras", "savedmodel", "tflite")
@@ -40,6 +43,11 @@ def export_model(config: RunConfig, formats=FORMATS, out=None, log: Callable[[st
     Returns:
         The model card, also written as ``model_card.json``.
     """
+    with run_lock(config.run_dir, "export", log):
+        return _export(config, formats, out, log)
+
+
+def _export(config: RunConfig, formats, out, log) -> dict:
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise UserError(f"Unknown export format(s) {', '.join(unknown) or '(none given)'}; "
@@ -48,12 +56,20 @@ def export_model(config: RunConfig, formats=FORMATS, out=None, log: Callable[[st
     out.mkdir(parents=True, exist_ok=True)
     winner = config.layout.best_winner()
     model = keras.saving.load_model(winner / WINNER_MODEL)
-    with tempfile.TemporaryDirectory() as scratch:
-        written = _write_formats(model, formats, out, Path(scratch))
+    # The card says the files beside it are whole and current: gone until they are.
+    (out / CARD_FILE).unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as staging:
+        staging = Path(staging)
+        written = _write_formats(model, formats, staging, staging / ".scratch")
         written = {name: path for name, path in written.items() if name in formats}
         agreement = _agreement(model, written, _test_images(config))
-    card = model_card(config, winner, model, written, out)
-    card["agreement"] = {"images": "test split", "max_abs_probability_difference": agreement}
+        card = model_card(config, winner, model, written, staging)
+        card["agreement"] = {"images": "test split", "max_abs_probability_difference": agreement}
+        for path in written.values():  # each file or folder whole, then the card
+            target = out / path.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(path, target)
     files.write_json(out / CARD_FILE, card)
     log(f"exported {', '.join(written)} to {out}")
     return card

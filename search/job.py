@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Callable
 
 from search.config import RunConfig, load_config
-from search.run import run_search
+from search.lock import run_lock
+from search.run import check_inputs, run_search
 
 
 def run_job(config: RunConfig, retrain: bool = True, augment: bool = True, log: Callable[[str], None] = print,
@@ -23,6 +24,12 @@ def run_job(config: RunConfig, retrain: bool = True, augment: bool = True, log: 
     Returns:
         The content of ``best_hyperparameters.json``.
     """
+    check_inputs(config)  # before the run directory is made for the lock
+    with run_lock(config.run_dir, "search", log):  # one holder for every stage of the job
+        return _run_stages(config, retrain, augment, log, search_options)
+
+
+def _run_stages(config: RunConfig, retrain: bool, augment: bool, log, search_options: dict) -> dict:
     best = run_search(config, log=log, **search_options)
     for line in best_lines(best, config):
         log(line)

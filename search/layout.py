@@ -42,6 +42,7 @@ class RunLayout:
     split = property(lambda self: self.root / "split.csv")
     skipped = property(lambda self: self.root / "skipped.csv")
     audit = property(lambda self: self.root / "audit.csv")
+    findings = property(lambda self: self.root / "data.json")  # what the data stage found: counts, audit
     demo_data = property(lambda self: self.root / "demo-data")
     # Caches: decoded images per size, activations per backbone, external sets' decoded images.
     cache = property(lambda self: self.root / "cache")
@@ -82,7 +83,7 @@ class RunLayout:
         run it replaces. ``cache/`` stays: its entries are keyed by the pixels and
         weights they hold and are checked against the files on every use.
         """
-        return (self.config, self.split, self.skipped, self.audit, self.tuner, self.tensorboard,
+        return (self.config, self.split, self.skipped, self.audit, self.findings, self.tuner, self.tensorboard,
                 self.memory, self.worker_logs, self.best, self.winners, self.report, self.export)
 
     def clear_derived(self) -> None:

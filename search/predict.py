@@ -9,7 +9,8 @@ import keras
 import numpy as np
 
 from data.errors import UserError
-from data.images import DecodeFailure, decode_image
+from data.errors import DecodeFailure
+from data.images import decode_image
 import hypermodels.layers  # noqa: F401  (registers XrayPreprocess, which model.keras needs)
 from search.evaluation import gradcam
 from search.config import load_config

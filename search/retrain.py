@@ -14,7 +14,6 @@ times faster.
 
 from __future__ import annotations
 
-import gc
 import json
 import shutil
 from pathlib import Path
@@ -31,6 +30,8 @@ from search import dataset
 from search.config import RunConfig
 from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
 from search.activations import trial_hypermodel
+from search.lock import run_lock
+from search.tuner import fresh_keras_state
 
 PATIENCE = 3
 _SCORE = "score.json"  # the best seed's score so far, while a winner trains
@@ -65,6 +66,11 @@ def retrain(config: RunConfig, top_k: int = 3, seeds: int = 1, max_epochs: int |
     Returns:
         The content of ``winners/summary.json``.
     """
+    with run_lock(config.run_dir, "retrain", log):
+        return _retrain(config, top_k, seeds, max_epochs, augment, log)
+
+
+def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, augment: bool, log) -> dict:
     top = _top_trials(config)[:top_k]
     # config.json always saves overwrite=False, so this reads the split the search saved.
     data = dataset.prepare(config, progress=False)
@@ -121,9 +127,7 @@ class _ImageTraining:
 
 def _fit_and_keep(training, hp, seed, epochs, staging: Path) -> dict:
     """Trains one seed; saves the model if it beats the seeds saved before it."""
-    keras.backend.clear_session()  # no graph or model of the previous fit stays reachable
-    gc.collect()
-    keras.utils.set_random_seed(seed)
+    fresh_keras_state(seed)
     model = training.build(hp)
     stop = keras.callbacks.EarlyStopping(OBJECTIVE, patience=PATIENCE, mode="min", restore_best_weights=True)
     history = training.fit(hp, model, epochs=epochs, callbacks=[stop], verbose=0).history

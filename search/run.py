@@ -10,6 +10,7 @@ from typing import Callable
 import tensorflow as tf
 
 from data import files, manifest
+from data.split import SPLITS
 from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE
 from hypermodels.registry import get_backbone
@@ -21,23 +22,41 @@ from search.distributed.chief import run_chief
 from search.config import RunConfig, load_config
 from search.hparams import searched_values
 from search.layout import SPLIT_STAMP
+from search.lock import run_lock
 from search.tuner import make_tuner
 
 
-def start_run(config: RunConfig) -> RunConfig:
-    """Checks the settings and prepares the run directory (resume or start over)."""
+def check_inputs(config: RunConfig) -> None:
+    """Refuses a missing data path or weights that cannot be had, before the run directory is touched."""
     if config.data is not None and not Path(config.data).exists():
         # Before the weights: a wrong path is the first thing to fix, and costs no download.
         raise UserError(f"Data path {config.data} does not exist: pass a folder of images or a CSV.")
     for name in config.backbones:
         resolve_weights(get_backbone(name), config.weights, config.image_size)
+
+
+def start_run(config: RunConfig) -> None:
+    """Prepares the run directory: start over (``overwrite``) or check the run is resumable.
+
+    Raises:
+        UserError: If the tuner's saved state is damaged, or was made with other settings.
+    """
     if config.overwrite:
         config.layout.clear_derived()
-    elif config.layout.config.is_file():
-        saved = load_config(config.path)
-        config.check_resumable(saved)
-        config = config.replace(counts=saved.counts, audit=saved.audit)
-    return config
+        return
+    if config.layout.config.is_file():
+        load_config(config.path).check_resumable(config)
+    _check_tuner_state(config)
+
+
+def _check_tuner_state(config: RunConfig) -> None:
+    """KerasTuner writes its own files in place; a half-written one would fail deep in its reload."""
+    layout = config.layout
+    remedy = (f"the search cannot resume; start over with `cxr-tuner search --run-dir {config.run_dir} "
+              "--overwrite` and the run's flags")
+    for path in [layout.oracle, *sorted(layout.tuner.glob("trial_*/trial.json"))]:
+        if path.is_file():
+            files.read_json(path, remedy)
 
 
 def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str | None = None,
@@ -60,7 +79,13 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
         UserError: If no trial completed (the trial lines say why).
     """
     local.check_count(workers, chief)
-    config = start_run(config)
+    check_inputs(config)
+    with run_lock(config.run_dir, "search", log):
+        return _search(config, log, chief, worker_timeout, strategy, workers)
+
+
+def _search(config: RunConfig, log, chief, worker_timeout, strategy, workers) -> dict:
+    start_run(config)
     # Started first: they load TensorFlow while this process decodes and caches.
     with local.local_workers(config.path, workers, log, strategy) if workers > 1 else \
             contextlib.nullcontext() as helpers:
@@ -149,15 +174,15 @@ def best_trials(tuner, top: int = 5) -> dict:
 
 def _log_data(data: dataset.RunData, log: Callable[[str], None]) -> None:
     config = data.config
-    counts = config.counts
+    counts = data.findings.counts
     log(f"images: {counts['found']} found, {counts['used']} used, {counts['skipped']} skipped "
         f"(see {config.layout.skipped})")
     raw_names = manifest.class_mapping(data.examples)
     for i, name in enumerate(config.class_names):
         source = ", ".join(repr(r) for r in raw_names.get(name, [name]))
         per_split = " / ".join(f"{s} {int(((data.labels == i) & (data.splits == s)).sum())}"
-                               for s in dataset.SPLITS)
+                               for s in SPLITS)
         log(f"class {i} = {name} (from {source}): {per_split}; weight {config.class_weights[name]:.3f}")
-    if config.audit:
-        log("leakage audit of the split: " + ", ".join(f"{k} {v}" for k, v in config.audit.items())
+    if data.findings.audit:
+        log("leakage audit of the split: " + ", ".join(f"{k} {v}" for k, v in data.findings.audit.items())
             + f" (groups in {config.layout.audit})")

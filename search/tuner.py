@@ -96,9 +96,7 @@ class _XrayTunerMixin:
     def on_trial_begin(self, trial):
         # KerasTuner's well-known leak: graphs and models of earlier trials stay
         # reachable unless the session is cleared before each build.
-        keras.backend.clear_session()
-        gc.collect()
-        keras.utils.set_random_seed(self.run_config.seed)
+        fresh_keras_state(self.run_config.seed)
         reset_peak_rss()
         self._gradients_before = set(_custom_gradients())
         super().on_trial_begin(trial)
@@ -257,15 +255,23 @@ def _forget_custom_gradients(keep: set) -> None:
         del registry[name]
 
 
+def fresh_keras_state(seed: int) -> None:
+    """Before each model of a search or retrain: no earlier graph or model stays reachable, seeds reset."""
+    keras.backend.clear_session()
+    gc.collect()
+    keras.utils.set_random_seed(seed)
+
+
 def trial_line(trial) -> str:
     """One line for a finished trial: id, Hyperband bracket and round, score or why it failed."""
     values = trial.hyperparameters.values
-    score = "failed: " + _first_line(trial.message) if trial.score is None else f"{OBJECTIVE}={trial.score:.4f}"
+    score = "failed: " + _reason(trial.message) if trial.score is None else f"{OBJECTIVE}={trial.score:.4f}"
     bracket = f" bracket {values['tuner/bracket']} round {values['tuner/round']}" if "tuner/bracket" in values else ""
     shown = {k: v for k, v in hparams.trial_hparams(trial).items() if not k.startswith("tuner/")}
     return f"trial {trial.trial_id}{bracket}: {score}  {shown}"
 
 
-def _first_line(message: str | None) -> str:
+def _reason(message: str | None) -> str:
+    """The last non-empty line of a failed trial's message: KerasTuner stores the traceback, the error comes last."""
     lines = [line for line in (message or "").strip().splitlines() if line.strip()]
     return lines[-1] if lines else "unknown reason"

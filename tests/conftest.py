@@ -1,5 +1,6 @@
 """Shared fixtures and helpers: a seeded, session-scoped synthetic dataset, the CLI runner."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -49,6 +50,12 @@ def phantom_folders(root: Path, n_per_class: int = 12) -> Path:
     for name in ("metadata.csv", "synthetic.json", "lesion_masks.npz"):
         (root / name).unlink()
     return root
+
+
+def tree_digest(folder: Path) -> dict:
+    """sha256 of every file under ``folder``, to show a failed command changed nothing."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 def saved_trials(run_dir) -> dict:

@@ -7,7 +7,6 @@ can do without is skipped, listed with its reason, and the run finishes.
 """
 
 import errno
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -18,16 +17,10 @@ from PIL import Image
 
 from data import cache, synthetic
 from data.images import decode_image
-from tests.conftest import FAST_SEARCH, error_line, phantom_folders, run_cli
+from tests.conftest import FAST_SEARCH, error_line, phantom_folders, run_cli, tree_digest
 
 def _search(data, run_dir, *extra, flags=FAST_SEARCH):
     return run_cli("search", "--data", data, "--run-dir", run_dir, *flags, *extra)
-
-
-def _tree_digest(folder: Path) -> dict:
-    """sha256 of every file under ``folder``, to show a failed command changed nothing."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _noise_png(path: Path, size: int = 64, seed: int = 0) -> Path:
@@ -205,12 +198,12 @@ def test_manifest_that_is_not_utf8(csv_root, tmp_path):
 # --- settings ---------------------------------------------------------------------------
 
 def test_unknown_backbone_even_with_overwrite_deletes_nothing(run_copy, mixed_data):
-    before = _tree_digest(run_copy)
+    before = tree_digest(run_copy)
     flags = [*FAST_SEARCH, "--overwrite"]
     flags[flags.index("vanilla_cnn")] = "resnet5O"
     result = _search(mixed_data, run_copy, flags=flags)
     error_line(result, "Unknown backbone 'resnet5O'", "mobilenet_025")
-    assert _tree_digest(run_copy) == before
+    assert tree_digest(run_copy) == before
 
 
 def test_imagenet_weights_offline_without_the_file(run_copy, mixed_data, tmp_path, monkeypatch):
@@ -222,14 +215,14 @@ def test_imagenet_weights_offline_without_the_file(run_copy, mixed_data, tmp_pat
         raise Exception("URL fetch failure: no network")  # what Keras raises offline
 
     monkeypatch.setattr(keras.src.utils.file_utils, "get_file", offline)
-    before = _tree_digest(run_copy)
+    before = tree_digest(run_copy)
     flags = [*FAST_SEARCH, "--overwrite"]
     flags[flags.index("vanilla_cnn")], flags[flags.index("none")] = "mobilenet_025", "imagenet"
     result = _search(mixed_data, run_copy, flags=flags)
     error_line(result, "ImageNet weights for mobilenet_025 are not available offline",
                 "mobilenet_2_5_224_tf_no_top.h5", "empty-keras-home", "--weights none")
     assert fetched, "the offline fetch was not attempted (a real download would have been)"
-    assert _tree_digest(run_copy) == before
+    assert tree_digest(run_copy) == before
 
 
 def test_disk_full_while_writing_the_cache(csv_root, tmp_path, monkeypatch):
@@ -256,7 +249,7 @@ def test_disk_full_while_writing_the_cache(csv_root, tmp_path, monkeypatch):
 # --- resuming a finished run --------------------------------------------------------------
 
 def test_resume_with_a_vanished_image_keeps_split_and_trials(run_copy, mixed_data):
-    before = {k: v for k, v in _tree_digest(run_copy).items() if not k.startswith("cache")}
+    before = {k: v for k, v in tree_digest(run_copy).items() if not k.startswith("cache")}
     image = mixed_data / "Normal" / "Normal-2.png"
     hidden = image.with_suffix(".moved")
     image.rename(hidden)
@@ -266,22 +259,22 @@ def test_resume_with_a_vanished_image_keeps_split_and_trials(run_copy, mixed_dat
         hidden.rename(image)
     error_line(result, "1 image(s) of", "Normal-2.png: file missing",
                 "restore them or start over with --overwrite")
-    after = {k: v for k, v in _tree_digest(run_copy).items() if not k.startswith("cache")}
+    after = {k: v for k, v in tree_digest(run_copy).items() if not k.startswith("cache")}
     assert after == before
     again = _search(mixed_data, run_copy)  # image back: resumes, adds no trial
     assert again.exit_code == 0, again.output
-    assert _tree_digest(run_copy / "tuner") == {k[len("tuner/"):]: v for k, v in before.items()
+    assert tree_digest(run_copy / "tuner") == {k[len("tuner/"):]: v for k, v in before.items()
                                                 if k.startswith("tuner/")}
 
 
 def test_resume_with_other_settings_keeps_the_run(run_copy, mixed_data):
-    before = _tree_digest(run_copy)
+    before = tree_digest(run_copy)
     flags = [*FAST_SEARCH]
     flags[flags.index("32")] = "48"
     result = _search(mixed_data, run_copy, flags=flags)
     error_line(result, "holds a run with other settings (image_size: 32 -> 48)",
                 "repeat the original flags to resume, or --overwrite")
-    assert _tree_digest(run_copy) == before
+    assert tree_digest(run_copy) == before
 
 
 # --- evaluation on an external folder ---------------------------------------------------

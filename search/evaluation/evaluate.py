@@ -7,7 +7,6 @@ together. This is the only stage that reads the test split's labels.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Callable
@@ -22,6 +21,7 @@ from search.hparams import searched_values
 from search.evaluation import gradcam, report
 from search.config import RunConfig
 from search.evaluation.metrics import classification_metrics, roc_curves
+from search.lock import run_lock
 from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
 
 
@@ -40,6 +40,11 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
     Returns:
         The metrics written to ``metrics.json``.
     """
+    with run_lock(config.run_dir, "evaluate", log):
+        return _evaluate(config, data, out, layer, log)
+
+
+def _evaluate(config: RunConfig, data, out, layer, log) -> dict:
     winner = config.layout.best_winner()
     model = keras.saving.load_model(winner / WINNER_MODEL)
     images, labels, paths = _test_split(config) if data is None else _external(config, data, log)
@@ -49,7 +54,8 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
     metrics["source"] = {"model": str(winner / WINNER_MODEL), "data": data or "test split of split.csv"}
     metrics[SPLIT_STAMP] = config.layout.split_digest()
     out.mkdir(parents=True, exist_ok=True)
-    files.write_json(out / config.layout.metrics.name, metrics)
+    # metrics.json comes last and says the report is whole: an interrupted evaluate leaves none.
+    (out / config.layout.metrics.name).unlink(missing_ok=True)
     _write_predictions(out / "predictions.csv", paths, labels, probs, config.class_names)
     pictures = _pictures(winner, metrics, labels, probs, config.class_names, out)
     explainer = gradcam.gradcam_model(model, layer or gradcam.default_layer(model))
@@ -57,6 +63,7 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
     sections = {"Grad-CAM galleries": _gallery_index(pages, out),
                 "Model": _model_section(winner)}
     report.write_report_md(out / "report.md", metrics, pictures, f"Evaluation of {winner.name}", sections)
+    files.write_json(out / config.layout.metrics.name, metrics)
     log(f"accuracy {metrics['accuracy']['value']:.3f}, macro F1 {metrics['macro_f1']['value']:.3f} "
         f"on {metrics['n']} images; report: {out / 'report.md'}")
     return metrics
@@ -89,11 +96,9 @@ def _external(config: RunConfig, data: str, log):
 
 
 def _write_predictions(path: Path, paths, labels, probs, class_names) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "true", "predicted", *(f"p_{name}" for name in class_names)])
-        for file, label, row in zip(paths, labels, probs):
-            writer.writerow([file, class_names[label], class_names[row.argmax()], *(f"{p:.6f}" for p in row)])
+    files.write_csv(path, ["path", "true", "predicted", *(f"p_{name}" for name in class_names)],
+                    ([file, class_names[label], class_names[row.argmax()], *(f"{p:.6f}" for p in row)]
+                     for file, label, row in zip(paths, labels, probs)))
 
 
 def _pictures(winner: Path, metrics: dict, labels, probs, class_names, out: Path) -> dict:

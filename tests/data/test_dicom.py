@@ -11,7 +11,8 @@ from pydicom.uid import (
 )
 
 from data.dicom import dicom_patient_id, read_dicom
-from data.images import DecodeFailure, decode_image
+from data.errors import DecodeFailure
+from data.images import decode_image
 
 
 def _dataset(pixels=None, photometric="MONOCHROME2", patient_id="PAT-7", **header):

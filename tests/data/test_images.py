@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.images import DecodeFailure, decode_image
+from data.errors import DecodeFailure
+from data.images import decode_image
 
 
 def _save(tmp_path, name, image):

@@ -10,6 +10,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from search.config import new_config
+from search.layout import RunLayout
 from search.run import run_search
 from search.tuner import XrayHyperband
 
@@ -93,7 +94,8 @@ def test_run_directory_holds_config_split_and_skipped(finished_run):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["class_names"] == ["COVID", "Normal", "Viral_Pneumonia"]
     assert set(config["class_weights"]) == set(config["class_names"])
-    assert config["counts"]["used"] == config["counts"]["train"] + config["counts"]["val"] + config["counts"]["test"]
+    counts = json.loads(RunLayout(run_dir).findings.read_text())["counts"]
+    assert counts["used"] == counts["train"] + counts["val"] + counts["test"]
     assert (run_dir / "split.csv").is_file() and (run_dir / "skipped.csv").is_file()
 
 

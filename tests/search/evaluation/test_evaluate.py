@@ -28,7 +28,7 @@ def test_metrics_match_sklearn_on_the_written_test_predictions(evaluated_run):
     y_true = [names.index(r["true"]) for r in rows]
     y_pred = [names.index(r["predicted"]) for r in rows]
     config = load_config(evaluated_run)
-    assert metrics["n"] == len(rows) == config.counts["test"]
+    assert metrics["n"] == len(rows) == json.loads(config.layout.findings.read_text())["counts"]["test"]
     assert metrics["accuracy"]["value"] == pytest.approx(accuracy_score(y_true, y_pred))
     assert metrics["macro_f1"]["value"] == pytest.approx(
         f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0))
