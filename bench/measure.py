@@ -22,7 +22,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import f1_score, recall_score  # noqa: E402
 
-from hypermodels.cached import frozen_image_model, frozen_model  # noqa: E402
+from hypermodels.cutting import frozen_image_model, frozen_model  # noqa: E402
 from hypermodels.classifier import POOLED, XrayClassifier  # noqa: E402
 from search import dataset  # noqa: E402
 from search.config import load_config  # noqa: E402

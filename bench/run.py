@@ -29,6 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from search.layout import RunLayout  # noqa: E402  (no TensorFlow: the runner stays light)
+
 
 def run_step(name: str, command: list[str], log: Path) -> dict:
     """Runs ``command``; returns its wall seconds, peak RSS (MB) and stdout's last line."""
@@ -137,7 +139,7 @@ def main(argv=None) -> dict:
     floor = json.loads(run_step("floor", [python, "bench/measure.py", "floor", str(ours), args.backbones.split(",")[0]],
                                 work / "logs" / "floor.log")["last_line"])
     steps["reference"] = run_step("reference: plain KerasTuner", [
-        python, "bench/reference.py", "--split", str(ours / "split.csv"), "--work", str(work / "reference"),
+        python, "bench/reference.py", "--split", str(RunLayout(ours).split), "--work", str(work / "reference"),
         "--out", str(work / "reference.json"), *budget],
         work / "logs" / "reference.log")
     reference = json.loads((work / "reference.json").read_text())
@@ -155,7 +157,7 @@ def memory_trend(python: str, data: str, budget: list[str], trials: int, work: P
     run_step(f"this project: {trials}-trial search for memory", [
         python, "cli.py", "search", "--data", str(Path(data).resolve()), "--run-dir", str(run_dir), *budget,
         "--tuner", "random", "--max-trials", str(trials), "--no-retrain"], work / "logs" / "memory.log")
-    rows = [line.split(",") for line in (run_dir / "memory.csv").read_text().splitlines()]
+    rows = [line.split(",") for line in RunLayout(run_dir).memory.read_text().splitlines()]
     peak = [float(r[1]) for r in rows]
     anonymous = [float(r[3]) for r in rows]
     first, last = sum(peak[:10]) / 10, sum(peak[-10:]) / 10
@@ -165,7 +167,7 @@ def memory_trend(python: str, data: str, budget: list[str], trials: int, work: P
 
 
 def _results(args, ours: Path, steps: dict, score: dict, floor: dict, reference: dict) -> dict:
-    best = json.loads((ours / "best_hyperparameters.json").read_text())
+    best = json.loads(RunLayout(ours).best.read_text())
     return {
         "settings": vars(args),
         "floor": floor,

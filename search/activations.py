@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data import files, pipeline
-from hypermodels.cached import CachedFeatureClassifier, cut_layer, frozen_image_model, frozen_model, is_cacheable
+from hypermodels.cutting import ActivationClassifier, cut_layer, frozen_image_model, frozen_model, is_cacheable
 from hypermodels.classifier import POOLED, XrayClassifier
 from hypermodels.registry import get_backbone
 from hypermodels.weights import keras_cache_dir, resolve_weights
@@ -180,7 +180,7 @@ class TrialData:
         self.data = data
         self.cache = cache
         self._validation = {}
-        self._features = {}  # one memory map per cut and process: each map's pages count in its RSS
+        self._activations = {}  # one memory map per cut and process: each map's pages count in its RSS
 
     def __call__(self, backbone: str, depth: int | None, initial_epoch: int = 0) -> tuple:
         key = ("images",) if depth is None else (backbone, depth)
@@ -193,12 +193,12 @@ class TrialData:
         shuffle = split == "train"
         if depth is None:
             return self.data.dataset(split, shuffle=shuffle, seed=seed)
-        if (backbone, depth) not in self._features:
-            self._features[backbone, depth] = self.cache.activations(backbone, depth)
+        if (backbone, depth) not in self._activations:
+            self._activations[backbone, depth] = self.cache.activations(backbone, depth)
         config = self.data.config
         rows = self.data.indices(split)
         # The same pipeline as images, so a trial on activations sees the batches its image model would.
-        return pipeline.make_dataset(self._features[backbone, depth], self.data.labels[rows],
+        return pipeline.make_dataset(self._activations[backbone, depth], self.data.labels[rows],
                                      self.data.sample_weights(split), len(config.class_names),
                                      config.batch_size, shuffle=shuffle, seed=seed, rows=rows)
 
@@ -218,4 +218,4 @@ def trial_hypermodel(data, progress: bool = True):
     # Trials of pretrained backbones train only what is above the freeze boundary,
     # on activations computed once; the hypermodel's fit picks each trial's data.
     cache = ActivationCache(classifier, data.images, config.layout.activations, progress)
-    return CachedFeatureClassifier(classifier, TrialData(data, cache), cache.image_model), cache
+    return ActivationClassifier(classifier, TrialData(data, cache), cache.image_model), cache

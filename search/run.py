@@ -45,7 +45,7 @@ def start_run(config: RunConfig) -> None:
         config.layout.clear_derived()
         return
     if config.layout.config.is_file():
-        load_config(config.path).check_resumable(config)
+        config.check_resumable(load_config(config.path))
     _check_tuner_state(config)
 
 

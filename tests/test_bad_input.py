@@ -17,6 +17,7 @@ from PIL import Image
 
 from data import cache, synthetic
 from data.images import decode_image
+from search.layout import RunLayout
 from tests.conftest import FAST_SEARCH, error_line, phantom_folders, run_cli, tree_digest
 
 def _search(data, run_dir, *extra, flags=FAST_SEARCH):
@@ -92,7 +93,7 @@ def test_class_folder_without_a_readable_image(tmp_path):
     result = _search(root, tmp_path / "run")
     error_line(result, "Class Lung_Opacity has no readable image", "all 2 of its files",
                 "skipped.csv", "remove that class folder")
-    skipped = (tmp_path / "run" / "skipped.csv").read_text()
+    skipped = RunLayout(tmp_path / "run").skipped.read_text()
     assert "zero-byte file" in skipped and "not an image" in skipped
 
 
@@ -120,7 +121,7 @@ def test_broken_files_are_skipped_listed_and_the_search_finishes(mixed_run):
     assert "best trial" in result.output
     assert "4 skipped" in result.output and "skipped.csv" in result.output
     reasons = {Path(row.split(",")[0]).name: row.split(",", 1)[1]
-               for row in (run_dir / "skipped.csv").read_text().splitlines()[1:]}
+               for row in RunLayout(run_dir).skipped.read_text().splitlines()[1:]}
     assert reasons == {"empty.png": "zero-byte file", "cut.png": "truncated image",
                        "notes.jpg": "not an image", "bomb.png": "decompression bomb: 10000x10000 pixels"}
 
@@ -128,7 +129,7 @@ def test_broken_files_are_skipped_listed_and_the_search_finishes(mixed_run):
 def test_16_bit_rgba_palette_png_and_cmyk_jpeg_are_used(mixed_run):
     run_dir, result = mixed_run
     assert result.exit_code == 0, result.output
-    used = {Path(line.split(",")[0]).name for line in (run_dir / "split.csv").read_text().splitlines()[1:]}
+    used = {Path(line.split(",")[0]).name for line in RunLayout(run_dir).split.read_text().splitlines()[1:]}
     assert {"COVID-1.png", "COVID-2.png", "COVID-3.png", "COVID-4.jpg"} <= used
 
 
@@ -166,7 +167,7 @@ def test_manifest_extra_columns_are_ignored_and_patient_id_spellings_accepted(cs
     path = _manifest(csv_root, "Path,Label,Patient ID,source", rows)
     result = _search(path, tmp_path / "run")
     assert result.exit_code == 0, result.output
-    groups = {line.split(",")[2] for line in (tmp_path / "run" / "split.csv").read_text().splitlines()[1:]}
+    groups = {line.split(",")[2] for line in RunLayout(tmp_path / "run").split.read_text().splitlines()[1:]}
     assert {"pCOVID1", "pNormal8"} <= groups  # the patient column was read
 
 
@@ -238,10 +239,10 @@ def test_disk_full_while_writing_the_cache(csv_root, tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "_add_entry", fills_up)
     run_dir = tmp_path / "run"
     result = _search(csv_root, run_dir)
-    error_line(result, "Not enough disk space for the decoded-image cache", str(run_dir / "cache"),
+    error_line(result, "Not enough disk space for the decoded-image cache", str(RunLayout(run_dir).cache),
                 "free some space")
-    assert not list((run_dir / "cache").rglob("*.partial"))  # no half-written pixel file left
-    assert not (run_dir / "split.csv").exists()
+    assert not list(RunLayout(run_dir).cache.rglob("*.partial"))  # no half-written pixel file left
+    assert not RunLayout(run_dir).split.exists()
     monkeypatch.setattr(cache, "_add_entry", real_add)  # space freed: the same command works
     assert _search(csv_root, run_dir).exit_code == 0
 
@@ -263,7 +264,7 @@ def test_resume_with_a_vanished_image_keeps_split_and_trials(run_copy, mixed_dat
     assert after == before
     again = _search(mixed_data, run_copy)  # image back: resumes, adds no trial
     assert again.exit_code == 0, again.output
-    assert tree_digest(run_copy / "tuner") == {k[len("tuner/"):]: v for k, v in before.items()
+    assert tree_digest(RunLayout(run_copy).tuner) == {k[len("tuner/"):]: v for k, v in before.items()
                                                 if k.startswith("tuner/")}
 
 

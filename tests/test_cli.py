@@ -1,7 +1,14 @@
 """The command line as a user meets it: clear one-line errors, a finished search."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from hypermodels.registry import BACKBONES
 from tests.conftest import error_line, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_backbones_lists_every_registered_backbone_with_its_size():
@@ -49,3 +56,14 @@ def test_search_no_augment_reaches_the_retrain_it_runs(tmp_path, demo_data, monk
     assert run_cli("search", "--run-dir", tmp_path / "a", *flags, "--no-augment").exit_code == 0
     assert run_cli("search", "--run-dir", tmp_path / "b", *flags).exit_code == 0
     assert calls == [("retrain", False), ("evaluate",), ("export",), ("retrain", True), ("evaluate",), ("export",)]
+
+
+def test_importing_cli_changes_no_process_wide_state():
+    # A library user (or a test) importing cli must not get its warning filters, log filters
+    # or TensorFlow's environment changed; running a command does that.
+    probe = ("import logging, os, warnings; before = (list(warnings.filters), dict(os.environ)); "
+             "import cli; assert (list(warnings.filters), dict(os.environ)) == before; "
+             "assert not logging.getLogger('tensorflow').filters; print('unchanged')")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "unchanged" in done.stdout, done.stderr

@@ -32,6 +32,27 @@ def test_unknown_backbone_lists_the_known_ones():
         assert name in str(error.value)
 
 
+class _Asked(Exception):
+    pass
+
+
+@pytest.mark.parametrize("size", [96, 160, 224])
 @pytest.mark.parametrize("name", [n for n in backbone_names() if BACKBONES[n].pretrainable])
-def test_pretrained_backbones_name_their_weight_file(name):
-    assert get_backbone(name).weight_file(224).endswith(".h5")
+def test_weight_file_is_the_one_keras_looks_for(name, size, monkeypatch):
+    # The offline check and the "put this file there" message rely on this name being
+    # the file keras.applications fetches into its cache for that size.
+    from keras.src.utils import file_utils
+
+    spec = get_backbone(name)
+    asked = []
+
+    def get_file(fname=None, *args, **kwargs):
+        asked.append(fname)
+        raise _Asked
+
+    monkeypatch.setattr(file_utils, "get_file", get_file)
+    size = max(size, spec.min_size)
+    with pytest.raises(_Asked):
+        spec.constructor(include_top=False, weights="imagenet", input_shape=(size, size, 3))
+    keras.backend.clear_session()
+    assert asked == [spec.weight_file(size)]

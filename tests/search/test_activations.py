@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hypermodels.cached import (CachedFeatureClassifier, cut_layer, frozen_image_model, frozen_model,
+from hypermodels.cutting import (ActivationClassifier, cut_layer, frozen_image_model, frozen_model,
                                 without_graph_rewrites)
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from hypermodels.registry import get_backbone
@@ -139,7 +139,7 @@ def test_a_trial_on_cached_activations_scores_as_the_same_trial_on_images(run_da
     image_model = _classifier(run_data, weights).build(_hp(depth))
     on_images = image_model.fit(run_data.dataset("train", shuffle=True), epochs=3,
                                 validation_data=run_data.dataset("val"), verbose=0)
-    hypermodel = CachedFeatureClassifier(
+    hypermodel = ActivationClassifier(
         _classifier(run_data, weights), features.TrialData(run_data, _cache(run_data, weights, tmp_path)))
     hp = _hp(depth)
     keras.utils.set_random_seed(7)
@@ -183,7 +183,7 @@ def test_search_of_a_pretrained_backbone_trains_on_cached_activations(tmp_path, 
     assert "unfreeze_depth" in best["best"]["hyperparameters"]
     (entry,) = (RunLayout(run_dir).activations).iterdir()
     assert (entry / "head_pool.f32").is_file()
-    memory = (run_dir / "memory.csv").read_text().splitlines()
+    memory = RunLayout(run_dir).memory.read_text().splitlines()
     assert len(memory) == 4
     # Trials ran without Grappler; what the process runs next (evaluate, export) has it back.
     assert not tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)

@@ -27,35 +27,35 @@ def test_images(exported_run):
 def test_exports_agree_with_the_model_in_memory_on_the_test_split(exported_run, test_images, file_name):
     model = keras.saving.load_model(RunLayout(exported_run).best_winner() / "model.keras")
     expected = model.predict(test_images, verbose=0)
-    got = predict_exported(exported_run / "export" / file_name, test_images)
+    got = predict_exported(RunLayout(exported_run).export / file_name, test_images)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() < TOLERANCE
 
 
 def test_keras_file_loads_in_safe_mode_without_custom_objects(exported_run):
-    model = keras.saving.load_model(exported_run / "export" / "model.keras", safe_mode=True)
+    model = keras.saving.load_model(RunLayout(exported_run).export / "model.keras", safe_mode=True)
     assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
 
 
 def test_saved_model_serves_raw_uint8_images(exported_run):
-    serve = tf.saved_model.load(str(exported_run / "export" / "saved_model")).signatures["serving_default"]
+    serve = tf.saved_model.load(str(RunLayout(exported_run).export / "saved_model")).signatures["serving_default"]
     (spec,) = serve.structured_input_signature[1].values()
     size = load_config(exported_run).image_size
     assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, size, size, 1]
 
 
 def test_model_card_names_classes_input_metrics_hashes_and_versions(exported_run):
-    card = json.loads((exported_run / "export" / "model_card.json").read_text())
+    card = json.loads((RunLayout(exported_run).export / "model_card.json").read_text())
     config = load_config(exported_run)
     assert card["class_names"] == list(config.class_names)
     assert card["input"]["dtype"] == "uint8" and card["input"]["shape"][1:] == [config.image_size] * 2 + [1]
     assert card["preprocessing"]["inside_model"] == "unit"
     assert card["metrics"]["accuracy"]["ci95"] is not None
-    assert card["split_sha256"] == hashlib.sha256((exported_run / "split.csv").read_bytes()).hexdigest()
+    assert card["split_sha256"] == hashlib.sha256(RunLayout(exported_run).split.read_bytes()).hexdigest()
     files = {path: digest for group in card["files"].values() for path, digest in group.items()}
     assert {"model.keras", "model.tflite", "saved_model/saved_model.pb"} <= set(files)
     for path, digest in files.items():
-        assert hashlib.sha256((exported_run / "export" / path).read_bytes()).hexdigest() == digest
+        assert hashlib.sha256((RunLayout(exported_run).export / path).read_bytes()).hexdigest() == digest
     assert set(card["versions"]) == {"tensorflow", "keras", "keras_tuner"}
     assert all(v < TOLERANCE for v in card["agreement"]["max_abs_probability_difference"].values())
     assert not any(name.startswith("tuner/") for name in card["hyperparameters"])

@@ -25,6 +25,7 @@ from click.testing import CliRunner
 
 from cli import cli
 from data import synthetic
+from search.layout import RunLayout
 from search.config import new_config
 from search import tuner as tuner_module
 from search.tuner import make_tuner
@@ -60,7 +61,7 @@ def uninterrupted(phantoms, tmp_path_factory):
 
 def _training(run_dir: Path, trial_id: str) -> bool:
     """True once the trial's fit has started (its TensorBoard curves writer exists)."""
-    return (run_dir / "tensorboard" / trial_id.replace("trial_", "")).is_dir()
+    return (RunLayout(run_dir).tensorboard / trial_id.replace("trial_", "")).is_dir()
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_killed_search_resumes_keeps_finished_trials_and_completes(killed_then_r
     assert after[killed_id][0] == "COMPLETED"
     assert after[killed_id][2] == at_kill[killed_id]["hyperparameters"]["values"]
     assert {status for status, _, _ in after.values()} == {"COMPLETED"}
-    best = json.loads((run_dir / "best_hyperparameters.json").read_text())
+    best = json.loads(RunLayout(run_dir).best.read_text())
     assert best["trials"] == len(after) == 5
 
 
@@ -114,7 +115,7 @@ def test_resumed_search_ran_the_trials_of_an_uninterrupted_one(killed_then_resum
 def test_same_seed_and_data_give_the_same_split_and_first_trials(killed_then_resumed, uninterrupted):
     # Two fresh runs of the same command (one of them later killed and resumed).
     run_dir = killed_then_resumed[0]
-    assert (run_dir / "split.csv").read_bytes() == (uninterrupted / "split.csv").read_bytes()
+    assert RunLayout(run_dir).split.read_bytes() == RunLayout(uninterrupted).split.read_bytes()
     first = sorted(saved_trials(run_dir))[:3]
     assert [saved_trials(run_dir)[t]["hyperparameters"]["values"] for t in first] == \
         [saved_trials(uninterrupted)[t]["hyperparameters"]["values"] for t in first]
@@ -160,7 +161,7 @@ def test_nan_loss_and_failed_build_are_failed_trials_and_the_search_goes_on(tmp_
     assert "head_units must be positive" in trials[2].message
     assert trials[0].score is not None and trials[3].score is not None
     saved = saved_trials(tmp_path / "run")  # the reasons are on disk, for a resumed run too
-    assert saved["trial_1"]["status"] == "FAILED" and "loss became" in saved["trial_1"]["message"]
+    assert saved[trials[1].trial_id]["status"] == "FAILED" and "loss became" in saved[trials[1].trial_id]["message"]
     printed = capsys.readouterr().out
     assert "trial 1: failed:" in printed and "trial 2: failed:" in printed
 

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from cli import cli
 from data.errors import UserError
+from search.layout import RunLayout
 from search.predict import load_model
 
 
@@ -38,7 +39,7 @@ def test_predict_mixed_files_gives_probabilities_and_error_entries(exported_run,
 
 
 def test_keras_file_takes_class_names_from_its_model_card(exported_run, tmp_path):
-    shutil.copytree(exported_run / "export", tmp_path / "export")
+    shutil.copytree(RunLayout(exported_run).export, tmp_path / "export")
     _, names = load_model(tmp_path / "export" / "model.keras")
     assert names == ("COVID", "Normal", "Viral_Pneumonia")
     (tmp_path / "export" / "model_card.json").unlink()

@@ -15,7 +15,7 @@ from search.retrain import retrain, trial_hyperparameters
 
 
 def _summary(run_dir):
-    return json.loads((run_dir / "winners" / "summary.json").read_text())
+    return json.loads((RunLayout(run_dir).winners_summary).read_text())
 
 
 def test_winners_are_ranked_by_mean_validation_loss_with_spread_over_seeds(retrained_run):
@@ -28,7 +28,7 @@ def test_winners_are_ranked_by_mean_validation_loss_with_spread_over_seeds(retra
         assert [s["seed"] for s in winner["seeds"]] == [1, 2]
         assert winner[OBJECTIVE]["mean"] == pytest.approx(np.mean(losses))
         assert winner[OBJECTIVE]["std"] == pytest.approx(np.std(losses, ddof=1))
-        folder = retrained_run / "winners" / f"{rank}-{winner['trial_id']}"
+        folder = RunLayout(retrained_run).winners / f"{rank}-{winner['trial_id']}"
         assert {p.name for p in folder.iterdir()} == {"model.keras", "history.json", "hyperparameters.json"}
     assert RunLayout(retrained_run).best_winner().name == winners[0]["dir"]
 
@@ -52,11 +52,11 @@ def test_retrain_never_reads_the_test_split_and_replaces_old_winners(run_copy, m
     summary = retrain(load_config(run_copy), top_k=1, seeds=1, max_epochs=1, augment=False, log=lambda line: None)
     assert "test" not in read and set(read) == {"train", "val"}
     assert len(summary["winners"]) == 1 and not summary["augment"]
-    assert sorted(p.name for p in (run_copy / "winners").iterdir()) == [summary["winners"][0]["dir"], "summary.json"]
+    assert sorted(p.name for p in RunLayout(run_copy).winners.iterdir()) == [summary["winners"][0]["dir"], "summary.json"]
 
 
 def test_rebuilt_hyperparameters_are_the_trials(retrained_run):
-    best = json.loads((retrained_run / "best_hyperparameters.json").read_text())["top"][0]
+    best = json.loads(RunLayout(retrained_run).best.read_text())["top"][0]
     hp = trial_hyperparameters(load_config(retrained_run), best["trial_id"])
     assert {k: hp.values[k] for k in best["hyperparameters"]} == best["hyperparameters"]
 
@@ -82,4 +82,4 @@ def test_retrain_then_evaluate_commands_on_an_existing_run(run_copy):
     assert "best: 1-" in result.output
     result = runner.invoke(cli, ["evaluate", str(run_copy)])
     assert result.exit_code == 0, result.output
-    assert (run_copy / "report" / "metrics.json").is_file()
+    assert (RunLayout(run_copy).metrics).is_file()

@@ -59,19 +59,19 @@ def _session_hparams(trial_dir: Path) -> dict:
 
 def test_every_trial_is_an_hparams_session_with_bracket_round_and_objective(finished_run):
     run_dir, best = finished_run
-    trials = sorted(p.parent.name.replace("trial_", "") for p in (run_dir / "tuner").glob("trial_*/trial.json"))
+    trials = sorted(p.parent.name.replace("trial_", "") for p in RunLayout(run_dir).tuner.glob("trial_*/trial.json"))
     assert len(trials) == best["trials"] >= 2
     for trial_id in trials:
-        hparams = _session_hparams(run_dir / "tensorboard" / trial_id)
+        hparams = _session_hparams(RunLayout(run_dir).tensorboard / trial_id)
         assert {"backbone", "learning_rate", "tuner/bracket", "tuner/round"} <= set(hparams)
-        acc = event_accumulator.EventAccumulator(str(run_dir / "tensorboard" / trial_id))
+        acc = event_accumulator.EventAccumulator(str(RunLayout(run_dir).tensorboard / trial_id))
         acc.Reload()
         assert OBJECTIVE in acc.Tags()["tensors"]
 
 
 def test_experiment_summary_names_the_weighted_loss_metric(finished_run):
     run_dir, _ = finished_run
-    acc = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    acc = event_accumulator.EventAccumulator(str(RunLayout(run_dir).tensorboard), size_guidance={"tensors": 0})
     acc.Reload()
     content = acc.PluginTagToContent("hparams")["_hparams_/experiment"]
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
@@ -81,7 +81,7 @@ def test_experiment_summary_names_the_weighted_loss_metric(finished_run):
 
 def test_best_hyperparameters_file_ranks_on_the_weighted_loss(finished_run):
     run_dir, best = finished_run
-    saved = json.loads((run_dir / "best_hyperparameters.json").read_text())
+    saved = json.loads(RunLayout(run_dir).best.read_text())
     assert saved == best
     assert saved["objective"] == {"name": OBJECTIVE, "direction": "min"}
     scores = [t[OBJECTIVE] for t in saved["top"]]
@@ -91,20 +91,20 @@ def test_best_hyperparameters_file_ranks_on_the_weighted_loss(finished_run):
 
 def test_run_directory_holds_config_split_and_skipped(finished_run):
     run_dir, _ = finished_run
-    config = json.loads((run_dir / "config.json").read_text())
+    config = json.loads(RunLayout(run_dir).config.read_text())
     assert config["class_names"] == ["COVID", "Normal", "Viral_Pneumonia"]
     assert set(config["class_weights"]) == set(config["class_names"])
     counts = json.loads(RunLayout(run_dir).findings.read_text())["counts"]
     assert counts["used"] == counts["train"] + counts["val"] + counts["test"]
-    assert (run_dir / "split.csv").is_file() and (run_dir / "skipped.csv").is_file()
+    assert RunLayout(run_dir).split.is_file() and RunLayout(run_dir).skipped.is_file()
 
 
 def test_resuming_a_finished_run_adds_no_trials(finished_run, demo_data):
     run_dir, best = finished_run
-    split_before = (run_dir / "split.csv").read_text()
+    split_before = RunLayout(run_dir).split.read_text()
     again = run_search(_config(run_dir, demo_data), log=lambda line: None)
     assert again["trials"] == best["trials"]
-    assert (run_dir / "split.csv").read_text() == split_before
+    assert RunLayout(run_dir).split.read_text() == split_before
 
 
 def test_same_seed_gives_same_split_and_trial_sequence(tmp_path, demo_data):
@@ -114,9 +114,9 @@ def test_same_seed_gives_same_split_and_trial_sequence(tmp_path, demo_data):
         config = _config(tmp_path / name, demo_data, tuner="random", max_trials=3, max_epochs=1,
                          seed=0)
         run_search(config, log=lambda line: None)
-        trials = sorted((tmp_path / name / "tuner").glob("trial_*/trial.json"))
+        trials = sorted(RunLayout(tmp_path / name).tuner.glob("trial_*/trial.json"))
         hps = [json.loads(t.read_text())["hyperparameters"]["values"] for t in trials]
-        runs.append(((tmp_path / name / "split.csv").read_text().replace(str(tmp_path / name), ""), hps))
+        runs.append((RunLayout(tmp_path / name).split.read_text().replace(str(tmp_path / name), ""), hps))
     assert runs[0] == runs[1]
 
 
@@ -124,7 +124,7 @@ def test_promoted_trials_reuse_their_model_and_score_as_fresh_builds(finished, t
     # A Hyperband promotion trains the model object of the round it continues (its
     # traced steps kept), restarted as a fresh build starts: every score is unchanged.
     def scores(run_dir):
-        trials = [json.loads(t.read_text()) for t in sorted((run_dir / "tuner").glob("trial_*/trial.json"))]
+        trials = [json.loads(t.read_text()) for t in sorted(RunLayout(run_dir).tuner.glob("trial_*/trial.json"))]
         return [t["score"] for t in trials], sum("tuner/trial_id" in t["hyperparameters"]["values"] for t in trials)
 
     run_dir, _, reused_builds = finished

@@ -92,9 +92,9 @@ def _assert_single_machine_format(run_dir: Path, trials: dict) -> None:
     assert best["trials"] == len(trials)
     assert best["best"]["hyperparameters"]["backbone"] == "vanilla_cnn"
     for trial_id in trials:
-        hparams = _session_hparams(run_dir / "tensorboard" / trial_id)
+        hparams = _session_hparams(RunLayout(run_dir).tensorboard / trial_id)
         assert {"backbone", "learning_rate", "tuner/bracket", "tuner/round"} <= set(hparams)
-    summary = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    summary = event_accumulator.EventAccumulator(str(RunLayout(run_dir).tensorboard), size_guidance={"tensors": 0})
     summary.Reload()
     content = summary.PluginTagToContent("hparams")["_hparams_/experiment"]
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
@@ -201,7 +201,7 @@ def test_local_workers_run_every_trial_and_exit_with_the_search(tmp_path, demo_d
     _assert_single_machine_format(run_dir, trials)
     assert re.search(r"^best trial \d+ of \d+: ", said, re.MULTILINE)
     for name in ("local-1", "local-2"):  # each was told the search is done, and exited
-        assert "the search is done" in (run_dir / "workers" / f"{name}.log").read_text()
+        assert "the search is done" in (RunLayout(run_dir).worker_logs / f"{name}.log").read_text()
 
 
 def test_local_workers_that_all_fail_stop_the_search_with_one_line(tmp_path):

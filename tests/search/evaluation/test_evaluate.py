@@ -9,6 +9,7 @@ import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from data.errors import UserError
+from search.layout import RunLayout
 from search.config import load_config
 from search.evaluation.evaluate import evaluate
 
@@ -21,7 +22,7 @@ def _predictions(report_dir):
 
 
 def test_metrics_match_sklearn_on_the_written_test_predictions(evaluated_run):
-    report_dir = evaluated_run / "report"
+    report_dir = RunLayout(evaluated_run).report
     metrics = json.loads((report_dir / "metrics.json").read_text())
     rows = _predictions(report_dir)
     names = metrics["class_names"]
@@ -41,7 +42,7 @@ def test_metrics_match_sklearn_on_the_written_test_predictions(evaluated_run):
 
 
 def test_report_links_pictures_and_galleries_that_exist(evaluated_run):
-    report_dir = evaluated_run / "report"
+    report_dir = RunLayout(evaluated_run).report
     text = (report_dir / "report.md").read_text()
     linked = [line.split("](")[1].rstrip(")") for line in text.splitlines() if "](" in line]
     assert {"training_curves.png", "confusion_matrix.png", "roc.png"} <= set(linked)
@@ -58,7 +59,7 @@ def test_external_set_with_a_class_missing_is_evaluated_in_its_own_folder(retrai
         for image in sorted((demo_data / name).glob("*.png"))[:4]:
             shutil.copy(image, external / name / image.name)
     metrics = evaluate(load_config(retrained_run), data=str(external), log=lambda line: None)
-    out = retrained_run / "report" / "external-hospital_b"
+    out = RunLayout(retrained_run).report / "external-hospital_b"
     assert metrics["n"] == 8 and json.loads((out / "metrics.json").read_text())["n"] == 8
     assert metrics["per_class"]["Viral_Pneumonia"]["support"] == 0
     assert metrics["roc_auc"]["per_class"]["Viral_Pneumonia"] is None

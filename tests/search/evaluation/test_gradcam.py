@@ -104,7 +104,7 @@ def test_heatmap_is_warmer_on_the_lesion():
     assert _share_hotter_on_the_lesion(maps, masks) >= REQUIRED_SHARE
 
 
-def test_galleries_and_overlays_are_pngs(tmp_path):
+def test_galleries_are_pngs_showing_the_heatmaps(tmp_path, monkeypatch):
     model = XrayClassifier(3, 32, ("vanilla_cnn",), "none").build(keras_tuner.HyperParameters())
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1)).astype("uint8")
     probs = model.predict(images, verbose=0)
@@ -115,5 +115,20 @@ def test_galleries_and_overlays_are_pngs(tmp_path):
     expected = {f"{CLASS_NAMES[c]} {'correct' if ok else 'incorrect'}" for c, ok in zip(labels, predicted == labels)}
     assert set(pages) == expected
     assert all(path.read_bytes().startswith(b"\x89PNG") for path in pages.values())
-    picture = gradcam.overlay(images[0], np.eye(4))
+    # The pages show the heatmaps: with every heatmap cold they come out different.
+    assert gradcam.heatmaps(explainer, images).max() > 0
+    real = {caption: path.read_bytes() for caption, path in pages.items()}
+    cold = lambda explainer, batch, class_index=None: np.zeros((len(batch), 4, 4), np.float32)  # noqa: E731
+    monkeypatch.setattr(gradcam, "heatmaps", cold)
+    blank = gradcam.write_galleries(explainer, images, labels, probs, CLASS_NAMES, tmp_path / "cold")
+    assert all(blank[caption].read_bytes() != real[caption] for caption in real)
+
+
+def test_overlay_colours_the_hot_region_warm_and_the_rest_cool():
+    image = np.full((32, 32, 1), 128, np.uint8)
+    heatmap = np.zeros((4, 4), np.float32)
+    heatmap[0, 0] = 1.0
+    picture = gradcam.overlay(image, heatmap)
     assert picture.shape == (32, 32, 3) and picture.dtype == np.uint8
+    hot, cold = picture[0, 0].astype(int), picture[-1, -1].astype(int)
+    assert hot[0] > hot[2] + 40 and cold[2] > cold[0] + 40  # jet: red where hot, blue where cold

@@ -1,4 +1,4 @@
-"""The search's HyperModel: only what trains, on the frozen backbone's cached activations.
+"""The search's HyperModel on the activation cache, and cutting a backbone at its freeze boundary.
 
 A pretrained backbone's frozen part is a pure function of the image (BatchNorm
 stays in inference mode), so the search computes it once and every trial trains
@@ -47,7 +47,7 @@ def frozen_model(model: keras.Model, source: str | None, cuts: list[str]) -> ker
     return keras.Model(inputs, [model.get_layer(c).output for c in cuts])
 
 
-class CachedFeatureClassifier(keras_tuner.HyperModel):
+class ActivationClassifier(keras_tuner.HyperModel):
     """:class:`XrayClassifier` whose trials train on cached frozen activations.
 
     ``build(hp)`` returns only the part of ``hp``'s image model above its freeze
