@@ -5,21 +5,13 @@ resized, re-windowed or slightly cropped copies) are found with imagehash's
 perceptual hash ``phash`` at ``hash_size=16`` (256 bits) and a Hamming threshold of
 44 bits (``NEAR_DUPLICATE_THRESHOLD``).
 
-Why 256 bits and 44, measured on cxr3-dev (2000 PNGs, 1,999,000 pairs): chest
-X-rays all look alike, so the default 64-bit phash packs unrelated images close
-together: one copy pair sits at distance 6 among 121 pairs of different people,
-and different people already appear at 4. With 256 bits there is a clear gap. The
-27 pairs at distance <= 42 are all the same radiograph (mean absolute difference of
-the z-scored 32x32 thumbnails <= 0.066; by eye: the same film, re-encoded, slightly
-cropped or re-windowed; 26 of them at <= 20, the last at 40-42 depending on the
-decode size 64/128/224 px). The next pairs, at 46-48, are the same Kermany patient
-on two exposures (person1609, grouped by patient id anyway) and then different
-people (z-MAD >= 0.14); pairs then grow quickly (48-51: 5, 52-55: 9, 56-59: 25,
-60-63: 35, 64-67: 122). 44 sits in the middle of that gap.
+Why 256 bits and 44: chest X-rays all look alike, so the default 64-bit phash puts
+copies of one film and films of different people at the same distances. At 256 bits
+there is a gap between the two, and 44 sits in it (the measured distances:
+docs/leakage.md).
 
-All-pairs distances use numpy popcount over 4 x 64-bit words in row blocks: 20,000
-hashes compare in about 2.3 s on 2 cores. The whole audit of cxr3-dev takes 2.1 s from
-the files and 1.2 s from the decoded cache, with identical counts.
+All-pairs distances use numpy popcount over 4 x 64-bit words in row blocks, so memory
+stays bounded however many images there are.
 """
 
 import csv

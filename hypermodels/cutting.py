@@ -131,10 +131,10 @@ def without_graph_rewrites():
     """Runs TensorFlow functions first called inside without Grappler's graph rewrites.
 
     Every trial traces fresh train and test functions, and rewriting each one
-    cost more than it saves on the few layers a trial trains on cached
-    activations (a 23-trial search on 500 images took 100 s with the rewrites,
-    73 s without). TensorFlow reads the option when a function first runs; the
-    activation extraction keeps the rewrites, so the cached values do not change.
+    costs more than it saves on the few layers a trial trains on cached
+    activations, with the same scores (docs/performance.md). TensorFlow reads
+    the option when a function first runs; the activation extraction keeps the
+    rewrites, so the cached values do not change.
     """
     before = tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})

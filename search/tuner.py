@@ -86,7 +86,7 @@ class _XrayTunerMixin:
 
     def on_search_begin(self):
         # Every trial collects garbage several times (KerasTuner and Keras both do
-        # before each build); with TensorFlow loaded a full collection takes ~0.5 s.
+        # before each build), and with TensorFlow loaded a full collection is slow.
         # Objects alive before the search (modules, the data) are not garbage:
         # freezing them leaves collections only what trials create.
         gc.collect()
@@ -133,9 +133,9 @@ class XrayHyperband(_XrayTunerMixin, keras_tuner.Hyperband):
 
     A promoted trial (a configuration's next, longer round) trains the model object
     of the round it continues instead of a fresh build: a fresh model traces its
-    train and test steps again, 1.5-2 s on 2 cores and most of a short trial on
-    cached activations. The kept model restarts where a fresh build starts before
-    the round's best-epoch checkpoint goes in, so no score changes (tested).
+    train and test steps again, most of a short trial on cached activations. The
+    kept model restarts where a fresh build starts before the round's best-epoch
+    checkpoint goes in, so no score changes (tested).
     """
 
     MAX_KEPT = 16
@@ -246,9 +246,9 @@ def _forget_custom_gradients(keep: set) -> None:
 
     Every traced training step registers a ``CustomGradient-N`` entry (the
     optimizer's gradient all-reduce) in TensorFlow's global gradient registry and
-    never removes it; the entry holds the whole traced step graph, a few MB per
-    trial, so memory climbed trial after trial even with ``clear_session``. The
-    entries are only read while tracing that step, which is over when the trial ends.
+    never removes it; the entry holds the whole traced step graph, so memory
+    climbed trial after trial even with ``clear_session``. The entries are only
+    read while tracing that step, which is over when the trial ends.
     """
     registry = _custom_gradients()
     for name in [n for n in registry if n.startswith("CustomGradient-") and n not in keep]:

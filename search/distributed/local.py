@@ -5,17 +5,15 @@ A trial on cached activations spends much of its time in single-threaded Python
 while the other cores wait. ``cxr-tuner search --workers N`` makes this process the
 chief of a distributed search (data, caches and oracle here, then the retrain) and
 starts N ``cxr-tuner worker`` processes on this machine, each computing on its share
-of the cores: one trial's tracing overlaps another's arithmetic. On 2 cores, the
-23-trial search of the benchmark took 135 s in one process and 96 s with 2 workers.
+of the cores: one trial's tracing overlaps another's arithmetic (measurements:
+docs/performance.md).
 
 Reproducibility: one process (the default, ``--workers 1``) runs the same trial
 sequence for the same ``--seed``. With several workers, KerasTuner's Hyperband hands
 out trials in the order workers ask, so trial numbers, and the configurations its
 later brackets draw while earlier rounds are still running, can differ between
-runs, as in any distributed search. On the benchmark data, runs with 2 and 3
-workers ran the same 23 configurations with the same scores; a worker computes on
-fewer threads than one process, which changes float summation order (the
-one-process search had 22 of the 23 scores identical).
+runs, as in any distributed search; and a worker computes on fewer threads than one
+process, which changes the float summation order and so, rarely, a score.
 """
 
 from __future__ import annotations
