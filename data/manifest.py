@@ -35,6 +35,9 @@ _KNOWN_LABELS = {
     "bacteria": "Bacterial_Pneumonia",
     "lung opacity": "Lung_Opacity",
 }
+# CSV column spellings: the first one present is used; the rest are listed as ignored.
+PATIENT_COLUMNS = ("patient_id", "patientid", "patient", "subject_id", "subjectid", "subject")
+SOURCE_COLUMNS = ("source", "site", "hospital", "dataset")
 # Kermany: person1_virus_6.jpeg (patient person1); NORMAL2-IM-1427-0001.jpeg (patient IM-1427).
 _KERMANY_PERSON = re.compile(r"^(person\d+)_(virus|bacteria)_\d+$", re.IGNORECASE)
 _KERMANY_IM = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+$", re.IGNORECASE)
@@ -51,12 +54,15 @@ class Example:
             else "" (then the image is its own group).
         raw_label: The folder name or CSV label it came from, for printing the mapping;
             not part of equality.
+        source: Where the image came from (a CSV's ``source``, ``site``, ``hospital`` or
+            ``dataset`` column), else "": the source audit and per-source figures use it.
     """
 
     path: str
     label: str
     group: str = ""
     raw_label: str = field(default="", compare=False)
+    source: str = ""
 
 
 def normalise_label(name: str) -> str:
@@ -183,8 +189,9 @@ def _from_csv(csv_path: Path) -> list[Example]:
         raw = row["label"].strip()
         if not raw:
             raise UserError(f"{csv_path} line {line}: empty label; give every row a class name.")
-        group = (row.get("patient_id") or "").strip() or _dicom_patient(path)
-        examples.append(Example(str(path), normalise_label(raw), group, raw))
+        group = _first_column(row, PATIENT_COLUMNS) or _dicom_patient(path)
+        source = _first_column(row, SOURCE_COLUMNS)
+        examples.append(Example(str(path), normalise_label(raw), group, raw, source))
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise UserError(
@@ -193,6 +200,29 @@ def _from_csv(csv_path: Path) -> list[Example]:
         )
     _check_duplicates(csv_path, examples)
     return examples
+
+
+def _first_column(row: dict, names) -> str:
+    name = next((n for n in names if n in row), None)
+    return (row.get(name) or "").strip() if name else ""
+
+
+def ignored_columns(root) -> list[str]:
+    """The columns of ``root``'s CSV manifest that `discover` does not use ([] for a folder tree).
+
+    Of several patient-id (or source) spellings only the first present is used; the
+    others are ignored too.
+    """
+    root = Path(root).expanduser()
+    csv_path = root if root.is_file() else next((root / n for n in CSV_NAMES if (root / n).is_file()), None)
+    if csv_path is None:
+        return []
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle), [])
+    columns = [_column_name(c) for c in header]
+    used = {"path", "label"} | {next((n for n in names if n in columns), "")
+                                for names in (PATIENT_COLUMNS, SOURCE_COLUMNS)}
+    return [original for original, name in zip(header, columns) if name not in used]
 
 
 def _read_csv_rows(csv_path: Path) -> list[tuple[int, dict]]:
@@ -216,9 +246,8 @@ def _read_csv_rows(csv_path: Path) -> list[tuple[int, dict]]:
 
 
 def _column_name(header: str) -> str:
-    """'Patient ID', 'patient-id', 'PatientID' -> 'patient_id'; other names lower-cased."""
-    name = re.sub(r"[\s\-]+", "_", (header or "").strip().lower())
-    return "patient_id" if name == "patientid" else name
+    """'Patient ID', 'patient-id' -> 'patient_id', 'PatientID' -> 'patientid': lower case, "_" for gaps."""
+    return re.sub(r"[\s\-]+", "_", (header or "").strip().lower())
 
 
 def _check_columns(csv_path: Path, columns: list[str]) -> None:

@@ -15,7 +15,8 @@ from data.errors import UserError
 from data.manifest import Example
 
 SPLITS = ("train", "val", "test")
-_COLUMNS = ["path", "label", "group", "split"]
+_COLUMNS = ["path", "label", "group", "source", "split"]
+_OLD_COLUMNS = ["path", "label", "group", "split"]  # before sources were kept: read, source ""
 
 
 def split_by_group(
@@ -49,8 +50,8 @@ def split_by_group(
 
 
 def save_split(path, examples, splits) -> None:
-    """Write ``path,label,group,split`` rows, one per example."""
-    files.write_csv(path, _COLUMNS, ([e.path, e.label, e.group, s] for e, s in zip(examples, splits)))
+    """Write ``path,label,group,source,split`` rows, one per example."""
+    files.write_csv(path, _COLUMNS, ([e.path, e.label, e.group, e.source, s] for e, s in zip(examples, splits)))
 
 
 def load_split(path) -> tuple[list[Example], list[str]]:
@@ -64,7 +65,7 @@ def load_split(path) -> tuple[list[Example], list[str]]:
         raise UserError(f"Split file {path} does not exist; run the search to create it.")
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames != _COLUMNS:
+        if reader.fieldnames not in (_COLUMNS, _OLD_COLUMNS):
             raise UserError(
                 f"{path} has columns {reader.fieldnames}, not {','.join(_COLUMNS)}; delete it "
                 "to split again."
@@ -73,7 +74,8 @@ def load_split(path) -> tuple[list[Example], list[str]]:
     bad = sorted({row["split"] for row in rows} - set(SPLITS))
     if bad:
         raise UserError(f"{path} has unknown split names {bad}; delete it to split again.")
-    examples = [Example(row["path"], row["label"], row["group"]) for row in rows]
+    examples = [Example(row["path"], row["label"], row["group"], source=row.get("source", ""))
+                for row in rows]
     return examples, [row["split"] for row in rows]
 
 
