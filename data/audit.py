@@ -22,9 +22,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from data import files
+from data import files, sources
 from data.errors import DecodeFailure, UserError
-from data.manifest import discover
+from data.manifest import discover, ignored_columns
 from data.split import splits_of
 
 HASH_SIZE = 16  # phash of a 16x16 DCT block: 256 bits
@@ -167,6 +167,9 @@ def write_audit_csv(path, report: AuditReport) -> None:
 def audit_collection(path, split_csv=None, out="audit.csv", log=print) -> AuditReport:
     """The ``data audit`` command: audits the collection at ``path`` and writes ``out``.
 
+    After the leakage audit it prints the manifest's ignored columns and the source
+    audit (`data.sources`).
+
     Args:
         path: A folder of labelled images or a CSV manifest.
         split_csv: A run's ``split.csv``: also count groups and patients across splits.
@@ -183,6 +186,10 @@ def audit_collection(path, split_csv=None, out="audit.csv", log=print) -> AuditR
         log(line)
     write_audit_csv(out, report)
     log(f"groups: {out}")
+    if ignored_columns(path):
+        log(f"ignored manifest columns: {', '.join(ignored_columns(path))}")
+    for line in sources.summary_lines(sources.source_audit(examples)):
+        log(line)
     return report
 
 

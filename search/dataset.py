@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data import audit, cache, files, manifest, pipeline, split, synthetic
+from data import audit, cache, files, manifest, pipeline, sources, split, synthetic
 from data.errors import UserError
 from data.class_weights import class_weights
 from search.config import RunConfig
@@ -26,10 +26,13 @@ class DataFindings:
     Attributes:
         counts: Images found, used and skipped, and per split.
         audit: The leakage audit's counts for the split.
+        sources: The source audit (`data.sources`): ``audit`` (its record or None), the
+            printed ``lines`` and the manifest's ``ignored_columns``.
     """
 
     counts: dict[str, int]
     audit: dict[str, int]
+    sources: dict = dataclasses.field(default_factory=dict)
 
     def save(self, layout) -> None:
         """Writes ``data.json`` whole."""
@@ -41,7 +44,8 @@ class DataFindings:
         if not layout.findings.is_file():
             return None
         saved = files.read_json(layout.findings, "start over with --overwrite")
-        return cls(counts=dict(saved.get("counts", {})), audit=dict(saved.get("audit", {})))
+        return cls(counts=dict(saved.get("counts", {})), audit=dict(saved.get("audit", {})),
+                   sources=dict(saved.get("sources", {})))
 
 
 @dataclasses.dataclass
@@ -112,6 +116,7 @@ def prepare(config: RunConfig, progress: bool = True) -> RunData:
         saved = DataFindings.load(layout)
         found = saved.counts.get("found", len(examples)) if saved else len(examples)
         audit_counts = saved.audit if saved else {}
+        source_record = saved.sources if saved else {}
     else:
         examples = manifest.discover(data_root(config))
         decoded = cache.load_decoded(examples, config.image_size, layout.cache, progress)
@@ -121,10 +126,17 @@ def prepare(config: RunConfig, progress: bool = True) -> RunData:
         split.save_split(split_csv, decoded.examples, splits)
         audit.write_audit_csv(layout.audit, report)
         found, audit_counts = len(examples), report.counts()
-    data = _run_data(config, decoded, np.asarray(splits), found, audit_counts)
+        source_record = _source_audit(decoded.examples, manifest.ignored_columns(data_root(config)))
+    data = _run_data(config, decoded, np.asarray(splits), found, audit_counts, source_record)
     if new_split:
         data.findings.save(layout)
     return data
+
+
+def _source_audit(examples, ignored: list[str]) -> dict:
+    found = sources.source_audit(examples)
+    return {"ignored_columns": ignored, "audit": found.to_dict() if found else None,
+            "lines": sources.summary_lines(found)}
 
 
 def _check_every_class_readable(examples, decoded, skipped_csv: Path) -> None:
@@ -155,7 +167,8 @@ def _leak_free_split(config: RunConfig, decoded):
     return splits, audit.audit(examples, splits=splits, prints=prints)
 
 
-def _run_data(config: RunConfig, decoded, splits: np.ndarray, found: int, audit_counts: dict) -> RunData:
+def _run_data(config: RunConfig, decoded, splits: np.ndarray, found: int, audit_counts: dict,
+              source_record: dict) -> RunData:
     names = tuple(manifest.class_names(decoded.examples))
     if config.class_names and names != tuple(config.class_names):
         raise UserError(f"{config.layout.split} no longer matches {config.layout.config} (classes "
@@ -166,4 +179,4 @@ def _run_data(config: RunConfig, decoded, splits: np.ndarray, found: int, audit_
     counts = {"found": found, "used": len(decoded.examples), "skipped": found - len(decoded.examples)}
     counts.update({s: int((splits == s).sum()) for s in split.SPLITS})
     config = config.replace(class_names=names, class_weights=class_weights(train_labels, names))
-    return RunData(config, decoded.images, decoded.examples, splits, labels, DataFindings(counts, audit_counts))
+    return RunData(config, decoded.images, decoded.examples, splits, labels, DataFindings(counts, audit_counts, source_record))

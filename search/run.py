@@ -186,3 +186,6 @@ def _log_data(data: dataset.RunData, log: Callable[[str], None]) -> None:
     if data.findings.audit:
         log("leakage audit of the split: " + ", ".join(f"{k} {v}" for k, v in data.findings.audit.items())
             + f" (groups in {config.layout.audit})")
+    for line in ([f"ignored manifest columns: {', '.join(data.findings.sources['ignored_columns'])}"]
+                 if data.findings.sources.get("ignored_columns") else []) + data.findings.sources.get("lines", []):
+        log(line)
