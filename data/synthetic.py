@@ -45,13 +45,23 @@ _LESION_ZONES = {
 _MASK_LEVEL = 0.25  # share of an opacity's peak density that counts as lesion
 
 
-def phantom(label: str, rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+# Where the "marker" variant burns the label: a bright square in a corner per class,
+# outside the chest region (as fractions of the image: top-left row, column).
+_MARKER_CORNERS = {"COVID": (0.02, 0.02), "Normal": (0.91, 0.02), "Viral_Pneumonia": (0.91, 0.91)}
+SIGNALS = ("lesion", "marker")
+
+
+def phantom(label: str, rng: np.random.Generator, size: int = 128,
+            signal: str = "lesion") -> tuple[np.ndarray, np.ndarray]:
     """Draws one chest-X-ray-like phantom.
 
     Args:
         label: One of ``CLASS_NAMES``.
         rng: Source of all per-image variation; the same state gives the same image.
         size: Height and width in pixels.
+        signal: ``"lesion"``: the label lives only in the lung opacities (the demo data);
+            ``"marker"``: no opacities, the label is burnt into a corner marker, a
+            shortcut outside the lungs (for testing shortcut probes).
 
     Returns:
         ``(image, mask)``: a uint8 ``(size, size)`` image and a bool ``(size, size)``
@@ -63,15 +73,32 @@ def phantom(label: str, rng: np.random.Generator, size: int = 128) -> tuple[np.n
     rows, cols = _grid(size, shift, zoom, degrees)
     lungs = _lungs(rows, cols, scales=rng.uniform(0.9, 1.1, (2, 2)))
     density = _anatomy(rows, cols, lungs, rng)
-    lesion = _lesions(label, rows, cols, lungs, rng) if label != "Normal" else np.zeros_like(rows)
+    if signal not in SIGNALS:
+        raise ValueError(f"unknown signal {signal!r}; expected one of {SIGNALS}")
+    with_lesion = label != "Normal" and signal == "lesion"
+    lesion = _lesions(label, rows, cols, lungs, rng) if with_lesion else np.zeros_like(rows)
     density += 0.6 * lesion
     mask = lesion > _MASK_LEVEL
     # Uneven exposure at a coarse scale makes images differ as wholes (and to a
     # perceptual hash), fine mottling and noise make them differ in detail.
     density += (_texture(size, rng, cells=3) - 0.5) * 0.4 + _texture(size, rng, cells=16) * 0.05
     density += rng.normal(0.0, rng.uniform(0.01, 0.03), density.shape)
-    image = _expose(_collimate(density, rng), rng)
+    framed = _collimate(density, rng)
+    if signal == "marker":
+        row, col = (int(f * size) for f in _MARKER_CORNERS[label])
+        framed[row:row + max(2, size // 14), col:col + max(2, size // 14)] = 1.0
+    image = _expose(framed, rng)
     return image, mask
+
+
+def phantom_arrays(n_per_class: int, size: int = 64, seed: int = 0, signal: str = "lesion"):
+    """In-memory phantoms of every class: (uint8 images (N, size, size, 1), class indices (N,))."""
+    images, labels = [], []
+    for class_index, label in enumerate(CLASS_NAMES):
+        for i in range(n_per_class):
+            images.append(phantom(label, np.random.default_rng([seed, class_index, i]), size, signal)[0])
+            labels.append(class_index)
+    return np.stack(images)[..., None], np.array(labels)
 
 
 def _grid(size: int, shift, zoom, degrees: float) -> tuple[np.ndarray, np.ndarray]:

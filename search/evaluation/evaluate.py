@@ -18,7 +18,7 @@ from data import cache, files, manifest
 from data.errors import UserError
 from search import dataset
 from search.hparams import searched_values
-from search.evaluation import gradcam, report
+from search.evaluation import gradcam, probe, report, shortcuts
 from search.config import RunConfig
 from search.evaluation.metrics import classification_metrics, roc_curves
 from search.lock import run_lock
@@ -47,7 +47,7 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
 def _evaluate(config: RunConfig, data, out, layer, log) -> dict:
     winner = config.layout.best_winner()
     model = keras.saving.load_model(winner / WINNER_MODEL)
-    images, labels, paths = _test_split(config) if data is None else _external(config, data, log)
+    images, labels, paths, sources = _test_split(config) if data is None else _external(config, data, log)
     out = Path(out or _default_out(config, data))
     probs = model.predict(images, batch_size=config.batch_size, verbose=0)
     metrics = classification_metrics(labels, probs, config.class_names)
@@ -61,9 +61,15 @@ def _evaluate(config: RunConfig, data, out, layer, log) -> dict:
     explainer = gradcam.gradcam_model(model, layer or gradcam.default_layer(model))
     pages = gradcam.write_galleries(explainer, np.asarray(images), labels, probs, config.class_names, out / "gradcam")
     sections = {"Grad-CAM galleries": _gallery_index(pages, out),
+                "Shortcut checks": _shortcut_checks(config, model, explainer, (images, labels, probs, sources),
+                                                    out, data is None, log),
                 "Model": _model_section(winner)}
-    report.write_report_md(out / "report.md", metrics, pictures, f"Evaluation of {winner.name}", sections)
+    verdict = shortcuts.verdict_block(out, metrics) if data is None else ""
+    report.write_report_md(out / "report.md", metrics, pictures, f"Evaluation of {winner.name}", sections,
+                           verdict=verdict)
     files.write_json(out / config.layout.metrics.name, metrics)
+    if out.parent == config.layout.report:
+        shortcuts.refresh_verdict(out.parent)  # fold this external set into the run's report
     log(f"accuracy {metrics['accuracy']['value']:.3f}, macro F1 {metrics['macro_f1']['value']:.3f} "
         f"on {metrics['n']} images; report: {out / 'report.md'}")
     return metrics
@@ -77,7 +83,8 @@ def _test_split(config: RunConfig):
     # config.json always saves overwrite=False, so this reads the split the search saved.
     run_data = dataset.prepare(config, progress=False)
     rows = run_data.indices("test")
-    return run_data.images[rows], run_data.labels[rows], [run_data.examples[i].path for i in rows]
+    return (run_data.images[rows], run_data.labels[rows], [run_data.examples[i].path for i in rows],
+            [run_data.examples[i].source for i in rows])
 
 
 def _external(config: RunConfig, data: str, log):
@@ -92,7 +99,36 @@ def _external(config: RunConfig, data: str, log):
     for skipped in decoded.skipped:
         log(f"skipped {skipped.path}: {skipped.reason}")
     labels = np.array([config.class_names.index(e.label) for e in decoded.examples])
-    return decoded.images, labels, [e.path for e in decoded.examples]
+    return (decoded.images, labels, [e.path for e in decoded.examples],
+            [e.source for e in decoded.examples])
+
+
+def _shortcut_checks(config: RunConfig, model, explainer, scored, out: Path, test_split: bool, log) -> str:
+    """Writes shortcuts.json (per source; on the test split also the probe and Grad-CAM energy)."""
+    images, labels, probs, sources = scored
+    images = np.asarray(images)
+    record = {"per_source": shortcuts.per_source(labels, probs, sources, config.class_names)}
+    if test_split:
+        run_data = dataset.prepare(config, progress=False)
+        train = run_data.indices("train")
+        record["probe"] = probe.chest_hidden_probe(model, run_data.images[train], run_data.labels[train],
+                                                   images, labels, config.class_names, seed=config.seed)
+        shares = shortcuts.energy_shares(explainer, images, probs.argmax(axis=1))
+        record["energy"] = shortcuts.energy_summary(shares, labels, config.class_names)
+        record["least_inside_gallery"] = str(shortcuts.least_inside_gallery(
+            explainer, images, labels, probs, shares, config.class_names, out / "gradcam" / "least-in-chest.png"))
+        record["source_warnings"] = _source_warnings(config)
+        head = record["probe"]["fresh_head_chest_hidden"]
+        log(f"chest-hidden probe: fresh head accuracy {head['accuracy']['value']:.3f} (chance "
+            f"{head['chance']:.3f}); Grad-CAM energy in the chest {record['energy']['all']['mean']:.3f}")
+    shortcuts.write_shortcuts(out / shortcuts.SHORTCUTS_FILE, record)
+    return shortcuts.checks_section(record, out)
+
+
+def _source_warnings(config: RunConfig) -> list[str]:
+    findings = dataset.DataFindings.load(config.layout)
+    audit = findings.sources.get("audit") if findings else None
+    return audit["warnings"] if audit else []
 
 
 def _write_predictions(path: Path, paths, labels, probs, class_names) -> None:

@@ -117,7 +117,7 @@ def _save(fig, path):
 
 
 def write_report_md(
-    path, metrics: dict, images: dict, title: str, extra_sections: dict | None = None
+    path, metrics: dict, images: dict, title: str, extra_sections: dict | None = None, verdict: str = ""
 ) -> Path:
     """Write report.md: headline figures with CIs, per-class table, the pictures.
 
@@ -129,6 +129,7 @@ def write_report_md(
         title: the report's top heading.
         extra_sections: ``{heading: markdown body}`` appended at the end
             (e.g. the run's hyperparameters or a Grad-CAM gallery index).
+        verdict: markdown shown right under the title (see `search.evaluation.shortcuts`).
 
     Returns:
         The path written.
@@ -136,6 +137,7 @@ def write_report_md(
     path = Path(path)
     parts = [
         f"# {title}",
+        *([verdict] if verdict else []),
         f"{metrics['n']} test cases; classes: {', '.join(metrics['class_names'])}.",
         "## Headline figures",
         _headline_table(metrics),

@@ -1,0 +1,235 @@
+"""Shortcut evidence for the report: Grad-CAM energy in the chest, per-source figures,
+external sets beside the test split, and the verdict block that opens report.md.
+
+The verdict is rebuilt from the files in the report folder (``metrics.json``,
+``shortcuts.json``, ``external-*/metrics.json``), so an ``evaluate --data`` run later
+folds its set into the same report.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from data import files
+from search.evaluation import gradcam
+from search.evaluation.metrics import classification_metrics
+from search.evaluation.probe import CHEST_BOX, chest_area, chest_mask
+from search.layout import SPLIT_STAMP
+
+SHORTCUTS_FILE = "shortcuts.json"
+VERDICT_START, VERDICT_END = "<!-- verdict -->", "<!-- /verdict -->"
+ABOVE_CHANCE = 0.10  # chest-hidden accuracy this far above chance (CI's lower end) is a warning
+EXTERNAL_DROP = 0.05  # macro-F1 this much lower on an external set is a warning
+_BATCH = 32
+
+
+def energy_shares(explainer: keras.Model, images: np.ndarray, class_index=None) -> np.ndarray:
+    """Per image, the share of its Grad-CAM heatmap (upsampled to the image) inside `CHEST_BOX`.
+
+    NaN for an image whose heatmap is all zero. ``class_index`` as in `gradcam.heatmaps`.
+    """
+    size = images.shape[1:3]
+    mask = chest_mask(*size)
+    shares = []
+    for start in range(0, len(images), _BATCH):
+        chosen = None if class_index is None else np.asarray(class_index)[start:start + _BATCH]
+        maps = gradcam.heatmaps(explainer, images[start:start + _BATCH], chosen)
+        maps = tf.image.resize(maps[..., None], size, method="bilinear").numpy()[..., 0]
+        total = maps.sum(axis=(1, 2))
+        inside = (maps * mask).sum(axis=(1, 2))
+        shares.append(np.divide(inside, total, out=np.full_like(total, np.nan), where=total > 0))
+    return np.concatenate(shares)
+
+
+def energy_summary(shares: np.ndarray, labels, class_names) -> dict:
+    """Mean, standard deviation and quartiles of the chest share per true class and overall."""
+    def stats(values):
+        values = values[np.isfinite(values)]
+        if not len(values):
+            return {"n": 0, "mean": None}
+        q1, median, q3 = np.percentile(values, [25, 50, 75])
+        return {"n": int(len(values)), "mean": float(values.mean()), "std": float(values.std()),
+                "q1": float(q1), "median": float(median), "q3": float(q3)}
+
+    labels = np.asarray(labels)
+    per_class = {name: stats(shares[labels == i]) for i, name in enumerate(class_names)}
+    return {"per_class": per_class, "all": stats(shares), "uniform_reference": chest_area()}
+
+
+def least_inside_gallery(explainer, images, labels, probs, shares, class_names, path, count: int = 12):
+    """A page of the test images with the least Grad-CAM energy in the chest box (box drawn)."""
+    order = np.argsort(np.where(np.isfinite(shares), shares, np.inf), kind="stable")[:count]
+    if not len(order):
+        return None
+    predicted = probs.argmax(axis=1)
+    maps = gradcam.heatmaps(explainer, images[order], predicted[order])
+    columns = min(4, len(order))
+    rows = -(-len(order) // columns)
+    figure = Figure(figsize=(2.4 * columns, 2.7 * rows + 0.4), layout="constrained")
+    figure.suptitle("Least Grad-CAM energy inside the chest box (dashed)")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    size = images.shape[1]
+    top, bottom, left, right = (f * size for f in CHEST_BOX)
+    for ax, row, heatmap in zip(axes, order, maps):
+        ax.imshow(gradcam.overlay(images[row], heatmap))
+        ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, color="white",
+                               linestyle="--", linewidth=1))
+        ax.set_title(f"true {class_names[labels[row]]}\npred {class_names[predicted[row]]} "
+                     f"in box {shares[row]:.2f}", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def per_source(labels, probs, sources, class_names) -> dict:
+    """Accuracy, macro-F1 and COVID sensitivity (with CIs) per source; {} without sources."""
+    sources = np.asarray(sources)
+    if not sources.size or not any(sources):
+        return {}
+    figures = {}
+    for name in sorted(set(sources.tolist())):
+        rows = sources == name
+        metrics = classification_metrics(np.asarray(labels)[rows], probs[rows], class_names)
+        figures[name or "(none)"] = {"n": metrics["n"], "accuracy": metrics["accuracy"],
+                                     "macro_f1": metrics["macro_f1"],
+                                     "covid_sensitivity": metrics["covid_sensitivity"]}
+    return figures
+
+
+def verdict_block(report_dir, test_metrics: dict | None = None) -> str:
+    """Markdown of the verdict, from the files in ``report_dir`` (see module docstring).
+
+    ``test_metrics``: the test split's figures when its ``metrics.json`` is not written yet.
+    External sets evaluated on another split than the test figures' are left out.
+    """
+    report_dir = Path(report_dir)
+    test = test_metrics or _read(report_dir / "metrics.json")
+    found = _read(report_dir / SHORTCUTS_FILE) or {}
+    if test is None:
+        return ""
+    sets = [("test split (same sources)", test)]
+    for path in sorted(report_dir.glob("external-*/metrics.json")):
+        external = _read(path)
+        if external.get(SPLIT_STAMP) == test.get(SPLIT_STAMP):
+            sets.append((path.parent.name.removeprefix("external-"), external))
+    lines = ["## Verdict", _figures_table(sets)]
+    probe = found.get("probe")
+    if probe:
+        lines += ["", _probe_table(probe)]
+    energy = found.get("energy")
+    if energy and energy["all"]["mean"] is not None:
+        per_class = ", ".join(f"{name} {row['mean']:.2f}" for name, row in energy["per_class"].items()
+                              if row["mean"] is not None)
+        lines += ["", f"Grad-CAM energy inside the chest box: {energy['all']['mean']:.2f} on average "
+                      f"(per class: {per_class}; a heatmap spread evenly would give "
+                      f"{energy['uniform_reference']:.2f})."]
+    warnings = _warnings(sets, probe, energy, found.get("source_warnings", []))
+    lines += [""] + ([f"- **Warning:** {w}" for w in warnings] if warnings else
+                     ["No sign of shortcuts in these figures (which cannot rule them out)."])
+    return "\n".join([VERDICT_START, *lines, VERDICT_END])
+
+
+def refresh_verdict(report_dir) -> None:
+    """Rewrites the verdict block of ``report_dir/report.md`` in place, if the report exists."""
+    path = Path(report_dir) / "report.md"
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    if VERDICT_START in text and VERDICT_END in text:
+        before, rest = text.split(VERDICT_START, 1)
+        text = before + verdict_block(report_dir) + rest.split(VERDICT_END, 1)[1]
+        files.write_text(path, text)
+
+
+def _figures_table(sets) -> str:
+    lines = ["| Set | n | Accuracy [95% CI] | Macro F1 [95% CI] | COVID sensitivity | COVID specificity |",
+             "|---|---|---|---|---|---|"]
+    for name, metrics in sets:
+        lines.append(f"| {name} | {metrics['n']} | {_ci(metrics['accuracy'])} | {_ci(metrics['macro_f1'])} "
+                     f"| {_ci(metrics['covid_sensitivity'])} | {_ci(metrics['covid_specificity'])} |")
+    return "\n".join(lines)
+
+
+def _probe_table(probe) -> str:
+    rows = [("Model, chest hidden", "winner_chest_hidden"), ("Model, only the chest kept", "winner_chest_only"),
+            ("Fresh head on chest-hidden features", "fresh_head_chest_hidden")]
+    lines = ["| Chest-hidden probe (test split) | Accuracy [95% CI] | Chance |", "|---|---|---|"]
+    lines += [f"| {label} | {_ci(probe[key]['accuracy'])} | {probe[key]['chance']:.3f} |" for label, key in rows]
+    box = probe["chest_box"]
+    lines.append(f"\nChest box: rows {box['top']:.0%}-{box['bottom']:.0%}, columns {box['left']:.0%}-"
+                 f"{box['right']:.0%} of the image, hidden by the mean of the rest.")
+    return "\n".join(lines)
+
+
+def _warnings(sets, probe, energy, source_warnings) -> list[str]:
+    found = [w.removeprefix("WARNING: ") for w in source_warnings]
+    if probe:
+        head = probe["fresh_head_chest_hidden"]
+        low = (head["accuracy"]["ci95"] or [head["accuracy"]["value"]])[0]
+        if low - head["chance"] >= ABOVE_CHANCE:
+            found.append(f"with the lungs hidden, a fresh head still scores accuracy {head['accuracy']['value']:.3f} "
+                         f"(chance {head['chance']:.3f}): the images carry their label outside the chest, so "
+                         "part of the test score can come from markers, borders or the source's look.")
+    if energy and energy["all"]["mean"] is not None and energy["all"]["mean"] < energy["uniform_reference"]:
+        found.append(f"the model's Grad-CAM energy inside the chest ({energy['all']['mean']:.2f}) is below "
+                     f"what an even spread gives ({energy['uniform_reference']:.2f}): it looks outside the lungs.")
+    test_f1 = sets[0][1]["macro_f1"]["value"]
+    for name, metrics in sets[1:]:
+        f1 = metrics["macro_f1"]["value"]
+        if test_f1 is not None and f1 is not None and test_f1 - f1 >= EXTERNAL_DROP:
+            found.append(f"macro-F1 drops from {test_f1:.3f} on the test split to {f1:.3f} on {name}: "
+                         "the test figures overstate what to expect on other sources.")
+    return found
+
+
+def _ci(figure) -> str:
+    if not figure or figure.get("value") is None:
+        return "n/a"
+    ci = figure.get("ci95")
+    return f"{figure['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _read(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_shortcuts(path, record: dict) -> Path:
+    """Writes the shortcut evidence as JSON, whole."""
+    files.write_json(path, record)
+    return Path(path)
+
+
+def checks_section(record: dict, out) -> str:
+    """The report's "Shortcut checks" section: per-source figures, Grad-CAM energy per class, gallery."""
+    parts = []
+    if record.get("per_source"):
+        lines = ["Per source:", "", "| Source | n | Accuracy [95% CI] | Macro F1 [95% CI] | COVID sensitivity |",
+                 "|---|---|---|---|---|"]
+        lines += [f"| {name} | {row['n']} | {_ci(row['accuracy'])} | {_ci(row['macro_f1'])} "
+                  f"| {_ci(row['covid_sensitivity'])} |" for name, row in record["per_source"].items()]
+        parts.append("\n".join(lines))
+    else:
+        parts.append("No source column in the manifest: no per-source figures.")
+    energy = record.get("energy")
+    if energy:
+        lines = ["Share of Grad-CAM energy (predicted class) inside the chest box, by true class:", "",
+                 "| Class | n | Mean | SD | Median [IQR] |", "|---|---|---|---|---|"]
+        for name, row in energy["per_class"].items():
+            if row["mean"] is not None:
+                lines.append(f"| {name} | {row['n']} | {row['mean']:.3f} | {row['std']:.3f} "
+                             f"| {row['median']:.3f} [{row['q1']:.3f}, {row['q3']:.3f}] |")
+        parts.append("\n".join(lines))
+    if record.get("least_inside_gallery") not in (None, "None"):
+        link = Path(record["least_inside_gallery"]).relative_to(Path(out)).as_posix()
+        parts.append(f"[Test images with the least energy inside the chest box]({link})")
+    return "\n\n".join(parts)
