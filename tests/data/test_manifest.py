@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from data.errors import UserError
-from data.manifest import class_mapping, class_names, discover, normalise_label
+from data.manifest import class_mapping, class_names, discover, ignored_columns, normalise_label
 
 
 def _touch(root: Path, *relative: str) -> None:
@@ -158,3 +158,21 @@ def test_a_data_file_that_is_not_a_csv_or_not_utf8_is_a_user_error(tmp_path):
     (tmp_path / "labels.csv").write_bytes("path,label\na.png,Pneumonie \xe9\n".encode("latin-1"))
     with pytest.raises(UserError, match="not a readable UTF-8 CSV"):
         discover(tmp_path / "labels.csv")
+
+
+@pytest.mark.parametrize("patient", ["patient_id", "PatientID", "subject_id", "patient"])
+@pytest.mark.parametrize("source", ["source", "Site", "hospital", "dataset"])
+def test_csv_patient_and_source_spellings_are_read(tmp_path, patient, source):
+    _touch(tmp_path, "a.png", "b.png")
+    (tmp_path / "manifest.csv").write_text(f"path,label,{patient},{source}\na.png,COVID,p1,H1\nb.png,Normal,p2,H2\n")
+    assert [(e.group, e.source) for e in discover(tmp_path)] == [("p1", "H1"), ("p2", "H2")]
+    assert ignored_columns(tmp_path) == []
+
+
+def test_unknown_csv_columns_are_listed_as_ignored(tmp_path):
+    _touch(tmp_path, "a.png", "b.png")
+    (tmp_path / "manifest.csv").write_text(
+        "path,label,patient_id,subject_id,view,source\na.png,COVID,p1,s1,PA,H1\nb.png,Normal,p2,s2,AP,H2\n")
+    assert [e.group for e in discover(tmp_path)] == ["p1", "p2"]  # the first patient spelling wins
+    assert ignored_columns(tmp_path) == ["subject_id", "view"]
+    assert ignored_columns(tmp_path / "manifest.csv") == ["subject_id", "view"]

@@ -67,3 +67,12 @@ def test_save_and_load_round_trip(tmp_path):
     (tmp_path / "bad.csv").write_text("path,label\n/d/a.png,COVID\n")
     with pytest.raises(UserError, match="delete it"):
         load_split(tmp_path / "bad.csv")
+
+
+def test_split_csv_keeps_the_source_and_reads_files_written_before_it(tmp_path):
+    examples = [Example("/d/a.png", "COVID", "p1", source="H1"), Example("/d/b.png", "Normal", "", source="")]
+    save_split(tmp_path / "split.csv", examples, ["train", "test"])
+    loaded, _ = load_split(tmp_path / "split.csv")
+    assert [e.source for e in loaded] == ["H1", ""]
+    (tmp_path / "old.csv").write_text("path,label,group,split\n/d/a.png,COVID,p1,train\n")
+    assert load_split(tmp_path / "old.csv")[0][0].source == ""
