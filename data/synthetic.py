@@ -45,9 +45,9 @@ _LESION_ZONES = {
 _MASK_LEVEL = 0.25  # share of an opacity's peak density that counts as lesion
 
 
-# Where the "marker" variant burns the label: a bright square in a corner per class,
-# outside the chest region (as fractions of the image: top-left row, column).
-_MARKER_CORNERS = {"COVID": (0.02, 0.02), "Normal": (0.91, 0.02), "Viral_Pneumonia": (0.91, 0.91)}
+# The "marker" variant burns the label into a bright patterned square in a random corner,
+# outside the chest region, like a hospital's text marker: the pattern names the class.
+_MARKER_PATTERNS = {"COVID": "vertical", "Normal": "horizontal", "Viral_Pneumonia": "checker"}
 SIGNALS = ("lesion", "marker")
 
 
@@ -85,10 +85,19 @@ def phantom(label: str, rng: np.random.Generator, size: int = 128,
     density += rng.normal(0.0, rng.uniform(0.01, 0.03), density.shape)
     framed = _collimate(density, rng)
     if signal == "marker":
-        row, col = (int(f * size) for f in _MARKER_CORNERS[label])
-        framed[row:row + max(2, size // 14), col:col + max(2, size // 14)] = 1.0
+        _burn_marker(framed, _MARKER_PATTERNS[label], rng)
     image = _expose(framed, rng)
     return image, mask
+
+
+def _burn_marker(density: np.ndarray, pattern: str, rng) -> None:
+    """A square of bright 2-pixel stripes or checks (side 1/8 of the image) in a random corner."""
+    size = density.shape[0]
+    side, gap = max(4, size // 8), max(1, size // 64)
+    row, col = (int(gap + rng.integers(2) * (size - side - 2 * gap)) for _ in range(2))
+    r, c = np.mgrid[:side, :side] // 2
+    bright = {"vertical": c % 2 == 0, "horizontal": r % 2 == 0, "checker": (r + c) % 2 == 0}[pattern]
+    density[row:row + side, col:col + side] = np.where(bright, 1.0, -0.1)
 
 
 def phantom_arrays(n_per_class: int, size: int = 64, seed: int = 0, signal: str = "lesion"):
