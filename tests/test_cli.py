@@ -40,6 +40,7 @@ def test_search_prints_best_trial_and_tensorboard_command(tmp_path, demo_data):
     assert "best trial" in result.output and "val_weighted_loss" in result.output
     assert f"tensorboard --logdir {run_dir / 'tensorboard'}" in result.output
     assert "class 0 = COVID" in result.output
+    assert "Source audit: no source column" in result.output
 
 
 def test_search_no_augment_reaches_the_retrain_it_runs(tmp_path, demo_data, monkeypatch):

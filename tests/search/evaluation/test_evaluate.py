@@ -73,3 +73,22 @@ def test_external_set_with_an_unknown_class_is_a_user_error(retrained_run, demo_
         shutil.copy(next((demo_data / "COVID").glob("*.png")), external / name / "a.png")
     with pytest.raises(UserError, match="Tuberculosis"):
         evaluate(load_config(retrained_run), data=str(external), out=tmp_path / "out", log=lambda line: None)
+
+
+def test_report_opens_with_the_verdict_and_folds_in_an_external_set(evaluated_run, demo_data, tmp_path):
+    report_dir = evaluated_run / "report"
+    found = json.loads((report_dir / "shortcuts.json").read_text())
+    assert {"winner_chest_hidden", "winner_chest_only", "fresh_head_chest_hidden"} <= set(found["probe"])
+    assert set(found["energy"]["per_class"]) == {"COVID", "Normal", "Viral_Pneumonia"}
+    assert (report_dir / "gradcam" / "least-in-chest.png").read_bytes().startswith(PNG_SIGNATURE)
+    text = (report_dir / "report.md").read_text()
+    assert text.split("\n\n")[1].startswith("<!-- verdict -->\n## Verdict")
+    assert "Fresh head on chest-hidden features" in text and "Grad-CAM energy inside the chest box" in text
+    external = tmp_path / "hospital_c"
+    for name in ("COVID", "Normal"):
+        (external / name).mkdir(parents=True)
+        for image in sorted((demo_data / name).glob("*.png"))[:3]:
+            shutil.copy(image, external / name / image.name)
+    evaluate(load_config(evaluated_run), data=str(external), log=lambda line: None)
+    verdict = (report_dir / "report.md").read_text().split("<!-- /verdict -->")[0]
+    assert "| test split (same sources) |" in verdict and "| hospital_c | 6 |" in verdict
