@@ -87,6 +87,11 @@ def search_options(function):
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Same seed, same split and same trial sequence."),
         click.option("--overwrite", is_flag=True, help="Start over instead of resuming."),
+        click.option("--cache-dtype", type=click.Choice(["float32", "float16"]), default="float32",
+                     show_default=True,
+                     help="Activation cache on disk: float32 is exact, float16 takes half the space."),
+        click.option("--cache-budget", "cache_budget_gb", type=click.FloatRange(0), default=None, metavar="GB",
+                     help="Most GB of cached activations; deeper unfreeze depths beyond it train on images."),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), function)
 

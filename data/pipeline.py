@@ -47,10 +47,13 @@ def make_dataset(
     weights = np.ones(count) if sample_weights is None else np.asarray(sample_weights)
     weights = tf.constant(weights.astype(np.float32))
     image_shape, dtype = tuple(images.shape[1:]), tf.as_dtype(images.dtype)
+    if dtype == tf.float16:
+        dtype = tf.float32  # a float16 activation cache is widened per batch: trials compute in float32
     rows = np.arange(count) if rows is None else np.asarray(rows, dtype=np.int64)
 
     def load(indices):
-        batch = tf.numpy_function(lambda i: images[rows[i]], [indices], dtype, stateful=False)
+        batch = tf.numpy_function(lambda i: np.asarray(images[rows[i]], dtype=dtype.as_numpy_dtype), [indices],
+                                  dtype, stateful=False)
         batch.set_shape((None, *image_shape))
         one_hot = tf.one_hot(tf.gather(labels, indices), num_classes, dtype=tf.float32)
         return batch, one_hot, tf.gather(weights, indices)

@@ -65,20 +65,26 @@ class ActivationClassifier(keras_tuner.HyperModel):
         templates: Gives the :func:`frozen_image_model` of a backbone, built once
             (e.g. the one the activation cache extracted with); by default built
             here on first use.
+        cached: ``(backbone, depth) -> bool``: whether that depth's activations are
+            cached; the others build and train the whole image model on images (a
+            cache size budget leaves the deeper cuts out). By default every depth.
     """
 
     def __init__(self, classifier: XrayClassifier, datasets: DatasetsFor,
-                 templates: Callable[[str], keras.Model] | None = None, **kwargs):
+                 templates: Callable[[str], keras.Model] | None = None,
+                 cached: Callable[[str, int], bool] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.classifier = classifier
         self.datasets = datasets
+        self.cached = cached
         self._templates = templates or functools.cache(functools.partial(frozen_image_model, classifier))
 
     def frozen_depth(self, hp: keras_tuner.HyperParameters) -> int | None:
         """The unfreeze depth of ``hp``'s backbone, or None when nothing of it is frozen."""
         if not is_cacheable(hp.values["backbone"], self.classifier.weights):
             return None
-        return hp.values.get("unfreeze_depth", 0)
+        depth = hp.values.get("unfreeze_depth", 0)
+        return None if self.cached and not self.cached(hp.values["backbone"], depth) else depth
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         name = self.classifier.backbone(hp)
@@ -86,6 +92,8 @@ class ActivationClassifier(keras_tuner.HyperModel):
             return self.classifier.build(hp)
         spec = get_backbone(name)
         depth = self.classifier.unfreeze_depth(hp, spec)
+        if self.cached and not self.cached(name, depth):
+            return self.classifier.build(hp)
         seed = head_seed()  # first, as in the image model: the same head for the same seed
         template = self._templates(name)  # never trained: trials train copies of its blocks
         cut = cut_layer(spec, depth)

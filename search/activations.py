@@ -2,7 +2,9 @@
 
 Layout: ``RUN_DIR/cache/activations/<backbone>-<size>px-w<weights>-i<images>/`` holds one
 raw float32 array per cut layer (``<cut>.f32``, one row per image of the decoded cache)
-and its ``<cut>.json`` (shape, dtype and the key). ``<weights>`` is the start of the
+and its ``<cut>.json`` (shape, dtype and the key); with ``dtype="float16"`` the entry's
+folder ends in ``-f16`` and its arrays are ``<cut>.f16`` (half the disk, see
+:mod:`search.cache_plan`). ``<weights>`` is the start of the
 sha256 of the weights file (``none`` for random weights), ``<images>`` the start of the
 sha256 of the decoded pixels: other weights, another size or other images are another
 entry, and a cut is its own file. An array is written whole under a temporary name and
@@ -24,12 +26,15 @@ import numpy as np
 from tqdm import tqdm
 
 from data import files, pipeline
+from data.errors import UserError
 from hypermodels.cutting import ActivationClassifier, cut_layer, frozen_image_model, frozen_model, is_cacheable
 from hypermodels.classifier import POOLED, XrayClassifier
 from hypermodels.registry import get_backbone
 from hypermodels.weights import keras_cache_dir, resolve_weights
 
+CACHE_DTYPES = ("float32", "float16")
 _BATCH = 64
+_SUFFIX = {"float32": "f32", "float16": "f16"}
 
 
 class ActivationCache:
@@ -40,14 +45,20 @@ class ActivationCache:
         images: The run's decoded uint8 images ``(N, S, S, 1)``, usually the memmap.
         folder: Where entries live, normally ``RUN_DIR/cache/activations``.
         progress: Show a progress bar (counts and rate) while extracting.
+        dtype: ``"float32"`` (exact) or ``"float16"`` (half the disk); trials read float32.
+        depths: Per backbone, how many unfreeze depths (0, 1, ...) are cached; the
+            others train on images (a size budget, :func:`search.cache_plan.cached_depths`).
+            None: every depth.
     """
 
     def __init__(self, classifier: XrayClassifier, images: np.ndarray, folder: str | Path,
-                 progress: bool = True):
+                 progress: bool = True, dtype: str = "float32", depths: dict[str, int] | None = None):
         self.classifier = classifier
         self.images = images
         self.folder = Path(folder)
         self.progress = progress
+        self.dtype = dtype
+        self.depths = depths
         self._images_id = None
         self._keys = {}  # hashing is not free: once per backbone and run
         self._models = {}
@@ -65,18 +76,31 @@ class ActivationCache:
     def entry(self, backbone: str) -> Path:
         """The folder of ``backbone``'s activations for these weights, size and images."""
         key = self.key(backbone)
+        suffix = "" if self.dtype == "float32" else f"-{_SUFFIX[self.dtype]}"
         return self.folder / (f"{backbone}-{key['image_size']}px-w{key['weights'][:16]}"
-                              f"-i{key['images'][:16]}")
+                              f"-i{key['images'][:16]}{suffix}")
+
+    def is_cached(self, backbone: str, depth: int) -> bool:
+        """Whether trials of ``backbone`` at ``depth`` train on cached activations (else on images)."""
+        return is_cacheable(backbone, self.classifier.weights) and (
+            self.depths is None or depth < self.depths.get(backbone, 0))
+
+    def cached_cuts(self, backbone: str) -> list[str]:
+        """The cut layers of ``backbone`` this cache holds, depth 0 first."""
+        spec = get_backbone(backbone)
+        return [cut_layer(spec, d) for d in range(len(spec.unfreeze_points) + 1) if self.is_cached(backbone, d)]
 
     def activations(self, backbone: str, depth: int) -> np.ndarray:
-        """Read-only float32 activations at the freeze boundary of ``depth``, one row per image.
+        """Read-only activations (of the cache's dtype) at the freeze boundary of ``depth``, a row per image.
 
         Computes (and caches) every cut of the backbone that is still missing, in
         one pass, when the requested one is missing.
         """
         spec = get_backbone(backbone)
         entry = self.entry(backbone)
-        cuts = [cut_layer(spec, d) for d in range(len(spec.unfreeze_points) + 1)]
+        cuts = self.cached_cuts(backbone)
+        if cut_layer(spec, depth) not in cuts:
+            raise ValueError(f"{backbone} at unfreeze depth {depth} is not cached: it trains on images")
         if _read(entry, cut_layer(spec, depth)) is None:
             self._extract(backbone, entry, [c for c in cuts if _read(entry, c) is None])
         return _read(entry, cut_layer(spec, depth))
@@ -91,7 +115,8 @@ class ActivationCache:
             if is_cacheable(backbone, self.classifier.weights):
                 # The first call extracts every missing cut in one pass; the rest read.
                 for depth in range(len(get_backbone(backbone).unfreeze_points) + 1):
-                    self.activations(backbone, depth)
+                    if self.is_cached(backbone, depth):
+                        self.activations(backbone, depth)
 
     def image_model(self, backbone: str):
         """The :func:`frozen_image_model` of ``backbone``, built once; the trials' template too."""
@@ -110,7 +135,7 @@ class ActivationCache:
         inputs = self.images if source is None else _read(entry, source)
         segment = frozen_model(model, source, missing)
         _write_outputs(segment, inputs, entry, missing, self.key(backbone),
-                       self.progress and f"activations {backbone} from {source or 'images'}")
+                       self.progress and f"activations {backbone} from {source or 'images'}", self.dtype)
 
 
 def weights_identity(backbone: str, weights: str, size: int) -> str:
@@ -135,28 +160,33 @@ def _read(entry: Path, cut: str) -> np.ndarray | None:
     meta = entry / f"{cut}.json"
     if not meta.is_file():
         return None
-    shape = tuple(json.loads(meta.read_text())["shape"])
-    return np.memmap(entry / f"{cut}.f32", dtype=np.float32, mode="r", shape=shape)
+    info = json.loads(meta.read_text())
+    dtype = info.get("dtype", "float32")
+    return np.memmap(entry / f"{cut}.{_SUFFIX[dtype]}", dtype=dtype, mode="r", shape=tuple(info["shape"]))
 
 
-def _write_outputs(segment, inputs, entry: Path, cuts: list[str], key: dict, label) -> None:
+def _write_outputs(segment, inputs, entry: Path, cuts: list[str], key: dict, label,
+                   dtype: str = "float32") -> None:
     entry.mkdir(parents=True, exist_ok=True)
     count = len(inputs)
     shapes = [(count, *output.shape[1:]) for output in segment.outputs]
-    parts = [entry / f"{cut}.f32.partial" for cut in cuts]
-    arrays = [np.memmap(p, dtype=np.float32, mode="w+", shape=s) for p, s in zip(parts, shapes)]
+    parts = [entry / f"{cut}.{_SUFFIX[dtype]}.partial" for cut in cuts]
+    arrays = [np.memmap(p, dtype=dtype, mode="w+", shape=s) for p, s in zip(parts, shapes)]
     bar = tqdm(total=count, unit="img", desc=label or "", disable=not label, mininterval=1.0)
     try:
         for start in range(0, count, _BATCH):
             outputs = segment.predict_on_batch(np.asarray(inputs[start:start + _BATCH]))
             for array, output in zip(arrays, outputs if isinstance(outputs, list) else [outputs]):
                 array[start:start + _BATCH] = output
+                if dtype != "float32" and not np.isfinite(array[start:start + _BATCH]).all():
+                    raise UserError(f"Activations of {entry.name} overflow {dtype}; "
+                                    "run with --cache-dtype float32.")
             bar.update(min(_BATCH, count - start))
         for array, part, cut, shape in zip(arrays, parts, cuts, shapes):
             array.flush()
-            os.replace(part, entry / f"{cut}.f32")
+            os.replace(part, entry / f"{cut}.{_SUFFIX[dtype]}")
             (entry / f"{cut}.json").write_text(json.dumps({**key, "cut": cut, "shape": shape,
-                                                           "dtype": "float32"}, indent=2) + "\n")
+                                                           "dtype": dtype}, indent=2) + "\n")
     finally:
         bar.close()
         for part in parts:

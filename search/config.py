@@ -35,6 +35,9 @@ class RunConfig:
         seed: Seeds the split, the tuner's sampling and the weight initialisation.
         fractions: Train, validation and test shares of the split.
         overwrite: Start over instead of resuming.
+        cache_dtype: ``"float32"`` (exact) or ``"float16"`` (half the disk) activation cache.
+        cache_budget_gb: Most GB (decimal) of activations to cache; deeper unfreeze
+            depths beyond it train on images. None: no limit.
         class_names: Filled by the data stage: sorted class names.
         class_weights: Filled by the data stage: ``compute_class_weight("balanced")``.
 
@@ -55,6 +58,8 @@ class RunConfig:
     seed: int = 0
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     overwrite: bool = False
+    cache_dtype: str = "float32"
+    cache_budget_gb: float | None = None
     class_names: tuple[str, ...] = ()
     class_weights: dict[str, float] = dataclasses.field(default_factory=dict)
 
