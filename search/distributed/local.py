@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from data.errors import UserError
+from search.distributed import pinning
 from search.layout import RunLayout
 
 """Under the run directory: one log per local worker (its trial lines and errors)."""
@@ -85,6 +86,9 @@ def local_workers(run_dir: Path, count: int, log: Callable[[str], None],
     logs = layout.worker_logs
     logs.mkdir(parents=True, exist_ok=True)
     processes, done = {}, False
+    gpus = pinning.visible_gpus()
+    if gpus:
+        pinning.share_gpus_with_workers()
     try:
         for i in range(count):
             name = layout.worker_log(i + 1).stem
@@ -92,9 +96,13 @@ def local_workers(run_dir: Path, count: int, log: Callable[[str], None],
                        "--worker-id", name, "--threads", str(threads)]
             if strategy not in (None, "none"):
                 command += ["--strategy", strategy]
+            env = pinning.worker_environment(i, count, gpus, os.environ, strategy)
             with open(layout.worker_log(i + 1), "w") as out:
                 processes[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                                   stdin=subprocess.DEVNULL)
+                                                   stdin=subprocess.DEVNULL, env=env)
+            if gpus:
+                log(f"worker {name}: GPU {env['CUDA_VISIBLE_DEVICES']}"
+                    + (" (shared, memory growth)" if "TF_FORCE_GPU_ALLOW_GROWTH" in env else ""))
         log(f"{count} local workers, {threads} thread{'s' * (threads > 1)} each (logs in {logs})")
         yield LocalWorkers(address, processes, logs, log)
         done = True
