@@ -83,8 +83,9 @@ def one_size(data: str, run_dir: str, max_epochs: int, workers: int) -> dict:
     from data import cache as decoded_cache, manifest
     from search import dataset
     from search.config import new_config
-    from search.run import run_search, trial_hypermodel
-    from search.tuner import MEMORY_FILE, make_tuner
+    from search.activations import trial_hypermodel
+    from search.run import run_search
+    from search.tuner import make_tuner
 
     shutil.rmtree(run_dir, ignore_errors=True)
     config = new_config(run_dir, data, backbones=("mobilenet_025",), image_size=224, weights="imagenet",
@@ -113,7 +114,7 @@ def one_size(data: str, run_dir: str, max_epochs: int, workers: int) -> dict:
     start = time.perf_counter()
     make_tuner(config, hypermodel, None).search(epochs=config.max_epochs, verbose=0)
     out["search_s"] = time.perf_counter() - start
-    memory = [line.split(",") for line in (config.path / MEMORY_FILE).read_text().splitlines() if line]
+    memory = [line.split(",") for line in config.layout.memory.read_text().splitlines() if line]
     anon = [float(row[3]) for row in memory]
     out.update(trials=len(memory), trial_anon_first_mb=anon[0], trial_anon_last_mb=anon[-1],
                trial_anon_max_mb=max(anon), peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

@@ -17,6 +17,7 @@ a pass), so extraction is about one forward pass per backbone and image size.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from hypermodels.cutting import ActivationClassifier, cut_layer, frozen_image_mo
 from hypermodels.classifier import POOLED, XrayClassifier
 from hypermodels.registry import get_backbone
 from hypermodels.weights import keras_cache_dir, resolve_weights
+from search import cache_plan
 
 CACHE_DTYPES = ("float32", "float16")
 _BATCH = 64
@@ -47,7 +49,7 @@ class ActivationCache:
         progress: Show a progress bar (counts and rate) while extracting.
         dtype: ``"float32"`` (exact) or ``"float16"`` (half the disk); trials read float32.
         depths: Per backbone, how many unfreeze depths (0, 1, ...) are cached; the
-            others train on images (a size budget, :func:`search.cache_plan.cached_depths`).
+            others train on images (a size budget, :func:`search.cache_plan.plan_cache`).
             None: every depth.
     """
 
@@ -59,6 +61,7 @@ class ActivationCache:
         self.progress = progress
         self.dtype = dtype
         self.depths = depths
+        self.plan = None  # the search.cache_plan.CachePlan it was sized by, when one was made
         self._images_id = None
         self._keys = {}  # hashing is not free: once per backbone and run
         self._models = {}
@@ -247,5 +250,12 @@ def trial_hypermodel(data, progress: bool = True):
                                 config.backbones, config.weights)
     # Trials of pretrained backbones train only what is above the freeze boundary,
     # on activations computed once; the hypermodel's fit picks each trial's data.
-    cache = ActivationCache(classifier, data.images, config.layout.activations, progress)
-    return ActivationClassifier(classifier, TrialData(data, cache), cache.image_model), cache
+    cache = ActivationCache(classifier, data.images, config.layout.activations, progress,
+                            dtype=config.cache_dtype)
+    # Decided from config.json alone, so the chief and every worker of a run agree on it.
+    cache.plan = cache_plan.plan_cache(functools.partial(cache_plan.cut_shapes, cache.image_model),
+                                       config.backbones, config.weights, len(cache.images),
+                                       config.cache_dtype, config.cache_budget_gb)
+    cache.depths = cache.plan.depths
+    return ActivationClassifier(classifier, TrialData(data, cache), cache.image_model,
+                                   cached=cache.is_cached), cache

@@ -15,8 +15,9 @@ from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE
 from hypermodels.registry import get_backbone
 from hypermodels.weights import resolve_weights
-from search import dataset
+from search import cache_plan, dataset
 from search.activations import trial_hypermodel
+from search.devices import devices_line
 from search.distributed import local, protocol as distributed, worker
 from search.distributed.chief import run_chief
 from search.config import RunConfig, load_config
@@ -86,6 +87,7 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
 
 def _search(config: RunConfig, log, chief, worker_timeout, strategy, workers) -> dict:
     start_run(config)
+    log(devices_line())
     # Started first: they load TensorFlow while this process decodes and caches.
     with local.local_workers(config.path, workers, log, strategy) if workers > 1 else \
             contextlib.nullcontext() as helpers:
@@ -94,6 +96,7 @@ def _search(config: RunConfig, log, chief, worker_timeout, strategy, workers) ->
         config.save()
         _log_data(data, log)
         hypermodel, cache = trial_hypermodel(data)
+        _check_cache(cache, config, log)
         with _failed_trials_as_user_error():
             if chief is None and helpers is None:
                 distributed.resume_across_modes(config.layout.tuner, distributed.LOCAL_ID)
@@ -125,6 +128,7 @@ def run_worker(run_dir: str, chief: str, worker_id: str | None = None, strategy:
     worker_id = distributed.check_worker_id(worker_id) if worker_id else distributed.default_worker_id()
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)  # before TensorFlow's first operation
+    log(devices_line())
     worker.wait_for_chief(chief, wait, log)
     config = load_config(run_dir)
     worker.check_data_visible(config)
@@ -133,6 +137,12 @@ def run_worker(run_dir: str, chief: str, worker_id: str | None = None, strategy:
     with _failed_trials_as_user_error():
         worker.serve_trials(config, hypermodel, chief, worker_id, strategy, log)
     return worker_id
+
+
+def _check_cache(cache, config: RunConfig, log: Callable[[str], None]) -> None:
+    """Prints the activation cache's size before it is written; refuses when the disk cannot hold it."""
+    cache_plan.check_and_report(cache.plan, cache.folder, lambda backbone: cache_plan.entry_bytes(cache.entry(backbone)),
+                                log, config.image_size, config.cache_budget_gb)
 
 
 @contextlib.contextmanager

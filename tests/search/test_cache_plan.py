@@ -11,7 +11,8 @@ from data.errors import UserError
 from hypermodels.registry import get_backbone
 from search import cache_plan, dataset
 from search.config import new_config
-from search.run import run_search, trial_hypermodel
+from search.activations import trial_hypermodel
+from search.run import run_search
 from tests.search.test_activations import BACKBONE, SIZE, _weights_file
 
 DEPTHS = len(get_backbone(BACKBONE).unfreeze_points) + 1
