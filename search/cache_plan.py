@@ -1,7 +1,7 @@
 """How big the activation cache of a run will be, decided before anything is written.
 
 Per image and backbone the cache holds one array per cached unfreeze depth: the pooled
-features (depth 0) and the activations at each cut point, the deeper cuts being the
+features (depth 0) and the activations at each cut point, the deeper cuts usually the
 larger ones (earlier layers, more pixels). The size is the product of each cut's
 shape at the run's image size, times the dtype's bytes, times the images of the
 decoded cache. A size budget keeps depths shallowest first, level by level over the
@@ -69,7 +69,7 @@ def plan_cache(shapes: Callable[[str], list[tuple]], backbones, weights: str, n_
                 sizes = per_image[backbone]
                 if backbone in open_ and level < len(sizes):
                     if sizes[level] * n_images > left:
-                        open_.discard(backbone)  # a deeper cut of it would be larger still
+                        open_.discard(backbone)  # cached depths stay 0..k: the deeper ones train on images
                     else:
                         left -= sizes[level] * n_images
                         depths[backbone] = level + 1
