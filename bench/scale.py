@@ -198,7 +198,9 @@ def main() -> None:
             print(f"| {key} | {_growth(rows, key)} |")
     if audits:
         sizes = [str(a["images"]) for a in audits]
-        print("| near-duplicate search | " + " | ".join(sizes) + " |")
+        print("| near-duplicate search | " + " | ".join(sizes) + " | " + " | ".join(
+            f"{a} -> {b}" for a, b in zip(sizes, sizes[1:])) + " |")
+        print("| --- |" + " ---: |" * (2 * len(sizes) - 1))
         for key in ("phash_per_image_ms", "near_pairs_s", "pairs"):
             print(f"| {key} | {_growth(audits, key)} |")
 
