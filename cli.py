@@ -105,6 +105,30 @@ def _config(options: dict):
     return new_config(run_dir=options.pop("run_dir"), data=data, **options)
 
 
+def _ensemble(ctx, param, value):
+    if value is None or value == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise click.BadParameter("a count of winners (1, 2, ...) or auto")
+    return int(value)
+
+
+_final_options = [
+    click.option("--ensemble", callback=_ensemble, default="auto", show_default=True,
+                 help="How many of the ranked retrained winners the final model averages; auto: the "
+                      "count with the lowest class-weighted validation loss."),
+    click.option("--operating-point", "point", default=None, metavar="CLASS:sensitivity=X",
+                 help="Threshold one class's probability for a target sensitivity (or specificity=X) "
+                      "on validation; off for none. Default: COVID:sensitivity=0.95 when there is a "
+                      "class COVID."),
+]
+
+
+def final_options(function):
+    """The flags of the final model (ensemble, calibration, operating point)."""
+    return functools.reduce(lambda f, option: option(f), reversed(_final_options), function)
+
+
 _strategy_option = click.option(
     "--strategy", type=click.Choice(["none", "mirrored"]), default="none", show_default=True,
     help="Within each trial: mirrored trains on all of this machine's GPUs "
@@ -115,8 +139,9 @@ _strategy_option = click.option(
 @search_options
 @click.option("--no-retrain", is_flag=True,
               help="Stop after the search (no retrain, evaluate, Grad-CAM or export).")
-@click.option("--no-augment", is_flag=True,
-              help="Retrain the winners without augmentation (on the cached activations: much faster).")
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Retrain the winners on augmented images (minutes) instead of on the cached "
+                   "activations (seconds); measured no better on cxr3-dev, see docs/final-model.md.")
 @click.option("--chief", metavar="HOST:PORT", default=None,
               help="Be the chief of a distributed search: prepare the run directory and caches, "
                    "then serve trials to `worker` processes at HOST:PORT (e.g. 0.0.0.0:8000); "
@@ -129,19 +154,22 @@ _strategy_option = click.option(
                    "mode, this process the chief), each on its share of the cores. On a CPU, 2 "
                    "is faster: one trial's tracing overlaps another's arithmetic.")
 @_strategy_option
-def search(no_retrain, no_augment, chief, worker_timeout, workers, strategy, **options):
+@final_options
+def search(no_retrain, augment, chief, worker_timeout, workers, strategy, ensemble, point, **options):
     """Search the best classifier for the data (resumes an existing run).
 
-    Then retrains the top 3 configurations, evaluates the best on the test split
-    with Grad-CAM galleries and exports it, unless --no-retrain.
+    Then retrains the top 3 configurations (the retrain variant chosen on validation),
+    averages the best of them (--ensemble), calibrates and sets the operating point on
+    validation, evaluates on the test split with Grad-CAM galleries and exports, unless
+    --no-retrain.
     """
     from search.job import run_job
 
     config = _config(options)
     if chief and strategy != "none":
         click.echo("--strategy applies where trials train: pass it to the workers")
-    run_job(config, retrain=not no_retrain, augment=not no_augment, log=click.echo, chief=chief,
-            worker_timeout=worker_timeout, strategy=strategy, workers=workers)
+    run_job(config, retrain=not no_retrain, augment=augment, ensemble=ensemble, point=point, log=click.echo,
+            chief=chief, worker_timeout=worker_timeout, strategy=strategy, workers=workers)
 
 
 @cli.command()
@@ -197,13 +225,16 @@ _run_dir_argument = click.argument("run_dir", type=click.Path(exists=True, file_
               help="Trainings per configuration (seeds seed, seed+1, ...); ranks on their mean.")
 @click.option("--max-epochs", type=click.IntRange(1), default=None,
               help="Most epochs per training (early stopping usually ends sooner). Default: twice the search's.")
-@click.option("--no-augment", is_flag=True, help="Train without augmentation.")
-def retrain(run_dir, top_k, seeds, max_epochs, no_augment):
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Train on augmented images instead of the cached activations.")
+@click.option("--variants/--no-variants", default=True, show_default=True,
+              help="Choose on validation how to retrain (as searched, lr decay, one block more) first.")
+def retrain(run_dir, top_k, seeds, max_epochs, augment, variants):
     """Retrain the search's top configurations from scratch and rank them on validation."""
     from search.retrain import retrain as retrain_winners
 
     summary = retrain_winners(_run_config(run_dir), top_k=top_k, seeds=seeds, max_epochs=max_epochs,
-                              augment=not no_augment, log=click.echo)
+                              augment=augment, choose_variant=variants, log=click.echo)
     click.echo(f"best: {summary['winners'][0]['dir']} (see {_run_config(run_dir).layout.winners_summary})")
 
 
@@ -214,11 +245,22 @@ def retrain(run_dir, top_k, seeds, max_epochs, no_augment):
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder. Default: RUN_DIR/report (RUN_DIR/report/external-NAME with --data).")
 @click.option("--layer", default=None, help="Grad-CAM layer. Default: the backbone's from the registry.")
-def evaluate(run_dir, data, out, layer):
-    """Evaluate the best winner once: metrics.json, pictures, Grad-CAM galleries, report.md."""
+@final_options
+def evaluate(run_dir, data, out, layer, ensemble, point):
+    """Evaluate the final model once: metrics.json, pictures, Grad-CAM galleries, report.md.
+
+    The final model (ensemble, temperature, operating point) is assembled first, on
+    the validation split, when the run has none yet or when --ensemble or
+    --operating-point is given.
+    """
+    from search.ensemble import assemble
     from search.evaluation.evaluate import evaluate as evaluate_winner
 
-    evaluate_winner(_run_config(run_dir), data=data, out=out, layer=layer, log=click.echo)
+    config = _run_config(run_dir)
+    given = click.get_current_context().get_parameter_source
+    if not config.layout.has_final() or any(given(name).name != "DEFAULT" for name in ("ensemble", "point")):
+        assemble(config, ensemble=ensemble, point=point, log=click.echo)
+    evaluate_winner(config, data=data, out=out, layer=layer, log=click.echo)
 
 
 @cli.command()

@@ -122,13 +122,16 @@ def main(argv=None) -> dict:
               callbacks=[stop], verbose=0)
     retrain_seconds = time.perf_counter() - start
     y_true = np.concatenate([np.argmax(y, 1) for _, y in test])
-    y_pred = np.argmax(model.predict(test, verbose=0), 1)
+    probs = model.predict(test, verbose=0)
+    y_pred = np.argmax(probs, 1)
     result = {
         "search_seconds": search_seconds, "retrain_seconds": retrain_seconds,
         "trials": sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values()),
         "test_macro_f1": float(f1_score(y_true, y_pred, average="macro")),
         "covid_sensitivity": float(recall_score(y_true == names.index("COVID"), y_pred == names.index("COVID"))),
         "best_hyperparameters": best.values,
+        # For the runner to score with the same bootstrap CIs as the project's evaluate.
+        "class_names": names, "test_labels": y_true.tolist(), "test_probabilities": probs.tolist(),
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -1,4 +1,4 @@
-"""Side by side: `cli.py search` + `retrain` against plain KerasTuner, same data, split, budget.
+"""Side by side: the whole default job of `cli.py search` against plain KerasTuner, same data, split, budget.
 
     python bench/run.py --data ../shared/data/cxr3-dev --backbones mobilenet_025 \\
         --weights imagenet --image-size 224 --max-epochs 9 --factor 3 [--limit 500]
@@ -6,12 +6,12 @@
 Every step runs in its own process (peak RSS: the process's own from ``wait4``, or if
 higher that of it and its children, e.g. local workers, sampled every second; see
 :class:`_TreeMemory`):
-this project's search (decode, activation cache, Hyperband) and retrain of its best
-configurations (``cli.py retrain RUN_DIR --no-augment``: the default top 3, without
-augmentation as the reference, timed after the imports as the reference's retrain
-is), the floor (one forward pass of the backbone over every image), and
-the reference (``bench/reference.py``) on the split the project's search wrote.
-Prints one table and writes ``results.json`` into ``--work``.
+this project's default job in its phases, each a ``cli.py`` command with its defaults
+(search with ``--no-retrain``; ``retrain``; ``evaluate``, which first assembles the
+final model: ensemble, temperature and operating point, on validation; ``export``),
+the floor (one forward pass of the backbone over every image), and the reference
+(``bench/reference.py``) on the split the project's search wrote, scored with the
+same bootstrap CIs. Prints one table and writes ``results.json`` into ``--work``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -128,14 +130,16 @@ def main(argv=None) -> dict:
     budget = ["--backbones", args.backbones, "--weights", args.weights, "--image-size", str(args.image_size),
               "--max-epochs", str(args.max_epochs), "--factor", str(args.factor), "--seed", str(args.seed)]
     steps = {}
+    # The whole default job of `cli.py search`, one process per phase so each has its wall time
+    # (each phase pays starting Python and importing TensorFlow, ~5 s, that one process pays once).
     steps["ours_search"] = run_step("this project: search", [
         python, "cli.py", "search", "--data", str(Path(data).resolve()), "--run-dir", str(ours), *budget,
         "--no-retrain", "--workers", str(args.workers)], work / "logs" / "ours_search.log")
-    steps["ours_retrain"] = run_step("this project: retrain the winners", [
-        python, "bench/measure.py", "retrain", str(ours)], work / "logs" / "ours_retrain.log")
-    steps["ours_retrain"].update(json.loads(steps["ours_retrain"]["last_line"]))
-    score = json.loads(run_step("score", [python, "bench/measure.py", "score", str(ours)],
-                                work / "logs" / "score.log")["last_line"])
+    for phase, command in (("retrain", ["retrain", str(ours)]),
+                           ("evaluate", ["evaluate", str(ours), *args.final_flags.split()]),
+                           ("export", ["export", str(ours)])):
+        steps[f"ours_{phase}"] = run_step(f"this project: {phase}", [python, "cli.py", *command],
+                                          work / "logs" / f"ours_{phase}.log")
     floor = json.loads(run_step("floor", [python, "bench/measure.py", "floor", str(ours), args.backbones.split(",")[0]],
                                 work / "logs" / "floor.log")["last_line"])
     steps["reference"] = run_step("reference: plain KerasTuner", [
@@ -143,7 +147,7 @@ def main(argv=None) -> dict:
         "--out", str(work / "reference.json"), *budget],
         work / "logs" / "reference.log")
     reference = json.loads((work / "reference.json").read_text())
-    results = _results(args, ours, steps, score, floor, reference)
+    results = _results(args, ours, steps, floor, reference)
     if args.memory_trials:
         results["memory"] = memory_trend(python, data, budget, args.memory_trials, work)
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -166,46 +170,75 @@ def memory_trend(python: str, data: str, budget: list[str], trials: int, work: P
             "anonymous_rss_last_10_mb": sum(anonymous[-10:]) / 10}
 
 
-def _results(args, ours: Path, steps: dict, score: dict, floor: dict, reference: dict) -> dict:
-    best = json.loads(RunLayout(ours).best.read_text())
+def _results(args, ours: Path, steps: dict, floor: dict, reference: dict) -> dict:
+    from search.evaluation.metrics import classification_metrics
+
+    layout = RunLayout(ours)
+    best = json.loads(layout.best.read_text())
+    metrics = json.loads(layout.metrics.read_text())
+    summary = json.loads(layout.winners_summary.read_text())
+    phases = {name: steps[f"ours_{name}"]["seconds"] for name in ("search", "retrain", "evaluate", "export")}
+    ref_metrics = classification_metrics(np.array(reference["test_labels"]), np.array(reference["test_probabilities"]),
+                                         reference["class_names"])
     return {
         "settings": vars(args),
         "floor": floor,
-        "ours": {"search_seconds": steps["ours_search"]["seconds"],
-                 "retrain_seconds": steps["ours_retrain"]["retrain_seconds"],
-                 "retrain_process_seconds": steps["ours_retrain"]["seconds"],
+        "ours": {"phase_seconds": phases, "total_seconds": sum(phases.values()),
                  "workers": args.workers, "trials": best["trials"],
-                 "peak_rss_mb": max(steps["ours_search"]["peak_rss_mb"], steps["ours_retrain"]["peak_rss_mb"]),
-                 **score, "best_hyperparameters": best["best"]["hyperparameters"]},
-        "reference": {**{k: reference[k] for k in ("search_seconds", "retrain_seconds", "trials", "test_macro_f1",
-                                                   "covid_sensitivity", "best_hyperparameters")},
+                 "peak_rss_mb": max(steps[f"ours_{name}"]["peak_rss_mb"] for name in phases),
+                 "retrain_variant": summary["variant"], "augment": summary["augment"],
+                 "final": metrics["single_vs_final"], "operating_point": metrics.get("operating_point"),
+                 "calibration": metrics["calibration"], "n_test": metrics["n"],
+                 "best_hyperparameters": best["best"]["hyperparameters"]},
+        "reference": {**{k: reference[k] for k in ("search_seconds", "retrain_seconds", "trials",
+                                                   "best_hyperparameters")},
                       "process_seconds": steps["reference"]["seconds"],
-                      "peak_rss_mb": steps["reference"]["peak_rss_mb"]},
+                      "peak_rss_mb": steps["reference"]["peak_rss_mb"],
+                      **{k: ref_metrics[k] for k in ("macro_f1", "covid_sensitivity", "covid_specificity")},
+                      "ece": ref_metrics["ece"]["value"]},
     }
 
 
 def table(results: dict) -> str:
     """The side-by-side table as Markdown."""
     ours, ref, floor = results["ours"], results["reference"], results["floor"]
+    phases, final, point, cal = ours["phase_seconds"], ours["final"], ours["operating_point"], ours["calibration"]
+    ref_total = ref["search_seconds"] + ref["retrain_seconds"]
+    no = "n/a"
     rows = [
-        ("search wall time (s)", ours["search_seconds"], ref["search_seconds"]),
-        ("retrain wall time (s)", ours["retrain_seconds"], ref["retrain_seconds"]),
-        ("search + retrain (s)", ours["search_seconds"] + ours["retrain_seconds"],
-         ref["search_seconds"] + ref["retrain_seconds"]),
+        ("search (s)", phases["search"], ref["search_seconds"]),
+        ("retrain (s)", phases["retrain"], ref["retrain_seconds"]),
+        ("ensemble + calibration + operating point + evaluate (s)", phases["evaluate"], no),
+        ("export (s)", phases["export"], no),
+        ("whole job (s)", ours["total_seconds"], ref_total),
         ("trials completed", ours["trials"], ref["trials"]),
         ("peak RSS (MB)", ours["peak_rss_mb"], ref["peak_rss_mb"]),
-        ("test macro-F1", ours["test_macro_f1"], ref["test_macro_f1"]),
-        ("test COVID sensitivity", ours["covid_sensitivity"], ref["covid_sensitivity"]),
+        (f"test macro-F1, final model ({final['final_kind']}: {', '.join(final['members'])})",
+         _ci(final["final"]["macro_f1"]), _ci(ref["macro_f1"])),
+        ("test macro-F1, single best", _ci(final["single_best"]["macro_f1"]), no),
+        ("COVID sensitivity at argmax", _ci(final["final"]["covid_sensitivity"]), _ci(ref["covid_sensitivity"])),
+        ("COVID specificity at argmax", _ci(final["final"]["covid_specificity"]), _ci(ref["covid_specificity"])),
+        ("single best: COVID sensitivity / specificity at argmax",
+         f"{_ci(final['single_best']['covid_sensitivity'])} / {_ci(final['single_best']['covid_specificity'])}", no),
     ]
+    if point:
+        rows += [(f"COVID sensitivity at the operating point ({point['metric']} >= {point['target']:g} on val, "
+                  f"threshold {point['threshold']:.3f})", _ci(point["test"]["sensitivity"]), no),
+                 ("COVID specificity at the operating point", _ci(point["test"]["specificity"]), no)]
+    rows += [("test ECE before / after temperature scaling",
+              f"{cal['ece_before']:.3f} / {cal['ece_after']:.3f} (T = {cal['temperature']:.2f})",
+              f"{ref['ece']:.3f} / {no}")]
     workers = ours.get("workers", 1)
     lines = [f"| | this project{f' (--workers {workers})' if workers > 1 else ''} | plain KerasTuner |",
              "| --- | ---: | ---: |"]
     lines += [f"| {name} | {_cell(a)} | {_cell(b)} |" for name, a, b in rows]
-    speed = ref["search_seconds"] / ours["search_seconds"]
-    total = (ref["search_seconds"] + ref["retrain_seconds"]) / (ours["search_seconds"] + ours["retrain_seconds"])
-    lines += ["", f"floor (one forward pass over {floor['images']} images): {floor['floor_seconds']:.1f} s "
-              f"({floor['images_per_second']:.0f} images/s); our search = {ours['search_seconds'] / floor['floor_seconds']:.1f}x "
-              f"the floor; search {speed:.1f}x faster, search + retrain {total:.1f}x faster"]
+    variant = ours["retrain_variant"]
+    lines += ["", f"test split: {ours['n_test']} images; CIs: 95% percentile bootstrap over test cases",
+              f"retrain variant chosen on validation: {variant['chosen']} (" + ", ".join(
+                  f"{k} {v:.4f}" for k, v in variant["tried"].items()) + f"); augmentation {ours['augment']}",
+              f"floor (one forward pass over {floor['images']} images): {floor['floor_seconds']:.1f} s; "
+              f"search {ref['search_seconds'] / phases['search']:.1f}x faster than the reference's, "
+              f"whole job {ref_total / ours['total_seconds']:.1f}x faster than its search + retrain"]
     if "memory" in results:
         memory = results["memory"]
         lines.append(f"memory over a {memory['trials']}-trial search: peak RSS of the first 10 trials "
@@ -213,6 +246,13 @@ def table(results: dict) -> str:
                      f"({memory['change']:+.1%}); anonymous RSS {memory['anonymous_rss_first_10_mb']:.0f} -> "
                      f"{memory['anonymous_rss_last_10_mb']:.0f} MB")
     return "\n".join(lines)
+
+
+def _ci(figure: dict) -> str:
+    if figure.get("value") is None:
+        return "n/a"
+    ci = figure.get("ci95")
+    return f"{figure['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def _cell(value) -> str:
@@ -232,6 +272,8 @@ def _arguments(argv):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="use N images, stratified by class")
     parser.add_argument("--workers", type=int, default=1, help="`cli.py search --workers N` for this project's search")
+    parser.add_argument("--final-flags", default="",
+                        help="flags for this project's `cli.py evaluate`, e.g. '--ensemble 1' (default: its defaults)")
     parser.add_argument("--memory-trials", type=int, default=0,
                         help="also run an N-trial random search and compare the peak RSS of its first and last 10 trials")
     return parser.parse_args(argv)

@@ -52,3 +52,28 @@ class XrayPreprocess(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class TemperatureScaling(keras.layers.Layer):
+    """Probabilities -> temperature-scaled probabilities, ``softmax(log(p) / T)``.
+
+    Applied to a softmax output this equals dividing its logits by ``T`` (log p
+    differs from the logits by a constant per row), so a trained model, or an
+    average of several, is calibrated without touching its other layers.
+    ``T > 1`` softens over-confident answers; the ranking of classes never changes.
+    """
+
+    def __init__(self, temperature: float, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, probabilities):
+        logits = ops.log(ops.clip(ops.cast(probabilities, "float32"), 1e-12, 1.0))
+        return ops.softmax(logits / self.temperature, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}

@@ -27,6 +27,7 @@ from data.errors import UserError
 from search import dataset
 from search.evaluation import gradcam
 from search.config import RunConfig
+from search.ensemble import ENSEMBLE_NAME, final_card
 from search.hparams import searched_values
 from search.lock import run_lock
 from search.layout import SPLIT_STAMP, WINNER_HYPERPARAMETERS, WINNER_MODEL, RunLayout
@@ -54,7 +55,7 @@ def _export(config: RunConfig, formats, out, log) -> dict:
                         f"choose from {', '.join(FORMATS)}.")
     out = Path(out or config.layout.export)
     out.mkdir(parents=True, exist_ok=True)
-    winner = config.layout.best_winner()
+    winner = config.layout.final_model()  # the calibrated (ensemble) model when assembled
     model = keras.saving.load_model(winner / WINNER_MODEL)
     # The card says the files beside it are whole and current: gone until they are.
     (out / CARD_FILE).unlink(missing_ok=True)
@@ -65,6 +66,7 @@ def _export(config: RunConfig, formats, out, log) -> dict:
         agreement = _agreement(model, written, _test_images(config))
         card = model_card(config, winner, model, written, staging)
         card["agreement"] = {"images": "test split", "max_abs_probability_difference": agreement}
+        card.update(final_card(config.layout, winner))
         for path in written.values():  # each file or folder whole, then the card
             target = out / path.name
             if target.is_dir():
@@ -154,14 +156,13 @@ def model_card(config: RunConfig, winner: Path, model: keras.Model, written: dic
                   "meaning": f"grayscale X-ray resized to {size}x{size}, values 0-255"},
         "output": {"name": "predictions", "shape": [None, len(config.class_names)],
                    "meaning": "softmax probabilities in class_names order"},
-        "preprocessing": {"inside_model": model.get_layer("preprocess").get_config()["mode"]
-                          if _has_layer(model, "preprocess") else None,
+        "preprocessing": {"inside_model": _preprocess_mode(model),
                           "caller": "decode to 8-bit grayscale and resize to the input size"},
         "loading": {"keras": "import hypermodels.layers (registers XrayPreprocess), then "
                              "keras.saving.load_model(path, safe_mode=True)",
                     "savedmodel": "tf.saved_model.load(path).signatures['serving_default'](image=uint8 batch)",
                     "tflite": "tf.lite.Interpreter (or ai_edge_litert); float32, uint8 input"},
-        "gradcam_layer": gradcam.default_layer(model),
+        "gradcam_layer": gradcam.default_layer(model) if model.name != ENSEMBLE_NAME else None,
         "hyperparameters": searched_values(json.loads((winner / WINNER_HYPERPARAMETERS).read_text())["values"]),
         "winner": winner.name,
         "metrics": _headline_metrics(config.layout),
@@ -172,8 +173,14 @@ def model_card(config: RunConfig, winner: Path, model: keras.Model, written: dic
     }
 
 
-def _has_layer(model, name):
-    return any(layer.name == name for layer in model.layers)
+def _preprocess_mode(model):
+    """The mode of the model's ``preprocess`` layer, also where an ensemble nests it in its shared backbone."""
+    for layer in model.layers:
+        if layer.name == "preprocess":
+            return layer.get_config()["mode"]
+        if isinstance(layer, keras.Model) and (mode := _preprocess_mode(layer)):
+            return mode
+    return None
 
 
 def _headline_metrics(layout: RunLayout) -> dict | None:

@@ -1,4 +1,4 @@
-"""The whole job: search, then retrain the winners, evaluate the best once, export it."""
+"""The whole job: search, retrain the winners, assemble the final model, evaluate it once, export it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from search.lock import run_lock
 from search.run import check_inputs, run_search
 
 
-def run_job(config: RunConfig, retrain: bool = True, augment: bool = True, log: Callable[[str], None] = print,
-            **search_options) -> dict:
+def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ensemble: int | None = None,
+            point: str | None = None, log: Callable[[str], None] = print, **search_options) -> dict:
     """Runs (or resumes) the search and, with ``retrain``, the stages after it.
 
     Args:
@@ -18,6 +18,10 @@ def run_job(config: RunConfig, retrain: bool = True, augment: bool = True, log: 
         retrain: Go on after the search: retrain the top configurations, evaluate
             the best on the test split (with Grad-CAM galleries) and export it.
         augment: Retrain with augmentation (on images); without, on the cached activations.
+        ensemble: Winners the final model averages; None chooses on validation
+            (see :func:`search.ensemble.assemble`).
+        point: The operating point, ``CLASS:sensitivity=X`` / ``specificity=X`` / ``off``;
+            None: COVID at sensitivity 0.95 when there is such a class.
         search_options: ``chief``, ``worker_timeout``, ``strategy``, ``workers``
             (see :func:`search.run.run_search`).
 
@@ -26,21 +30,23 @@ def run_job(config: RunConfig, retrain: bool = True, augment: bool = True, log: 
     """
     check_inputs(config)  # before the run directory is made for the lock
     with run_lock(config.run_dir, "search", log):  # one holder for every stage of the job
-        return _run_stages(config, retrain, augment, log, search_options)
+        return _run_stages(config, retrain, augment, (ensemble, point), log, search_options)
 
 
-def _run_stages(config: RunConfig, retrain: bool, augment: bool, log, search_options: dict) -> dict:
+def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, log, search_options: dict) -> dict:
     best = run_search(config, log=log, **search_options)
     for line in best_lines(best, config):
         log(line)
     if retrain:
         # Imported here: a search-only run (or a chief) needs none of the later stages.
+        from search.ensemble import assemble
         from search.evaluation.evaluate import evaluate
         from search.export import export_model
         from search.retrain import retrain as retrain_winners
 
         saved = load_config(config.run_dir)  # with the class names the data stage found
         retrain_winners(saved, augment=augment, log=log)
+        assemble(saved, ensemble=final[0], point=final[1], log=log)
         evaluate(saved, log=log)
         export_model(saved, log=log)
     return best

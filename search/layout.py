@@ -19,6 +19,8 @@ from data.errors import UserError
 WINNER_MODEL = "model.keras"
 WINNER_HISTORY = "history.json"
 WINNER_HYPERPARAMETERS = "hyperparameters.json"
+FINAL_DIR = "final"  # winners/final: the final model (ensemble, temperature, operating point)
+FINAL_RECORD = "final.json"  # inside it: what the final model is, fitted on validation
 SPLIT_STAMP = "split_sha256"
 # KerasTuner writes <directory>/<project_name>/...: the run directory and this name.
 TUNER_PROJECT = "tuner"
@@ -59,6 +61,8 @@ class RunLayout:
     # Later stages.
     winners = property(lambda self: self.root / "winners")
     winners_summary = property(lambda self: self.root / "winners" / "summary.json")
+    final = property(lambda self: self.root / "winners" / FINAL_DIR)
+    final_record = property(lambda self: self.root / "winners" / FINAL_DIR / FINAL_RECORD)
     report = property(lambda self: self.root / "report")
     metrics = property(lambda self: self.root / "report" / "metrics.json")
     gradcam_images = property(lambda self: self.root / "report" / "gradcam-images")
@@ -131,3 +135,14 @@ class RunLayout:
             if not (folder / name).is_file():
                 raise UserError(f"{folder / name} is missing; {remedy}.")
         return folder
+
+    def has_final(self) -> bool:
+        """Whether the run has an assembled final model (``search.ensemble.assemble``)."""
+        return self.final_record.is_file()
+
+    def final_model(self) -> Path:
+        """The folder of the final model when assembled, else of the rank-1 winner (see `best_winner`)."""
+        if self.has_final():
+            self.read_current(self.final_record, f"run `cxr-tuner evaluate {self.root} --ensemble auto`")
+            return self.final
+        return self.best_winner()

@@ -14,30 +14,43 @@ from data.images import decode_image
 import hypermodels.layers  # noqa: F401  (registers XrayPreprocess, which model.keras needs)
 from search.evaluation import gradcam
 from search.config import load_config
+from search.ensemble import ENSEMBLE_NAME
 from search.export import CARD_FILE, FILES
-from search.layout import WINNER_MODEL, RunLayout
+from search.layout import FINAL_RECORD, WINNER_MODEL, RunLayout
 
 
 def load_model(source) -> tuple[keras.Model, tuple[str, ...]]:
     """The model and its class names from a run directory or a ``.keras`` file.
 
-    A run directory gives ``export/model.keras`` if exported, else its best
-    winner. A ``.keras`` file takes its class names from the ``model_card.json``
-    beside it, or from the run it lies in (``RUN_DIR/winners/<rank>-<id>/``).
+    A run directory gives ``export/model.keras`` if exported, else its final
+    model (``winners/final``) or, before one is assembled, its best winner. A
+    ``.keras`` file takes its class names from the ``model_card.json`` beside it,
+    or from the run it lies in (``RUN_DIR/winners/<rank>-<id>/``).
 
     Raises:
         UserError: If the source is neither, or the class names cannot be found.
     """
+    path = _model_path(source)
+    return keras.saving.load_model(path, safe_mode=True), _class_names(path)
+
+
+def _model_path(source) -> Path:
     source = Path(source)
     layout = RunLayout(source)
     if layout.config.is_file():
         exported = layout.export / FILES["keras"]
-        path = exported if (layout.export / CARD_FILE).is_file() else layout.best_winner() / WINNER_MODEL
-    elif source.suffix == ".keras" and source.is_file():
-        path = source
-    else:
-        raise UserError(f"{source} is neither a run directory nor a .keras file; pass one of those.")
-    return keras.saving.load_model(path, safe_mode=True), _class_names(path)
+        return exported if (layout.export / CARD_FILE).is_file() else layout.final_model() / WINNER_MODEL
+    if source.suffix == ".keras" and source.is_file():
+        return source
+    raise UserError(f"{source} is neither a run directory nor a .keras file; pass one of those.")
+
+
+def operating_point(model_path: Path) -> dict | None:
+    """The threshold chosen on validation for the model at ``model_path`` (from its card or final.json)."""
+    for name in (CARD_FILE, FINAL_RECORD):
+        if (model_path.parent / name).is_file():
+            return json.loads((model_path.parent / name).read_text()).get("operating_point")
+    return None
 
 
 def _class_names(model_path: Path) -> tuple[str, ...]:
@@ -64,12 +77,17 @@ def predict_images(source, image_paths, gradcam_dir=None, target_class: str | No
 
     Returns:
         Per image, in order: ``{"path", "probabilities": {class: p}, "predicted"}``
-        (plus ``"gradcam"``: the overlay's path), or ``{"path", "error"}``.
+        (plus ``"gradcam"``: the overlay's path; ``"operating_point"``: the class's
+        threshold chosen on validation and whether this image reaches it), or ``{"path", "error"}``.
     """
     model, names = load_model(source)
     if target_class is not None and target_class not in names:
         raise UserError(f"Unknown class {target_class!r}; the model's classes are {', '.join(names)}.")
     size = model.inputs[0].shape[1]
+    point = operating_point(_model_path(source))
+    if gradcam_dir is not None and model.name == ENSEMBLE_NAME and layer is None:
+        raise UserError("The model is an ensemble; Grad-CAM explains one model: pass one member's "
+                        "model.keras (RUN_DIR/winners/1-*/model.keras), or --layer.")
     entries, images = [], []
     for path in map(str, image_paths):
         try:
@@ -84,6 +102,10 @@ def predict_images(source, image_paths, gradcam_dir=None, target_class: str | No
         for entry, row in zip(good, probs):
             entry["probabilities"] = {name: float(p) for name, p in zip(names, row)}
             entry["predicted"] = names[int(row.argmax())]
+            if point:
+                called = bool(row[names.index(point["class"])] >= point["threshold"])
+                entry["operating_point"] = {"class": point["class"], "threshold": point["threshold"],
+                                            "called": called, "rule": point["how_to_apply"]}
         if gradcam_dir is not None:
             _write_overlays(model, layer, batch, good, names.index(target_class) if target_class else None,
                             Path(gradcam_dir))

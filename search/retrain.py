@@ -26,7 +26,7 @@ import numpy as np
 from data import files
 from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
-from search import dataset
+from search import dataset, variants
 from search.config import RunConfig
 from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
 from search.activations import trial_hypermodel
@@ -54,23 +54,27 @@ def build_model(config: RunConfig, hp: keras_tuner.HyperParameters) -> keras.Mod
 
 
 def retrain(config: RunConfig, top_k: int = 3, seeds: int = 1, max_epochs: int | None = None,
-            augment: bool = True, log: Callable[[str], None] = print) -> dict:
+            augment: bool = False, choose_variant: bool = True, log: Callable[[str], None] = print) -> dict:
     """Retrains the ``top_k`` best distinct configurations and writes ``winners/``.
 
     Each configuration trains ``seeds`` times (seeds ``config.seed + i``) on the
     train split with early stopping on ``val_weighted_loss``, keeping the best
     epoch's weights. Configurations are ranked by their mean over seeds; the best
     seed's model is saved as ``winners/<rank>-<trial_id>/model.keras`` with its
-    ``history.json`` and ``hyperparameters.json``.
+    ``history.json`` and ``hyperparameters.json``. With ``choose_variant`` every
+    configuration is retrained the way (:mod:`search.variants`) that gave the rank-1
+    configuration the lowest validation loss on the cached activations. Augmentation
+    (on images, minutes instead of seconds) is off by default: see docs/final-model.md.
 
     Returns:
         The content of ``winners/summary.json``.
     """
     with run_lock(config.run_dir, "retrain", log):
-        return _retrain(config, top_k, seeds, max_epochs, augment, log)
+        return _retrain(config, top_k, seeds, max_epochs, augment, choose_variant, log)
 
 
-def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, augment: bool, log) -> dict:
+def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, augment: bool,
+             choose_variant: bool, log) -> dict:
     top = _top_trials(config)[:top_k]
     # config.json always saves overwrite=False, so this reads the split the search saved.
     data = dataset.prepare(config, progress=False)
@@ -81,14 +85,39 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
     winners_dir = config.layout.winners
     shutil.rmtree(winners_dir, ignore_errors=True)
     epochs = max_epochs or config.max_epochs * 2
+    variant, tried, reused = variants.AS_SEARCHED, {}, {}
+    if choose_variant:
+        # Without augmentation the variants train exactly as the retrain does, so the
+        # chosen one's fit of the rank-1 configuration (seed config.seed) is kept, not redone.
+        cached = training if not augment else trial_hypermodel(data)[0]
+        fits = {}
+
+        def fit(hp, callbacks):
+            staging = winners_dir / f"variant_{len(fits)}"
+            fits[staging] = _fit_and_keep(cached, hp, config.seed, epochs, staging, lambda: callbacks)
+            return fits[staging][OBJECTIVE]
+
+        top_hp = trial_hyperparameters(config, top[0]["trial_id"])
+        variant, tried = variants.choose(fit, top_hp, config.weights, log)
+        chosen = variants.candidates(top_hp, config.weights).index(variant)
+        for i, (staging, score) in enumerate(fits.items()):  # fits ran in the candidates' order
+            if i == chosen and not augment:
+                staging.rename(winners_dir / f"trial_{top[0]['trial_id']}")
+                reused = score
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
     results = []
     for entry in top:
         hp = trial_hyperparameters(config, entry["trial_id"])
+        if variant in variants.candidates(hp, config.weights):  # else no block left to unfreeze
+            hp = variant.hyperparameters(hp)
         staging = winners_dir / f"trial_{entry['trial_id']}"
-        scores = [_fit_and_keep(training, hp, config.seed + i, epochs, staging) for i in range(seeds)]
+        kept = [reused] if reused and entry is top[0] else []
+        scores = kept + [_fit_and_keep(training, hp, config.seed + i, epochs, staging, variant.callbacks)
+                         for i in range(len(kept), seeds)]
         results.append(_result(entry, scores))
         log(f"retrained trial {entry['trial_id']}: {OBJECTIVE} {_mean_std_text(results[-1])}")
-    return _rank_and_save(config, results, augment, epochs)
+    return _rank_and_save(config, results, augment, epochs, {"chosen": variant.name, "tried": tried})
 
 
 def _top_trials(config: RunConfig) -> list[dict]:
@@ -125,13 +154,18 @@ class _ImageTraining:
         return trained
 
 
-def _fit_and_keep(training, hp, seed, epochs, staging: Path) -> dict:
-    """Trains one seed; saves the model if it beats the seeds saved before it."""
+def _fit(training, hp, seed, epochs, callbacks=()) -> tuple:
+    """One training with early stopping (best epoch's weights kept): the model and its history."""
     fresh_keras_state(seed)
     model = training.build(hp)
     stop = keras.callbacks.EarlyStopping(OBJECTIVE, patience=PATIENCE, mode="min", restore_best_weights=True)
-    history = training.fit(hp, model, epochs=epochs, callbacks=[stop], verbose=0).history
-    history = {k: [float(v) for v in values] for k, values in history.items()}
+    history = training.fit(hp, model, epochs=epochs, callbacks=[stop, *callbacks], verbose=0).history
+    return model, {k: [float(v) for v in values] for k, values in history.items()}
+
+
+def _fit_and_keep(training, hp, seed, epochs, staging: Path, callbacks=list) -> dict:
+    """Trains one seed; saves the model if it beats the seeds saved before it."""
+    model, history = _fit(training, hp, seed, epochs, callbacks())
     best_epoch = int(np.nanargmin(history[OBJECTIVE]))
     score = {"seed": seed, OBJECTIVE: history[OBJECTIVE][best_epoch], "best_epoch": best_epoch + 1,
              "epochs_run": len(history[OBJECTIVE]), "val_accuracy": history["val_accuracy"][best_epoch]}
@@ -155,7 +189,7 @@ def _result(entry: dict, scores: list[dict]) -> dict:
             "seeds": scores, "hyperparameters": entry["hyperparameters"]}
 
 
-def _rank_and_save(config: RunConfig, results: list[dict], augment: bool, epochs: int) -> dict:
+def _rank_and_save(config: RunConfig, results: list[dict], augment: bool, epochs: int, variant: dict) -> dict:
     winners_dir = config.layout.winners
     results.sort(key=lambda r: r[OBJECTIVE]["mean"])
     for rank, result in enumerate(results, start=1):
@@ -163,8 +197,8 @@ def _rank_and_save(config: RunConfig, results: list[dict], augment: bool, epochs
         (winners_dir / f"trial_{result['trial_id']}" / _SCORE).unlink()
         (winners_dir / f"trial_{result['trial_id']}").rename(winners_dir / result["dir"])
     summary = {"ranked_by": f"mean {OBJECTIVE} over seeds, validation split only (lower is better)",
-               "augment": augment, "max_epochs": epochs, "patience": PATIENCE, "winners": results,
-               SPLIT_STAMP: config.layout.split_digest()}
+               "augment": augment, "variant": variant, "max_epochs": epochs, "patience": PATIENCE,
+               "winners": results, SPLIT_STAMP: config.layout.split_digest()}
     files.write_json(config.layout.winners_summary, summary)
     return summary
 

@@ -44,19 +44,24 @@ def test_search_prints_best_trial_and_tensorboard_command(tmp_path, demo_data):
 
 
 def test_search_no_augment_reaches_the_retrain_it_runs(tmp_path, demo_data, monkeypatch):
+    import search.ensemble
     import search.evaluation.evaluate
     import search.export
     import search.retrain
 
     calls = []
     monkeypatch.setattr(search.retrain, "retrain", lambda config, **kw: calls.append(("retrain", kw["augment"])))
+    monkeypatch.setattr(search.ensemble, "assemble",
+                        lambda config, **kw: calls.append(("assemble", kw["ensemble"], kw["point"])))
     monkeypatch.setattr(search.evaluation.evaluate, "evaluate", lambda config, **kw: calls.append(("evaluate",)))
     monkeypatch.setattr(search.export, "export_model", lambda config, **kw: calls.append(("export",)))
     flags = ["--data", demo_data, "--backbones", "vanilla_cnn", "--weights", "none", "--image-size", 32,
              "--max-epochs", 1, "--factor", 2]
     assert run_cli("search", "--run-dir", tmp_path / "a", *flags, "--no-augment").exit_code == 0
-    assert run_cli("search", "--run-dir", tmp_path / "b", *flags).exit_code == 0
-    assert calls == [("retrain", False), ("evaluate",), ("export",), ("retrain", True), ("evaluate",), ("export",)]
+    assert run_cli("search", "--run-dir", tmp_path / "b", *flags, "--augment", "--ensemble", "2",
+                   "--operating-point", "COVID:specificity=0.9").exit_code == 0
+    assert calls == [("retrain", False), ("assemble", None, None), ("evaluate",), ("export",),
+                     ("retrain", True), ("assemble", 2, "COVID:specificity=0.9"), ("evaluate",), ("export",)]
 
 
 def test_importing_cli_changes_no_process_wide_state():

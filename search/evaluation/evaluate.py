@@ -23,6 +23,8 @@ from search.config import RunConfig
 from search.evaluation.metrics import classification_metrics, roc_curves
 from search.lock import run_lock
 from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
+from search.ensemble import uncalibrated
+from search.evaluation.final import final_figures, section_markdown
 
 
 def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | None = None,
@@ -46,24 +48,34 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
 
 def _evaluate(config: RunConfig, data, out, layer, log) -> dict:
     winner = config.layout.best_winner()
-    model = keras.saving.load_model(winner / WINNER_MODEL)
+    final = config.layout.final_model()  # the calibrated (ensemble) model when assembled, else the winner
+    model = keras.saving.load_model(final / WINNER_MODEL)
     images, labels, paths, sources = _test_split(config) if data is None else _external(config, data, log)
     out = Path(out or _default_out(config, data))
     probs = model.predict(images, batch_size=config.batch_size, verbose=0)
     metrics = classification_metrics(labels, probs, config.class_names)
-    metrics["source"] = {"model": str(winner / WINNER_MODEL), "data": data or "test split of split.csv"}
+    metrics["source"] = {"model": str(final / WINNER_MODEL), "data": data or "test split of split.csv"}
     metrics[SPLIT_STAMP] = config.layout.split_digest()
     out.mkdir(parents=True, exist_ok=True)
     # metrics.json comes last and says the report is whole: an interrupted evaluate leaves none.
     (out / config.layout.metrics.name).unlink(missing_ok=True)
+    extra_pictures, extra_sections = {}, {}
+    if final != winner:
+        record = config.layout.read_current(config.layout.final_record, f"run `cxr-tuner evaluate {config.run_dir}`")
+        raw = uncalibrated(model).predict(images, batch_size=config.batch_size, verbose=0)
+        model = keras.saving.load_model(winner / WINNER_MODEL)  # Grad-CAM explains the rank-1 member
+        single = model.predict(images, batch_size=config.batch_size, verbose=0)
+        sections, extra_pictures = final_figures(record, labels, probs, raw, single, config.class_names, metrics, out)
+        metrics.update(sections)
+        extra_sections["Calibration, operating point, single best and final model"] = section_markdown(sections)
     _write_predictions(out / "predictions.csv", paths, labels, probs, config.class_names)
-    pictures = _pictures(winner, metrics, labels, probs, config.class_names, out)
+    pictures = {**_pictures(winner, metrics, labels, probs, config.class_names, out), **extra_pictures}
     explainer = gradcam.gradcam_model(model, layer or gradcam.default_layer(model))
     pages = gradcam.write_galleries(explainer, np.asarray(images), labels, probs, config.class_names, out / "gradcam")
     sections = {"Grad-CAM galleries": _gallery_index(pages, out),
                 "Shortcut checks": _shortcut_checks(config, model, explainer, (images, labels, probs, sources),
                                                     out, data is None, log),
-                "Model": _model_section(winner)}
+                "Model": _model_section(winner), **extra_sections}
     verdict = shortcuts.verdict_block(out, metrics) if data is None else ""
     report.write_report_md(out / "report.md", metrics, pictures, f"Evaluation of {winner.name}", sections,
                            verdict=verdict)

@@ -1,0 +1,213 @@
+"""The final model: the retrained winners averaged, calibrated, with a clinical operating point.
+
+Runs after retrain and reads only the validation split: it chooses how many of the
+ranked winners to average (``ensemble``; by default the count with the lowest
+class-weighted validation loss), fits the temperature on the validation
+probabilities of that average, and chooses the operating point's threshold on
+the calibrated validation probabilities. It writes ``winners/final/``: one Keras
+model on the same uint8 input (members that share a frozen backbone run it once,
+up to the deepest cut they all leave frozen), and ``final.json`` saying what it is.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+
+from data import files
+from data.errors import UserError
+from hypermodels.cached import cut_layer, is_cacheable
+from hypermodels.layers import TemperatureScaling
+from hypermodels.registry import get_backbone
+from search import dataset
+from search.config import RunConfig
+from search.evaluation import calibration, operating_point
+from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL, RunLayout
+from search.lock import run_lock
+
+CALIBRATION_LAYER = "calibration"
+ENSEMBLE_NAME = "cxr_ensemble"
+
+
+def build_ensemble(members: list[keras.Model], frozen: list[tuple[str, int | None]],
+                   temperature: float = 1.0) -> keras.Model:
+    """One model averaging ``members``' probabilities, then ``TemperatureScaling(temperature)``.
+
+    Args:
+        members: Whole image models of the run (same uint8 input).
+        frozen: Per member, ``(backbone, unfreeze depth)``; depth None when nothing of
+            the backbone is frozen (trained from scratch), which then runs whole.
+        temperature: Applied to the average; 1.0 leaves it as it is.
+    """
+    if len(members) == 1:  # stays flat, so Grad-CAM and the registry's layer names still apply
+        member = members[0]
+        return keras.Model(member.input, TemperatureScaling(temperature, name=CALIBRATION_LAYER)(member.output),
+                           name=member.name)
+    image = keras.Input(members[0].inputs[0].shape[1:], dtype=members[0].inputs[0].dtype, name="image")
+    outputs, groups = [], {}
+    for i, (member, (backbone, depth)) in enumerate(zip(members, frozen)):
+        if depth is None:
+            outputs.append(_renamed(member, f"member_{i + 1}")(image))
+        else:
+            groups.setdefault(backbone, []).append(i)
+    for backbone, indices in groups.items():
+        # The member that unfreezes most decides the deepest cut below which all are frozen alike.
+        cut = cut_layer(get_backbone(backbone), max(frozen[i][1] for i in indices))
+        first = members[indices[0]]
+        shared = keras.Model(first.input, first.get_layer(cut).output, name=f"frozen_{backbone}")
+        shared.trainable = False
+        features = shared(image)
+        outputs += [_above(members[i], cut, f"member_{i + 1}")(features) for i in indices]
+    mean = keras.layers.Average(name="ensemble_mean")(outputs)
+    return keras.Model(image, TemperatureScaling(temperature, name=CALIBRATION_LAYER)(mean), name=ENSEMBLE_NAME)
+
+
+def uncalibrated(model: keras.Model) -> keras.Model:
+    """The final model without its temperature: the members' plain average."""
+    return keras.Model(model.input, model.get_layer(CALIBRATION_LAYER).input)
+
+
+def _above(member: keras.Model, cut: str, name: str) -> keras.Model:
+    """The part of ``member`` above layer ``cut``, as a model of its own holding the member's values."""
+    blocks = keras.Model(member.get_layer(cut).output, member.output)
+    inputs = keras.Input(blocks.inputs[0].shape[1:], name=f"{name}_{cut}")
+    copy = keras.models.clone_model(blocks, input_tensors=inputs)
+    for layer in copy.layers:
+        if layer.weights:
+            layer.set_weights(member.get_layer(layer.name).get_weights())
+    return keras.Model(copy.input, copy.output, name=name)
+
+
+def _renamed(member: keras.Model, name: str) -> keras.Model:
+    return keras.Model(member.input, member.output, name=name)
+
+
+def predict(model: keras.Model, images: np.ndarray, size: int = 64) -> np.ndarray:
+    """Probabilities in batches, by direct calls (``Model.predict`` retraces per new model)."""
+    return np.concatenate([keras.ops.convert_to_numpy(model(np.asarray(images[i:i + size]), training=False))
+                           for i in range(0, len(images), size)]).astype(np.float64)
+
+
+def assemble(config: RunConfig, ensemble: int | None = None, point: str | None = None,
+             log: Callable[[str], None] = print) -> dict:
+    """Builds ``winners/final/`` from the retrained winners, on the validation split only.
+
+    Args:
+        ensemble: How many of the ranked winners to average; None chooses the count
+            (1 up to all retrained) with the lowest class-weighted validation loss.
+        point: ``CLASS:sensitivity=X`` / ``CLASS:specificity=X``, ``off``, or None for
+            the default (COVID at sensitivity 0.95 when there is such a class).
+
+    Returns:
+        The content of ``final.json``.
+    """
+    with run_lock(config.run_dir, "assemble", log):
+        return _assemble(config, ensemble, point, log)
+
+
+def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log) -> dict:
+    layout = config.layout
+    winners_dir = layout.winners
+    layout.best_winner()  # a clear error when there are no (current) winners
+    winners = layout.read_current(layout.winners_summary, f"run `cxr-tuner retrain {config.run_dir}`")["winners"]
+    if ensemble is not None and ensemble > len(winners):
+        raise UserError(f"--ensemble {ensemble} needs {ensemble} retrained winners, the run has {len(winners)}; "
+                        f"retrain with `cxr-tuner retrain {config.run_dir} --top-k {ensemble}`.")
+    data = dataset.prepare(config, progress=False)
+    config = data.config
+    chosen_point = operating_point.parse(point, config.class_names)  # before any work: bad input fails fast
+    rows = data.indices("val")
+    images, y_val = np.asarray(data.images[rows]), data.labels[rows]
+    weights = data.sample_weights("val").astype(np.float64)
+    members = [keras.saving.load_model(winners_dir / w["dir"] / WINNER_MODEL) for w in winners]
+    probs = [predict(m, images) for m in members]
+    losses = [_weighted_loss(y_val, np.mean(probs[:k], axis=0), weights) for k in range(1, len(probs) + 1)]
+    k = ensemble or int(np.argmin(losses)) + 1
+    log("ensemble (validation " + ", ".join(f"top {i + 1}: weighted loss {v:.4f}" for i, v in enumerate(losses))
+        + f"): averaging the top {k}" + ("" if ensemble else " (lowest validation loss)"))
+    raw = np.mean(probs[:k], axis=0)
+    temperature = calibration.fit_temperature(y_val, raw)
+    frozen = [_frozen_part(config, winners_dir / w["dir"]) for w in winners[:k]]
+    model = build_ensemble(members[:k], frozen, temperature)
+    calibrated = predict(model, images)
+    record = {
+        "kind": "ensemble" if k > 1 else "single",
+        "members": [w["dir"] for w in winners[:k]], "ensemble_size": k,
+        "validation_weighted_loss_by_size": losses,
+        "shared_frozen_backbone": {b: cut_layer(get_backbone(b), max(d for bb, d in frozen if bb == b))
+                                   for b, d in frozen if d is not None} if k > 1 else None,
+        "temperature": temperature, "single_temperature": calibration.fit_temperature(y_val, probs[0]),
+        "calibration_validation": calibration.summary(y_val, raw, temperature),
+        "operating_point": _threshold(chosen_point, config.class_names, y_val, calibrated),
+        "fitted_on": "validation split only", SPLIT_STAMP: layout.split_digest(),
+    }
+    _save(layout, winners[0]["dir"], model, record)
+    cal = record["calibration_validation"]
+    log(f"temperature {temperature:.3f} (fitted on validation: ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f})")
+    if record["operating_point"]:
+        op = record["operating_point"]
+        log(f"operating point {op['target_text']}: threshold {op['threshold']:.4f} on {op['class']} probability "
+            f"(validation sensitivity {op['validation']['sensitivity']:.3f}, "
+            f"specificity {op['validation']['specificity']:.3f})")
+    return record
+
+
+def final_card(layout: RunLayout, model_dir: Path) -> dict:
+    """The model card's ``model`` and ``operating_point`` entries for the exported model in ``model_dir``."""
+    record_file = layout.final_record
+    if Path(model_dir) != layout.final:
+        return {"model": {"kind": "single", "members": [Path(model_dir).name], "temperature": None,
+                          "what": "the rank-1 retrained winner, uncalibrated"}, "operating_point": None}
+    record = json.loads(record_file.read_text())
+    k = record["ensemble_size"]
+    what = (f"the mean of the probabilities of the top {k} retrained winners ({', '.join(record['members'])})"
+            if k > 1 else f"the rank-1 retrained winner ({record['members'][0]})")
+    what += f", temperature-scaled (T = {record['temperature']:.4f}, fitted on the validation split)"
+    if record["shared_frozen_backbone"]:
+        what += "; members share one frozen backbone up to " + ", ".join(
+            f"{b}'s {cut}" for b, cut in record["shared_frozen_backbone"].items())
+    model = {"kind": record["kind"], "members": record["members"], "temperature": record["temperature"],
+             "what": what}
+    if k > 1:
+        model["gradcam"] = ("explain with a member: RUN_DIR/winners/" + record["members"][0] + "/model.keras")
+    return {"model": model, "operating_point": record["operating_point"]}
+
+
+def _weighted_loss(y, probs, weights) -> float:
+    picked = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)
+    return float((weights * -np.log(picked)).sum() / weights.sum())
+
+
+def _frozen_part(config: RunConfig, winner: Path) -> tuple[str, int | None]:
+    values = json.loads((winner / WINNER_HYPERPARAMETERS).read_text())["values"]
+    backbone = values["backbone"]
+    return backbone, values.get("unfreeze_depth", 0) if is_cacheable(backbone, config.weights) else None
+
+
+def _threshold(point, class_names, y_val, calibrated) -> dict | None:
+    if point is None:
+        return None
+    index = list(class_names).index(point.class_name)
+    threshold = operating_point.choose_threshold(y_val == index, calibrated[:, index], point.metric, point.target)
+    validation = operating_point.figures(y_val, calibrated, index, threshold, n_bootstrap=0)
+    return {"class": point.class_name, "metric": point.metric, "target": point.target,
+            "target_text": point.text(), "threshold": threshold, "chosen_on": "validation",
+            "validation": {"sensitivity": validation["sensitivity"]["value"],
+                           "specificity": validation["specificity"]["value"], "n": validation["n"]},
+            "how_to_apply": operating_point.how_to_apply(point.class_name, threshold)}
+
+
+def _save(layout: RunLayout, best: str, model: keras.Model, record: dict) -> None:
+    final = layout.final
+    shutil.rmtree(final, ignore_errors=True)
+    final.mkdir(parents=True)
+    model.save(final / WINNER_MODEL)
+    keras.saving.load_model(final / WINNER_MODEL, safe_mode=True)  # fails here, not in a user's hands
+    for name in (WINNER_HISTORY, WINNER_HYPERPARAMETERS):  # the rank-1 member's, for the report and card
+        shutil.copy(layout.winners / best / name, final / name)
+    files.write_json(layout.final_record, record)  # last: says the folder is whole

@@ -1,0 +1,87 @@
+"""Test figures of the final model beyond argmax: calibration, operating point, single best beside it.
+
+Everything here applies what ``search.ensemble.assemble`` fixed on validation
+(the temperature, the threshold); nothing is fitted on the test split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from search.evaluation import calibration, operating_point
+from search.evaluation.metrics import classification_metrics
+
+_COMPARED = ("accuracy", "macro_f1", "covid_sensitivity", "covid_specificity")
+
+
+def final_figures(record: dict, labels: np.ndarray, final_probs: np.ndarray, raw_probs: np.ndarray,
+                  single_probs: np.ndarray, class_names, metrics: dict, out: Path) -> tuple[dict, dict]:
+    """The ``calibration``, ``operating_point`` and ``single_vs_final`` sections of metrics.json, and pictures.
+
+    Args:
+        record: ``final.json`` (temperature, threshold, members).
+        final_probs: The final model's test probabilities (calibrated).
+        raw_probs: The same before the temperature (the members' average).
+        single_probs: The rank-1 winner's own (uncalibrated) test probabilities.
+        metrics: ``classification_metrics`` of ``final_probs``.
+    """
+    sections = {"calibration": {**calibration.summary(labels, raw_probs, record["temperature"]),
+                                "fitted_on": "validation", "validation": record["calibration_validation"]}}
+    single = classification_metrics(labels, calibration.scale(single_probs, record["single_temperature"]),
+                                    class_names)
+    sections["single_vs_final"] = {
+        "final_kind": record["kind"], "members": record["members"],
+        "single_best": {**{k: single[k] for k in _COMPARED}, "ece": single["ece"]["value"],
+                        "temperature": record["single_temperature"]},
+        "final": {**{k: metrics[k] for k in _COMPARED}, "ece": metrics["ece"]["value"]},
+    }
+    point = record.get("operating_point")
+    if point:
+        index = list(class_names).index(point["class"])
+        sections["operating_point"] = {
+            **{k: point[k] for k in ("class", "metric", "target", "threshold", "chosen_on", "how_to_apply")},
+            "validation": point["validation"],
+            "test": operating_point.figures(labels, final_probs, index, point["threshold"]),
+            "test_argmax": _argmax_figures(labels, final_probs, index),
+        }
+    picture = calibration.plot_reliability(labels, raw_probs, final_probs, out / "reliability.png")
+    return sections, {"Reliability diagram (test split; temperature fitted on validation)": picture}
+
+
+def _argmax_figures(labels, probs, index) -> dict:
+    # A one-hot of the argmax at threshold 0.5 decides as argmax does: the same bootstrap, argmax's figures.
+    called = probs.argmax(axis=1)
+    fake = np.zeros_like(probs)
+    fake[np.arange(len(called)), called] = 1.0
+    return operating_point.figures(labels, fake, index, 0.5)
+
+
+def section_markdown(sections: dict) -> str:
+    """The report.md section for these figures."""
+    cal = sections["calibration"]
+    lines = [f"Temperature {cal['temperature']:.3f}, fitted on validation. Test ECE {cal['ece_before']:.4f} "
+             f"before, {cal['ece_after']:.4f} after; test cross-entropy {cal['nll_before']:.4f} -> "
+             f"{cal['nll_after']:.4f}."]
+    compare = sections["single_vs_final"]
+    lines += ["", f"| | single best | final ({compare['final_kind']}: {', '.join(compare['members'])}) |",
+              "|---|---|---|"]
+    for name in _COMPARED:
+        lines.append(f"| {name} | {_cell(compare['single_best'][name])} | {_cell(compare['final'][name])} |")
+    lines.append(f"| ECE (calibrated) | {compare['single_best']['ece']:.4f} | {compare['final']['ece']:.4f} |")
+    point = sections.get("operating_point")
+    if point:
+        lines += ["", f"Operating point {point['class']} {point['metric']} >= {point['target']:g} on validation: "
+                  f"threshold {point['threshold']:.4f} ({point['how_to_apply']}).", "",
+                  "| on the test split | sensitivity | specificity |", "|---|---|---|"]
+        for label, figures in (("argmax", point["test_argmax"]), ("operating point", point["test"])):
+            lines.append(f"| {label} | {_cell(figures['sensitivity'])} | {_cell(figures['specificity'])} |")
+    return "\n".join(lines)
+
+
+def _cell(figure: dict) -> str:
+    if figure.get("value") is None:
+        return "n/a"
+    ci = figure.get("ci95")
+    return f"{figure['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")

@@ -1,0 +1,87 @@
+"""Retrain choices decided on validation, cheap variants first.
+
+Before the winners are retrained, the rank-1 configuration is trained a few ways
+on the cached activations (seconds each, where training on images takes minutes):
+as searched, with the learning rate decayed when validation stalls, and with one
+block more unfrozen at a lower rate. The variant with the lowest class-weighted
+validation loss is what every winner is retrained with; the figures are printed
+and kept in ``winners/summary.json``. Backbones trained from scratch have no
+cache, so their winners are retrained as searched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import keras
+import keras_tuner
+
+from hypermodels.cached import is_cacheable
+from hypermodels.classifier import OBJECTIVE
+from hypermodels.registry import get_backbone
+
+LR_DECAY_FACTOR = 0.3
+EXTRA_BLOCK_LR_FACTOR = 0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One way to retrain a configuration.
+
+    Attributes:
+        name: What it is, as printed.
+        lr_decay: Multiply the learning rate by ``LR_DECAY_FACTOR`` after an epoch
+            without a better validation loss (``ReduceLROnPlateau``).
+        extra_block: Unfreeze one block more than the search chose, at
+            ``EXTRA_BLOCK_LR_FACTOR`` times its learning rate.
+    """
+
+    name: str
+    lr_decay: bool = False
+    extra_block: bool = False
+
+    def hyperparameters(self, hp: keras_tuner.HyperParameters) -> keras_tuner.HyperParameters:
+        """``hp`` as this variant trains it (a copy)."""
+        hp = keras_tuner.HyperParameters.from_config(hp.get_config())
+        if self.extra_block:
+            hp.values["unfreeze_depth"] = hp.values["unfreeze_depth"] + 1
+            hp.values["learning_rate"] = hp.values["learning_rate"] * EXTRA_BLOCK_LR_FACTOR
+        return hp
+
+    def callbacks(self) -> list:
+        if not self.lr_decay:
+            return []
+        return [keras.callbacks.ReduceLROnPlateau(OBJECTIVE, factor=LR_DECAY_FACTOR, patience=1, mode="min",
+                                                  min_lr=1e-6, verbose=0)]
+
+
+AS_SEARCHED = Variant("as searched")
+
+
+def candidates(hp: keras_tuner.HyperParameters, weights: str) -> list[Variant]:
+    """The variants worth trying for ``hp``: one block more only where there is a block to unfreeze."""
+    backbone = hp.values["backbone"]
+    if not is_cacheable(backbone, weights):
+        return [AS_SEARCHED]
+    variants = [AS_SEARCHED, Variant("lr decay", lr_decay=True)]
+    if hp.values.get("unfreeze_depth", 0) < len(get_backbone(backbone).unfreeze_points):
+        variants.append(Variant("one block more, lower lr, lr decay", lr_decay=True, extra_block=True))
+    return variants
+
+
+def choose(fit: Callable[[keras_tuner.HyperParameters, list], float], hp: keras_tuner.HyperParameters,
+           weights: str, log: Callable[[str], None] = print) -> tuple[Variant, dict]:
+    """Trains each candidate variant of ``hp`` with ``fit(hp, callbacks) -> best validation loss``; the lowest wins.
+
+    Returns:
+        The chosen variant and ``{variant name: validation loss}``.
+    """
+    variants = candidates(hp, weights)
+    if len(variants) == 1:
+        return variants[0], {}
+    scores = {v.name: fit(v.hyperparameters(hp), v.callbacks()) for v in variants}
+    chosen = min(variants, key=lambda v: scores[v.name])
+    log("retrain choice, on validation (" + ", ".join(f"{n}: {OBJECTIVE} {s:.4f}" for n, s in scores.items())
+        + f"): {chosen.name}")
+    return chosen, scores

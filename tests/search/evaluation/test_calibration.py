@@ -1,0 +1,65 @@
+"""Temperature scaling and the operating point's threshold, on arrays."""
+
+import numpy as np
+import pytest
+
+from data.errors import UserError
+from search.evaluation import calibration, operating_point
+from search.evaluation.metrics import expected_calibration_error
+
+
+def _overconfident(n, seed):
+    """Labels and probabilities of a 3-class model that is right 70% of the time but says 99%."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    guess = np.where(rng.random(n) < 0.7, labels, (labels + 1) % 3)
+    probs = np.full((n, 3), 0.005)
+    probs[np.arange(n), guess] = 0.99
+    return labels, probs
+
+
+def test_temperature_from_validation_softens_an_overconfident_model_and_lowers_test_ece():
+    y_val, p_val = _overconfident(400, 0)
+    y_test, p_test = _overconfident(400, 1)
+    temperature = calibration.fit_temperature(y_val, p_val)
+    assert temperature > 1
+    before = expected_calibration_error(y_test, p_test)
+    after = expected_calibration_error(y_test, calibration.scale(p_test, temperature))
+    assert before > 0.25 and after < 0.05
+    assert (calibration.scale(p_test, temperature).argmax(1) == p_test.argmax(1)).all()
+
+
+@pytest.mark.parametrize("target", [0.8, 0.95, 1.0])
+def test_sensitivity_threshold_is_met_and_the_highest_that_meets_it(target):
+    rng = np.random.default_rng(2)
+    is_positive = rng.random(300) < 0.3
+    scores = np.clip(rng.normal(np.where(is_positive, 0.7, 0.3), 0.2), 0, 1)
+    threshold = operating_point.choose_threshold(is_positive, scores, "sensitivity", target)
+    assert (scores[is_positive] >= threshold).mean() >= target
+    higher = np.nextafter(threshold, np.inf)
+    assert (scores[is_positive] >= higher).mean() < target
+
+
+def test_specificity_threshold_is_met_and_the_lowest_that_meets_it():
+    rng = np.random.default_rng(3)
+    is_positive = rng.random(300) < 0.3
+    scores = rng.random(300)
+    threshold = operating_point.choose_threshold(is_positive, scores, "specificity", 0.9)
+    assert (scores[~is_positive] < threshold).mean() >= 0.9
+    assert (scores[~is_positive] < np.nextafter(threshold, -np.inf)).mean() < 0.9
+
+
+def test_decision_calls_the_class_at_its_threshold_else_the_best_other():
+    probs = np.array([[0.3, 0.6, 0.1], [0.1, 0.5, 0.4], [0.8, 0.1, 0.1]])
+    assert operating_point.decide(probs, 0, 0.25).tolist() == [0, 1, 0]
+    assert operating_point.decide(probs, 0, 0.9).tolist() == [1, 1, 1]
+
+
+def test_operating_point_flag_defaults_to_covid_and_refuses_bad_text():
+    assert operating_point.parse(None, ("COVID", "Normal")).text() == "COVID:sensitivity=0.95"
+    assert operating_point.parse(None, ("Normal", "Pneumonia")) is None
+    assert operating_point.parse("off", ("COVID", "Normal")) is None
+    assert operating_point.parse("Normal:specificity=0.9", ("COVID", "Normal")).metric == "specificity"
+    for bad in ("COVID:recall=0.9", "Flu:sensitivity=0.9", "COVID:sensitivity=1.5"):
+        with pytest.raises(UserError):
+            operating_point.parse(bad, ("COVID", "Normal"))

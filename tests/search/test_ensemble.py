@@ -1,0 +1,104 @@
+"""The final model: one Keras model averaging the winners, calibrated on validation, with a threshold."""
+
+import json
+
+import keras
+import keras_tuner
+import numpy as np
+import pytest
+
+from data.errors import UserError
+from hypermodels.classifier import XrayClassifier
+from search import dataset
+from search.config import load_config
+from search.ensemble import assemble, build_ensemble, predict
+from search.evaluation import calibration
+from search.export import _write_formats, predict_exported
+
+SIZE = 32
+
+
+def _member(classifier, depth, seed):
+    keras.utils.set_random_seed(seed)
+    hp = keras_tuner.HyperParameters()
+    hp.values.update(backbone="mobilenet_025", unfreeze_depth=depth, head_depth=1, head_units_0=64, dropout=0.2)
+    return classifier.build(hp)
+
+
+@pytest.fixture(scope="module")
+def members():
+    """Three pretrained mobilenet_025 image models that unfreeze 0, 1 and 2 blocks (random heads)."""
+    classifier = XrayClassifier(3, SIZE, ("mobilenet_025",), "imagenet")
+    return [_member(classifier, depth, seed) for depth, seed in ((0, 1), (1, 2), (2, 3))]
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).integers(0, 256, (10, SIZE, SIZE, 1)).astype("uint8")
+
+
+def test_ensemble_is_one_model_giving_the_mean_of_its_members_and_runs_the_frozen_backbone_once(
+        members, images, tmp_path):
+    model = build_ensemble(members, [("mobilenet_025", 0), ("mobilenet_025", 1), ("mobilenet_025", 2)])
+    expected = np.mean([predict(m, images) for m in members], axis=0)
+    assert np.abs(predict(model, images) - expected).max() < 1e-5
+    shared = model.get_layer("frozen_mobilenet_025")
+    # The shared part ends where the member unfreezing two blocks starts training.
+    assert shared.layers[-1].name == "conv_pw_11_relu"
+    assert model.count_params() < sum(m.count_params() for m in members)
+    model.save(tmp_path / "ensemble.keras")
+    loaded = keras.saving.load_model(tmp_path / "ensemble.keras", safe_mode=True)
+    assert np.abs(predict(loaded, images) - expected).max() < 1e-5
+
+
+def test_exported_ensemble_agrees_as_saved_model_and_tflite(members, images, tmp_path):
+    model = build_ensemble(members, [("mobilenet_025", 0), ("mobilenet_025", 1), ("mobilenet_025", 2)],
+                           temperature=1.7)
+    expected = predict(model, images)
+    written = _write_formats(model, ("keras", "savedmodel", "tflite"), tmp_path, tmp_path)
+    for path in written.values():
+        assert np.abs(predict_exported(path, images) - expected).max() < 1e-4
+
+
+def test_temperature_scales_the_average_inside_the_model(members, images):
+    frozen = [("mobilenet_025", 0), ("mobilenet_025", 1)]
+    plain = predict(build_ensemble(members[:2], frozen), images)
+    scaled = predict(build_ensemble(members[:2], frozen, temperature=2.5), images)
+    assert np.abs(scaled - calibration.scale(plain, 2.5)).max() < 1e-5
+    assert (scaled.argmax(axis=1) == plain.argmax(axis=1)).all()
+
+
+def test_assemble_reads_only_validation_and_fits_the_temperature_there(run_copy, monkeypatch):
+    asked = []
+    indices = dataset.RunData.indices
+    monkeypatch.setattr(dataset.RunData, "indices", lambda self, name: asked.append(name) or indices(self, name))
+    record = assemble(load_config(run_copy), ensemble=2, log=lambda line: None)
+    assert "test" not in asked and "val" in asked
+    data = dataset.prepare(load_config(run_copy), progress=False)
+    rows = indices(data, "val")
+    winners = json.loads((run_copy / "winners" / "summary.json").read_text())["winners"]
+    members = [keras.saving.load_model(run_copy / "winners" / w["dir"] / "model.keras") for w in winners]
+    mean = np.mean([predict(m, np.asarray(data.images[rows])) for m in members], axis=0)
+    assert record["temperature"] == pytest.approx(calibration.fit_temperature(data.labels[rows], mean))
+    assert load_config(run_copy).layout.final_model() == run_copy / "winners" / "final"
+    final = keras.saving.load_model(run_copy / "winners" / "final" / "model.keras", safe_mode=True)
+    assert np.abs(predict(final, np.asarray(data.images[rows])) - calibration.scale(mean, record["temperature"])
+                  ).max() < 1e-4
+
+
+def test_threshold_meets_the_sensitivity_on_validation(run_copy):
+    record = assemble(load_config(run_copy), ensemble=1, point="COVID:sensitivity=0.9", log=lambda line: None)
+    point = record["operating_point"]
+    assert point["class"] == "COVID" and point["chosen_on"] == "validation"
+    assert point["validation"]["sensitivity"] >= 0.9
+    data = dataset.prepare(load_config(run_copy), progress=False)
+    rows = data.indices("val")
+    final = keras.saving.load_model(run_copy / "winners" / "final" / "model.keras")
+    covid = predict(final, np.asarray(data.images[rows]))[:, 0]
+    is_covid = data.labels[rows] == 0
+    assert (covid[is_covid] >= point["threshold"]).mean() >= 0.9
+
+
+def test_ensemble_larger_than_the_winners_is_refused_in_one_line(run_copy):
+    with pytest.raises(UserError, match="--top-k 3"):
+        assemble(load_config(run_copy), ensemble=3, log=lambda line: None)
