@@ -21,7 +21,7 @@ import numpy as np
 
 from data import files
 from data.errors import UserError
-from hypermodels.cached import cut_layer, is_cacheable
+from hypermodels.cutting import cut_layer, is_cacheable
 from hypermodels.layers import TemperatureScaling
 from hypermodels.registry import get_backbone
 from search import dataset

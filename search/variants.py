@@ -17,7 +17,7 @@ from typing import Callable
 import keras
 import keras_tuner
 
-from hypermodels.cached import is_cacheable
+from hypermodels.cutting import is_cacheable
 from hypermodels.classifier import OBJECTIVE
 from hypermodels.registry import get_backbone
 

@@ -1,8 +1,10 @@
-"""Evaluate the best winner once on the test split (or an external labelled folder).
+"""Evaluate the final model once on the test split (or an external labelled folder).
 
 Writes ``metrics.json``, ``predictions.csv``, training curves, confusion matrix and
 ROC pictures, Grad-CAM galleries under ``gradcam/`` and a ``report.md`` tying them
-together. This is the only stage that reads the test split's labels.
+together, and for an assembled final model its calibration, operating point and the
+single best beside it (search.evaluation.final). This is the only stage that reads the
+test split's labels.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from search.evaluation.final import final_figures, section_markdown
 
 def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | None = None,
              log: Callable[[str], None] = print) -> dict:
-    """Evaluates the rank-1 winner and writes the report.
+    """Evaluates the final model (the rank-1 winner before one is assembled) and writes the report.
 
     Args:
         config: The run's config (from ``load_config``).
