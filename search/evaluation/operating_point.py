@@ -35,7 +35,7 @@ class OperatingPoint:
 
 
 def parse(text: str | None, class_names) -> OperatingPoint | None:
-    """``CLASS:sensitivity=0.95`` or ``CLASS:specificity=0.9``; None (or ``"none"``) -> the default.
+    """``CLASS:sensitivity=0.95`` or ``CLASS:specificity=0.9``; None (or ``"default"``) -> the default.
 
     The default is COVID at sensitivity 0.95 when the run has a class named COVID, else none.
     ``"off"`` turns it off.
