@@ -26,7 +26,7 @@ import numpy as np
 from data import files
 from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
-from search import dataset
+from search import console, dataset
 from search.config import RunConfig
 from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
 from search.activations import trial_hypermodel
@@ -82,10 +82,12 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
     shutil.rmtree(winners_dir, ignore_errors=True)
     epochs = max_epochs or config.max_epochs * 2
     results = []
-    for entry in top:
+    for rank, entry in enumerate(top, 1):
         hp = trial_hyperparameters(config, entry["trial_id"])
         staging = winners_dir / f"trial_{entry['trial_id']}"
-        scores = [_fit_and_keep(training, hp, config.seed + i, epochs, staging) for i in range(seeds)]
+        log(f"retrain {rank}/{len(top)}: trial {entry['trial_id']} ({console.hyperparameter_text(entry['hyperparameters'])})")
+        scores = [_fit_and_keep(training, hp, config.seed + i, epochs, staging,
+                                console.epoch_lines(log, f"  seed {config.seed + i}", epochs)) for i in range(seeds)]
         results.append(_result(entry, scores))
         log(f"retrained trial {entry['trial_id']}: {OBJECTIVE} {_mean_std_text(results[-1])}")
     return _rank_and_save(config, results, augment, epochs)
@@ -125,12 +127,12 @@ class _ImageTraining:
         return trained
 
 
-def _fit_and_keep(training, hp, seed, epochs, staging: Path) -> dict:
-    """Trains one seed; saves the model if it beats the seeds saved before it."""
+def _fit_and_keep(training, hp, seed, epochs, staging: Path, progress=None) -> dict:
+    """Trains one seed; saves the model if it beats the seeds saved before it (``progress``: a callback)."""
     fresh_keras_state(seed)
     model = training.build(hp)
     stop = keras.callbacks.EarlyStopping(OBJECTIVE, patience=PATIENCE, mode="min", restore_best_weights=True)
-    history = training.fit(hp, model, epochs=epochs, callbacks=[stop], verbose=0).history
+    history = training.fit(hp, model, epochs=epochs, callbacks=[stop, *filter(None, [progress])], verbose=0).history
     history = {k: [float(v) for v in values] for k, values in history.items()}
     best_epoch = int(np.nanargmin(history[OBJECTIVE]))
     score = {"seed": seed, OBJECTIVE: history[OBJECTIVE][best_epoch], "best_epoch": best_epoch + 1,
