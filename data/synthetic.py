@@ -10,7 +10,9 @@ that a model looks where the disease is:
 
 Position, scale, tilt, lung sizes, exposure, contrast, noise, rib phase, collimator
 margins and the side marker vary per image, so a model cannot memorise one picture and
-the leakage audit (``data.audit``) finds no near-duplicates among the demo images.
+the leakage audit (``data.audit``) finds (almost) no near-duplicates among the demo
+images: faint opacities can bring a diseased phantom within the hash threshold of a
+``Normal`` one (docs/first-run.md).
 
 The demo set's classes overlap, as real films do: each diseased image's opacities
 have a severity drawn from ``DEMO_SEVERITY``, so the faintest look like ``Normal``
