@@ -57,6 +57,15 @@ def write_report_html(report_dir, card: dict | None = None) -> Path:
     return path
 
 
+def refresh(layout) -> Path | None:
+    """Re-renders the run's ``report.html`` after its ``report.md`` changed (with the card if exported)."""
+    if not (layout.report / "report.md").is_file():
+        return None
+    card_file = layout.export / "model_card.json"
+    card = json.loads(card_file.read_text()) if card_file.is_file() else None
+    return write_report_html(layout.report, card)
+
+
 def _data_uri(path: Path) -> str:
     kind = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}[path.suffix.lower()]
     return f"data:{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
