@@ -47,8 +47,12 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
-def cli():
+@click.option("--verbose", is_flag=True, help="Show TensorFlow's and absl's start-up messages and warnings.")
+def cli(verbose):
     """Search transfer-learning classifiers for chest X-rays with KerasTuner."""
+    from search import console
+
+    console.quiet_start(verbose)  # first: with --verbose it sets TensorFlow's C++ log level before _quiet_process
     _quiet_process()  # here, not at import: every command (and CliRunner) gets it, importers do not
 
 

@@ -8,7 +8,7 @@ from typing import Sequence
 import keras
 import keras_tuner
 
-from hypermodels.layers import XrayPreprocess
+from hypermodels.preprocess import preprocess
 from hypermodels.registry import BackboneSpec, get_backbone
 from hypermodels.weights import resolve_weights
 
@@ -52,7 +52,7 @@ class XrayClassifier(keras_tuner.HyperModel):
         depth = self.unfreeze_depth(hp, spec) if weights is not None else None
         seed = head_seed()
         inputs = keras.Input((self.image_size, self.image_size, 1), dtype="uint8", name="image")
-        x = XrayPreprocess(spec.preprocess, name="preprocess")(inputs)
+        x = preprocess(inputs, spec.preprocess)
         base = spec.constructor(include_top=False, weights=weights, input_tensor=x)
         if depth is None:
             _follow_batch_statistics_faster(base)

@@ -1,7 +1,8 @@
-"""Serializable preprocessing layers, so exported models take raw uint8 images.
+"""The registered preprocessing layer of earlier versions, kept so their files still load.
 
-These are registered Keras layers rather than ``Lambda`` layers so that the
-exported ``.keras`` file loads with ``safe_mode=True``.
+Models built now use built-in layers (:mod:`hypermodels.preprocess`) and load
+without this module; ``.keras`` files written before need it imported (the
+``predict`` command does).
 """
 
 from __future__ import annotations

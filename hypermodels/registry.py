@@ -24,7 +24,7 @@ class BackboneSpec:
         name: Registry name used on the command line.
         constructor: ``keras.applications``-style callable taking
             ``include_top``, ``weights`` and ``input_tensor``.
-        preprocess: Mode of ``hypermodels.layers.XrayPreprocess`` that
+        preprocess: Mode of ``hypermodels.preprocess.preprocess`` that
             reproduces the backbone's own ``preprocess_input``.
         default_size: Input size the ImageNet weights were trained at.
         min_size: Smallest input size the architecture accepts.

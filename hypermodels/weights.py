@@ -9,6 +9,11 @@ from data.errors import UserError
 from hypermodels.registry import BackboneSpec
 
 
+SHIPPED_DIR = Path(__file__).parent / "assets"
+"""ImageNet weight files shipped with the package (MobileNet alpha 0.25, Apache-2.0, see NOTICE there),
+used when the Keras cache has none: the demo and the tests transfer from ImageNet offline."""
+
+
 def keras_cache_dir() -> Path:
     """The folder where Keras looks for downloaded weights (``$KERAS_HOME/models``)."""
     # KERAS_HOME is Keras' own documented setting; we mirror its rule here.
@@ -25,7 +30,8 @@ def resolve_weights(spec: BackboneSpec, weights: str, size: int) -> str | None:
         size: Input size, which picks the weight file for the MobileNets.
 
     Returns:
-        ``"imagenet"``, a file path, or ``None`` (random initialisation). From-scratch
+        ``"imagenet"``, a file path (given, or the shipped copy when the Keras cache
+        lacks the ImageNet file), or ``None`` (random initialisation). From-scratch
         backbones (no ImageNet weights exist) always get ``None``.
 
     Raises:
@@ -40,6 +46,8 @@ def resolve_weights(spec: BackboneSpec, weights: str, size: int) -> str | None:
         return str(weights)
     file_name = spec.weight_file(size)
     if not (keras_cache_dir() / file_name).is_file():
+        if (SHIPPED_DIR / file_name).is_file():
+            return str(SHIPPED_DIR / file_name)
         _download(spec, file_name, size)
     return "imagenet"
 

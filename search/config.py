@@ -98,10 +98,10 @@ class RunConfig:
                 "Use another --run-dir, repeat the original flags to resume, or --overwrite to start over."
             )
 
-# The demo data are small phantoms: ImageNet features are no help and would need
-# a download, so the demo trains small models from scratch at a small size.
+# The demo searches the pretrained path, as a real search does: mobilenet_025 from the
+# ImageNet weights the package ships (offline), against a small CNN from scratch.
 # Batches of 16 give the from-scratch demo models enough steps to learn in 8 epochs.
-DEMO_DEFAULTS = dict(backbones=("vanilla_cnn", "mobilenet_025"), image_size=64, weights="none",
+DEMO_DEFAULTS = dict(backbones=("vanilla_cnn", "mobilenet_025"), image_size=96, weights="imagenet",
                      max_epochs=8, batch_size=16)
 DATA_DEFAULTS = dict(backbones=("efficientnet_b0", "mobilenet_v2", "resnet50", "densenet121"),
                      image_size=224, weights="imagenet", max_epochs=9, batch_size=32)

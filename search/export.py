@@ -24,8 +24,9 @@ import tensorflow as tf
 
 from data import files
 from data.errors import UserError
+from hypermodels import preprocess
 from search import dataset
-from search.evaluation import gradcam
+from search.evaluation import gradcam, html_report
 from search.config import RunConfig
 from search.ensemble import ENSEMBLE_NAME, final_card
 from search.hparams import searched_values
@@ -61,9 +62,11 @@ def _export(config: RunConfig, formats, out, log) -> dict:
     (out / CARD_FILE).unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as staging:
         staging = Path(staging)
-        written = _write_formats(model, formats, staging, staging / ".scratch")
+        written = _write_formats(model, formats, staging, staging / ".scratch", log)
         written = {name: path for name, path in written.items() if name in formats}
-        agreement = _agreement(model, written, _test_images(config))
+        images = _test_images(config)
+        log(f"export: checking {', '.join(written)} against the model on {len(images)} test images")
+        agreement = _agreement(model, written, images)
         card = model_card(config, winner, model, written, staging)
         card["agreement"] = {"images": "test split", "max_abs_probability_difference": agreement}
         card.update(final_card(config.layout, winner))
@@ -74,19 +77,24 @@ def _export(config: RunConfig, formats, out, log) -> dict:
             os.replace(path, target)
     files.write_json(out / CARD_FILE, card)
     log(f"exported {', '.join(written)} to {out}")
+    if out == config.layout.export and (config.layout.report / "report.md").is_file():
+        html_report.write_report_html(config.layout.report, card)  # the report shows the card of what was shipped
     return card
 
 
-def _write_formats(model: keras.Model, formats, out: Path, scratch: Path) -> dict:
+def _write_formats(model: keras.Model, formats, out: Path, scratch: Path, log=lambda line: None) -> dict:
     """Writes each format; TFLite converts from a SavedModel, a scratch one if not asked for."""
     written = {}
     if "keras" in formats:
+        log(f"export: {FILES['keras']}")
         written["keras"] = _write_keras(model, out / FILES["keras"])
     if "savedmodel" in formats or "tflite" in formats:
+        log("export: SavedModel" + ("" if "savedmodel" in formats else " (scratch, for TFLite)"))
         saved = out / FILES["savedmodel"] if "savedmodel" in formats else scratch / "saved_model"
         model.export(str(saved), format="tf_saved_model", verbose=False)
         written["savedmodel"] = saved
     if "tflite" in formats:
+        log(f"export: {FILES['tflite']} (float32)")
         written["tflite"] = _write_tflite(written["savedmodel"], out / FILES["tflite"])
     return written
 
@@ -156,10 +164,10 @@ def model_card(config: RunConfig, winner: Path, model: keras.Model, written: dic
                   "meaning": f"grayscale X-ray resized to {size}x{size}, values 0-255"},
         "output": {"name": "predictions", "shape": [None, len(config.class_names)],
                    "meaning": "softmax probabilities in class_names order"},
-        "preprocessing": {"inside_model": _preprocess_mode(model),
+        "preprocessing": {"inside_model": preprocess.mode_of(model),
                           "caller": "decode to 8-bit grayscale and resize to the input size"},
-        "loading": {"keras": "import hypermodels.layers (registers XrayPreprocess), then "
-                             "keras.saving.load_model(path, safe_mode=True)",
+        "loading": {"keras": "keras.saving.load_model(path, safe_mode=True); built-in Keras layers only, "
+                             "no import of this project needed",
                     "savedmodel": "tf.saved_model.load(path).signatures['serving_default'](image=uint8 batch)",
                     "tflite": "tf.lite.Interpreter (or ai_edge_litert); float32, uint8 input"},
         "gradcam_layer": gradcam.default_layer(model) if model.name != ENSEMBLE_NAME else None,
@@ -171,16 +179,6 @@ def model_card(config: RunConfig, winner: Path, model: keras.Model, written: dic
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
                      "keras_tuner": keras_tuner.__version__},
     }
-
-
-def _preprocess_mode(model):
-    """The mode of the model's ``preprocess`` layer, also where an ensemble nests it in its shared backbone."""
-    for layer in model.layers:
-        if layer.name == "preprocess":
-            return layer.get_config()["mode"]
-        if isinstance(layer, keras.Model) and (mode := _preprocess_mode(layer)):
-            return mode
-    return None
 
 
 def _headline_metrics(layout: RunLayout) -> dict | None:

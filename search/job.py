@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
+from search import console
 from search.config import RunConfig, load_config
 from search.lock import run_lock
 from search.run import check_inputs, run_search
@@ -34,6 +36,7 @@ def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ense
 
 
 def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, log, search_options: dict) -> dict:
+    started = time.perf_counter()
     best = run_search(config, log=log, **search_options)
     for line in best_lines(best, config):
         log(line)
@@ -49,6 +52,8 @@ def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, l
         assemble(saved, ensemble=final[0], point=final[1], log=log)
         evaluate(saved, log=log)
         export_model(saved, log=log)
+        for line in console.summary_lines(config.layout, started):
+            log(line)
     return best
 
 
@@ -56,6 +61,6 @@ def best_lines(best: dict, config: RunConfig) -> list[str]:
     """What to print about the search's best trial and where to look further."""
     top, objective = best["best"], best["objective"]["name"]
     lines = [f"best trial {top['trial_id']} of {best['trials']}: {objective} = {top[objective]:.4f}"]
-    lines += [f"  {name}: {value}" for name, value in top["hyperparameters"].items()]
+    lines += [f"  {name} {console.value_text(value)}" for name, value in top["hyperparameters"].items()]
     lines.append(f"inspect: tensorboard --logdir {config.layout.tensorboard}")
     return lines

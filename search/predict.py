@@ -11,7 +11,7 @@ import numpy as np
 from data.errors import UserError
 from data.errors import DecodeFailure
 from data.images import decode_image
-import hypermodels.layers  # noqa: F401  (registers XrayPreprocess, which model.keras needs)
+import hypermodels.layers  # noqa: F401  (registers XrayPreprocess, which .keras files of earlier versions need)
 from search.evaluation import gradcam
 from search.config import load_config
 from search.ensemble import ENSEMBLE_NAME

@@ -26,7 +26,7 @@ import numpy as np
 from data import files
 from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
-from search import dataset, variants
+from search import console, dataset, variants
 from search.config import RunConfig
 from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
 from search.activations import trial_hypermodel
@@ -107,13 +107,15 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
             else:
                 shutil.rmtree(staging, ignore_errors=True)
     results = []
-    for entry in top:
+    for rank, entry in enumerate(top, 1):
         hp = trial_hyperparameters(config, entry["trial_id"])
         if variant in variants.candidates(hp, config.weights):  # else no block left to unfreeze
             hp = variant.hyperparameters(hp)
         staging = winners_dir / f"trial_{entry['trial_id']}"
+        log(f"retrain {rank}/{len(top)}: trial {entry['trial_id']} ({console.hyperparameter_text(entry['hyperparameters'])})")
         kept = [reused] if reused and entry is top[0] else []
-        scores = kept + [_fit_and_keep(training, hp, config.seed + i, epochs, staging, variant.callbacks)
+        scores = kept + [_fit_and_keep(training, hp, config.seed + i, epochs, staging, variant.callbacks,
+                                       console.epoch_lines(log, f"  seed {config.seed + i}", epochs))
                          for i in range(len(kept), seeds)]
         results.append(_result(entry, scores))
         log(f"retrained trial {entry['trial_id']}: {OBJECTIVE} {_mean_std_text(results[-1])}")
@@ -163,9 +165,9 @@ def _fit(training, hp, seed, epochs, callbacks=()) -> tuple:
     return model, {k: [float(v) for v in values] for k, values in history.items()}
 
 
-def _fit_and_keep(training, hp, seed, epochs, staging: Path, callbacks=list) -> dict:
-    """Trains one seed; saves the model if it beats the seeds saved before it."""
-    model, history = _fit(training, hp, seed, epochs, callbacks())
+def _fit_and_keep(training, hp, seed, epochs, staging: Path, callbacks=list, progress=None) -> dict:
+    """Trains one seed; saves the model if it beats the seeds saved before it (``progress``: a callback)."""
+    model, history = _fit(training, hp, seed, epochs, [*callbacks(), *filter(None, [progress])])
     best_epoch = int(np.nanargmin(history[OBJECTIVE]))
     score = {"seed": seed, OBJECTIVE: history[OBJECTIVE][best_epoch], "best_epoch": best_epoch + 1,
              "epochs_run": len(history[OBJECTIVE]), "val_accuracy": history["val_accuracy"][best_epoch]}

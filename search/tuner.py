@@ -13,7 +13,7 @@ import numpy as np
 from tensorflow.python.framework import ops as tf_ops
 
 from hypermodels.classifier import OBJECTIVE
-from search import hparams
+from search import console, hparams
 from search.config import RunConfig
 
 
@@ -268,7 +268,7 @@ def trial_line(trial) -> str:
     score = "failed: " + _reason(trial.message) if trial.score is None else f"{OBJECTIVE}={trial.score:.4f}"
     bracket = f" bracket {values['tuner/bracket']} round {values['tuner/round']}" if "tuner/bracket" in values else ""
     shown = {k: v for k, v in hparams.trial_hparams(trial).items() if not k.startswith("tuner/")}
-    return f"trial {trial.trial_id}{bracket}: {score}  {shown}"
+    return f"trial {trial.trial_id}{bracket}: {score}  {console.hyperparameter_text(shown)}"
 
 
 def _reason(message: str | None) -> str:

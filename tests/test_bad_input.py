@@ -218,10 +218,12 @@ def test_imagenet_weights_offline_without_the_file(run_copy, mixed_data, tmp_pat
     monkeypatch.setattr(keras.src.utils.file_utils, "get_file", offline)
     before = tree_digest(run_copy)
     flags = [*FAST_SEARCH, "--overwrite"]
-    flags[flags.index("vanilla_cnn")], flags[flags.index("none")] = "mobilenet_025", "imagenet"
+    # mobilenet_v2: the package ships no copy of its weights (it does of mobilenet_025's).
+    flags[flags.index("vanilla_cnn")], flags[flags.index("none")] = "mobilenet_v2", "imagenet"
     result = _search(mixed_data, run_copy, flags=flags)
-    error_line(result, "ImageNet weights for mobilenet_025 are not available offline",
-                "mobilenet_2_5_224_tf_no_top.h5", "empty-keras-home", "--weights none")
+    error_line(result, "ImageNet weights for mobilenet_v2 are not available offline",
+               "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5", "empty-keras-home",
+               "--weights none")
     assert fetched, "the offline fetch was not attempted (a real download would have been)"
     assert tree_digest(run_copy) == before
 

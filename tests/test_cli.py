@@ -1,6 +1,7 @@
 """The command line as a user meets it: clear one-line errors, a finished search."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,10 @@ def test_search_prints_best_trial_and_tensorboard_command(tmp_path, demo_data):
                   "--no-retrain")
     assert result.exit_code == 0, result.output
     assert "best trial" in result.output and "val_weighted_loss" in result.output
+    # Hyperparameters rounded as a person reads them, in the trial lines and the best trial's.
+    assert re.search(r"^  dropout \d(\.\d)?$", result.output, re.M), result.output
+    assert re.search(r"^  learning_rate \d\.\de-0\d$", result.output, re.M), result.output
+    assert not re.search(r"\d\.\d{6,}", result.output), result.output
     assert f"tensorboard --logdir {run_dir / 'tensorboard'}" in result.output
     assert "class 0 = COVID" in result.output
     assert "Source audit: no source column" in result.output

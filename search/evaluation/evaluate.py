@@ -20,7 +20,7 @@ from data import cache, files, manifest
 from data.errors import UserError
 from search import dataset
 from search.hparams import searched_values
-from search.evaluation import gradcam, probe, report, shortcuts
+from search.evaluation import gradcam, html_report, probe, report, shortcuts
 from search.config import RunConfig
 from search.evaluation.metrics import classification_metrics, roc_curves
 from search.lock import run_lock
@@ -54,6 +54,7 @@ def _evaluate(config: RunConfig, data, out, layer, log) -> dict:
     model = keras.saving.load_model(final / WINNER_MODEL)
     images, labels, paths, sources = _test_split(config) if data is None else _external(config, data, log)
     out = Path(out or _default_out(config, data))
+    log(f"evaluate: {winner.name} on {len(images)} {'test' if data is None else 'external'} images")
     probs = model.predict(images, batch_size=config.batch_size, verbose=0)
     metrics = classification_metrics(labels, probs, config.class_names)
     metrics["source"] = {"model": str(final / WINNER_MODEL), "data": data or "test split of split.csv"}
@@ -73,7 +74,8 @@ def _evaluate(config: RunConfig, data, out, layer, log) -> dict:
     _write_predictions(out / "predictions.csv", paths, labels, probs, config.class_names)
     pictures = {**_pictures(winner, metrics, labels, probs, config.class_names, out), **extra_pictures}
     explainer = gradcam.gradcam_model(model, layer or gradcam.default_layer(model))
-    pages = gradcam.write_galleries(explainer, np.asarray(images), labels, probs, config.class_names, out / "gradcam")
+    pages = gradcam.write_galleries(explainer, np.asarray(images), labels, probs, config.class_names, out / "gradcam",
+                                    log=log)
     sections = {"Grad-CAM galleries": _gallery_index(pages, out),
                 "Shortcut checks": _shortcut_checks(config, model, explainer, (images, labels, probs, sources),
                                                     out, data is None, log),
@@ -81,11 +83,13 @@ def _evaluate(config: RunConfig, data, out, layer, log) -> dict:
     verdict = shortcuts.verdict_block(out, metrics) if data is None else ""
     report.write_report_md(out / "report.md", metrics, pictures, f"Evaluation of {winner.name}", sections,
                            verdict=verdict)
+    html_report.write_report_html(out)
     files.write_json(out / config.layout.metrics.name, metrics)
     if out.parent == config.layout.report:
         shortcuts.refresh_verdict(out.parent)  # fold this external set into the run's report
+        html_report.refresh(config.layout)  # and into its report.html
     log(f"accuracy {metrics['accuracy']['value']:.3f}, macro F1 {metrics['macro_f1']['value']:.3f} "
-        f"on {metrics['n']} images; report: {out / 'report.md'}")
+        f"on {metrics['n']} images; report: {out / 'report.html'} (and report.md)")
     return metrics
 
 

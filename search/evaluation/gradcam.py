@@ -145,7 +145,7 @@ def save_overlay(image: np.ndarray, heatmap: np.ndarray, path) -> Path:
 
 
 def write_galleries(explainer: keras.Model, images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
-                    class_names, out_dir, per_gallery: int = 12) -> dict[str, Path]:
+                    class_names, out_dir, per_gallery: int = 12, log=lambda line: None) -> dict[str, Path]:
     """Per class, a page of correctly and one of incorrectly classified images with heatmaps.
 
     Each page shows the most confident cases first (a confident mistake is the
@@ -162,6 +162,7 @@ def write_galleries(explainer: keras.Model, images: np.ndarray, labels: np.ndarr
             rows = np.flatnonzero((labels == index) & chosen)
             rows = rows[np.argsort(-confidence[rows], kind="stable")][:per_gallery]
             if len(rows):
+                log(f"grad-cam: {name} {kind} ({len(rows)} images)")
                 maps = heatmaps(explainer, images[rows], predicted[rows])
                 titles = [f"true {name}\npred {class_names[predicted[r]]} {confidence[r]:.2f}" for r in rows]
                 figure = _gallery(images[rows], maps, titles, f"{name}: {kind}ly classified ({len(rows)} shown)")

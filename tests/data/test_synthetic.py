@@ -124,3 +124,26 @@ def test_demo_dataset_refuses_a_foreign_folder(tmp_path):
     with pytest.raises(UserError, match="not empty"):
         write_demo_dataset(tmp_path, n_per_class=1, size=32)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_severity_fades_the_opacities_where_the_mask_says():
+    def image(severity):
+        return phantom("COVID", np.random.default_rng(3), size=96, severity=severity)
+
+    (faint, mask), (full, same_mask), (none, _) = image(0.3), image(1.0), image(0.0)
+    assert np.array_equal(mask, same_mask) and mask.any()
+    gain = lambda img: (img.astype(float) - none)[mask].mean()  # noqa: E731
+    assert 0 < gain(faint) < 0.5 * gain(full)
+    assert np.abs(full.astype(int) - none)[~mask].mean() < np.abs(full.astype(int) - none)[mask].mean() / 5
+
+
+def test_demo_set_mixes_faint_and_clear_cases(tmp_path):
+    """The demo's classes overlap: its diseased films range from faint to full opacities."""
+    root = write_demo_dataset(tmp_path / "demo", n_per_class=12, size=64, seed=0)
+    shares = []
+    for i in range(1, 13):
+        written = np.asarray(Image.open(root / "COVID" / f"COVID-{i}.png")).astype(float)
+        full, mask = phantom("COVID", np.random.default_rng([0, 0, i]), 64, severity=1.0)
+        none, _ = phantom("COVID", np.random.default_rng([0, 0, i]), 64, severity=0.0)
+        shares.append((written - none)[mask].mean() / (full.astype(float) - none)[mask].mean())
+    assert min(shares) < 0.5 and max(shares) > 0.8

@@ -1,5 +1,8 @@
 """The HyperModel's search space, defaults, freezing and weight handling."""
 
+import hashlib
+from pathlib import Path
+
 import keras
 import keras_tuner
 import numpy as np
@@ -7,7 +10,7 @@ import pytest
 
 from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
-from hypermodels.layers import XrayPreprocess
+from hypermodels.preprocess import preprocess
 from hypermodels.registry import get_backbone
 from hypermodels.weights import resolve_weights
 
@@ -64,8 +67,19 @@ def test_imagenet_weights_missing_offline_say_which_file_and_where(tmp_path, mon
         raise Exception("URL fetch failure: no network")
 
     monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline)
-    with pytest.raises(UserError, match=r"mobilenet_2_5_224_tf_no_top\.h5 into .*models"):
-        resolve_weights(get_backbone("mobilenet_025"), "imagenet", 224)
+    with pytest.raises(UserError, match=r"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1\.0_224_no_top\.h5 into .*models"):
+        resolve_weights(get_backbone("mobilenet_v2"), "imagenet", 224)
+
+
+def test_shipped_mobilenet_025_weights_serve_when_the_keras_cache_is_empty(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", lambda *a, **k: pytest.fail("tried to download"))
+    path = resolve_weights(get_backbone("mobilenet_025"), "imagenet", 64)
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    assert digest == "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf"
+    base = get_backbone("mobilenet_025").constructor(include_top=False, weights=path, input_shape=(64, 64, 3))
+    assert base.count_params() == 218_544
+    assert (Path(path).parent / "NOTICE").is_file()
 
 
 def test_weights_path_that_does_not_exist_is_a_user_error():
@@ -75,13 +89,21 @@ def test_weights_path_that_does_not_exist_is_a_user_error():
 
 @pytest.mark.parametrize("mode,expected", [("tf", -1.0), ("unit", 0.0), ("raw", 0.0)])
 def test_preprocess_takes_raw_grayscale_uint8(mode, expected):
-    out = XrayPreprocess(mode)(np.zeros((1, 4, 4, 1), "uint8"))
+    out = _preprocessor(mode)(np.zeros((1, 4, 4, 1), "uint8"))
     assert tuple(out.shape) == (1, 4, 4, 3)
     assert float(out[0, 0, 0, 0]) == pytest.approx(expected)
 
 
-def test_caffe_preprocess_matches_keras():
-    image = np.random.default_rng(1).integers(0, 255, (1, 4, 4, 3)).astype("float32")
-    ours = XrayPreprocess("caffe")(image.astype("uint8"))
-    theirs = keras.applications.resnet50.preprocess_input(image.copy())
+@pytest.mark.parametrize("mode,application", [("caffe", "resnet50"), ("tf", "mobilenet"),
+                                              ("torch", "densenet"), ("raw", "efficientnet")])
+def test_preprocess_matches_the_backbones_own_preprocess_input(mode, application):
+    grey = np.random.default_rng(1).integers(0, 255, (1, 4, 4, 1)).astype("uint8")
+    ours = _preprocessor(mode)(grey)
+    rgb = np.repeat(grey, 3, axis=-1).astype("float32")
+    theirs = getattr(keras.applications, application).preprocess_input(rgb)
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
+
+
+def _preprocessor(mode):
+    inputs = keras.Input((4, 4, 1), dtype="uint8")
+    return keras.Model(inputs, preprocess(inputs, mode))

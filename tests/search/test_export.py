@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -35,6 +38,25 @@ def test_exports_agree_with_the_model_in_memory_on_the_test_split(exported_run, 
 def test_keras_file_loads_in_safe_mode_without_custom_objects(exported_run):
     model = keras.saving.load_model(RunLayout(exported_run).export / "model.keras", safe_mode=True)
     assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
+
+
+def test_keras_file_loads_with_plain_keras_in_a_process_without_this_project(exported_run, tmp_path):
+    """Whoever receives model.keras needs only Keras: safe mode, no import of hypermodels."""
+    script = (
+        "import sys, keras, numpy as np\n"
+        "model = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
+        "project = [m for m in sys.modules if m.split('.')[0] in ('hypermodels', 'search', 'data', 'cli')]\n"
+        "assert not project, project\n"
+        "size = model.inputs[0].shape[1]\n"
+        "print(np.asarray(model(np.zeros((1, size, size, 1), 'uint8'))).tolist())\n")
+    # From an empty folder with a clean path: the project's packages cannot be imported.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-I", "-c", script, str(exported_run / "export" / "model.keras")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = keras.saving.load_model(exported_run / "export" / "model.keras", safe_mode=True)
+    expected = model(np.zeros((1, *model.inputs[0].shape[1:]), "uint8"))
+    np.testing.assert_allclose(json.loads(result.stdout.strip().splitlines()[-1]), np.asarray(expected), atol=1e-5)
 
 
 def test_saved_model_serves_raw_uint8_images(exported_run):

@@ -8,7 +8,6 @@ import pytest
 from data.errors import UserError
 from data.synthetic import CLASS_NAMES, phantom
 from hypermodels.classifier import XrayClassifier
-from hypermodels.layers import XrayPreprocess
 from hypermodels.registry import BACKBONES
 from search.evaluation import gradcam
 
@@ -38,8 +37,9 @@ def test_nested_backbone_is_explained_without_graph_disconnected(name):
     keras.backend.clear_session()
     keras.utils.set_random_seed(0)
     base = spec.constructor(include_top=False, weights=None, input_shape=(size, size, 3))
-    nested = keras.Sequential([keras.Input((size, size, 1), dtype="uint8"), XrayPreprocess(spec.preprocess),
-                               base, keras.layers.GlobalAveragePooling2D(),
+    # A user's chain: grey uint8 -> [0, 1] -> three channels by a 1x1 convolution -> the backbone.
+    nested = keras.Sequential([keras.Input((size, size, 1), dtype="uint8"), keras.layers.Rescaling(1 / 255),
+                               keras.layers.Conv2D(3, 1), base, keras.layers.GlobalAveragePooling2D(),
                                keras.layers.Dense(3, activation="softmax")])
     explainer = gradcam.gradcam_model(nested, spec.last_conv_layer)
     activations, scores = explainer(np.zeros((1, size, size, 1), "uint8"))
