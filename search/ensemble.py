@@ -67,6 +67,26 @@ def build_ensemble(members: list[keras.Model], frozen: list[tuple[str, int | Non
     return keras.Model(image, TemperatureScaling(temperature, name=CALIBRATION_LAYER)(mean), name=ENSEMBLE_NAME)
 
 
+def for_export(model: keras.Model) -> keras.Model:
+    """The final model as shipped: a single member's temperature folded into its softmax layer.
+
+    ``softmax(z) -> softmax(z / T)`` is dividing the last Dense layer's kernel and bias
+    by ``T``, so the shipped model holds built-in Keras layers only and loads without
+    this project. An ensemble of several members keeps its ``TemperatureScaling``.
+    """
+    if CALIBRATION_LAYER not in [layer.name for layer in model.layers] or \
+            "predictions" not in [layer.name for layer in model.layers]:
+        return model
+    temperature = model.get_layer(CALIBRATION_LAYER).temperature
+    flat = keras.Model(model.input, model.get_layer("predictions").output, name=model.name)
+    folded = keras.models.clone_model(flat)
+    folded.set_weights(flat.get_weights())
+    dense = folded.get_layer("predictions")
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel / temperature, bias / temperature])
+    return folded
+
+
 def uncalibrated(model: keras.Model) -> keras.Model:
     """The final model without its temperature: the members' plain average."""
     return keras.Model(model.input, model.get_layer(CALIBRATION_LAYER).input)

@@ -28,7 +28,7 @@ from hypermodels import preprocess
 from search import dataset
 from search.evaluation import gradcam, html_report
 from search.config import RunConfig
-from search.ensemble import ENSEMBLE_NAME, final_card
+from search.ensemble import ENSEMBLE_NAME, final_card, for_export
 from search.hparams import searched_values
 from search.lock import run_lock
 from search.layout import SPLIT_STAMP, WINNER_HYPERPARAMETERS, WINNER_MODEL, RunLayout
@@ -57,7 +57,7 @@ def _export(config: RunConfig, formats, out, log) -> dict:
     out = Path(out or config.layout.export)
     out.mkdir(parents=True, exist_ok=True)
     winner = config.layout.final_model()  # the calibrated (ensemble) model when assembled
-    model = keras.saving.load_model(winner / WINNER_MODEL)
+    model = for_export(keras.saving.load_model(winner / WINNER_MODEL))
     # The card says the files beside it are whole and current: gone until they are.
     (out / CARD_FILE).unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as staging:
@@ -167,7 +167,9 @@ def model_card(config: RunConfig, winner: Path, model: keras.Model, written: dic
         "preprocessing": {"inside_model": preprocess.mode_of(model),
                           "caller": "decode to 8-bit grayscale and resize to the input size"},
         "loading": {"keras": "keras.saving.load_model(path, safe_mode=True); built-in Keras layers only, "
-                             "no import of this project needed",
+                             "no import of this project needed" if model.name != ENSEMBLE_NAME else
+                             "import hypermodels.layers (registers TemperatureScaling), then "
+                             "keras.saving.load_model(path, safe_mode=True)",
                     "savedmodel": "tf.saved_model.load(path).signatures['serving_default'](image=uint8 batch)",
                     "tflite": "tf.lite.Interpreter (or ai_edge_litert); float32, uint8 input"},
         "gradcam_layer": gradcam.default_layer(model) if model.name != ENSEMBLE_NAME else None,

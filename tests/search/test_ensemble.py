@@ -11,7 +11,7 @@ from data.errors import UserError
 from hypermodels.classifier import XrayClassifier
 from search import dataset
 from search.config import load_config
-from search.ensemble import assemble, build_ensemble, predict
+from search.ensemble import assemble, build_ensemble, for_export, predict
 from search.evaluation import calibration
 from search.export import _write_formats, predict_exported
 
@@ -102,3 +102,12 @@ def test_threshold_meets_the_sensitivity_on_validation(run_copy):
 def test_ensemble_larger_than_the_winners_is_refused_in_one_line(run_copy):
     with pytest.raises(UserError, match="--top-k 3"):
         assemble(load_config(run_copy), ensemble=3, log=lambda line: None)
+
+
+def test_a_single_calibrated_model_ships_with_its_temperature_folded_into_built_in_layers(members, images):
+    calibrated = build_ensemble(members[:1], [("mobilenet_025", 0)], temperature=1.7)
+    shipped = for_export(calibrated)
+    assert not any(type(layer).__name__ == "TemperatureScaling" for layer in shipped.layers)
+    assert all(type(layer).__module__.startswith("keras.") for layer in shipped.layers)  # plain Keras loads it
+    assert np.abs(predict(shipped, images) - predict(calibrated, images)).max() < 1e-5
+    assert np.abs(predict(shipped, images) - predict(members[0], images)).max() > 1e-3  # T took effect
