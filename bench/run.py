@@ -31,7 +31,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from search.layout import RunLayout  # noqa: E402  (no TensorFlow: the runner stays light)
+from search.evaluation.metrics import figure_text  # noqa: E402  (no TensorFlow: the runner stays light)
+from search.layout import RunLayout  # noqa: E402
 
 
 def run_step(name: str, command: list[str], log: Path) -> dict:
@@ -214,17 +215,17 @@ def table(results: dict) -> str:
         ("trials completed", ours["trials"], ref["trials"]),
         ("peak RSS (MB)", ours["peak_rss_mb"], ref["peak_rss_mb"]),
         (f"test macro-F1, final model ({final['final_kind']}: {', '.join(final['members'])})",
-         _ci(final["final"]["macro_f1"]), _ci(ref["macro_f1"])),
-        ("test macro-F1, single best", _ci(final["single_best"]["macro_f1"]), no),
-        ("COVID sensitivity at argmax", _ci(final["final"]["covid_sensitivity"]), _ci(ref["covid_sensitivity"])),
-        ("COVID specificity at argmax", _ci(final["final"]["covid_specificity"]), _ci(ref["covid_specificity"])),
+         figure_text(final["final"]["macro_f1"]), figure_text(ref["macro_f1"])),
+        ("test macro-F1, single best", figure_text(final["single_best"]["macro_f1"]), no),
+        ("COVID sensitivity at argmax", figure_text(final["final"]["covid_sensitivity"]), figure_text(ref["covid_sensitivity"])),
+        ("COVID specificity at argmax", figure_text(final["final"]["covid_specificity"]), figure_text(ref["covid_specificity"])),
         ("single best: COVID sensitivity / specificity at argmax",
-         f"{_ci(final['single_best']['covid_sensitivity'])} / {_ci(final['single_best']['covid_specificity'])}", no),
+         f"{figure_text(final['single_best']['covid_sensitivity'])} / {figure_text(final['single_best']['covid_specificity'])}", no),
     ]
     if point:
         rows += [(f"COVID sensitivity at the operating point ({point['metric']} >= {point['target']:g} on val, "
-                  f"threshold {point['threshold']:.3f})", _ci(point["test"]["sensitivity"]), no),
-                 ("COVID specificity at the operating point", _ci(point["test"]["specificity"]), no)]
+                  f"threshold {point['threshold']:.3f})", figure_text(point["test"]["sensitivity"]), no),
+                 ("COVID specificity at the operating point", figure_text(point["test"]["specificity"]), no)]
     rows += [("test ECE before / after temperature scaling",
               f"{cal['ece_before']:.3f} / {cal['ece_after']:.3f} (T = {cal['temperature']:.2f})",
               f"{ref['ece']:.3f} / {no}")]
@@ -246,13 +247,6 @@ def table(results: dict) -> str:
                      f"({memory['change']:+.1%}); anonymous RSS {memory['anonymous_rss_first_10_mb']:.0f} -> "
                      f"{memory['anonymous_rss_last_10_mb']:.0f} MB")
     return "\n".join(lines)
-
-
-def _ci(figure: dict) -> str:
-    if figure.get("value") is None:
-        return "n/a"
-    ci = figure.get("ci95")
-    return f"{figure['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def _cell(value) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from search.evaluation import calibration, operating_point
-from search.evaluation.metrics import classification_metrics
+from search.evaluation.metrics import classification_metrics, figure_text
 
 _COMPARED = ("accuracy", "macro_f1", "covid_sensitivity", "covid_specificity")
 
@@ -68,7 +68,7 @@ def section_markdown(sections: dict) -> str:
     lines += ["", f"| | single best | final ({compare['final_kind']}: {', '.join(compare['members'])}) |",
               "|---|---|---|"]
     for name in _COMPARED:
-        lines.append(f"| {name} | {_cell(compare['single_best'][name])} | {_cell(compare['final'][name])} |")
+        lines.append(f"| {name} | {figure_text(compare['single_best'][name])} | {figure_text(compare['final'][name])} |")
     lines.append(f"| ECE (calibrated) | {compare['single_best']['ece']:.4f} | {compare['final']['ece']:.4f} |")
     point = sections.get("operating_point")
     if point:
@@ -76,12 +76,5 @@ def section_markdown(sections: dict) -> str:
                   f"threshold {point['threshold']:.4f} ({point['how_to_apply']}).", "",
                   "| on the test split | sensitivity | specificity |", "|---|---|---|"]
         for label, figures in (("argmax", point["test_argmax"]), ("operating point", point["test"])):
-            lines.append(f"| {label} | {_cell(figures['sensitivity'])} | {_cell(figures['specificity'])} |")
+            lines.append(f"| {label} | {figure_text(figures['sensitivity'])} | {figure_text(figures['specificity'])} |")
     return "\n".join(lines)
-
-
-def _cell(figure: dict) -> str:
-    if figure.get("value") is None:
-        return "n/a"
-    ci = figure.get("ci95")
-    return f"{figure['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")

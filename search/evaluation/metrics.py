@@ -273,3 +273,11 @@ def _nanmean_rows(values):
     counts = np.isfinite(values).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, np.nansum(values, axis=1) / np.maximum(counts, 1), np.nan)
+
+
+def figure_text(figure: dict) -> str:
+    """A ``{"value", "ci95"}`` figure as ``0.912 [0.880, 0.941]`` (``n/a`` without a value)."""
+    if figure.get("value") is None:
+        return "n/a"
+    ci = figure.get("ci95")
+    return f"{figure['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
