@@ -7,35 +7,12 @@ line on stderr and exit status 1, without a traceback.
 from __future__ import annotations
 
 import functools
-import logging
-import os
-import warnings
 from pathlib import Path
 
 import click
 
 from data.errors import UserError
 from search.config import TUNERS
-
-def _quiet_process() -> None:
-    """Process-wide output settings, made once when a command runs (never at import)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: quiet C++ logs
-    # Known, harmless library warnings that would bury the trial lines: Keras loads the
-    # 224-pixel MobileNet weights for other sizes (conv weights do not depend on size),
-    # and KerasTuner's Hyperband continues a trial from weights without optimizer state.
-    warnings.filterwarnings("ignore", message="`input_shape` is undefined or non-square")
-    warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-    # Our tf.data pipelines shuffle themselves; Keras warns that fit's own shuffle=True is ignored.
-    warnings.filterwarnings("ignore", message="`shuffle=True` was passed, but will be ignored")
-    # Every trial traces its own new training step; TensorFlow counts those first traces
-    # of new functions as "retracing" and suggests fixes for a loop that is not there.
-    logger = logging.getLogger("tensorflow")
-    if _not_retracing not in logger.filters:
-        logger.addFilter(_not_retracing)
-
-
-def _not_retracing(record) -> bool:
-    return "triggered tf.function retracing" not in record.getMessage()
 
 
 class _Group(click.Group):
@@ -52,8 +29,7 @@ def cli(verbose):
     """Search transfer-learning classifiers for chest X-rays with KerasTuner."""
     from search import console
 
-    console.quiet_start(verbose)  # first: with --verbose it sets TensorFlow's C++ log level before _quiet_process
-    _quiet_process()  # here, not at import: every command (and CliRunner) gets it, importers do not
+    console.quiet_start(verbose)  # here, not at import: every command (and CliRunner) gets it, importers do not
 
 
 def _csv(ctx, param, value):

@@ -18,24 +18,44 @@ from typing import Callable
 
 
 def quiet_start(verbose: bool = False) -> None:
-    """Silences TensorFlow's and absl's start-up messages unless ``verbose``.
+    """A command's process-wide output settings, made once when it runs (never at import).
 
+    Unless ``verbose``, TensorFlow's and absl's start-up messages are silenced:
     TensorFlow's C++ side writes its oneDNN and CPU-feature notices to file
     descriptor 2 while it loads, before absl's logging is set up and whatever
     ``TF_CPP_MIN_LOG_LEVEL`` says; so the import runs with descriptor 2 pointed at
     /dev/null, and is restored right after (errors raised by the import still show).
+    Known, harmless library warnings are hidden either way.
     """
     if verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _stderr_to_devnull():
-        import tensorflow as tf  # noqa: F401  (loaded here, silently, once)
-        import keras_tuner  # noqa: F401
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    # Keras' notice that the 224-px MobileNet weights serve other sizes; conv weights do not depend on size.
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        with _stderr_to_devnull():
+            import tensorflow as tf  # noqa: F401  (loaded here, silently, once)
+            import keras_tuner  # noqa: F401
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        logging.getLogger("absl").setLevel(logging.ERROR)
+    _hide_known_warnings()
+
+
+def _hide_known_warnings() -> None:
+    # Warnings that would bury the trial lines: Keras loads the 224-pixel MobileNet weights
+    # for other sizes (conv weights do not depend on size), and KerasTuner's Hyperband
+    # continues a trial from weights without optimizer state.
     warnings.filterwarnings("ignore", message="`input_shape` is undefined or non-square")
+    warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+    # Our tf.data pipelines shuffle themselves; Keras warns that fit's own shuffle=True is ignored.
+    warnings.filterwarnings("ignore", message="`shuffle=True` was passed, but will be ignored")
+    # Every trial traces its own new training step; TensorFlow counts those first traces
+    # of new functions as "retracing" and suggests fixes for a loop that is not there.
+    logger = logging.getLogger("tensorflow")
+    if _not_retracing not in logger.filters:
+        logger.addFilter(_not_retracing)
+
+
+def _not_retracing(record) -> bool:
+    return "triggered tf.function retracing" not in record.getMessage()
 
 
 @contextlib.contextmanager
