@@ -173,7 +173,7 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log) -
         op = record["operating_point"]
         log(f"operating point {op['target_text']}: threshold {op['threshold']:.4f} on {op['class']} probability "
             f"(validation sensitivity {op['validation']['sensitivity']:.3f}, "
-            f"specificity {op['validation']['specificity']:.3f})")
+            f"specificity {op['validation']['specificity']:.3f}); " + operating_point.guarantee_text(op))
     return record
 
 
@@ -215,8 +215,10 @@ def _threshold(point, class_names, y_val, calibrated) -> dict | None:
     index = list(class_names).index(point.class_name)
     threshold = operating_point.choose_threshold(y_val == index, calibrated[:, index], point.metric, point.target)
     validation = operating_point.figures(y_val, calibrated, index, threshold, n_bootstrap=0)
+    side = (y_val == index) if point.metric == "sensitivity" else (y_val != index)
     return {"class": point.class_name, "metric": point.metric, "target": point.target,
             "target_text": point.text(), "threshold": threshold, "chosen_on": "validation",
+            "guarantee": operating_point.guarantee(int(side.sum()), point.target),
             "validation": {"sensitivity": validation["sensitivity"]["value"],
                            "specificity": validation["specificity"]["value"], "n": validation["n"]},
             "how_to_apply": operating_point.how_to_apply(point.class_name, threshold)}

@@ -42,7 +42,7 @@ def final_figures(record: dict, labels: np.ndarray, final_probs: np.ndarray, raw
         index = list(class_names).index(point["class"])
         sections["operating_point"] = {
             **{k: point[k] for k in ("class", "metric", "target", "threshold", "chosen_on", "how_to_apply")},
-            "validation": point["validation"],
+            "validation": point["validation"], "guarantee": point.get("guarantee"),
             "test": operating_point.figures(labels, final_probs, index, point["threshold"]),
             "test_argmax": _argmax_figures(labels, final_probs, index),
         }
@@ -72,8 +72,9 @@ def section_markdown(sections: dict) -> str:
     lines.append(f"| ECE (calibrated) | {compare['single_best']['ece']:.4f} | {compare['final']['ece']:.4f} |")
     point = sections.get("operating_point")
     if point:
-        lines += ["", f"Operating point {point['class']} {point['metric']} >= {point['target']:g} on validation: "
-                  f"threshold {point['threshold']:.4f} ({point['how_to_apply']}).", "",
+        sure = f" Chosen to be {operating_point.guarantee_text(point)}." if point.get("guarantee") else ""
+        lines += ["", f"Operating point {point['class']} {point['metric']} >= {point['target']:g}: "
+                  f"threshold {point['threshold']:.4f} ({point['how_to_apply']}).{sure}", "",
                   "| on the test split | sensitivity | specificity |", "|---|---|---|"]
         for label, figures in (("argmax", point["test_argmax"]), ("operating point", point["test"])):
             lines.append(f"| {label} | {figure_text(figures['sensitivity'])} | {figure_text(figures['specificity'])} |")

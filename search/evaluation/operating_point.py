@@ -1,6 +1,7 @@
 """A clinical operating point: one class's probability threshold for a target sensitivity or specificity.
 
-The threshold is chosen on validation; evaluate applies it to the test split. The
+The threshold is chosen on validation, so that it meets the target on new films
+with 95% confidence, not only on validation; evaluate applies it to the test split. The
 decision rule: predict the class when its probability is at least the threshold,
 otherwise the most probable of the other classes. It changes only who is called
 that class, so it trades the class's sensitivity against its specificity.
@@ -13,12 +14,14 @@ import math
 import re
 
 import numpy as np
+from scipy import stats
 
 from data.errors import UserError
 from search.evaluation.metrics import CI_LEVEL
 
 METRICS = ("sensitivity", "specificity")
 DEFAULT_CLASS, DEFAULT_METRIC, DEFAULT_TARGET = "COVID", "sensitivity", 0.95
+CONFIDENCE = 0.95  # how sure the threshold is to meet its target on new films, as the CIs
 _SPEC = re.compile(r"^(?P<cls>[^:]+):(?P<metric>[a-z]+)=(?P<target>[0-9.]+)$")
 
 
@@ -60,13 +63,19 @@ def parse(text: str | None, class_names) -> OperatingPoint | None:
     return point
 
 
-def choose_threshold(is_positive: np.ndarray, scores: np.ndarray, metric: str, target: float) -> float:
-    """The threshold on ``scores`` (``score >= t`` = positive) meeting ``metric >= target`` with the best other figure.
+def choose_threshold(is_positive: np.ndarray, scores: np.ndarray, metric: str, target: float,
+                     confidence: float = CONFIDENCE) -> float:
+    """The threshold on ``scores`` (``score >= t`` = positive) for ``metric >= target`` on unseen cases.
 
-    For sensitivity: the highest threshold that still calls at least ``ceil(target * P)``
-    of the P positives positive (so specificity is as high as it can be). For
-    specificity: the lowest threshold that keeps at least ``ceil(target * N)`` of the
-    N negatives below it.
+    Taking the plain validation quantile misses the target on new films about half
+    the time (more than half with few cases): the true miss rate at the k-th lowest
+    positive score is Beta distributed around the validation one. So the threshold
+    is the k-th lowest positive score (sensitivity) with the largest k for which the
+    true rate is ``>= target`` with probability ``confidence``, the Neyman-Pearson
+    umbrella rule (Tong, Feng and Li 2018); the other figure is then as high as that
+    allows. For specificity the same holds for the negatives, from the top. When
+    validation has too few cases for that confidence even at the most extreme one,
+    the threshold is that case (:func:`guarantee` says how sure it is).
 
     Raises:
         UserError: If validation has no case of the side the target is about.
@@ -77,10 +86,45 @@ def choose_threshold(is_positive: np.ndarray, scores: np.ndarray, metric: str, t
     if not len(side):
         raise UserError(f"The validation split has no {'positive' if metric == 'sensitivity' else 'negative'} "
                         f"case to set a {metric} threshold on; use a larger collection or --operating-point off.")
-    needed = max(1, math.ceil(target * len(side) - 1e-9))
+    errors = max(0, allowed_errors(len(side), target, confidence))
     if metric == "sensitivity":
-        return float(np.sort(side)[::-1][needed - 1])
-    return float(np.nextafter(np.sort(side)[needed - 1], np.inf))
+        return float(np.sort(side)[errors])
+    return float(np.nextafter(np.sort(side)[::-1][errors], np.inf))
+
+
+def allowed_errors(cases: int, target: float, confidence: float = CONFIDENCE) -> int:
+    """The most validation errors (of ``cases``) that still leave the true rate ``>= target`` with ``confidence``.
+
+    -1 when even none is not enough (too few cases).
+    """
+    errors = int(stats.binom.ppf(1.0 - confidence, cases, 1.0 - target))
+    while errors >= 0 and stats.binom.cdf(errors, cases, 1.0 - target) > 1.0 - confidence + 1e-12:
+        errors -= 1
+    return errors
+
+
+def guarantee(cases: int, target: float, confidence: float = CONFIDENCE) -> dict:
+    """How sure the threshold :func:`choose_threshold` picks is to meet ``target`` on new cases.
+
+    ``confidence``: the probability of it (the one asked for, or less when there are too
+    few cases); ``cases_needed``: how many validation cases the asked one needs at least.
+    """
+    errors = max(0, allowed_errors(cases, target, confidence))
+    achieved = 1.0 - float(stats.binom.cdf(errors, cases, 1.0 - target)) if target < 1 else 0.0
+    needed = math.ceil(math.log(1.0 - confidence) / math.log(target)) if target < 1 else None
+    return {"confidence": achieved, "asked": confidence, "cases": int(cases), "errors_allowed": errors,
+            "cases_needed": needed}
+
+
+def guarantee_text(point: dict) -> str:
+    """What the threshold of ``point`` (an ``operating_point`` record) promises on new films, in one clause."""
+    g = point["guarantee"]
+    side = point["class"] if point["metric"] == "sensitivity" else f"non-{point['class']}"
+    sure = f"{g['confidence']:.0%} sure of {point['metric']} >= {point['target']:g} on new films"
+    if g["cases_needed"] is not None and g["cases"] < g["cases_needed"]:
+        return (f"{sure}: {g['asked']:.0%} needs >= {g['cases_needed']} {side} validation films, "
+                f"there are {g['cases']}")
+    return sure
 
 
 def decide(probs: np.ndarray, class_index: int, threshold: float) -> np.ndarray:

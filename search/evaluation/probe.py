@@ -79,23 +79,28 @@ def chest_hidden_probe(model: keras.Model, train_images, train_labels, test_imag
     Each figure is ``{"accuracy": {"value", "ci95"}, "macro_f1": {...}, "chance": float, "n": int}``.
     """
     test_labels = np.asarray(test_labels)
-    hidden_test = hide_chest(test_images)
+    # One pass over the chest-hidden test images gives the winner's output and its features.
+    both = keras.Model(model.inputs, [model.output, model.layers[-1].input])
+    hidden_probs, hidden_features = _predict(both, hide_chest(test_images))
     result = {
-        "winner_chest_hidden": _scored(test_labels, _predict(model, hidden_test), class_names, seed),
+        "winner_chest_hidden": _scored(test_labels, hidden_probs, class_names, seed),
         "winner_chest_only": _scored(test_labels, _predict(model, keep_chest(test_images)), class_names, seed),
     }
-    extractor = features_model(model)
     head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
-    head.fit(_predict(extractor, hide_chest(train_images)), np.asarray(train_labels))
+    head.fit(_predict(features_model(model), hide_chest(train_images)), np.asarray(train_labels))
     probs = np.zeros((len(test_labels), len(class_names)))
-    probs[:, head.classes_] = head.predict_proba(_predict(extractor, hidden_test))
+    probs[:, head.classes_] = head.predict_proba(hidden_features)
     result["fresh_head_chest_hidden"] = _scored(test_labels, probs, class_names, seed)
     result["chest_box"] = dict(zip(("top", "bottom", "left", "right"), CHEST_BOX))
     return result
 
 
-def _predict(model, images) -> np.ndarray:
-    return np.asarray(model.predict(np.asarray(images), batch_size=_BATCH, verbose=0), dtype=np.float64)
+def _predict(model, images):
+    """The model's output(s) as float64 arrays (a list for a model of several outputs)."""
+    outputs = model.predict(np.asarray(images), batch_size=_BATCH, verbose=0)
+    if isinstance(outputs, (list, tuple)):
+        return [np.asarray(o, dtype=np.float64) for o in outputs]
+    return np.asarray(outputs, dtype=np.float64)
 
 
 def _scored(labels, probs, class_names, seed) -> dict:

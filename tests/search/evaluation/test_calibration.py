@@ -30,23 +30,53 @@ def test_temperature_from_validation_softens_an_overconfident_model_and_lowers_t
 
 
 @pytest.mark.parametrize("target", [0.8, 0.95, 1.0])
-def test_sensitivity_threshold_is_met_and_the_highest_that_meets_it(target):
+def test_sensitivity_threshold_is_met_on_validation_with_the_fewest_misses_its_confidence_allows(target):
     rng = np.random.default_rng(2)
     is_positive = rng.random(300) < 0.3
     scores = np.clip(rng.normal(np.where(is_positive, 0.7, 0.3), 0.2), 0, 1)
     threshold = operating_point.choose_threshold(is_positive, scores, "sensitivity", target)
     assert (scores[is_positive] >= threshold).mean() >= target
-    higher = np.nextafter(threshold, np.inf)
-    assert (scores[is_positive] >= higher).mean() < target
+    misses = int((scores[is_positive] < threshold).sum())
+    assert misses == max(0, operating_point.allowed_errors(int(is_positive.sum()), target))
+    assert (scores[is_positive] >= np.nextafter(threshold, np.inf)).sum() == is_positive.sum() - misses - 1
 
 
-def test_specificity_threshold_is_met_and_the_lowest_that_meets_it():
+@pytest.mark.parametrize("metric", ["sensitivity", "specificity"])
+def test_threshold_meets_its_target_on_new_cases_95_percent_of_the_time(metric):
+    # Scores uniform on [0, 1] for the side the target is about: the true rate at t is known,
+    # 1 - t for sensitivity and t for specificity; the validation quantile meets it about half the time.
+    rng = np.random.default_rng(4)
+    target, cases, draws = 0.9, 200, 400
+    met = []
+    for _ in range(draws):
+        scores = rng.random(cases)
+        is_positive = np.full(cases, metric == "sensitivity")
+        t = operating_point.choose_threshold(is_positive, scores, metric, target)
+        met.append((1 - t if metric == "sensitivity" else t) >= target)
+    assert 0.93 <= np.mean(met) <= 0.995
+    assert operating_point.guarantee(cases, target)["confidence"] >= 0.95
+
+
+def test_too_few_validation_cases_take_the_most_extreme_one_and_say_how_sure_it_is():
+    is_positive = np.array([True] * 20 + [False] * 20)
+    scores = np.linspace(0.05, 0.95, 40)[::-1]
+    threshold = operating_point.choose_threshold(is_positive, scores, "sensitivity", 0.95)
+    assert threshold == scores[is_positive].min()
+    sure = operating_point.guarantee(20, 0.95)
+    assert sure["cases_needed"] == 59 and 0.6 < sure["confidence"] < 0.7  # 1 - 0.95 ** 20
+    text = operating_point.guarantee_text({"guarantee": sure, "class": "COVID", "metric": "sensitivity",
+                                           "target": 0.95})
+    assert "needs >= 59 COVID validation films, there are 20" in text
+
+
+def test_specificity_threshold_is_met_on_validation():
     rng = np.random.default_rng(3)
     is_positive = rng.random(300) < 0.3
     scores = rng.random(300)
     threshold = operating_point.choose_threshold(is_positive, scores, "specificity", 0.9)
     assert (scores[~is_positive] < threshold).mean() >= 0.9
-    assert (scores[~is_positive] < np.nextafter(threshold, -np.inf)).mean() < 0.9
+    false_calls = int((scores[~is_positive] >= threshold).sum())
+    assert false_calls == max(0, operating_point.allowed_errors(int((~is_positive).sum()), 0.9))
 
 
 def test_decision_calls_the_class_at_its_threshold_else_the_best_other():
