@@ -7,12 +7,14 @@ folder ends in ``-f16`` and its arrays are ``<cut>.f16`` (half the disk, see
 :mod:`search.cache_plan`). ``<weights>`` is the start of the
 sha256 of the weights file (``none`` for random weights), ``<images>`` the start of the
 sha256 of the decoded pixels: other weights, another size or other images are another
-entry, and a cut is its own file. An array is written whole under a temporary name and
+entry, and a cut is its own file. An array is written under a temporary name and
 renamed, and its ``.json`` comes last, so an interrupted extraction leaves no entry.
 
 Cost: all missing cuts of a backbone come out of one forward pass, starting from the
 deepest cut already cached when there is one (deriving shallower cuts is a fraction of
-a pass), so extraction is about one forward pass per backbone and image size.
+a pass), so extraction is about one forward pass per backbone and image size. Processes
+that need the same pass at once (a distributed search's chief and workers) share it
+out in shards (:mod:`search.extraction`).
 """
 
 from __future__ import annotations
@@ -20,23 +22,21 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-from tqdm import tqdm
 
 from data import files, pipeline
-from data.errors import UserError
 from hypermodels.cutting import ActivationClassifier, cut_layer, frozen_image_model, frozen_model, is_cacheable
 from hypermodels.classifier import POOLED, XrayClassifier
 from hypermodels.registry import get_backbone
 from hypermodels.weights import keras_cache_dir, resolve_weights
-from search import cache_plan
+from search import cache_plan, extraction
 
 CACHE_DTYPES = ("float32", "float16")
 _BATCH = 64
-_SUFFIX = {"float32": "f32", "float16": "f16"}
+_SUFFIX = extraction.SUFFIX
 
 
 class ActivationCache:
@@ -51,16 +51,21 @@ class ActivationCache:
         depths: Per backbone, how many unfreeze depths (0, 1, ...) are cached; the
             others train on images (a size budget, :func:`search.cache_plan.plan_cache`).
             None: every depth.
+        extractor: This process's name in the shards it extracts (default ``HOST-PID``).
+        log: Where lines about shards taken over from dead processes go.
     """
 
     def __init__(self, classifier: XrayClassifier, images: np.ndarray, folder: str | Path,
-                 progress: bool = True, dtype: str = "float32", depths: dict[str, int] | None = None):
+                 progress: bool = True, dtype: str = "float32", depths: dict[str, int] | None = None,
+                 extractor: str | None = None, log: Callable[[str], None] | None = print):
         self.classifier = classifier
         self.images = images
         self.folder = Path(folder)
         self.progress = progress
         self.dtype = dtype
         self.depths = depths
+        self.extractor = extractor or extraction.process_name()
+        self.log = log
         self.plan = None  # the search.cache_plan.CachePlan it was sized by, when one was made
         self._images_id = None
         self._keys = {}  # hashing is not free: once per backbone and run
@@ -111,7 +116,8 @@ class ActivationCache:
     def warm(self, backbones) -> None:
         """Computes now every cut of each of ``backbones`` that a trial could ask for.
 
-        A distributed search's chief does, before serving, so that workers only read.
+        A distributed search's chief and its workers do, before the chief serves, sharing
+        out the passes, so that trials only read.
         Backbones without a frozen part (trained from scratch) have nothing to cache.
         """
         for backbone in backbones:
@@ -127,18 +133,42 @@ class ActivationCache:
             self._models[backbone] = frozen_image_model(self.classifier, backbone)
         return self._models[backbone]
 
-    def _extract(self, backbone: str, entry: Path, missing: list[str]) -> None:
+    def _extract(self, backbone: str, entry: Path, cuts: list[str]) -> None:
+        """Fills the missing ones of ``cuts``, sharing each pass with any other process that needs it."""
         model = self.image_model(backbone)
-        spec = get_backbone(backbone)
-        # Cuts from the output down: the nearest cached cut below every missing one is
-        # the cheapest exact source (a few blocks, not the whole backbone); else the images.
-        order = [POOLED, *spec.unfreeze_points]
-        below = [c for c in order[max(order.index(m) for m in missing) + 1:] if _read(entry, c) is not None]
-        source = below[0] if below else None
-        inputs = self.images if source is None else _read(entry, source)
-        segment = frozen_model(model, source, missing)
-        _write_outputs(segment, inputs, entry, missing, self.key(backbone),
-                       self.progress and f"activations {backbone} from {source or 'images'}", self.dtype)
+        while True:
+            job, segment = extraction.read_job(entry), None
+            if job is None:
+                missing = [c for c in cuts if _read(entry, c) is None]
+                if not missing:
+                    return
+                source = _source(entry, backbone, missing)
+                segment = frozen_model(model, source, missing)
+                shapes = [(len(self.images), *output.shape[1:]) for output in segment.outputs]
+                job = extraction.open_job(entry, missing, source, shapes, self.dtype, _BATCH)
+                if job is None:
+                    continue
+                if (job.source, job.cuts) != (source, tuple(missing)):
+                    segment = None  # another process's pass began first: join it
+            if segment is None:
+                segment = frozen_model(model, job.source, list(job.cuts))
+            inputs = self.images if job.source is None else _read(entry, job.source)
+            extraction.run(job, entry, segment, inputs, self.key(backbone),
+                           self.progress and f"activations {backbone} from {job.source or 'images'}",
+                           self.extractor, self.log)
+
+    def extraction_record(self, backbone: str) -> dict | None:
+        """How ``backbone``'s deepest cached cut was extracted: seconds and shards per process."""
+        cuts = self.cached_cuts(backbone)
+        meta = self.entry(backbone) / f"{cuts[-1]}.json" if cuts else None
+        return json.loads(meta.read_text()).get("extraction") if meta and meta.is_file() else None
+
+
+def _source(entry: Path, backbone: str, missing: list[str]) -> str | None:
+    """The nearest cached cut below every missing one: the cheapest exact source (else the images)."""
+    order = [POOLED, *get_backbone(backbone).unfreeze_points]
+    below = [c for c in order[max(order.index(m) for m in missing) + 1:] if _read(entry, c) is not None]
+    return below[0] if below else None
 
 
 def weights_identity(backbone: str, weights: str, size: int) -> str:
@@ -166,34 +196,6 @@ def _read(entry: Path, cut: str) -> np.ndarray | None:
     info = json.loads(meta.read_text())
     dtype = info.get("dtype", "float32")
     return np.memmap(entry / f"{cut}.{_SUFFIX[dtype]}", dtype=dtype, mode="r", shape=tuple(info["shape"]))
-
-
-def _write_outputs(segment, inputs, entry: Path, cuts: list[str], key: dict, label,
-                   dtype: str = "float32") -> None:
-    entry.mkdir(parents=True, exist_ok=True)
-    count = len(inputs)
-    shapes = [(count, *output.shape[1:]) for output in segment.outputs]
-    parts = [entry / f"{cut}.{_SUFFIX[dtype]}.partial" for cut in cuts]
-    arrays = [np.memmap(p, dtype=dtype, mode="w+", shape=s) for p, s in zip(parts, shapes)]
-    bar = tqdm(total=count, unit="img", desc=label or "", disable=not label, mininterval=1.0)
-    try:
-        for start in range(0, count, _BATCH):
-            outputs = segment.predict_on_batch(np.asarray(inputs[start:start + _BATCH]))
-            for array, output in zip(arrays, outputs if isinstance(outputs, list) else [outputs]):
-                array[start:start + _BATCH] = output
-                if dtype != "float32" and not np.isfinite(array[start:start + _BATCH]).all():
-                    raise UserError(f"Activations of {entry.name} overflow {dtype}; "
-                                    "run with --cache-dtype float32.")
-            bar.update(min(_BATCH, count - start))
-        for array, part, cut, shape in zip(arrays, parts, cuts, shapes):
-            array.flush()
-            os.replace(part, entry / f"{cut}.{_SUFFIX[dtype]}")
-            (entry / f"{cut}.json").write_text(json.dumps({**key, "cut": cut, "shape": shape,
-                                                           "dtype": dtype}, indent=2) + "\n")
-    finally:
-        bar.close()
-        for part in parts:
-            part.unlink(missing_ok=True)
 
 
 class TrialData:

@@ -58,6 +58,8 @@ class RunLayout:
     worker_logs = property(lambda self: self.root / "workers")
     best = property(lambda self: self.root / "best_hyperparameters.json")
     lock = property(lambda self: self.root / "run.lock")
+    # While a distributed search's chief extracts activations: workers that see it join in.
+    extraction = property(lambda self: self.root / "extraction.lock")
     # Later stages.
     winners = property(lambda self: self.root / "winners")
     winners_summary = property(lambda self: self.root / "winners" / "summary.json")

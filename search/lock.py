@@ -5,7 +5,8 @@ it while they write; distributed workers write only their own trial files, as
 KerasTuner's mode expects, and read-only commands (predict, data audit,
 TensorBoard) need none. A holder that is gone is detected and its lock taken
 over: on this host by its PID, on another host (a shared filesystem) by a
-heartbeat older than `STALE_AFTER` seconds.
+heartbeat older than `STALE_AFTER` seconds. The same claim files (`take`, `kept`)
+share out the shards of a sharded activation extraction (:mod:`search.extraction`).
 """
 
 from __future__ import annotations
@@ -39,9 +40,53 @@ def run_lock(run_dir, command: str, log: Callable[[str], None] = print) -> Itera
     if holder is not None and _is_me(holder):
         yield  # the whole job holds it already (search, then retrain, evaluate, export)
         return
-    _acquire(path, command, log)
+    holder = take(path, command, log, f"the lock of {path.parent}")
+    if holder is not None:
+        raise UserError(
+            f"{path.parent} is in use by `{holder.get('command', '?')}` (host {holder.get('host', '?')}, "
+            f"PID {holder.get('pid', '?')}, since {holder.get('since', '?')}); wait for it to finish or "
+            f"use another --run-dir. If that process is gone for sure, delete {path}.")
+    with kept(path):
+        yield
+
+
+def take(path: Path, command: str, log: Callable[[str], None] | None = None, what: str | None = None) -> dict | None:
+    """Creates the claim file ``path`` naming this process, taking it over from a holder that is gone.
+
+    The run lock is one such claim; the shards of a sharded activation extraction
+    are others (:mod:`search.extraction`).
+
+    Returns:
+        None when this process holds it now, else the content of the live holder's claim.
+    """
+    for _ in range(3):  # a lost race with another taker reads the winner's claim next time round
+        if _create(path, command):
+            return None
+        holder = _holder(path)
+        if holder is None:
+            continue  # released (or unreadable and removed) meanwhile
+        gone = None if _is_me(holder) else _gone_reason(path, holder)  # this process's own: left by an error
+        if gone is None and not _is_me(holder):
+            return holder
+        if log is not None and gone is not None:
+            log(f"taking over {what or path}: its holder ({holder.get('command', '?')}, host "
+                f"{holder.get('host', '?')}, PID {holder.get('pid', '?')}) {gone}")
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    raise UserError(f"Could not take {path}: other processes keep taking it; try again.")
+
+
+def live_holder(path: Path) -> dict | None:
+    """The content of the claim ``path`` while its holder may be alive; None if none or gone."""
+    holder = _holder(path)
+    return holder if holder is not None and _gone_reason(path, holder) is None else None
+
+
+@contextlib.contextmanager
+def kept(path: Path) -> Iterator[None]:
+    """Keeps this process's claim ``path`` alive with a heartbeat for the block, then releases it."""
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(path, stop), daemon=True, name="run-lock-heartbeat")
+    beat = threading.Thread(target=_heartbeat, args=(path, stop), daemon=True, name="claim-heartbeat")
     beat.start()
     try:
         yield
@@ -51,26 +96,6 @@ def run_lock(run_dir, command: str, log: Callable[[str], None] = print) -> Itera
         with contextlib.suppress(FileNotFoundError):
             if _is_me(_holder(path) or {}):
                 path.unlink()
-
-
-def _acquire(path: Path, command: str, log) -> None:
-    for _ in range(3):  # a lost race with another taker reads the winner's lock next time round
-        if _create(path, command):
-            return
-        holder = _holder(path)
-        if holder is None:
-            continue  # released (or unreadable and removed) meanwhile
-        gone = _gone_reason(path, holder)
-        if gone is None:
-            raise UserError(
-                f"{path.parent} is in use by `{holder.get('command', '?')}` (host {holder.get('host', '?')}, "
-                f"PID {holder.get('pid', '?')}, since {holder.get('since', '?')}); wait for it to finish or "
-                f"use another --run-dir. If that process is gone for sure, delete {path}.")
-        log(f"taking over the lock of {path.parent}: its holder ({holder.get('command', '?')}, host "
-            f"{holder.get('host', '?')}, PID {holder.get('pid', '?')}) {gone}")
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-    raise UserError(f"Could not take the lock {path}: other processes keep taking it; try again.")
 
 
 def _create(path: Path, command: str) -> bool:

@@ -15,15 +15,14 @@ from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE
 from hypermodels.registry import get_backbone
 from hypermodels.weights import resolve_weights
-from search import cache_plan, dataset
+from search import cache_plan, dataset, lock
 from search.activations import trial_hypermodel
 from search.devices import devices_line
 from search.distributed import local, protocol as distributed, worker
 from search.distributed.chief import run_chief
 from search.config import RunConfig, load_config
 from search.hparams import searched_values
-from search.layout import SPLIT_STAMP
-from search.lock import run_lock
+from search.layout import SPLIT_STAMP, RunLayout
 from search.tuner import make_tuner
 
 
@@ -81,13 +80,14 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
     """
     local.check_count(workers, chief)
     check_inputs(config)
-    with run_lock(config.run_dir, "search", log):
+    with lock.run_lock(config.run_dir, "search", log):
         return _search(config, log, chief, worker_timeout, strategy, workers)
 
 
 def _search(config: RunConfig, log, chief, worker_timeout, strategy, workers) -> dict:
     start_run(config)
     log(devices_line())
+    config.layout.extraction.unlink(missing_ok=True)  # a killed chief's: workers must not join it
     # Started first: they load TensorFlow while this process decodes and caches.
     with local.local_workers(config.path, workers, log, strategy) if workers > 1 else \
             contextlib.nullcontext() as helpers:
@@ -103,7 +103,7 @@ def _search(config: RunConfig, log, chief, worker_timeout, strategy, workers) ->
                 tuner = make_tuner(config, hypermodel, distributed.distribution_strategy(strategy, log))
                 tuner.search(epochs=config.max_epochs, verbose=0)
             else:
-                cache.warm(config.backbones)  # before serving: workers only read the caches
+                _extract_with_workers(config, cache, log)
                 tuner = run_chief(config, hypermodel, chief or helpers.address, worker_timeout, log,
                                   helpers.check if helpers else None)
     best = best_trials(tuner)
@@ -129,14 +129,39 @@ def run_worker(run_dir: str, chief: str, worker_id: str | None = None, strategy:
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)  # before TensorFlow's first operation
     log(devices_line())
-    worker.wait_for_chief(chief, wait, log)
+    extraction = RunLayout(run_dir).extraction
+    serving = worker.wait_for_chief(chief, wait, log, lambda: lock.live_holder(extraction) is not None)
     config = load_config(run_dir)
     worker.check_data_visible(config)
-    hypermodel, _ = trial_hypermodel(dataset.prepare(config, progress=False))
+    hypermodel, cache = trial_hypermodel(dataset.prepare(config, progress=False), progress=False)
+    if not serving:
+        # The chief wrote config.json and the decoded cache before it began extracting.
+        log(f"worker {worker_id}: joining the chief's activation extraction")
+        cache.extractor, cache.log = worker_id, log
+        cache.warm(config.backbones)
+        worker.wait_for_chief(chief, wait, log)
     log(f"worker {worker_id}: running trials for {run_dir}")
     with _failed_trials_as_user_error():
         worker.serve_trials(config, hypermodel, chief, worker_id, strategy, log)
     return worker_id
+
+
+def _extract_with_workers(config: RunConfig, cache, log: Callable[[str], None]) -> None:
+    """Fills the activation cache before serving, with every worker that joins: trials only read it.
+
+    Workers that find ``extraction.lock`` (held, with a heartbeat, while this runs) take
+    shards of each pass (:mod:`search.extraction`); the others join when it is done.
+    """
+    before = {backbone: cache.extraction_record(backbone) for backbone in config.backbones}
+    cache.extractor = distributed.CHIEF_ID
+    lock.take(config.layout.extraction, "search (activation extraction)")
+    with lock.kept(config.layout.extraction):
+        cache.warm(config.backbones)
+    for backbone in config.backbones:
+        record = cache.extraction_record(backbone)
+        if record is not None and record != before[backbone]:
+            shards = ", ".join(f"{name} {count}" for name, count in record["shards"].items())
+            log(f"activations of {backbone}: {record['seconds']:.1f} s (shards: {shards})")
 
 
 def _check_cache(cache, config: RunConfig, log: Callable[[str], None]) -> None:

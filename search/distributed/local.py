@@ -76,8 +76,8 @@ def local_workers(run_dir: Path, count: int, log: Callable[[str], None],
                   strategy: str | None = None) -> Iterator[LocalWorkers]:
     """Starts ``count`` workers on this machine for a chief on a free local port.
 
-    The workers wait for the chief to serve (it prepares the caches first), run
-    trials until it says the search is done and exit; any still running when the
+    The workers join the chief's activation extraction once it has prepared the
+    data, wait for it to serve, run trials until it says the search is done and exit; any still running when the
     block ends (an error, Ctrl-C) are stopped.
     """
     address = free_local_address()

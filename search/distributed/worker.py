@@ -53,22 +53,37 @@ def check_data_visible(config) -> None:
                         "there with its file times, e.g. rsync -a).")
 
 
-def wait_for_chief(address: str, timeout: float, log: Callable[[str], None]) -> None:
+def wait_for_chief(address: str, timeout: float, log: Callable[[str], None],
+                   extracting: Callable[[], bool] | None = None) -> bool:
     """Blocks until the chief at ``address`` serves (it does once the run directory is ready).
 
+    Args:
+        extracting: Tells whether the chief is extracting activations now: then this
+            returns at once, for the worker to join in (and wait again after).
+
+    Returns:
+        True once the chief serves; False if ``extracting()`` came first.
+
     Raises:
-        UserError: If it does not within ``timeout`` seconds.
+        UserError: If neither happens within ``timeout`` seconds.
     """
     host, port = parse_address(address)
     log(f"waiting for the chief at {host}:{port} (it serves once config.json, the split and the "
         f"caches are ready; giving up after {timeout:.0f} s)")
+    deadline = time.monotonic() + timeout
     with grpc.insecure_channel(f"{host}:{port}") as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise UserError(f"No chief answered at {host}:{port} within {timeout:.0f} s: start "
-                            f"`cxr-tuner search --chief {address} ...` first, check the address, "
-                            "or wait longer with --wait.") from None
+        ready = grpc.channel_ready_future(channel)
+        while True:
+            if extracting is not None and extracting():
+                return False
+            try:
+                ready.result(timeout=max(0.0, min(_IDLE_PAUSE_SECONDS, deadline - time.monotonic())))
+                return True
+            except grpc.FutureTimeoutError:
+                if time.monotonic() >= deadline:
+                    raise UserError(f"No chief answered at {host}:{port} within {timeout:.0f} s: start "
+                                    f"`cxr-tuner search --chief {address} ...` first, check the address, "
+                                    "or wait longer with --wait.") from None
 
 
 @contextlib.contextmanager

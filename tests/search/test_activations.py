@@ -98,7 +98,7 @@ def test_shallower_cuts_derive_from_the_deepest_cached_one(run_data, weights_fil
 def test_a_second_request_reads_the_cache_without_a_forward_pass(run_data, weights_files, tmp_path, monkeypatch):
     _cache(run_data, weights_files[0], tmp_path).activations(BACKBONE, 2)
     passes = []
-    monkeypatch.setattr(features, "_write_outputs", lambda *args: passes.append(args))
+    monkeypatch.setattr(features.extraction, "run", lambda *args: passes.append(args))
     again = _cache(run_data, weights_files[0], tmp_path)
     assert [again.activations(BACKBONE, d).shape[0] for d in range(4)] == [len(run_data.images)] * 4
     assert passes == []
