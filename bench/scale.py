@@ -8,7 +8,9 @@ and runs, in a fresh process per size: the decode (a cold decoded cache), the re
 the data stage (fingerprints, grouped split, audit), the activation extraction
 (mobilenet_025, ImageNet weights), a bare forward pass of the same backbone (the
 floor), then a small Hyperband search (``--max-epochs``) on the cache; with
-``--workers 2`` the same search again as 2 local workers on the same caches. For each
+``--workers 2`` the same search again as 2 local workers on the same decoded images,
+whose activations the chief and the workers extract together (the extraction's seconds
+and shards per process, then the search's seconds without them). For each
 of ``--audit-sizes`` it times the near-duplicate search alone on that many 256-bit
 pHashes of such images. Prints one table with the growth from each size to the next.
 """
@@ -19,6 +21,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -119,14 +122,21 @@ def one_size(data: str, run_dir: str, max_epochs: int, workers: int) -> dict:
     out.update(trials=len(memory), trial_anon_first_mb=anon[0], trial_anon_last_mb=anon[-1],
                trial_anon_max_mb=max(anon), peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if workers > 1:
-        # The same search as local workers, on the caches just written (decode and extraction hit).
+        # The same search as local workers, on the decoded images just written: the chief and
+        # the workers extract the activations together (sharded), then search.
         other = Path(run_dir + f"-w{workers}")
         shutil.rmtree(other, ignore_errors=True)
-        other.mkdir(parents=True)
-        os.symlink(config.path / "cache", other / "cache")
+        (other / "cache").mkdir(parents=True)
+        os.symlink(config.path / "cache" / "decoded-224", other / "cache" / "decoded-224")
+        lines = []
         start = time.perf_counter()
-        run_search(config.replace(run_dir=str(other)), log=lambda line: None, workers=workers)
-        out[f"search_w{workers}_s"] = time.perf_counter() - start
+        run_search(config.replace(run_dir=str(other)), log=lines.append, workers=workers)
+        total = time.perf_counter() - start
+        said = next(line for line in lines if line.startswith("activations of mobilenet_025: "))
+        seconds, shards = re.fullmatch(r"activations of mobilenet_025: ([\d.]+) s \(shards: (.*)\)", said).groups()
+        out[f"extraction_w{workers}_s"] = float(seconds)
+        out[f"extraction_w{workers}_shards"] = shards
+        out[f"search_w{workers}_s"] = total - float(seconds)
     return out
 
 
@@ -193,7 +203,8 @@ def main() -> None:
         print("| --- |" + " ---: |" * (2 * len(sizes) - 1))
         keys = ["decode_s", "data_stage_s", "extraction_s", "forward_pass_s", "search_s", "trials",
                 "anon_before_trials_mb", "trial_anon_first_mb", "trial_anon_last_mb", "trial_anon_max_mb",
-                "peak_rss_mb", "cache_mb"] + ([f"search_w{args.workers}_s"] if args.workers > 1 else [])
+                "peak_rss_mb", "cache_mb"] + ([f"extraction_w{args.workers}_s", f"extraction_w{args.workers}_shards",
+                                               f"search_w{args.workers}_s"] if args.workers > 1 else [])
         for key in keys:
             print(f"| {key} | {_growth(rows, key)} |")
     if audits:

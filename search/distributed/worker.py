@@ -73,17 +73,23 @@ def wait_for_chief(address: str, timeout: float, log: Callable[[str], None],
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(f"{host}:{port}") as channel:
         ready = grpc.channel_ready_future(channel)
-        while True:
-            if extracting is not None and extracting():
-                return False
-            try:
-                ready.result(timeout=max(0.0, min(_IDLE_PAUSE_SECONDS, deadline - time.monotonic())))
-                return True
-            except grpc.FutureTimeoutError:
-                if time.monotonic() >= deadline:
-                    raise UserError(f"No chief answered at {host}:{port} within {timeout:.0f} s: start "
-                                    f"`cxr-tuner search --chief {address} ...` first, check the address, "
-                                    "or wait longer with --wait.") from None
+        try:
+            while True:
+                if extracting is not None and extracting():
+                    return False
+                try:
+                    ready.result(timeout=max(0.0, min(_IDLE_PAUSE_SECONDS, deadline - time.monotonic())))
+                    return True
+                except grpc.FutureTimeoutError:
+                    if time.monotonic() >= deadline:
+                        raise UserError(f"No chief answered at {host}:{port} within {timeout:.0f} s: start "
+                                        f"`cxr-tuner search --chief {address} ...` first, check the address, "
+                                        "or wait longer with --wait.") from None
+        finally:
+            if ready.cancel():
+                # gRPC's thread polling the channel stops within 0.2 s of the last subscriber
+                # leaving; closing the channel before that makes it print a traceback.
+                time.sleep(0.3)
 
 
 @contextlib.contextmanager
