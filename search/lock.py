@@ -65,10 +65,11 @@ def take(path: Path, command: str, log: Callable[[str], None] | None = None, wha
         holder = _holder(path)
         if holder is None:
             continue  # released (or unreadable and removed) meanwhile
-        gone = None if _is_me(holder) else _gone_reason(path, holder)  # this process's own: left by an error
-        if gone is None and not _is_me(holder):
+        mine = _is_me(holder)  # left by an error in this process: take it again
+        gone = None if mine else _gone_reason(path, holder)
+        if not mine and gone is None:
             return holder
-        if log is not None and gone is not None:
+        if gone is not None and log is not None:
             log(f"taking over {what or path}: its holder ({holder.get('command', '?')}, host "
                 f"{holder.get('host', '?')}, PID {holder.get('pid', '?')}) {gone}")
         with contextlib.suppress(FileNotFoundError):
