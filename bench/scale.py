@@ -1,6 +1,6 @@
 """How the cost of a search grows with the collection: 2,000, 20,000, 100,000 images.
 
-    python bench/scale.py --sizes 2000,20000 --audit-sizes 20000,100000 [--workers 2]
+    python bench/scale.py --sizes 2000,20000,100000 --search-up-to 20000 --audit-sizes 20000,100000 [--workers 2]
 
 For each of ``--sizes`` it writes a synthetic collection of 224 px PNGs (phantoms of
 ``data.synthetic``, each shifted, re-exposed and noised so that no two files are equal)
@@ -77,8 +77,8 @@ def _anon_mb() -> float:
     return float("nan")
 
 
-def one_size(data: str, run_dir: str, max_epochs: int, workers: int) -> dict:
-    """The stages of one collection, in this process; returns their figures."""
+def one_size(data: str, run_dir: str, max_epochs: int, workers: int, search: bool = True) -> dict:
+    """The stages of one collection, in this process; returns their figures (without the searches: not ``search``)."""
     import resource
 
     import tensorflow as tf
@@ -114,6 +114,9 @@ def one_size(data: str, run_dir: str, max_epochs: int, workers: int) -> dict:
         pooled.predict_on_batch(np.asarray(data_.images[first:first + 64]))
     out["forward_pass_s"] = time.perf_counter() - start
     out["anon_before_trials_mb"] = _anon_mb()
+    if not search:
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return out
     start = time.perf_counter()
     make_tuner(config, hypermodel, None).search(epochs=config.max_epochs, verbose=0)
     out["search_s"] = time.perf_counter() - start
@@ -162,7 +165,7 @@ def audit_time(count: int) -> dict:
 
 def _growth(rows: list[dict], key: str) -> str:
     values = [row.get(key) for row in rows]
-    cells = [f"{v:,.1f}" if isinstance(v, float) else str(v) for v in values]
+    cells = [f"{v:,.1f}" if isinstance(v, float) else "-" if v is None else str(v) for v in values]
     growth = [f"x{b / a:.2f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a else "-"
               for a, b in zip(values, values[1:])]
     return " | ".join(cells + growth)
@@ -175,10 +178,14 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/bench-scale")
     parser.add_argument("--max-epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--search-up-to", type=int, default=None,
+                        help="run the searches only on collections of at most N images (the data stage and "
+                             "the extraction on every size)")
+    parser.add_argument("--no-search", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", nargs=2, metavar=("DATA", "RUN_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one_size(*args.one, args.max_epochs, args.workers)))
+        print(json.dumps(one_size(*args.one, args.max_epochs, args.workers, search=not args.no_search)))
         return
     work = Path(args.work)
     rows = []
@@ -188,7 +195,9 @@ def main() -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {size} images written in {time.perf_counter() - start:.0f} s",
               flush=True)
         result = subprocess.run([sys.executable, __file__, "--one", str(data), str(work / f"run-{size}"),
-                                 "--max-epochs", str(args.max_epochs), "--workers", str(args.workers)],
+                                 "--max-epochs", str(args.max_epochs), "--workers", str(args.workers),
+                                 *(["--no-search"] if args.search_up_to is not None and size > args.search_up_to
+                                   else [])],
                                 cwd=REPO, capture_output=True, text=True)
         if result.returncode:
             raise SystemExit(result.stderr[-3000:])
