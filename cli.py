@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from data.errors import UserError
-from search.config import TUNERS
+from search.config import PRECISIONS, TUNERS
 
 
 class _Group(click.Group):
@@ -70,6 +70,9 @@ def search_options(function):
         click.option("--cache-dtype", type=click.Choice(["float32", "float16"]), default="float32",
                      show_default=True,
                      help="Activation cache on disk: float32 is exact, float16 takes half the space."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+                     help="Keras mixed-precision policy the models compute in (softmax and loss stay "
+                          "float32); auto: mixed_float16 on GPUs with tensor cores, else float32."),
         click.option("--cache-budget", "cache_budget_gb", type=click.FloatRange(0), default=None, metavar="GB",
                      help="Most GB of cached activations; deeper unfreeze depths beyond it train on images."),
     ]
@@ -274,6 +277,11 @@ def export(run_dir, formats, out):
     card = export_model(_run_config(run_dir), formats=formats, out=out, log=click.echo)
     for name, difference in card["agreement"]["max_abs_probability_difference"].items():
         click.echo(f"  {name}: largest probability difference to the model on the test split {difference:.2e}")
+    trained = card["precision"]
+    if "max_abs_probability_difference_to_trained" in trained:
+        click.echo(f"  float32 export against the {trained['trained']} model: largest probability difference "
+                   f"{trained['max_abs_probability_difference_to_trained']:.2e}, same predicted class "
+                   f"{trained['same_predicted_class']:.1%}")
 
 
 @cli.command()

@@ -1,12 +1,14 @@
-"""Trial scores on a float16 activation cache against the same search on a float32 one.
+"""Trial scores on a float16 activation cache (or in bfloat16) against the same search in float32.
 
     python bench/cache_dtype.py --data ../shared/data/cxr3-dev --limit 500 \\
-        --backbones mobilenet_025 --weights imagenet --image-size 224 --max-epochs 9
+        --backbones mobilenet_025 --weights imagenet --image-size 224 --max-epochs 9 \\
+        [--compare precision]
 
-Runs ``cli.py search --no-retrain`` once per ``--cache-dtype`` (each in its own process
-and run directory, same split and seed), matches trials by their hyperparameters and
-prints each pair of scores, the largest difference, whether the best configuration is
-the same, and each cache's size on disk.
+Runs ``cli.py search --no-retrain`` once per ``--cache-dtype`` (float32, float16) or, with
+``--compare precision``, per ``--precision`` (float32, mixed_bfloat16), each in its own
+process and run directory, same split and seed; matches trials by their hyperparameters
+and prints each pair of scores, the largest difference, the rank correlation, whether
+the best configuration is the same, and each search's time and cache size on disk.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from scipy.stats import spearmanr  # noqa: E402
+
 from bench.run import limited_copy, run_step  # noqa: E402
 
-DTYPES = ("float32", "float16")
+COMPARED = {"cache-dtype": ("float32", "float16"), "precision": ("float32", "mixed_bfloat16")}
 
 
 def trial_scores(run_dir: Path) -> dict:
@@ -50,35 +54,40 @@ def main() -> None:
     parser.add_argument("--image-size", default="224")
     parser.add_argument("--max-epochs", default="9")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare", choices=sorted(COMPARED), default="cache-dtype")
     args = parser.parse_args()
+    reference, other = values = COMPARED[args.compare]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     data = limited_copy(args.data, args.limit, args.seed, work / "data") if args.limit else args.data
     results = {}
-    for dtype in DTYPES:
+    for dtype in values:
         run_dir = work / dtype
         step = run_step(f"search {dtype}", [
             sys.executable, "cli.py", "search", "--data", data, "--run-dir", str(run_dir), "--overwrite",
             "--backbones", args.backbones, "--weights", args.weights, "--image-size", args.image_size,
-            "--max-epochs", args.max_epochs, "--seed", str(args.seed), "--no-retrain", "--cache-dtype", dtype,
+            "--max-epochs", args.max_epochs, "--seed", str(args.seed), "--no-retrain", f"--{args.compare}", dtype,
         ], work / f"{dtype}.log")
         results[dtype] = {"seconds": step["seconds"], "scores": trial_scores(run_dir),
                           "cache_bytes": cache_bytes(run_dir)}
-    exact, half = results["float32"]["scores"], results["float16"]["scores"]
+    exact, half = results[reference]["scores"], results[other]["scores"]
     common = [key for key in exact if key in half]
-    print(f"{'float32':>10} {'float16':>10} {'diff':>9}  hyperparameters")
+    print(f"{reference:>10} {other:>10} {'diff':>9}  hyperparameters")
     for key in common:
         print(f"{exact[key]:10.5f} {half[key]:10.5f} {half[key] - exact[key]:+9.5f}  {key}")
     diffs = [abs(half[k] - exact[k]) for k in common]
     relative = [abs(half[k] - exact[k]) / abs(exact[k]) for k in common if exact[k]]
-    print(f"trials: float32 {len(exact)}, float16 {len(half)}, same hyperparameters {len(common)}")
+    print(f"trials: {reference} {len(exact)}, {other} {len(half)}, same hyperparameters {len(common)}")
     if diffs:
         print(f"score difference: max {max(diffs):.5f}, mean {sum(diffs) / len(diffs):.5f}, "
               f"max relative {max(relative):.4f}; identical {sum(d == 0 for d in diffs)} of {len(diffs)}")
-    best = {d: min(results[d]["scores"], key=results[d]["scores"].get) for d in DTYPES}
-    print(f"best configuration the same: {best['float32'] == best['float16']} "
-          f"(float32 {exact[best['float32']]:.5f}, float16 {half[best['float16']]:.5f})")
-    for dtype in DTYPES:
+    if len(common) > 2:
+        rho = spearmanr([exact[k] for k in common], [half[k] for k in common]).statistic
+        print(f"Spearman rank correlation of the {len(common)} trial scores: {rho:.3f}")
+    best = {d: min(results[d]["scores"], key=results[d]["scores"].get) for d in values}
+    print(f"best configuration the same: {best[reference] == best[other]} "
+          f"({reference} {exact[best[reference]]:.5f}, {other} {half[best[other]]:.5f})")
+    for dtype in values:
         print(f"{dtype}: search {results[dtype]['seconds']:.0f} s, activation cache "
               f"{results[dtype]['cache_bytes'] / 1e6:.1f} MB on disk")
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -8,6 +8,7 @@ from typing import Sequence
 import keras
 import keras_tuner
 
+from hypermodels import precision as precisions
 from hypermodels.preprocess import preprocess
 from hypermodels.registry import BackboneSpec, get_backbone
 from hypermodels.weights import resolve_weights
@@ -35,18 +36,24 @@ class XrayClassifier(keras_tuner.HyperModel):
         image_size: Side of the square grayscale input, in pixels.
         backbones: Registry names the search chooses from.
         weights: ``"imagenet"``, ``"none"`` or a weights-file path.
+        precision: The Keras dtype policy its layers compute in (`hypermodels.precision`).
     """
 
     def __init__(self, num_classes: int, image_size: int,
                  backbones: Sequence[str] = ("mobilenet_025",), weights: str = "imagenet",
-                 **kwargs):
+                 precision: str = "float32", **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.image_size = image_size
         self.backbones = tuple(backbones)
         self.weights = weights
+        self.precision = precision
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
+        with precisions.policy(self.precision):
+            return self._build_in_policy(hp)
+
+    def _build_in_policy(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         spec = get_backbone(self.backbone(hp))
         weights = resolve_weights(spec, self.weights, self.image_size)
         depth = self.unfreeze_depth(hp, spec) if weights is not None else None
@@ -99,7 +106,8 @@ class XrayClassifier(keras_tuner.HyperModel):
             x = keras.layers.Dropout(dropout, name=f"head_dropout_{i}", seed=seed + 2 * i + 1)(x)
         if depth == 0:
             x = keras.layers.Dropout(dropout, name="head_dropout", seed=seed + 1)(x)
-        return keras.layers.Dense(self.num_classes, activation="softmax", name="predictions",
+        # float32 under a mixed policy too: softmax and the loss need its range and precision.
+        return keras.layers.Dense(self.num_classes, activation="softmax", name="predictions", dtype="float32",
                                   kernel_initializer=keras.initializers.GlorotUniform(seed + 2 * MAX_HEAD_DEPTH))(x)
 
 

@@ -18,6 +18,7 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
+from hypermodels import precision
 from hypermodels.classifier import POOLED, XrayClassifier, compile_model, head_seed
 from hypermodels.registry import BackboneSpec, get_backbone
 
@@ -87,6 +88,10 @@ class ActivationClassifier(keras_tuner.HyperModel):
         return None if self.cached and not self.cached(hp.values["backbone"], depth) else depth
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
+        with precision.policy(self.classifier.precision):
+            return self._build_in_policy(hp)
+
+    def _build_in_policy(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         name = self.classifier.backbone(hp)
         if not is_cacheable(name, self.classifier.weights):
             return self.classifier.build(hp)

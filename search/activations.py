@@ -4,7 +4,8 @@ Layout: ``RUN_DIR/cache/activations/<backbone>-<size>px-w<weights>-i<images>/`` 
 raw float32 array per cut layer (``<cut>.f32``, one row per image of the decoded cache)
 and its ``<cut>.json`` (shape, dtype and the key); with ``dtype="float16"`` the entry's
 folder ends in ``-f16`` and its arrays are ``<cut>.f16`` (half the disk, see
-:mod:`search.cache_plan`). ``<weights>`` is the start of the
+:mod:`search.cache_plan`); activations computed under a mixed precision policy end in
+``-mixed_bfloat16`` or ``-mixed_float16`` (never read by a run of another precision). ``<weights>`` is the start of the
 sha256 of the weights file (``none`` for random weights), ``<images>`` the start of the
 sha256 of the decoded pixels: other weights, another size or other images are another
 entry, and a cut is its own file. An array is written under a temporary name and
@@ -72,21 +73,23 @@ class ActivationCache:
         self._models = {}
 
     def key(self, backbone: str) -> dict:
-        """What ``backbone``'s activations depend on: backbone, size, weights and images."""
+        """What ``backbone``'s activations depend on: backbone, size, weights, images and precision."""
         if backbone not in self._keys:
             if self._images_id is None:
                 self._images_id = images_identity(self.images)
             size = self.classifier.image_size
             self._keys[backbone] = {"backbone": backbone, "image_size": size, "images": self._images_id,
-                                    "weights": weights_identity(backbone, self.classifier.weights, size)}
+                                    "weights": weights_identity(backbone, self.classifier.weights, size),
+                                    "precision": self.classifier.precision}
         return self._keys[backbone]
 
     def entry(self, backbone: str) -> Path:
-        """The folder of ``backbone``'s activations for these weights, size and images."""
+        """The folder of ``backbone``'s activations for these weights, size, images and precision."""
         key = self.key(backbone)
         suffix = "" if self.dtype == "float32" else f"-{_SUFFIX[self.dtype]}"
+        computed = "" if key["precision"] == "float32" else f"-{key['precision']}"
         return self.folder / (f"{backbone}-{key['image_size']}px-w{key['weights'][:16]}"
-                              f"-i{key['images'][:16]}{suffix}")
+                              f"-i{key['images'][:16]}{suffix}{computed}")
 
     def is_cached(self, backbone: str, depth: int) -> bool:
         """Whether trials of ``backbone`` at ``depth`` train on cached activations (else on images)."""
@@ -249,7 +252,7 @@ def trial_hypermodel(data, progress: bool = True):
     """The search's hypermodel for ``data`` and the activation cache it trains on."""
     config = data.config
     classifier = XrayClassifier(len(config.class_names), config.image_size,
-                                config.backbones, config.weights)
+                                config.backbones, config.weights, config.precision)
     # Trials of pretrained backbones train only what is above the freeze boundary,
     # on activations computed once; the hypermodel's fit picks each trial's data.
     cache = ActivationCache(classifier, data.images, config.layout.activations, progress,

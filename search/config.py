@@ -11,6 +11,7 @@ from data.errors import UserError
 from search.layout import RunLayout
 
 TUNERS = ("hyperband", "bayesian", "random")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # hypermodels.precision: auto and the policies
 # Settings that may differ between the first run and a resume without changing
 # what the search means.
 _RESUMABLE = {"run_dir", "overwrite", "class_weights", "class_names"}
@@ -38,6 +39,9 @@ class RunConfig:
         cache_dtype: ``"float32"`` (exact) or ``"float16"`` (half the disk) activation cache.
         cache_budget_gb: Most GB (decimal) of activations to cache; deeper unfreeze
             depths beyond it train on images. None: no limit.
+        precision: The Keras dtype policy models compute in (`hypermodels.precision`):
+            ``float32``, ``mixed_float16`` or ``mixed_bfloat16``; ``auto`` until
+            `search.run` resolves it for the machine, before it is saved.
         class_names: Filled by the data stage: sorted class names.
         class_weights: Filled by the data stage: ``compute_class_weight("balanced")``.
 
@@ -60,6 +64,7 @@ class RunConfig:
     overwrite: bool = False
     cache_dtype: str = "float32"
     cache_budget_gb: float | None = None
+    precision: str = "float32"  # what a run saved before the setting existed computed in
     class_names: tuple[str, ...] = ()
     class_weights: dict[str, float] = dataclasses.field(default_factory=dict)
 

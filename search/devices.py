@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
 
 from search.distributed.local import available_cores
 
@@ -23,3 +26,20 @@ def devices_line(precision: str = "float32") -> str:
         cuda = "" if tf.test.is_built_with_cuda() else "; this TensorFlow is built without CUDA"
         where = f"CPU, {threads} thread{'s' * (threads > 1)} (no GPU visible{cuda})"
     return f"devices: {where}; precision {precision}"
+
+
+@contextlib.contextmanager
+def deterministic_ops():
+    """TensorFlow's op determinism inside (`tf.config.experimental.enable_op_determinism`), restored after.
+
+    Every run has a seed, so a stage that trains runs in it: on a GPU, ops with a
+    deterministic kernel use it and the others raise instead of varying silently
+    (docs/scale.md says which parts repeat); on a CPU it costs nothing measurable.
+    """
+    before = tf_config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not before:
+            tf_config.disable_op_determinism()  # TensorFlow's public API has no way back

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from data import files
 from data.errors import UserError
-from hypermodels import preprocess
+from hypermodels import precision, preprocess
 from search import dataset
 from search.evaluation import gradcam, html_report
 from search.config import RunConfig
@@ -57,7 +57,9 @@ def _export(config: RunConfig, formats, out, log) -> dict:
     out = Path(out or config.layout.export)
     out.mkdir(parents=True, exist_ok=True)
     winner = config.layout.final_model()  # the calibrated (ensemble) model when assembled
-    model = for_export(keras.saving.load_model(winner / WINNER_MODEL))
+    trained = for_export(keras.saving.load_model(winner / WINNER_MODEL))
+    # Shipped in float32 whatever it trained in: every format and runtime computes it, TFLite included.
+    model = precision.as_float32(trained)
     # The card says the files beside it are whole and current: gone until they are.
     (out / CARD_FILE).unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as staging:
@@ -69,6 +71,7 @@ def _export(config: RunConfig, formats, out, log) -> dict:
         agreement = _agreement(model, written, images)
         card = model_card(config, winner, model, written, staging)
         card["agreement"] = {"images": "test split", "max_abs_probability_difference": agreement}
+        card["precision"] = _precision_card(trained, model, images)
         card.update(final_card(config.layout, winner))
         for path in written.values():  # each file or folder whole, then the card
             target = out / path.name
@@ -110,6 +113,18 @@ def _agreement(model: keras.Model, written: dict, images: np.ndarray) -> dict:
     reference = _in_batches(lambda batch: model(batch, training=False), images)
     return {name: float(np.abs(predict_exported(path, images) - reference).max())
             for name, path in written.items()}
+
+
+def _precision_card(trained: keras.Model, shipped: keras.Model, images: np.ndarray) -> dict:
+    """What the model trained in, what it ships in, and how far the two answer apart on ``images``."""
+    card = {"trained": precision.policy_of(trained), "exported": precision.policy_of(shipped)}
+    if shipped is not trained:
+        # Rounding to bfloat16's 8 significant bits (float16's 11) in every layer, not a model change.
+        before = _in_batches(lambda batch: trained(batch, training=False), images)
+        after = _in_batches(lambda batch: shipped(batch, training=False), images)
+        card["max_abs_probability_difference_to_trained"] = float(np.abs(after - before).max())
+        card["same_predicted_class"] = float((after.argmax(1) == before.argmax(1)).mean())
+    return card
 
 
 def _write_keras(model: keras.Model, path: Path) -> Path:

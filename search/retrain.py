@@ -28,6 +28,7 @@ from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from search import console, dataset, variants
 from search.config import RunConfig
+from search.devices import deterministic_ops
 from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
 from search.activations import trial_hypermodel
 from search.lock import run_lock
@@ -49,7 +50,8 @@ def trial_hyperparameters(config: RunConfig, trial_id: str) -> keras_tuner.Hyper
 
 def build_model(config: RunConfig, hp: keras_tuner.HyperParameters) -> keras.Model:
     """A fresh, compiled model of the run's HyperModel for ``hp``."""
-    hypermodel = XrayClassifier(len(config.class_names), config.image_size, config.backbones, config.weights)
+    hypermodel = XrayClassifier(len(config.class_names), config.image_size, config.backbones, config.weights,
+                                config.precision)
     return hypermodel.build(hp)
 
 
@@ -69,7 +71,7 @@ def retrain(config: RunConfig, top_k: int = 3, seeds: int = 1, max_epochs: int |
     Returns:
         The content of ``winners/summary.json``.
     """
-    with run_lock(config.run_dir, "retrain", log):
+    with run_lock(config.run_dir, "retrain", log), deterministic_ops():
         return _retrain(config, top_k, seeds, max_epochs, augment, choose_variant, log)
 
 

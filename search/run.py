@@ -12,12 +12,13 @@ import tensorflow as tf
 from data import files, manifest
 from data.split import SPLITS
 from data.errors import UserError
+from hypermodels import precision
 from hypermodels.classifier import OBJECTIVE
 from hypermodels.registry import get_backbone
 from hypermodels.weights import resolve_weights
 from search import cache_plan, dataset, lock
 from search.activations import trial_hypermodel
-from search.devices import devices_line
+from search.devices import deterministic_ops, devices_line
 from search.distributed import local, protocol as distributed, worker
 from search.distributed.chief import run_chief
 from search.config import RunConfig, load_config
@@ -80,13 +81,15 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
     """
     local.check_count(workers, chief)
     check_inputs(config)
-    with lock.run_lock(config.run_dir, "search", log):
+    with lock.run_lock(config.run_dir, "search", log), deterministic_ops():
         return _search(config, log, chief, worker_timeout, strategy, workers)
 
 
 def _search(config: RunConfig, log, chief, worker_timeout, strategy, workers) -> dict:
+    # Concrete before the resume check and config.json: every later stage and worker reads it.
+    config = config.replace(precision=precision.resolve(config.precision))
     start_run(config)
-    log(devices_line())
+    log(devices_line(config.precision))
     config.layout.extraction.unlink(missing_ok=True)  # a killed chief's: workers must not join it
     # Started first: they load TensorFlow while this process decodes and caches.
     with local.local_workers(config.path, workers, log, strategy) if workers > 1 else \
@@ -128,10 +131,10 @@ def run_worker(run_dir: str, chief: str, worker_id: str | None = None, strategy:
     worker_id = distributed.check_worker_id(worker_id) if worker_id else distributed.default_worker_id()
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)  # before TensorFlow's first operation
-    log(devices_line())
     extraction = RunLayout(run_dir).extraction
     serving = worker.wait_for_chief(chief, wait, log, lambda: lock.live_holder(extraction) is not None)
-    config = load_config(run_dir)
+    config = load_config(run_dir)  # with the precision the chief resolved
+    log(devices_line(config.precision))
     worker.check_data_visible(config)
     hypermodel, cache = trial_hypermodel(dataset.prepare(config, progress=False), progress=False)
     if not serving:
@@ -141,7 +144,7 @@ def run_worker(run_dir: str, chief: str, worker_id: str | None = None, strategy:
         cache.warm(config.backbones)
         worker.wait_for_chief(chief, wait, log)
     log(f"worker {worker_id}: running trials for {run_dir}")
-    with _failed_trials_as_user_error():
+    with _failed_trials_as_user_error(), deterministic_ops():
         worker.serve_trials(config, hypermodel, chief, worker_id, strategy, log)
     return worker_id
 

@@ -270,12 +270,20 @@ def test_resume_with_a_vanished_image_keeps_split_and_trials(run_copy, mixed_dat
                                                 if k.startswith("tuner/")}
 
 
-def test_resume_with_other_settings_keeps_the_run(run_copy, mixed_data):
+@pytest.mark.parametrize("changed, difference", [
+    (("--image-size", "48"), "image_size: 32 -> 48"),
+    (("--precision", "mixed_bfloat16"), "precision: 'float32' -> 'mixed_bfloat16'"),
+])
+def test_resume_with_other_settings_keeps_the_run(run_copy, mixed_data, changed, difference):
     before = tree_digest(run_copy)
     flags = [*FAST_SEARCH]
-    flags[flags.index("32")] = "48"
+    flag, value = changed
+    if flag in flags:
+        flags[flags.index(flag) + 1] = value
+    else:
+        flags += [flag, value]
     result = _search(mixed_data, run_copy, flags=flags)
-    error_line(result, "holds a run with other settings (image_size: 32 -> 48)",
+    error_line(result, f"holds a run with other settings ({difference})",
                 "repeat the original flags to resume, or --overwrite")
     assert tree_digest(run_copy) == before
 
