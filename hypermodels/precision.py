@@ -10,6 +10,7 @@ import contextlib
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
 MIXED = ("mixed_float16", "mixed_bfloat16")
 """The mixed policies; with ``float32`` the concrete ones ``auto`` (:func:`resolve`) picks from."""
@@ -36,13 +37,13 @@ def policy(name: str):
 def resolve(precision: str) -> str:
     """``precision`` itself, or for ``auto`` the concrete policy for this machine.
 
-    ``auto``: mixed float16 when every visible GPU has tensor cores, else float32
-    (docs/performance.md: bfloat16 on a CPU, with or without bfloat16 units, is
-    not chosen by default; ``--precision mixed_bfloat16`` asks for it).
+    ``auto``: mixed float16 when every visible GPU has tensor cores, else float32.
+    Not bfloat16 on a CPU, even one with bfloat16 units: it speeds up the one-time
+    activation extraction, not the trials, and moves trial scores more than the
+    float16 cache does (docs/scale.md); ``--precision mixed_bfloat16`` asks for it.
     """
     if precision != "auto":
         return precision
-    import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     capabilities = [tf.config.experimental.get_device_details(gpu).get("compute_capability") for gpu in gpus]
