@@ -17,16 +17,13 @@ from search.layout import RunLayout
 from search.retrain import retrain
 from search.run import run_search
 from tests.conftest import FAST_SEARCH, run_cli
+from tests.search.conftest import _quiet
 
 BF16 = "mixed_bfloat16"
 # bfloat16 keeps 8 significant bits: each layer's output is rounded by up to 2^-8 (0.4 %)
 # of its value, and the rounding of a dozen layers moves a probability by a few hundredths.
 TRAINED_TOLERANCE = 0.05
 FORMAT_TOLERANCE = 1e-4  # between the float32 files: summation order only, as tests/search/test_export.py
-
-
-def _quiet(line):
-    pass
 
 
 @pytest.fixture(scope="module")
