@@ -4,12 +4,12 @@ Layout: ``RUN_DIR/cache/activations/<backbone>-<size>px-w<weights>-i<images>/`` 
 raw float32 array per cut layer (``<cut>.f32``, one row per image of the decoded cache)
 and its ``<cut>.json`` (shape, dtype and the key); with ``dtype="float16"`` the entry's
 folder ends in ``-f16`` and its arrays are ``<cut>.f16`` (half the disk, see
-:mod:`search.cache_plan`); activations computed under a mixed precision policy end in
-``-mixed_bfloat16`` or ``-mixed_float16`` (never read by a run of another precision). ``<weights>`` is the start of the
-sha256 of the weights file (``none`` for random weights), ``<images>`` the start of the
-sha256 of the decoded pixels: other weights, another size or other images are another
-entry, and a cut is its own file. An array is written under a temporary name and
-renamed, and its ``.json`` comes last, so an interrupted extraction leaves no entry.
+:mod:`search.cache_plan`); an entry computed under a mixed precision policy ends in
+``-mixed_bfloat16`` or ``-mixed_float16``, so no run of another precision reads it.
+``<weights>`` is the start of the sha256 of the weights file (``none`` for random
+weights), ``<images>`` the start of the sha256 of the decoded pixels: other weights,
+another size or other images are another entry, and a cut is its own file. An array is
+written under a temporary name and renamed, and its ``.json`` comes last, so an interrupted extraction leaves no entry.
 
 Cost: all missing cuts of a backbone come out of one forward pass, starting from the
 deepest cut already cached when there is one (deriving shallower cuts is a fraction of

@@ -182,16 +182,16 @@ def test_worker_errors_are_one_line(tmp_path):
     assert named.exit_code == 1 and "without the word 'chief'" in named.output
 
 
-def _local_search(processes, data, run_dir, workers: int, *extra: str):
+def _local_search(processes, data, run_dir, workers: int):
     return processes.start(
         f"local{workers}", "search", "--data", str(data), "--run-dir", str(run_dir), "--backbones", "vanilla_cnn",
         "--weights", "none", "--image-size", "32", "--max-epochs", "2", "--factor", "2",
-        "--batch-size", "16", "--seed", "3", "--no-retrain", "--workers", str(workers), *extra)
+        "--batch-size", "16", "--seed", "3", "--no-retrain", "--workers", str(workers))
 
 
 def test_local_workers_run_every_trial_and_exit_with_the_search(tmp_path, demo_data, processes):
     run_dir = tmp_path / "run"
-    search = _local_search(processes, demo_data, run_dir, 2, "--precision", "mixed_bfloat16")
+    search = _local_search(processes, demo_data, run_dir, 2)
     assert _exit_code(search, processes, "local2") == 0, processes.log("local2")[-3000:]
     said = processes.log("local2")
     assert f"2 local workers, {max(1, local.available_cores() // 2)} thread" in said  # a share of the cores each
@@ -200,9 +200,8 @@ def test_local_workers_run_every_trial_and_exit_with_the_search(tmp_path, demo_d
     assert len(re.findall(rf"^trial \d+ .*{OBJECTIVE}=.*\(worker local-[12]\)$", said, re.MULTILINE)) == len(trials)
     _assert_single_machine_format(run_dir, trials)
     assert re.search(r"^best trial \d+ of \d+: ", said, re.MULTILINE)
-    for name in ("local-1", "local-2"):  # each trained in the run's precision, was told the search is done, and exited
-        worker_log = (RunLayout(run_dir).worker_logs / f"{name}.log").read_text()
-        assert "; precision mixed_bfloat16" in worker_log and "the search is done" in worker_log
+    for name in ("local-1", "local-2"):  # each was told the search is done, and exited
+        assert "the search is done" in (RunLayout(run_dir).worker_logs / f"{name}.log").read_text()
 
 
 def test_local_workers_that_all_fail_stop_the_search_with_one_line(tmp_path):
