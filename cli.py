@@ -75,6 +75,9 @@ def search_options(function):
                           "float32); auto: mixed_float16 on GPUs with tensor cores, else float32."),
         click.option("--cache-budget", "cache_budget_gb", type=click.FloatRange(0), default=None, metavar="GB",
                      help="Most GB of cached activations; deeper unfreeze depths beyond it train on images."),
+        click.option("--folds", type=click.IntRange(2), default=None, metavar="K",
+                     help="Score each trial on K patient-grouped folds of train+val (their mean loss); the "
+                          "final model then trains on all of train+val. For small collections."),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), function)
 

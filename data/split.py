@@ -140,3 +140,37 @@ def splits_of(examples, path) -> list[str]:
     listed, names = load_split(path)
     split_of = {e.path: s for e, s in zip(listed, names)}
     return [split_of.get(e.path, "") for e in examples]
+
+
+def fold_split(labels: Sequence[str], groups: Sequence[str], folds: int, seed: int = 0) -> list[tuple]:
+    """``folds`` (train, validation) index pairs over the items; no group is ever on both sides.
+
+    scikit-learn's StratifiedGroupKFold, shuffled with ``seed``: each item is in exactly
+    one validation fold, and each class is in every fold's validation (refused otherwise).
+
+    Raises:
+        UserError: A class has fewer groups than ``folds``, or a few large groups keep a
+            class out of some fold's validation.
+    """
+    labels = np.asarray(labels)
+    codes = _group_codes(groups)
+    groups_per_class = defaultdict(set)
+    for label, code in zip(labels, codes):
+        groups_per_class[label].add(code)
+    for label in sorted(groups_per_class):
+        found = len(groups_per_class[label])
+        if found < folds:
+            raise UserError(
+                f"--folds {folds} needs at least {folds} patient groups of each class in train+val, "
+                f"class {label} has {found} (of {int(np.sum(labels == label))} image(s)), so some fold "
+                f"would validate without it; use --folds {max(2, found)} or fewer, or no --folds.")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class" is expected
+        pairs = list(splitter.split(labels, labels, codes))
+    every_class = set(labels.tolist())
+    if any(set(labels[held_out].tolist()) != every_class for _, held_out in pairs):
+        raise UserError(
+            f"Could not make {folds} folds of train+val that each validate on every class: a few "
+            f"large patient groups dominate a class. Use a smaller --folds, or no --folds.")
+    return pairs

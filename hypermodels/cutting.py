@@ -26,8 +26,9 @@ STEPS_PER_EXECUTION = 16
 """Training steps per call into TensorFlow: a trial's small steps are dominated by
 Python overhead between steps, not by the arithmetic."""
 
-DatasetsFor = Callable[[str, "int | None", int], tuple]
-"""``(backbone, unfreeze depth or None for the image model, initial epoch) -> (train, validation)``."""
+DatasetsFor = Callable[..., tuple]
+"""``(backbone, unfreeze depth or None for the image model, initial epoch, fold) -> (train, validation)``;
+``fold`` None is the run's train and val splits (see :class:`search.activations.TrialData`)."""
 
 
 def cut_layer(spec: BackboneSpec, depth: int) -> str:
@@ -118,9 +119,10 @@ class ActivationClassifier(keras_tuner.HyperModel):
         compile_model(model, self.classifier.learning_rate(hp), steps_per_execution=STEPS_PER_EXECUTION)
         return model
 
-    def fit(self, hp, model, *args, **kwargs):
+    def fit(self, hp, model, *args, fold=None, **kwargs):
+        """Fits ``model`` on its data; ``fold``: a fold of train+val instead of the train split (``--folds``)."""
         depth = self.frozen_depth(hp)
-        train, validation = self.datasets(hp.values["backbone"], depth, kwargs.get("initial_epoch", 0))
+        train, validation = self.datasets(hp.values["backbone"], depth, kwargs.get("initial_epoch", 0), fold)
         with contextlib.nullcontext() if depth is None else without_graph_rewrites():
             return model.fit(train, validation_data=validation, **kwargs)
 

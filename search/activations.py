@@ -34,6 +34,7 @@ from hypermodels.classifier import POOLED, XrayClassifier
 from hypermodels.registry import get_backbone
 from hypermodels.weights import keras_cache_dir, resolve_weights
 from search import cache_plan, extraction
+from search.dataset import FIT
 
 CACHE_DTYPES = ("float32", "float16")
 _BATCH = 64
@@ -204,9 +205,11 @@ def _read(entry: Path, cut: str) -> np.ndarray | None:
 class TrialData:
     """The ``(train, validation)`` data a trial fits on.
 
-    Callable as ``(backbone, depth, initial_epoch)``: cached activations at the
+    Callable as ``(backbone, depth, initial_epoch, fold)``: cached activations at the
     freeze boundary of ``depth``, or images for ``depth=None`` (backbones trained
-    whole). Each call gets a fresh training pipeline whose shuffle orders follow
+    whole); the train and val splits, or with ``fold`` the rows of that fold of
+    train+val (:meth:`RunData.folds`), or with ``fold=FIT`` all of train+val and no
+    validation. Each call gets a fresh training pipeline whose shuffle orders follow
     from the run's seed and ``initial_epoch`` alone: a trial sees the same batches
     whatever ran before it in this process (a pipeline kept across trials would
     continue its sequence of orders), so it does not matter which worker of a
@@ -220,25 +223,26 @@ class TrialData:
         self._validation = {}
         self._activations = {}  # one memory map per cut and process: each map's pages count in its RSS
 
-    def __call__(self, backbone: str, depth: int | None, initial_epoch: int = 0) -> tuple:
+    def __call__(self, backbone: str, depth: int | None, initial_epoch: int = 0, fold=None) -> tuple:
         key = ("images",) if depth is None else (backbone, depth)
-        if key not in self._validation:
-            self._validation[key] = self._make(backbone, depth, "val")
-        return self._make(backbone, depth, "train", shuffle_seed(self.data.config.seed, initial_epoch)), \
-            self._validation[key]
+        seed = shuffle_seed(self.data.config.seed, initial_epoch)
+        if fold == FIT:
+            return self._make(backbone, depth, self.data.indices(FIT), seed), None
+        if (key, fold) not in self._validation:
+            self._validation[key, fold] = self._make(backbone, depth, self.data.rows("val", fold))
+        return self._make(backbone, depth, self.data.rows("train", fold), seed), self._validation[key, fold]
 
-    def _make(self, backbone: str, depth: int | None, split: str, seed: int = 0):
-        shuffle = split == "train"
+    def _make(self, backbone: str, depth: int | None, rows: np.ndarray, seed: int | None = None):
+        shuffle = seed is not None
         if depth is None:
-            return self.data.dataset(split, shuffle=shuffle, seed=seed)
+            return self.data.dataset(rows, shuffle=shuffle, seed=seed)
         if (backbone, depth) not in self._activations:
             self._activations[backbone, depth] = self.cache.activations(backbone, depth)
         config = self.data.config
-        rows = self.data.indices(split)
         # The same pipeline as images, so a trial on activations sees the batches its image model would.
         return pipeline.make_dataset(self._activations[backbone, depth], self.data.labels[rows],
-                                     self.data.sample_weights(split), len(config.class_names),
-                                     config.batch_size, shuffle=shuffle, seed=seed, rows=rows)
+                                     self.data.sample_weights(rows), len(config.class_names),
+                                     config.batch_size, shuffle=shuffle, seed=seed or 0, rows=rows)
 
 
 def shuffle_seed(seed: int, initial_epoch: int) -> int:

@@ -42,6 +42,9 @@ class RunConfig:
         precision: The Keras dtype policy models compute in (`hypermodels.precision`):
             ``float32``, ``mixed_float16`` or ``mixed_bfloat16``; ``auto`` until
             `search.run` resolves it for the machine, before it is saved.
+        folds: Cross-validated search: each trial's score is the mean class-weighted
+            validation loss over this many patient-grouped folds of train+val, and the
+            final model trains on all of train+val (docs/folds.md). None: one split.
         class_names: Filled by the data stage: sorted class names.
         class_weights: Filled by the data stage: ``compute_class_weight("balanced")``.
 
@@ -65,6 +68,7 @@ class RunConfig:
     cache_dtype: str = "float32"
     cache_budget_gb: float | None = None
     precision: str = "float32"  # what a run saved before the setting existed computed in
+    folds: int | None = None
     class_names: tuple[str, ...] = ()
     class_weights: dict[str, float] = dataclasses.field(default_factory=dict)
 

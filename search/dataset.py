@@ -17,6 +17,7 @@ from data.errors import UserError
 from data.class_weights import class_weights
 from search.config import RunConfig
 
+FIT = "fit"  # train and val together: what --folds divides, and what a final model with folds trains on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,22 +69,45 @@ class RunData:
     labels: np.ndarray
     findings: DataFindings
 
+    _folds: list | None = dataclasses.field(default=None, init=False, repr=False)
+
     def indices(self, name: str) -> np.ndarray:
-        """Row indices of split ``name``."""
+        """Row indices of split ``name``; ``"fit"``: train and val together (what folds divide)."""
+        if name == FIT:
+            return np.flatnonzero((self.splits == "train") | (self.splits == "val"))
         return np.flatnonzero(self.splits == name)
 
-    def sample_weights(self, name: str) -> np.ndarray:
-        """The class weight of each image of split ``name``, float32, in row order."""
+    def sample_weights(self, name) -> np.ndarray:
+        """The class weight of each image of split ``name`` (or of the rows ``name``), float32, in row order."""
         names = self.config.class_names
-        return np.array([self.config.class_weights[names[i]] for i in self.labels[self.indices(name)]],
-                        "float32")
+        rows = self.indices(name) if isinstance(name, str) else name
+        return np.array([self.config.class_weights[names[i]] for i in self.labels[rows]], "float32")
 
-    def dataset(self, name: str, shuffle: bool = False, augment: bool = False, seed: int | None = None):
-        """A batched tf.data pipeline of ``(image, one-hot, class weight)`` for a split (``seed``: the run's)."""
-        idx = self.indices(name)
+    def folds(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``config.folds`` (train rows, validation rows) of train+val, grouped as the split is; test is not in them.
+
+        Raises:
+            UserError: A class has fewer groups in train+val than folds.
+        """
+        if self._folds is None:
+            rows = self.indices(FIT)
+            groups = leak_groups([self.examples[i] for i in rows], self.images[rows])
+            pairs = split.fold_split(self.labels[rows], groups, self.config.folds, self.config.seed)
+            self._folds = [(rows[kept], rows[held_out]) for kept, held_out in pairs]
+        return self._folds
+
+    def rows(self, split_name: str, fold: int | None = None) -> np.ndarray:
+        """Rows of ``split_name`` (``"train"``/``"val"``) in fold ``fold``, or of the split itself without one."""
+        if fold is None:
+            return self.indices(split_name)
+        return self.folds()[fold][0 if split_name == "train" else 1]
+
+    def dataset(self, name, shuffle: bool = False, augment: bool = False, seed: int | None = None):
+        """A batched tf.data pipeline of ``(image, one-hot, class weight)`` for a split or rows (``seed``: the run's)."""
+        idx = self.indices(name) if isinstance(name, str) else name
         # rows= gathers batches from the memmap instead of copying the split into RAM.
         return pipeline.make_dataset(
-            self.images, self.labels[idx], self.sample_weights(name), len(self.config.class_names),
+            self.images, self.labels[idx], self.sample_weights(idx), len(self.config.class_names),
             self.config.batch_size,
             shuffle=shuffle, seed=self.config.seed if seed is None else seed, augment=augment, rows=idx)
 
@@ -161,10 +185,16 @@ def _leak_free_split(config: RunConfig, decoded):
     """
     examples = decoded.examples
     prints = audit.fingerprints([e.path for e in examples], decoded.images)  # once for both uses
-    duplicates = audit.duplicate_groups([e.path for e in examples], prints=prints)
-    groups = audit.merge_groups([e.group for e in examples], duplicates)
+    groups = leak_groups(examples, decoded.images, prints)
     splits = split.split_by_group([e.label for e in examples], groups, config.fractions, config.seed)
     return splits, audit.audit(examples, splits=splits, prints=prints)
+
+
+def leak_groups(examples, images, prints: tuple | None = None) -> list[str]:
+    """The groups the split keeps together: patients merged with (near-)duplicate images."""
+    paths = [e.path for e in examples]
+    duplicates = audit.duplicate_groups(paths, prints=prints or audit.fingerprints(paths, images))
+    return audit.merge_groups([e.group for e in examples], duplicates)
 
 
 def _run_data(config: RunConfig, decoded, splits: np.ndarray, found: int, audit_counts: dict,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import keras_tuner
 from keras_tuner.src.engine import tuner_utils
@@ -35,12 +36,46 @@ def trial_hparams(trial) -> dict[str, object]:
     return values
 
 
+def fold_metric(fold: int) -> str:
+    """The name of fold ``fold``'s (from 0) score among a ``--folds`` trial's metrics."""
+    return f"fold_{fold + 1}_{OBJECTIVE}"
+
+
+def fold_epoch(fold: int) -> str:
+    """The name of fold ``fold``'s best epoch (counted from 1) among a ``--folds`` trial's metrics."""
+    return f"fold_{fold + 1}_best_epoch"
+
+
+def fold_score(history) -> dict:
+    """A fold model's best epoch (counted from 1, across Hyperband's rounds), its loss and accuracy there."""
+    losses = np.asarray(history.history[OBJECTIVE], dtype=float)
+    best = int(np.nanargmin(losses))
+    return {OBJECTIVE: float(losses[best]), "val_accuracy": float(history.history["val_accuracy"][best]),
+            "best_epoch": int(history.epoch[best]) + 1}
+
+
+def fold_metrics(scores: list[dict]) -> dict:
+    """What a ``--folds`` trial reports to KerasTuner: the folds' mean (its score) and each fold's figures."""
+    metrics = {name: float(np.mean([s[name] for s in scores])) for name in METRICS}
+    for fold, score in enumerate(scores):
+        metrics[fold_metric(fold)] = score[OBJECTIVE]
+        metrics[fold_epoch(fold)] = score["best_epoch"]
+    return metrics
+
+
+def fold_epochs(trial_metrics: dict, folds: int) -> list[int]:
+    """Each fold's best epoch, from a ``--folds`` trial's saved metrics (``trial.json``'s ``metrics``)."""
+    found = [trial_metrics.get(fold_epoch(f), {}).get("observations") for f in range(folds)]
+    return [int(round(obs[-1]["value"][0])) for obs in found if obs]
+
+
 def write_trial(logdir: str | Path, trial) -> None:
-    """Writes one HParams session for a finished trial under ``logdir/<trial_id>``."""
+    """Writes one HParams session for a finished trial under ``logdir/<trial_id>`` (with ``--folds``, each fold's score too)."""
     writer = tf.summary.create_file_writer(str(Path(logdir) / trial.trial_id))
+    folds = sorted(name for name in trial.metrics.metrics if name.startswith("fold_") and name.endswith(OBJECTIVE))
     with writer.as_default():
         hparams_api.hparams(trial_hparams(trial), trial_id=trial.trial_id)
-        for name in METRICS:
+        for name in (*METRICS, *folds):
             if trial.metrics.exists(name):
                 # Best value over the trial's epochs, as the tuner ranks it.
                 tf.summary.scalar(name, trial.metrics.get_best_value(name), step=0)
@@ -48,8 +83,8 @@ def write_trial(logdir: str | Path, trial) -> None:
     writer.close()
 
 
-def write_experiment(logdir: str | Path, hyperparameters) -> None:
-    """Writes the experiment summary: every hyperparameter's domain and the metrics.
+def write_experiment(logdir: str | Path, hyperparameters, folds: int | None = None) -> None:
+    """Writes the experiment summary: every hyperparameter's domain and the metrics (each fold's with ``folds``).
 
     Rewritten at the end of each search; earlier copies are removed so the
     dashboard reads one experiment.
@@ -61,6 +96,8 @@ def write_experiment(logdir: str | Path, hyperparameters) -> None:
         _unconditional(hyperparameters), hparams_api)
     hparams = list(domains) + [hparams_api.HParam(k) for k in HYPERBAND_KEYS]
     metrics = [hparams_api.Metric(m, display_name=_DISPLAY[m]) for m in METRICS]
+    metrics += [hparams_api.Metric(fold_metric(f), display_name=f"fold {f + 1} class-weighted validation loss")
+                for f in range(folds or 0)]
     writer = tf.summary.create_file_writer(str(logdir))
     with writer.as_default():
         hparams_api.hparams_config(hparams=hparams, metrics=metrics)

@@ -19,6 +19,7 @@ from data.errors import UserError
 WINNER_MODEL = "model.keras"
 WINNER_HISTORY = "history.json"
 WINNER_HYPERPARAMETERS = "hyperparameters.json"
+WINNER_OUT_OF_FOLD = "out_of_fold.npz"  # with --folds: the fold models' probabilities on the rows they did not see
 FINAL_DIR = "final"  # winners/final: the final model (ensemble, temperature, operating point)
 FINAL_RECORD = "final.json"  # inside it: what the final model is, fitted on validation
 SPLIT_STAMP = "split_sha256"
@@ -73,6 +74,10 @@ class RunLayout:
     def trial(self, trial_id: str) -> Path:
         """KerasTuner's ``trial.json`` of one trial."""
         return self.tuner / f"trial_{trial_id}" / "trial.json"
+
+    def fold_checkpoint(self, trial_id: str, fold: int) -> Path:
+        """With ``--folds``: the best epoch's weights of one fold's model of a trial (Hyperband continues it)."""
+        return self.tuner / f"trial_{trial_id}" / f"fold_{fold + 1}.weights.h5"
 
     def worker_log(self, index: int) -> Path:
         """The log of local worker ``index`` (``search --workers N``)."""

@@ -98,6 +98,9 @@ def _search(config: RunConfig, log, chief, worker_timeout, strategy, workers) ->
         config = data.config
         config.save()
         _log_data(data, log)
+        if config.folds:  # refused before any activation is computed
+            log(f"folds: {config.folds} patient-grouped folds of train+val, validation sizes "
+                + ", ".join(str(len(val)) for _, val in data.folds()) + "; test untouched")
         hypermodel, cache = trial_hypermodel(data)
         _check_cache(cache, config, log)
         with _failed_trials_as_user_error():

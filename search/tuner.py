@@ -10,6 +10,8 @@ from pathlib import Path
 import keras
 import keras_tuner
 import numpy as np
+from keras_tuner.src.engine.tuner import maybe_distribute
+from keras_tuner.src.engine import tuner_utils
 from tensorflow.python.framework import ops as tf_ops
 
 from hypermodels.classifier import OBJECTIVE
@@ -102,6 +104,8 @@ class _XrayTunerMixin:
         super().on_trial_begin(trial)
 
     def run_trial(self, trial, *args, **kwargs):
+        if self.run_config.folds:
+            return self._run_folds(trial, kwargs)
         curves = _EpochCurves(str(self.tensorboard_dir / trial.trial_id), write_graph=False,
                               profile_batch=0)
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), _NanGuard(), curves]
@@ -110,6 +114,38 @@ class _XrayTunerMixin:
             # whose optimizer is not built yet; starting it afresh is intended.
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             return super().run_trial(trial, *args, **kwargs)
+
+    def _run_folds(self, trial, kwargs) -> dict:
+        """``--folds``: one model per fold of train+val; the trial's score is the mean of their best losses.
+
+        Every fold trains Hyperband's epochs of the round, a promoted round continuing
+        that fold's model from its best epoch (per-fold checkpoints, as KerasTuner keeps
+        one per trial). KerasTuner gets one metrics dict: the mean, and each fold's
+        score and best epoch (what the retrain's epochs come from).
+        """
+        hp = trial.hyperparameters
+        if "tuner/epochs" in hp.values:
+            kwargs.update(epochs=hp.values["tuner/epochs"], initial_epoch=hp.values["tuner/initial_epoch"])
+        layout, parent = self.run_config.layout, hp.values.get("tuner/trial_id")
+        scores = []
+        for fold in range(self.run_config.folds):
+            fresh_keras_state(self.run_config.seed)  # nothing of the previous fold's model stays reachable
+            with maybe_distribute(self.distribution_strategy):
+                model = self.hypermodel.build(hp)
+            callbacks = [*self._deepcopy_callbacks(kwargs.get("callbacks", [])), _NanGuard(),
+                         _EpochCurves(str(self.tensorboard_dir / trial.trial_id / f"fold_{fold + 1}"),
+                                      write_graph=False, profile_batch=0),
+                         tuner_utils.SaveBestEpoch(self.oracle.objective,
+                                                   str(layout.fold_checkpoint(trial.trial_id, fold)))]
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                if parent:
+                    model.load_weights(layout.fold_checkpoint(parent, fold))
+                history = self.hypermodel.fit(hp, model, **{**kwargs, "callbacks": callbacks}, fold=fold)
+            scores.append(hparams.fold_score(history))
+            del model, history, callbacks
+            _forget_custom_gradients(self._gradients_before)
+        return hparams.fold_metrics(scores)
 
     def on_trial_end(self, trial):
         _forget_custom_gradients(getattr(self, "_gradients_before", set()))
@@ -125,7 +161,7 @@ class _XrayTunerMixin:
         super().on_search_end()
         gc.unfreeze()
         if not self._is_worker():  # a distributed search's chief writes it, once
-            hparams.write_experiment(self.tensorboard_dir, self.oracle.get_space())
+            hparams.write_experiment(self.tensorboard_dir, self.oracle.get_space(), self.run_config.folds)
 
 
 class XrayHyperband(_XrayTunerMixin, keras_tuner.Hyperband):
