@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from data.errors import UserError
 
 
@@ -52,6 +54,12 @@ def write_text(path, text: str) -> None:
 def write_json(path, content) -> None:
     """Writes ``content`` as indented JSON to ``path`` whole."""
     write_text(path, json.dumps(content, indent=2) + "\n")
+
+
+def write_npz(path, **arrays) -> None:
+    """Writes NumPy arrays as an ``.npz`` file to ``path`` whole."""
+    with replaced(path, "wb") as out:
+        np.savez(out, **arrays)
 
 
 def write_csv(path, header, rows) -> None:

@@ -1,6 +1,7 @@
 """The final model: the retrained winners averaged, calibrated, with a clinical operating point.
 
-Runs after retrain and reads only the validation split: it chooses how many of the
+Runs after retrain and reads only the validation split (with ``--folds``, where the
+winners trained on validation, their out-of-fold predictions on train+val): it chooses how many of the
 ranked winners to average (``ensemble``; by default the count with the lowest
 class-weighted validation loss), fits the temperature on the validation
 probabilities of that average, and chooses the operating point's threshold on
@@ -27,10 +28,12 @@ from hypermodels.registry import get_backbone
 from search import dataset
 from search.config import RunConfig
 from search.evaluation import calibration, operating_point
-from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL, RunLayout
+from search.layout import (SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL,
+                           WINNER_OUT_OF_FOLD, RunLayout)
 from search.lock import run_lock
 
 CALIBRATION_LAYER = "calibration"
+FITTED_ON_FOLDS = "out-of-fold predictions on train+val (--folds), never the test split"
 ENSEMBLE_NAME = "cxr_ensemble"
 
 
@@ -141,20 +144,23 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log) -
     data = dataset.prepare(config, progress=False)
     config = data.config
     chosen_point = operating_point.parse(point, config.class_names)  # before any work: bad input fails fast
-    rows = data.indices("val")
-    images, y_val = np.asarray(data.images[rows]), data.labels[rows]
-    weights = data.sample_weights("val").astype(np.float64)
+    rows = data.indices(dataset.FIT if config.folds else "val")
+    y_val = data.labels[rows]
+    weights = data.sample_weights(rows).astype(np.float64)
     members = [keras.saving.load_model(winners_dir / w["dir"] / WINNER_MODEL) for w in winners]
-    probs = [predict(m, images) for m in members]
-    losses = [_weighted_loss(y_val, np.mean(probs[:k], axis=0), weights) for k in range(1, len(probs) + 1)]
+    # With --folds the members trained on validation too: their out-of-fold probabilities stand in for it.
+    probs = [_out_of_fold(config, winners_dir / w["dir"], rows) for w in winners] if config.folds else \
+        [predict(m, np.asarray(data.images[rows])) for m in members]
+    losses = [weighted_loss(y_val, np.mean(probs[:k], axis=0), weights) for k in range(1, len(probs) + 1)]
     k = ensemble or int(np.argmin(losses)) + 1
-    log("ensemble (validation " + ", ".join(f"top {i + 1}: weighted loss {v:.4f}" for i, v in enumerate(losses))
-        + f"): averaging the top {k}" + ("" if ensemble else " (lowest validation loss)"))
+    basis = "out-of-fold" if config.folds else "validation"
+    log(f"ensemble ({basis} " + ", ".join(f"top {i + 1}: weighted loss {v:.4f}" for i, v in enumerate(losses))
+        + f"): averaging the top {k}" + ("" if ensemble else f" (lowest {basis} loss)"))
     raw = np.mean(probs[:k], axis=0)
     temperature = calibration.fit_temperature(y_val, raw)
     frozen = [_frozen_part(config, winners_dir / w["dir"]) for w in winners[:k]]
     model = build_ensemble(members[:k], frozen, temperature)
-    calibrated = predict(model, images)
+    calibrated = calibration.scale(raw, temperature) if config.folds else predict(model, np.asarray(data.images[rows]))
     record = {
         "kind": "ensemble" if k > 1 else "single",
         "members": [w["dir"] for w in winners[:k]], "ensemble_size": k,
@@ -163,16 +169,17 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log) -
                                    for b, d in frozen if d is not None} if k > 1 else None,
         "temperature": temperature, "single_temperature": calibration.fit_temperature(y_val, probs[0]),
         "calibration_validation": calibration.summary(y_val, raw, temperature),
-        "operating_point": _threshold(chosen_point, config.class_names, y_val, calibrated),
-        "fitted_on": "validation split only", SPLIT_STAMP: layout.split_digest(),
+        "operating_point": _threshold(chosen_point, config.class_names, y_val, calibrated,
+                                      "out-of-fold" if config.folds else "validation"),
+        "fitted_on": FITTED_ON_FOLDS if config.folds else "validation split only", SPLIT_STAMP: layout.split_digest(),
     }
     _save(layout, winners[0]["dir"], model, record)
     cal = record["calibration_validation"]
-    log(f"temperature {temperature:.3f} (fitted on validation: ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f})")
+    log(f"temperature {temperature:.3f} (fitted on {basis}: ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f})")
     if record["operating_point"]:
         op = record["operating_point"]
         log(f"operating point {op['target_text']}: threshold {op['threshold']:.4f} on {op['class']} probability "
-            f"(validation sensitivity {op['validation']['sensitivity']:.3f}, "
+            f"({basis} sensitivity {op['validation']['sensitivity']:.3f}, "
             f"specificity {op['validation']['specificity']:.3f}); " + operating_point.guarantee_text(op))
     return record
 
@@ -187,7 +194,8 @@ def final_card(layout: RunLayout, model_dir: Path) -> dict:
     k = record["ensemble_size"]
     what = (f"the mean of the probabilities of the top {k} retrained winners ({', '.join(record['members'])})"
             if k > 1 else f"the rank-1 retrained winner ({record['members'][0]})")
-    what += f", temperature-scaled (T = {record['temperature']:.4f}, fitted on the validation split)"
+    fitted = "out-of-fold predictions on train+val" if record.get("fitted_on") == FITTED_ON_FOLDS else "the validation split"
+    what += f", temperature-scaled (T = {record['temperature']:.4f}, fitted on {fitted})"
     if record["shared_frozen_backbone"]:
         what += "; members share one frozen backbone up to " + ", ".join(
             f"{b}'s {cut}" for b, cut in record["shared_frozen_backbone"].items())
@@ -198,7 +206,19 @@ def final_card(layout: RunLayout, model_dir: Path) -> dict:
     return {"model": model, "operating_point": record["operating_point"]}
 
 
-def _weighted_loss(y, probs, weights) -> float:
+def _out_of_fold(config: RunConfig, winner: Path, rows: np.ndarray) -> np.ndarray:
+    """A ``--folds`` winner's out-of-fold probabilities on ``rows`` (train+val), as its retrain saved them."""
+    path = winner / WINNER_OUT_OF_FOLD
+    if not path.is_file():
+        raise UserError(f"{path} is missing; run `cxr-tuner retrain {config.run_dir}`.")
+    with np.load(path) as saved:
+        if not np.array_equal(saved["rows"], rows):
+            raise UserError(f"{path} holds other rows than the run's train+val; run `cxr-tuner retrain {config.run_dir}`.")
+        return saved["probabilities"].astype(np.float64)
+
+
+def weighted_loss(y, probs, weights) -> float:
+    """The class-weighted cross-entropy sum(w·l)/sum(w) of probabilities ``probs`` for labels ``y``."""
     picked = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)
     return float((weights * -np.log(picked)).sum() / weights.sum())
 
@@ -209,7 +229,7 @@ def _frozen_part(config: RunConfig, winner: Path) -> tuple[str, int | None]:
     return backbone, values.get("unfreeze_depth", 0) if is_cacheable(backbone, config.weights) else None
 
 
-def _threshold(point, class_names, y_val, calibrated) -> dict | None:
+def _threshold(point, class_names, y_val, calibrated, chosen_on: str) -> dict | None:
     if point is None:
         return None
     index = list(class_names).index(point.class_name)
@@ -217,7 +237,7 @@ def _threshold(point, class_names, y_val, calibrated) -> dict | None:
     validation = operating_point.figures(y_val, calibrated, index, threshold, n_bootstrap=0)
     side = (y_val == index) if point.metric == "sensitivity" else (y_val != index)
     return {"class": point.class_name, "metric": point.metric, "target": point.target,
-            "target_text": point.text(), "threshold": threshold, "chosen_on": "validation",
+            "target_text": point.text(), "threshold": threshold, "chosen_on": chosen_on,
             "guarantee": operating_point.guarantee(int(side.sum()), point.target),
             "validation": {"sensitivity": validation["sensitivity"]["value"],
                            "specificity": validation["specificity"]["value"], "n": validation["n"]},

@@ -26,10 +26,10 @@ import numpy as np
 from data import files
 from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
-from search import console, dataset, variants
+from search import console, dataset, ensemble, hparams, variants
 from search.config import RunConfig
 from search.devices import deterministic_ops
-from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
+from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL, WINNER_OUT_OF_FOLD
 from search.activations import trial_hypermodel
 from search.lock import run_lock
 from search.tuner import fresh_keras_state
@@ -86,6 +86,8 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
     training = _ImageTraining(data, augment) if augment else trial_hypermodel(data)[0]
     winners_dir = config.layout.winners
     shutil.rmtree(winners_dir, ignore_errors=True)
+    if config.folds:
+        return _retrain_on_folds(config, data, training, top, seeds, augment, log)
     epochs = max_epochs or config.max_epochs * 2
     variant, tried, reused = variants.AS_SEARCHED, {}, {}
     if choose_variant:
@@ -124,6 +126,74 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
     return _rank_and_save(config, results, augment, epochs, {"chosen": variant.name, "tried": tried})
 
 
+def _retrain_on_folds(config: RunConfig, data: dataset.RunData, training, top: list[dict], seeds: int,
+                      augment: bool, log) -> dict:
+    """``--folds``: each winner trains on all of train+val for the epochs its folds chose, no early stopping.
+
+    Validation is trained on, so nothing is chosen on it: each seed also trains one
+    model per fold the same way on the fold's training rows, and their predictions on
+    the rows they did not see (out of fold, every train+val row once) rank the
+    winners and are saved for the final stage's ensemble, temperature and threshold.
+    The retrain variants need a validation split, so winners train as searched.
+    """
+    rows = data.indices(dataset.FIT)
+    position = {row: i for i, row in enumerate(rows)}
+    weights = data.sample_weights(rows).astype(np.float64)
+    log(f"retrain with --folds {config.folds}: on train+val ({len(rows)} images), as searched; ranked on "
+        "out-of-fold predictions")
+    results = []
+    for rank, entry in enumerate(top, 1):
+        hp = trial_hyperparameters(config, entry["trial_id"])
+        epochs = _fold_epochs(config, entry["trial_id"])
+        staging = config.layout.winners / f"trial_{entry['trial_id']}"
+        log(f"retrain {rank}/{len(top)}: trial {entry['trial_id']} for {epochs} epoch(s), the mean of its folds' "
+            f"best ({console.hyperparameter_text(entry['hyperparameters'])})")
+        scores = []
+        for seed in range(config.seed, config.seed + seeds):
+            out_of_fold = np.zeros((len(rows), len(config.class_names)))
+            for fold, (_, held_out) in enumerate(data.folds()):
+                model = _fit_fixed(training, hp, seed, epochs, fold)
+                out_of_fold[[position[r] for r in held_out]] = ensemble.predict(
+                    training.image_model(hp, model), data.images[held_out])
+            loss = ensemble.weighted_loss(data.labels[rows], out_of_fold, weights)
+            score = {"seed": seed, OBJECTIVE: loss, "best_epoch": epochs, "epochs_run": epochs,
+                     "val_accuracy": float((out_of_fold.argmax(1) == data.labels[rows]).mean())}
+            scores.append(score)
+            saved = staging / _SCORE
+            if not saved.is_file() or loss < json.loads(saved.read_text())[OBJECTIVE]:
+                model = _fit_fixed(training, hp, seed, epochs, dataset.FIT)
+                staging.mkdir(parents=True, exist_ok=True)
+                training.image_model(hp, model).save(staging / WINNER_MODEL)
+                files.write_json(staging / WINNER_HISTORY, {k: [float(v) for v in values]
+                                                             for k, values in model.history.history.items()})
+                files.write_json(staging / WINNER_HYPERPARAMETERS, hp.get_config())
+                files.write_npz(staging / WINNER_OUT_OF_FOLD, rows=rows, probabilities=out_of_fold)
+                files.write_json(saved, score)
+        results.append(_result(entry, scores))
+        log(f"retrained trial {entry['trial_id']}: out-of-fold {OBJECTIVE} {_mean_std_text(results[-1])}")
+    summary = _rank_and_save(config, results, augment, None, {"chosen": variants.AS_SEARCHED.name, "tried": {}})
+    return summary
+
+
+def _fold_epochs(config: RunConfig, trial_id: str) -> int:
+    """The rounded mean of the best epochs of a ``--folds`` trial's fold models (saved in its ``trial.json``)."""
+    path = config.layout.trial(trial_id)
+    saved = files.read_json(path, f"run `cxr-tuner search --run-dir {config.run_dir}` to resume the search")
+    found = hparams.fold_epochs(saved.get("metrics", {}).get("metrics", {}), config.folds)
+    if len(found) != config.folds:
+        raise UserError(f"{path} has the best epochs of {len(found)} of {config.folds} folds; it was not made "
+                        f"with --folds {config.folds}. Start over with --overwrite and the run's flags.")
+    return max(1, int(np.round(np.mean(found))))
+
+
+def _fit_fixed(training, hp, seed: int, epochs: int, fold) -> keras.Model:
+    """One training of ``epochs`` epochs on a fold's training rows (``dataset.FIT``: train+val), no early stopping."""
+    fresh_keras_state(seed)
+    model = training.build(hp)
+    training.fit(hp, model, epochs=epochs, verbose=0, fold=fold)
+    return model
+
+
 def _top_trials(config: RunConfig) -> list[dict]:
     path = config.layout.best
     remedy = f"run `cxr-tuner search --run-dir {config.run_dir}` (it resumes)"
@@ -145,7 +215,13 @@ class _ImageTraining:
     def build(self, hp):
         return build_model(self.data.config, hp)
 
-    def fit(self, hp, model, **kwargs):
+    def fit(self, hp, model, fold=None, **kwargs):
+        if fold is not None:  # --folds: a fold's rows, or all of train+val without validation
+            data = self.data
+            train = data.dataset(data.indices(dataset.FIT) if fold == dataset.FIT else data.rows("train", fold),
+                                 shuffle=True, augment=self.augment)
+            val = None if fold == dataset.FIT else data.dataset(data.rows("val", fold))
+            return model.fit(train, validation_data=val, **kwargs)
         # Made on first use, after the seed is set, as the cached activations' datasets
         # are: tf.data's shuffle order also depends on the global seed at creation.
         if self._datasets is None:
@@ -200,7 +276,8 @@ def _rank_and_save(config: RunConfig, results: list[dict], augment: bool, epochs
         result["rank"], result["dir"] = rank, f"{rank}-{result['trial_id']}"
         (winners_dir / f"trial_{result['trial_id']}" / _SCORE).unlink()
         (winners_dir / f"trial_{result['trial_id']}").rename(winners_dir / result["dir"])
-    summary = {"ranked_by": f"mean {OBJECTIVE} over seeds, validation split only (lower is better)",
+    ranked_on = ("out-of-fold predictions on train+val (--folds)" if config.folds else "validation split only")
+    summary = {"ranked_by": f"mean {OBJECTIVE} over seeds, {ranked_on} (lower is better)",
                "augment": augment, "variant": variant, "max_epochs": epochs, "patience": PATIENCE,
                "winners": results, SPLIT_STAMP: config.layout.split_digest()}
     files.write_json(config.layout.winners_summary, summary)

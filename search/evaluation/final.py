@@ -28,7 +28,8 @@ def final_figures(record: dict, labels: np.ndarray, final_probs: np.ndarray, raw
         metrics: ``classification_metrics`` of ``final_probs``.
     """
     sections = {"calibration": {**calibration.summary(labels, raw_probs, record["temperature"]),
-                                "fitted_on": "validation", "validation": record["calibration_validation"]}}
+                                "fitted_on": "out-of-fold" if _on_folds(record) else "validation",
+                                "validation": record["calibration_validation"]}}
     single = classification_metrics(labels, calibration.scale(single_probs, record["single_temperature"]),
                                     class_names)
     sections["single_vs_final"] = {
@@ -47,7 +48,13 @@ def final_figures(record: dict, labels: np.ndarray, final_probs: np.ndarray, raw
             "test_argmax": _argmax_figures(labels, final_probs, index),
         }
     picture = calibration.plot_reliability(labels, raw_probs, final_probs, out / "reliability.png")
-    return sections, {"Reliability diagram (test split; temperature fitted on validation)": picture}
+    fitted = "out-of-fold predictions" if _on_folds(record) else "validation"
+    return sections, {f"Reliability diagram (test split; temperature fitted on {fitted})": picture}
+
+
+def _on_folds(record: dict) -> bool:
+    """Whether the final model's temperature and threshold were fitted on out-of-fold predictions (``--folds``)."""
+    return str(record.get("fitted_on", "")).startswith("out-of-fold")
 
 
 def _argmax_figures(labels, probs, index) -> dict:
