@@ -1,0 +1,121 @@
+"""Single-split search against ``--folds K`` on a small collection, scored on the same held-out films.
+
+    python bench/folds.py --data ../shared/data/cxr3-dev --subset 300 --seeds 0,1,2 --folds 5 \\
+        --image-size 96 --max-epochs 4 --work /tmp/bench-folds
+
+A stratified, patient-grouped subset of about ``--subset`` films is the whole collection
+each run sees; the other films (no patient in common) are a fixed held-out set. Per seed,
+the same ``cli.py search --no-retrain`` and ``cli.py retrain`` (top 3) run twice, without
+and with ``--folds``; the final model (ensemble, temperature, threshold: on validation,
+or with folds on out-of-fold predictions) is assembled and scored on the held-out films.
+Prints each seed's held-out macro F1 and the spread (std, range) of both; writes
+``results.json`` into ``--work``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def write_manifests(data: Path, subset: int, work: Path) -> tuple[Path, Path]:
+    """``subset.csv`` (one StratifiedGroupKFold fold of about ``subset`` films) and ``heldout.csv`` (the rest)."""
+    with open(data / "metadata.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    labels = [row["label"] for row in rows]
+    # Films without a patient id are each their own patient, as the search treats them.
+    groups = [row["patient_id"] or f"film-{i}" for i, row in enumerate(rows)]
+    splitter = StratifiedGroupKFold(n_splits=max(2, round(len(rows) / subset)), shuffle=True, random_state=0)
+    _, chosen = next(splitter.split(rows, labels, groups))
+    chosen = set(chosen.tolist())
+    paths = {}
+    for name, keep in (("subset", True), ("heldout", False)):
+        paths[name] = work / f"{name}.csv"
+        with open(paths[name], "w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(["path", "label", "patient_id", "source"])
+            writer.writerows([str((data / row["path"]).resolve()), row["label"], row["patient_id"], row["source"]]
+                             for i, row in enumerate(rows) if (i in chosen) == keep)
+    return paths["subset"], paths["heldout"]
+
+
+def run(command: list[str], log: Path) -> float:
+    """Runs a ``cli.py`` command; its output goes to ``log``. Returns its wall seconds."""
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        status = subprocess.call([sys.executable, "cli.py", *command], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    if status:
+        raise SystemExit(f"{' '.join(command[:2])} failed; see {log}")
+    return time.perf_counter() - start
+
+
+def score(run_dir: Path, heldout: Path, work: Path) -> dict:
+    """Assembles the run's final model (as `evaluate` does) and scores it on the held-out films."""
+    import keras
+    from sklearn.metrics import f1_score
+
+    from data import cache, manifest
+    from search import ensemble
+    from search.config import load_config
+    from search.layout import WINNER_MODEL
+
+    config = load_config(run_dir)
+    record = ensemble.assemble(config, log=lambda line: None)
+    examples = manifest.discover(heldout)
+    decoded = cache.load_decoded(examples, config.image_size, work / "heldout-cache", progress=False)
+    labels = np.array([list(config.class_names).index(e.label) for e in decoded.examples])
+    model = keras.saving.load_model(config.layout.final / WINNER_MODEL)
+    probs = ensemble.predict(model, decoded.images)
+    keras.backend.clear_session()
+    return {"macro_f1": float(f1_score(labels, probs.argmax(1), average="macro")),
+            "accuracy": float((probs.argmax(1) == labels).mean()), "heldout_images": len(labels),
+            "ensemble_size": record["ensemble_size"], "temperature": record["temperature"],
+            "winner": json.loads(config.layout.winners_summary.read_text())["winners"][0]["hyperparameters"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="cxr3-dev: class folders and metadata.csv")
+    parser.add_argument("--subset", type=int, default=300)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--max-epochs", type=int, default=4)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench-folds"))
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    subset, heldout = write_manifests(args.data, args.subset, args.work)
+    print(f"subset {sum(1 for _ in open(subset)) - 1} films, held out {sum(1 for _ in open(heldout)) - 1}", flush=True)
+    results = {"single": {}, f"folds {args.folds}": {}}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for mode, extra in (("single", []), (f"folds {args.folds}", ["--folds", str(args.folds)])):
+            run_dir = args.work / f"{mode.replace(' ', '')}-seed{seed}"
+            common = ["--data", str(subset), "--run-dir", str(run_dir), "--backbones", "mobilenet_025",
+                      "--weights", "imagenet", "--image-size", str(args.image_size),
+                      "--max-epochs", str(args.max_epochs), "--seed", str(seed), "--overwrite", *extra]
+            seconds = run(["search", *common, "--no-retrain"], args.work / f"{run_dir.name}-search.log")
+            seconds += run(["retrain", str(run_dir)], args.work / f"{run_dir.name}-retrain.log")
+            result = {**score(run_dir, heldout, args.work), "search_and_retrain_seconds": seconds}
+            results[mode][seed] = result
+            print(f"seed {seed} {mode:>8}: held-out macro F1 {result['macro_f1']:.4f} accuracy "
+                  f"{result['accuracy']:.4f} (ensemble of {result['ensemble_size']}, {seconds:.0f} s)", flush=True)
+    for mode, by_seed in results.items():
+        f1 = np.array([r["macro_f1"] for r in by_seed.values()])
+        print(f"{mode:>8}: macro F1 mean {f1.mean():.4f}, std {f1.std(ddof=1):.4f}, range {f1.max() - f1.min():.4f} "
+              f"({', '.join(f'{v:.4f}' for v in f1)})")
+    (args.work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
