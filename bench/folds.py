@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -29,8 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def write_manifests(data: Path, subset: int, work: Path) -> tuple[Path, Path]:
-    """``subset.csv`` (one StratifiedGroupKFold fold of about ``subset`` films) and ``heldout.csv`` (the rest)."""
+def write_subset(data: Path, subset: int, work: Path) -> tuple[Path, list[dict]]:
+    """A copy of about ``subset`` films (one StratifiedGroupKFold fold) with its ``metadata.csv``, and the other rows.
+
+    The search reads a CSV's images only inside its folder, hence the copy.
+    """
     with open(data / "metadata.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     labels = [row["label"] for row in rows]
@@ -39,15 +43,17 @@ def write_manifests(data: Path, subset: int, work: Path) -> tuple[Path, Path]:
     splitter = StratifiedGroupKFold(n_splits=max(2, round(len(rows) / subset)), shuffle=True, random_state=0)
     _, chosen = next(splitter.split(rows, labels, groups))
     chosen = set(chosen.tolist())
-    paths = {}
-    for name, keep in (("subset", True), ("heldout", False)):
-        paths[name] = work / f"{name}.csv"
-        with open(paths[name], "w", newline="") as out:
-            writer = csv.writer(out)
-            writer.writerow(["path", "label", "patient_id", "source"])
-            writer.writerows([str((data / row["path"]).resolve()), row["label"], row["patient_id"], row["source"]]
-                             for i, row in enumerate(rows) if (i in chosen) == keep)
-    return paths["subset"], paths["heldout"]
+    folder = work / "subset"
+    for i in sorted(chosen):
+        target = folder / rows[i]["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data / rows[i]["path"], target)
+    with open(folder / "metadata.csv", "w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[i] for i in sorted(chosen))
+    heldout = [{**row, "path": str(data / row["path"])} for i, row in enumerate(rows) if i not in chosen]
+    return folder / "metadata.csv", heldout
 
 
 def run(command: list[str], log: Path) -> float:
@@ -60,19 +66,21 @@ def run(command: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def score(run_dir: Path, heldout: Path, work: Path) -> dict:
+def score(run_dir: Path, heldout: list[dict], work: Path) -> dict:
     """Assembles the run's final model (as `evaluate` does) and scores it on the held-out films."""
     import keras
     from sklearn.metrics import f1_score
 
-    from data import cache, manifest
+    from data import cache
+    from data.manifest import Example, normalise_label
     from search import ensemble
     from search.config import load_config
     from search.layout import WINNER_MODEL
 
     config = load_config(run_dir)
     record = ensemble.assemble(config, log=lambda line: None)
-    examples = manifest.discover(heldout)
+    examples = [Example(row["path"], normalise_label(row["label"]), row["patient_id"], source=row["source"])
+                for row in heldout]
     decoded = cache.load_decoded(examples, config.image_size, work / "heldout-cache", progress=False)
     labels = np.array([list(config.class_names).index(e.label) for e in decoded.examples])
     model = keras.saving.load_model(config.layout.final / WINNER_MODEL)
@@ -95,8 +103,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-folds"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    subset, heldout = write_manifests(args.data, args.subset, args.work)
-    print(f"subset {sum(1 for _ in open(subset)) - 1} films, held out {sum(1 for _ in open(heldout)) - 1}", flush=True)
+    subset, heldout = write_subset(args.data, args.subset, args.work)
+    print(f"subset {sum(1 for _ in open(subset)) - 1} films, held out {len(heldout)}", flush=True)
     results = {"single": {}, f"folds {args.folds}": {}}
     for seed in [int(s) for s in args.seeds.split(",")]:
         for mode, extra in (("single", []), (f"folds {args.folds}", ["--folds", str(args.folds)])):
