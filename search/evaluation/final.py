@@ -68,7 +68,8 @@ def _argmax_figures(labels, probs, index) -> dict:
 def section_markdown(sections: dict) -> str:
     """The report.md section for these figures."""
     cal = sections["calibration"]
-    lines = [f"Temperature {cal['temperature']:.3f}, fitted on validation. Test ECE {cal['ece_before']:.4f} "
+    fitted = "out-of-fold predictions of train+val" if cal["fitted_on"] == "out-of-fold" else "validation"
+    lines = [f"Temperature {cal['temperature']:.3f}, fitted on {fitted}. Test ECE {cal['ece_before']:.4f} "
              f"before, {cal['ece_after']:.4f} after; test cross-entropy {cal['nll_before']:.4f} -> "
              f"{cal['nll_after']:.4f}."]
     compare = sections["single_vs_final"]
