@@ -100,11 +100,7 @@ def _check_enough_groups(labels: np.ndarray, codes: np.ndarray, fractions) -> No
     # With fewer than 1/min_fraction groups, the smallest split's expected share of a
     # class is under one group, so the class would often be missing from it.
     needed = max(len(SPLITS), math.ceil(1 / min(fractions) - 1e-9))
-    groups_per_class = defaultdict(set)
-    for label, code in zip(labels, codes):
-        groups_per_class[label].add(code)
-    for label in sorted(groups_per_class):
-        found = len(groups_per_class[label])
+    for label, found in _groups_per_class(labels, codes).items():
         if found < needed:
             images = int(np.sum(labels == label))
             raise UserError(
@@ -112,6 +108,14 @@ def _check_enough_groups(labels: np.ndarray, codes: np.ndarray, fractions) -> No
                 f"needs at least {needed} groups so that train, val and test all get some. "
                 "Add images of that class or leave it out."
             )
+
+
+def _groups_per_class(labels: np.ndarray, codes: np.ndarray) -> dict:
+    """``{class: number of distinct groups}``, classes sorted."""
+    groups = defaultdict(set)
+    for label, code in zip(labels, codes):
+        groups[label].add(code)
+    return {label: len(groups[label]) for label in sorted(groups)}
 
 
 def _pick_fold(labels, codes, items: np.ndarray, folds: float, seed: int):
@@ -154,11 +158,7 @@ def fold_split(labels: Sequence[str], groups: Sequence[str], folds: int, seed: i
     """
     labels = np.asarray(labels)
     codes = _group_codes(groups)
-    groups_per_class = defaultdict(set)
-    for label, code in zip(labels, codes):
-        groups_per_class[label].add(code)
-    for label in sorted(groups_per_class):
-        found = len(groups_per_class[label])
+    for label, found in _groups_per_class(labels, codes).items():
         if found < folds:
             raise UserError(
                 f"--folds {folds} needs at least {folds} patient groups of each class in train+val, "
