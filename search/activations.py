@@ -227,18 +227,22 @@ class TrialData:
         key = ("images",) if depth is None else (backbone, depth)
         seed = shuffle_seed(self.data.config.seed, initial_epoch)
         if fold == FIT:
-            return self._make(backbone, depth, self.data.indices(FIT), seed), None
+            return self._make(backbone, depth, FIT, seed), None
+        # A split by name, a fold by its rows.
+        train, val = ("train", "val") if fold is None else self.data.folds()[fold]
         if (key, fold) not in self._validation:
-            self._validation[key, fold] = self._make(backbone, depth, self.data.rows("val", fold))
-        return self._make(backbone, depth, self.data.rows("train", fold), seed), self._validation[key, fold]
+            self._validation[key, fold] = self._make(backbone, depth, val)
+        return self._make(backbone, depth, train, seed), self._validation[key, fold]
 
-    def _make(self, backbone: str, depth: int | None, rows: np.ndarray, seed: int | None = None):
+    def _make(self, backbone: str, depth: int | None, which, seed: int | None = None):
+        """The pipeline of split ``which`` (a name) or of the rows ``which``; shuffled with ``seed`` when given."""
         shuffle = seed is not None
         if depth is None:
-            return self.data.dataset(rows, shuffle=shuffle, seed=seed)
+            return self.data.dataset(which, shuffle=shuffle, seed=seed)
         if (backbone, depth) not in self._activations:
             self._activations[backbone, depth] = self.cache.activations(backbone, depth)
         config = self.data.config
+        rows = self.data.indices(which) if isinstance(which, str) else which
         # The same pipeline as images, so a trial on activations sees the batches its image model would.
         return pipeline.make_dataset(self._activations[backbone, depth], self.data.labels[rows],
                                      self.data.sample_weights(rows), len(config.class_names),

@@ -96,12 +96,6 @@ class RunData:
             self._folds = [(rows[kept], rows[held_out]) for kept, held_out in pairs]
         return self._folds
 
-    def rows(self, split_name: str, fold: int | None = None) -> np.ndarray:
-        """Rows of ``split_name`` (``"train"``/``"val"``) in fold ``fold``, or of the split itself without one."""
-        if fold is None:
-            return self.indices(split_name)
-        return self.folds()[fold][0 if split_name == "train" else 1]
-
     def dataset(self, name, shuffle: bool = False, augment: bool = False, seed: int | None = None):
         """A batched tf.data pipeline of ``(image, one-hot, class weight)`` for a split or rows (``seed``: the run's)."""
         idx = self.indices(name) if isinstance(name, str) else name

@@ -218,9 +218,9 @@ class _ImageTraining:
     def fit(self, hp, model, fold=None, **kwargs):
         if fold is not None:  # --folds: a fold's rows, or all of train+val without validation
             data = self.data
-            train = data.dataset(data.indices(dataset.FIT) if fold == dataset.FIT else data.rows("train", fold),
-                                 shuffle=True, augment=self.augment)
-            val = None if fold == dataset.FIT else data.dataset(data.rows("val", fold))
+            train_rows, val_rows = (dataset.FIT, None) if fold == dataset.FIT else data.folds()[fold]
+            train = data.dataset(train_rows, shuffle=True, augment=self.augment)
+            val = None if val_rows is None else data.dataset(val_rows)
             return model.fit(train, validation_data=val, **kwargs)
         # Made on first use, after the seed is set, as the cached activations' datasets
         # are: tf.data's shuffle order also depends on the global seed at creation.
