@@ -11,8 +11,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from data.errors import UserError
 
 
@@ -58,6 +56,7 @@ def write_json(path, content) -> None:
 
 def write_npz(path, **arrays) -> None:
     """Writes NumPy arrays as an ``.npz`` file to ``path`` whole."""
+    import numpy as np  # here: importing NumPy adds warning filters, and importing cli must add none
     with replaced(path, "wb") as out:
         np.savez(out, **arrays)
 
