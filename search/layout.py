@@ -70,6 +70,7 @@ class RunLayout:
     metrics = property(lambda self: self.root / "report" / "metrics.json")
     gradcam_images = property(lambda self: self.root / "report" / "gradcam-images")
     export = property(lambda self: self.root / "export")
+    summary = property(lambda self: self.root / "summary.json")  # per-stage wall times and floors
 
     def trial(self, trial_id: str) -> Path:
         """KerasTuner's ``trial.json`` of one trial."""
@@ -95,7 +96,7 @@ class RunLayout:
         weights they hold and are checked against the files on every use.
         """
         return (self.config, self.split, self.skipped, self.audit, self.findings, self.tuner, self.tensorboard,
-                self.memory, self.worker_logs, self.best, self.winners, self.report, self.export)
+                self.memory, self.worker_logs, self.best, self.winners, self.report, self.export, self.summary)
 
     def clear_derived(self) -> None:
         """Removes `derived` (start over)."""

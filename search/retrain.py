@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -26,13 +27,13 @@ import numpy as np
 from data import files
 from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
-from search import console, dataset, ensemble, hparams, variants
+from search import console, dataset, ensemble, hparams, timing, variants
 from search.config import RunConfig
 from search.devices import deterministic_ops
 from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL, WINNER_OUT_OF_FOLD
 from search.activations import trial_hypermodel
 from search.lock import run_lock
-from search.tuner import fresh_keras_state
+from search.tuner import Restart, fresh_keras_state
 
 PATIENCE = 3
 _SCORE = "score.json"  # the best seed's score so far, while a winner trains
@@ -72,11 +73,14 @@ def retrain(config: RunConfig, top_k: int = 3, seeds: int = 1, max_epochs: int |
         The content of ``winners/summary.json``.
     """
     with run_lock(config.run_dir, "retrain", log), deterministic_ops():
-        return _retrain(config, top_k, seeds, max_epochs, augment, choose_variant, log)
+        started, clock = time.perf_counter(), timing.EpochClock()
+        summary = _retrain(config, top_k, seeds, max_epochs, augment, choose_variant, log, clock)
+        timing.record(config.layout, "retrain", time.perf_counter() - started, clock.floor())
+        return summary
 
 
 def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, augment: bool,
-             choose_variant: bool, log) -> dict:
+             choose_variant: bool, log, clock: timing.EpochClock) -> dict:
     top = _top_trials(config)[:top_k]
     # config.json always saves overwrite=False, so this reads the split the search saved.
     data = dataset.prepare(config, progress=False)
@@ -87,7 +91,7 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
     winners_dir = config.layout.winners
     shutil.rmtree(winners_dir, ignore_errors=True)
     if config.folds:
-        return _retrain_on_folds(config, data, training, top, seeds, augment, log)
+        return _retrain_on_folds(config, data, training, top, seeds, augment, log, clock)
     epochs = max_epochs or config.max_epochs * 2
     variant, tried, reused = variants.AS_SEARCHED, {}, {}
     if choose_variant:
@@ -98,7 +102,7 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
 
         def fit(hp, callbacks):
             staging = winners_dir / f"variant_{len(fits)}"
-            fits[staging] = _fit_and_keep(cached, hp, config.seed, epochs, staging, lambda: callbacks)
+            fits[staging] = _fit_and_keep(cached, hp, config.seed, epochs, staging, lambda: callbacks, clock=clock)
             return fits[staging][OBJECTIVE]
 
         top_hp = trial_hyperparameters(config, top[0]["trial_id"])
@@ -119,7 +123,7 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
         log(f"retrain {rank}/{len(top)}: trial {entry['trial_id']} ({console.hyperparameter_text(entry['hyperparameters'])})")
         kept = [reused] if reused and entry is top[0] else []
         scores = kept + [_fit_and_keep(training, hp, config.seed + i, epochs, staging, variant.callbacks,
-                                       console.epoch_lines(log, f"  seed {config.seed + i}", epochs))
+                                       console.epoch_lines(log, f"  seed {config.seed + i}", epochs), clock)
                          for i in range(len(kept), seeds)]
         results.append(_result(entry, scores))
         log(f"retrained trial {entry['trial_id']}: {OBJECTIVE} {_mean_std_text(results[-1])}")
@@ -127,7 +131,7 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
 
 
 def _retrain_on_folds(config: RunConfig, data: dataset.RunData, training, top: list[dict], seeds: int,
-                      augment: bool, log) -> dict:
+                      augment: bool, log, clock: timing.EpochClock) -> dict:
     """``--folds``: each winner trains on all of train+val for the epochs its folds chose, no early stopping.
 
     Validation is trained on, so nothing is chosen on it: each seed also trains one
@@ -150,9 +154,14 @@ def _retrain_on_folds(config: RunConfig, data: dataset.RunData, training, top: l
             f"best ({console.hyperparameter_text(entry['hyperparameters'])})")
         scores = []
         for seed in range(config.seed, config.seed + seeds):
+            # One model per seed for its K folds and its fit on all of train+val: traced once,
+            # put back to its initial state (a fresh build's with this seed) before each fit.
+            fresh_keras_state(seed)
+            model = training.build(hp)
+            start = Restart(model)
             out_of_fold = np.zeros((len(rows), len(config.class_names)))
             for fold, (_, held_out) in enumerate(data.folds()):
-                model = _fit_fixed(training, hp, seed, epochs, fold)
+                _fit_fixed(training, hp, model, start, epochs, fold, clock)
                 out_of_fold[[position[r] for r in held_out]] = ensemble.predict(
                     training.image_model(hp, model), data.images[held_out])
             loss = ensemble.weighted_loss(data.labels[rows], out_of_fold, weights)
@@ -161,7 +170,7 @@ def _retrain_on_folds(config: RunConfig, data: dataset.RunData, training, top: l
             scores.append(score)
             saved = staging / _SCORE
             if not saved.is_file() or loss < json.loads(saved.read_text())[OBJECTIVE]:
-                model = _fit_fixed(training, hp, seed, epochs, dataset.FIT)
+                _fit_fixed(training, hp, model, start, epochs, dataset.FIT, clock)
                 staging.mkdir(parents=True, exist_ok=True)
                 training.image_model(hp, model).save(staging / WINNER_MODEL)
                 files.write_json(staging / WINNER_HISTORY, {k: [float(v) for v in values]
@@ -186,12 +195,11 @@ def _fold_epochs(config: RunConfig, trial_id: str) -> int:
     return max(1, int(np.round(np.mean(found))))
 
 
-def _fit_fixed(training, hp, seed: int, epochs: int, fold) -> keras.Model:
-    """One training of ``epochs`` epochs on a fold's training rows (``dataset.FIT``: train+val), no early stopping."""
-    fresh_keras_state(seed)
-    model = training.build(hp)
-    training.fit(hp, model, epochs=epochs, verbose=0, fold=fold)
-    return model
+def _fit_fixed(training, hp, model: keras.Model, start: Restart, epochs: int, fold, clock: timing.EpochClock) -> None:
+    """``model`` from its initial state, ``epochs`` epochs on a fold's training rows (``dataset.FIT``:
+    train+val), no early stopping."""
+    start.reset()
+    training.fit(hp, model, epochs=epochs, verbose=0, fold=fold, callbacks=[clock.callback()])
 
 
 def _top_trials(config: RunConfig) -> list[dict]:
@@ -234,18 +242,19 @@ class _ImageTraining:
         return trained
 
 
-def _fit(training, hp, seed, epochs, callbacks=()) -> tuple:
+def _fit(training, hp, seed, epochs, callbacks=(), clock: timing.EpochClock | None = None) -> tuple:
     """One training with early stopping (best epoch's weights kept): the model and its history."""
     fresh_keras_state(seed)
     model = training.build(hp)
     stop = keras.callbacks.EarlyStopping(OBJECTIVE, patience=PATIENCE, mode="min", restore_best_weights=True)
-    history = training.fit(hp, model, epochs=epochs, callbacks=[stop, *callbacks], verbose=0).history
+    timed = [clock.callback()] if clock else []
+    history = training.fit(hp, model, epochs=epochs, callbacks=[stop, *callbacks, *timed], verbose=0).history
     return model, {k: [float(v) for v in values] for k, values in history.items()}
 
 
-def _fit_and_keep(training, hp, seed, epochs, staging: Path, callbacks=list, progress=None) -> dict:
+def _fit_and_keep(training, hp, seed, epochs, staging: Path, callbacks=list, progress=None, clock=None) -> dict:
     """Trains one seed; saves the model if it beats the seeds saved before it (``progress``: a callback)."""
-    model, history = _fit(training, hp, seed, epochs, [*callbacks(), *filter(None, [progress])])
+    model, history = _fit(training, hp, seed, epochs, [*callbacks(), *filter(None, [progress])], clock)
     best_epoch = int(np.nanargmin(history[OBJECTIVE]))
     score = {"seed": seed, OBJECTIVE: history[OBJECTIVE][best_epoch], "best_epoch": best_epoch + 1,
              "epochs_run": len(history[OBJECTIVE]), "val_accuracy": history["val_accuracy"][best_epoch]}

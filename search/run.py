@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -16,7 +17,7 @@ from hypermodels import precision
 from hypermodels.classifier import OBJECTIVE
 from hypermodels.registry import get_backbone
 from hypermodels.weights import resolve_weights
-from search import cache_plan, dataset, lock
+from search import cache_plan, dataset, lock, timing
 from search.activations import trial_hypermodel
 from search.devices import deterministic_ops, devices_line
 from search.distributed import local, protocol as distributed, worker
@@ -94,24 +95,38 @@ def _search(config: RunConfig, log, chief, worker_timeout, strategy, workers) ->
     # Started first: they load TensorFlow while this process decodes and caches.
     with local.local_workers(config.path, workers, log, strategy) if workers > 1 else \
             contextlib.nullcontext() as helpers:
+        started = time.perf_counter()
         data = dataset.prepare(config)
         config = data.config
         config.save()
+        timing.record(config.layout, "data", time.perf_counter() - started,
+                      note=f"{len(data.images)} images read, split and decoded (or read from the decoded cache)")
         _log_data(data, log)
         if config.folds:  # refused before any activation is computed
             log(f"folds: {config.folds} patient-grouped folds of train+val, validation sizes "
                 + ", ".join(str(len(val)) for _, val in data.folds()) + "; test untouched")
         hypermodel, cache = trial_hypermodel(data)
         _check_cache(cache, config, log)
+        started = time.perf_counter()
         with _failed_trials_as_user_error():
             if chief is None and helpers is None:
+                cache.warm(config.backbones)  # before the trials, so its time is its own
+                timing.record(config.layout, "extraction", time.perf_counter() - started,
+                              note="one forward pass of each frozen backbone (it is its own floor)")
+                started = time.perf_counter()
                 distributed.resume_across_modes(config.layout.tuner, distributed.LOCAL_ID)
                 tuner = make_tuner(config, hypermodel, distributed.distribution_strategy(strategy, log))
                 tuner.search(epochs=config.max_epochs, verbose=0)
             else:
                 _extract_with_workers(config, cache, log)
+                timing.record(config.layout, "extraction", time.perf_counter() - started,
+                              note="shared with the workers that joined")
+                started = time.perf_counter()
                 tuner = run_chief(config, hypermodel, chief or helpers.address, worker_timeout, log,
                                   helpers.check if helpers else None)
+    clock = getattr(tuner, "clock", None)
+    timing.record(config.layout, "search", time.perf_counter() - started, clock.floor() if clock else None,
+                  note="trials ran in the workers: their epochs are not timed here")
     best = best_trials(tuner)
     best[SPLIT_STAMP] = config.layout.split_digest()
     files.write_json(config.layout.best, best)

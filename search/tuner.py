@@ -15,7 +15,7 @@ from keras_tuner.src.engine import tuner_utils
 from tensorflow.python.framework import ops as tf_ops
 
 from hypermodels.classifier import OBJECTIVE
-from search import console, hparams
+from search import console, hparams, timing
 from search.config import RunConfig
 
 
@@ -81,6 +81,7 @@ class _XrayTunerMixin:
     def __init__(self, *args, run_config: RunConfig, **kwargs):
         super().__init__(*args, **kwargs)
         self.run_config = run_config
+        self.clock = timing.EpochClock()  # the trials' floor: their epochs at each one's fastest
 
     @property
     def tensorboard_dir(self):
@@ -108,7 +109,7 @@ class _XrayTunerMixin:
             return self._run_folds(trial, kwargs)
         curves = _EpochCurves(str(self.tensorboard_dir / trial.trial_id), write_graph=False,
                               profile_batch=0)
-        kwargs["callbacks"] = [*kwargs.get("callbacks", []), _NanGuard(), curves]
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), _NanGuard(), curves, self.clock.callback()]
         with warnings.catch_warnings():
             # Hyperband's later rounds load the earlier round's weights into a model
             # whose optimizer is not built yet; starting it afresh is intended.
@@ -127,24 +128,23 @@ class _XrayTunerMixin:
         if "tuner/epochs" in hp.values:
             kwargs.update(epochs=hp.values["tuner/epochs"], initial_epoch=hp.values["tuner/initial_epoch"])
         layout, parent = self.run_config.layout, hp.values.get("tuner/trial_id")
+        # One model for every fold: built and compiled once, so its training step is traced
+        # once per trial, and put back to its initial state before each fold (what a fresh
+        # build with the same seed starts from).
+        fresh_keras_state(self.run_config.seed)
+        with maybe_distribute(self.distribution_strategy):
+            model = self.hypermodel.build(hp)
+        start = Restart(model)
         scores = []
         for fold in range(self.run_config.folds):
-            fresh_keras_state(self.run_config.seed)  # nothing of the previous fold's model stays reachable
-            with maybe_distribute(self.distribution_strategy):
-                model = self.hypermodel.build(hp)
-            callbacks = [*self._deepcopy_callbacks(kwargs.get("callbacks", [])), _NanGuard(),
+            callbacks = [*self._deepcopy_callbacks(kwargs.get("callbacks", [])), _NanGuard(), self.clock.callback(),
                          _EpochCurves(str(self.tensorboard_dir / trial.trial_id / f"fold_{fold + 1}"),
                                       write_graph=False, profile_batch=0),
                          tuner_utils.SaveBestEpoch(self.oracle.objective,
                                                    str(layout.fold_checkpoint(trial.trial_id, fold)))]
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-                if parent:
-                    model.load_weights(layout.fold_checkpoint(parent, fold))
-                history = self.hypermodel.fit(hp, model, **{**kwargs, "callbacks": callbacks}, fold=fold)
+            start.reset(layout.fold_checkpoint(parent, fold) if parent else None)
+            history = self.hypermodel.fit(hp, model, **{**kwargs, "callbacks": callbacks}, fold=fold)
             scores.append(hparams.fold_score(history))
-            del model, history, callbacks
-            _forget_custom_gradients(self._gradients_before)
         return hparams.fold_metrics(scores)
 
     def on_trial_end(self, trial):
@@ -209,6 +209,35 @@ class XrayHyperband(_XrayTunerMixin, keras_tuner.Hyperband):
     def on_search_end(self):
         self._kept.clear()
         super().on_search_end()
+
+
+class Restart:
+    """Puts a built, compiled model back to its state as built, instead of building it again.
+
+    A fresh build traces its training and test steps again; a model put back keeps
+    them. Its weights, dropout seed states and optimizer state (zero, as a new Adam's)
+    return to what the build gave, so a fit after ``reset()`` scores as one on a fresh
+    build with the same seed does.
+    """
+
+    def __init__(self, model: keras.Model):
+        self.model = model
+        self.weights = model.get_weights()
+        self.seeds = [v.numpy() for v in _seed_states(model)]
+        self.used = False
+
+    def reset(self, checkpoint=None) -> None:
+        """Back to the state as built; then ``checkpoint``'s weights when given (a round continued)."""
+        if self.used:
+            self.model.set_weights(self.weights)
+        self.used = True
+        if checkpoint is not None:
+            with warnings.catch_warnings():
+                # The checkpoint holds the optimizer state of the round it ends, which a
+                # continued round does not take (KerasTuner's fresh builds skip it too).
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                self.model.load_weights(checkpoint)
+        _restart(self.model, self.seeds)
 
 
 def _seed_states(model: keras.Model) -> list:

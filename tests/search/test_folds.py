@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from tests.conftest import FAST_SEARCH, error_line, run_cli
+from tests.conftest import FAST_SEARCH, error_line, run_cli, saved_trials
 from data import pipeline
 from data.errors import UserError
 from data.split import fold_split
@@ -109,3 +109,57 @@ def test_retrain_with_folds_trains_on_train_and_val_for_the_folds_epochs_and_nev
     assert record["fitted_on"] == ensemble.FITTED_ON_FOLDS  # ensemble choice and temperature: out of fold
     assert record["validation_weighted_loss_by_size"][0] == pytest.approx(summary["winners"][0][OBJECTIVE]["mean"])
 
+
+
+def _count_traces(monkeypatch) -> list:
+    """Records the model of each trace of a Keras training step (``train_step``'s Python body runs only while tracing)."""
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    traces, step = [], TensorFlowTrainer.train_step
+    monkeypatch.setattr(TensorFlowTrainer, "train_step", lambda self, data: traces.append(id(self)) or step(self, data))
+    return traces
+
+
+def test_a_folds_trial_traces_its_training_step_once_not_once_per_fold(tmp_path, demo_data, monkeypatch):
+    traces = _count_traces(monkeypatch)
+    run_dir = tmp_path / "run"
+    result = run_cli("search", "--data", demo_data, "--run-dir", run_dir, *FAST_SEARCH, "--max-epochs", "2",
+                     "--folds", "3")
+    assert result.exit_code == 0, result.output
+    completed = [t for t in saved_trials(run_dir).values() if t["status"] == "COMPLETED"]
+    assert len(completed) >= 2
+    # One model per trial traced its step (TensorFlow traces a new function twice: once more for the
+    # variables its first call creates); its 3 folds' fits reuse it.
+    assert len(set(traces)) == len(completed) and len(traces) == 2 * len(completed)
+
+
+def test_a_restarted_model_trains_as_a_fresh_build_does_without_tracing_again(tmp_path, demo_data, monkeypatch):
+    import keras_tuner
+
+    from search.retrain import build_model
+    from search.tuner import Restart, fresh_keras_state
+
+    config = new_config(str(tmp_path / "run"), str(demo_data), backbones=("vanilla_cnn",), image_size=32,
+                        weights="none")
+    data = dataset.prepare(config, progress=False)
+    hp = keras_tuner.HyperParameters()
+    hp.values.update(backbone="vanilla_cnn", head_depth=1, head_units_0=64, dropout=0.3, learning_rate=3e-3)
+
+    def fit(model):
+        history = model.fit(data.dataset("train", shuffle=True), validation_data=data.dataset("val"), epochs=2,
+                            verbose=0)
+        return history.history[OBJECTIVE]
+
+    fresh_keras_state(config.seed)
+    fresh = fit(build_model(data.config, hp))
+    fresh_keras_state(config.seed)
+    model = build_model(data.config, hp)
+    start = Restart(model)
+    start.reset()
+    traces = _count_traces(monkeypatch)
+    first = fit(model)
+    traced = len(traces)
+    start.reset()
+    again = fit(model)
+    assert traced and len(traces) == traced  # the second fit reused the first's traced step
+    assert first == pytest.approx(fresh, rel=1e-5) and again == pytest.approx(fresh, rel=1e-5)
