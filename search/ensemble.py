@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +26,7 @@ from data.errors import UserError
 from hypermodels.cutting import cut_layer, is_cacheable
 from hypermodels.layers import TemperatureScaling
 from hypermodels.registry import get_backbone
-from search import dataset
+from search import dataset, timing
 from search.config import RunConfig
 from search.evaluation import calibration, operating_point
 from search.layout import (SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL,
@@ -35,6 +36,7 @@ from search.lock import run_lock
 CALIBRATION_LAYER = "calibration"
 FITTED_ON_FOLDS = "out-of-fold predictions on train+val (--folds), never the test split"
 ENSEMBLE_NAME = "cxr_ensemble"
+ENSEMBLE_MEAN = "ensemble_mean"  # the layer averaging the members' probabilities, in member order
 
 
 def build_ensemble(members: list[keras.Model], frozen: list[tuple[str, int | None]],
@@ -66,7 +68,7 @@ def build_ensemble(members: list[keras.Model], frozen: list[tuple[str, int | Non
         shared.trainable = False
         features = shared(image)
         outputs += [_above(members[i], cut, f"member_{i + 1}")(features) for i in indices]
-    mean = keras.layers.Average(name="ensemble_mean")(outputs)
+    mean = keras.layers.Average(name=ENSEMBLE_MEAN)(outputs)
     return keras.Model(image, TemperatureScaling(temperature, name=CALIBRATION_LAYER)(mean), name=ENSEMBLE_NAME)
 
 
@@ -88,11 +90,6 @@ def for_export(model: keras.Model) -> keras.Model:
     kernel, bias = dense.get_weights()
     dense.set_weights([kernel / temperature, bias / temperature])
     return folded
-
-
-def uncalibrated(model: keras.Model) -> keras.Model:
-    """The final model without its temperature: the members' plain average."""
-    return keras.Model(model.input, model.get_layer(CALIBRATION_LAYER).input)
 
 
 def _above(member: keras.Model, cut: str, name: str) -> keras.Model:
@@ -130,7 +127,11 @@ def assemble(config: RunConfig, ensemble: int | None = None, point: str | None =
         The content of ``final.json``.
     """
     with run_lock(config.run_dir, "assemble", log):
-        return _assemble(config, ensemble, point, log)
+        started = time.perf_counter()
+        record = _assemble(config, ensemble, point, log)
+        timing.record(config.layout, "final model", time.perf_counter() - started,
+                      note="loads the winners, predicts the fitting set, builds and saves one model")
+        return record
 
 
 def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from search import console
+from search import console, timing
 from search.config import RunConfig, load_config
 from search.lock import run_lock
 from search.run import check_inputs, run_search
@@ -52,7 +52,7 @@ def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, l
         assemble(saved, ensemble=final[0], point=final[1], log=log)
         evaluate(saved, log=log)
         export_model(saved, log=log)
-        for line in console.summary_lines(config.layout, started):
+        for line in console.summary_lines(config.layout, started) + timing.stage_lines(config.layout):
             log(line)
     return best
 

@@ -10,6 +10,7 @@ test split's labels.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -18,14 +19,14 @@ import numpy as np
 
 from data import cache, files, manifest
 from data.errors import UserError
-from search import dataset
+from search import dataset, timing
 from search.hparams import searched_values
 from search.evaluation import gradcam, html_report, probe, report, shortcuts
 from search.config import RunConfig
 from search.evaluation.metrics import classification_metrics, roc_curves
 from search.lock import run_lock
 from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
-from search.ensemble import uncalibrated
+from search.ensemble import CALIBRATION_LAYER, ENSEMBLE_MEAN
 from search.evaluation.final import final_figures, section_markdown
 
 
@@ -45,17 +46,30 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
         The metrics written to ``metrics.json``.
     """
     with run_lock(config.run_dir, "evaluate", log):
-        return _evaluate(config, data, out, layer, log)
+        started = time.perf_counter()
+        metrics, forward_pass = _evaluate(config, data, out, layer, log)
+        if data is None:  # an external set is not a stage of the run
+            timing.record(config.layout, "evaluate", time.perf_counter() - started, forward_pass)
+        return metrics
 
 
-def _evaluate(config: RunConfig, data, out, layer, log) -> dict:
+def _evaluate(config: RunConfig, data, out, layer, log) -> tuple[dict, dict]:
     winner = config.layout.best_winner()
     final = config.layout.final_model()  # the calibrated (ensemble) model when assembled, else the winner
     model = keras.saving.load_model(final / WINNER_MODEL)
     images, labels, paths, sources = _test_split(config) if data is None else _external(config, data, log)
     out = Path(out or _default_out(config, data))
     log(f"evaluate: {winner.name} on {len(images)} {'test' if data is None else 'external'} images")
-    probs = model.predict(images, batch_size=config.batch_size, verbose=0)
+    # One pass gives what the final model answers and, when assembled, its plain average and
+    # its rank-1 member's answer (the single best beside it).
+    started = time.perf_counter()
+    if final != winner:
+        probs, raw, single = keras.Model(model.input, _outputs(model)).predict(
+            images, batch_size=config.batch_size, verbose=0)
+    else:
+        probs = model.predict(images, batch_size=config.batch_size, verbose=0)
+    forward_pass = {"seconds": time.perf_counter() - started,
+                    "what": f"one forward pass of the final model over the {len(images)} test films"}
     metrics = classification_metrics(labels, probs, config.class_names)
     metrics["source"] = {"model": str(final / WINNER_MODEL), "data": data or "test split of split.csv"}
     metrics[SPLIT_STAMP] = config.layout.split_digest()
@@ -65,19 +79,19 @@ def _evaluate(config: RunConfig, data, out, layer, log) -> dict:
     extra_pictures, extra_sections = {}, {}
     if final != winner:
         record = config.layout.read_current(config.layout.final_record, f"run `cxr-tuner evaluate {config.run_dir}`")
-        raw = uncalibrated(model).predict(images, batch_size=config.batch_size, verbose=0)
         model = keras.saving.load_model(winner / WINNER_MODEL)  # Grad-CAM explains the rank-1 member
-        single = model.predict(images, batch_size=config.batch_size, verbose=0)
         sections, extra_pictures = final_figures(record, labels, probs, raw, single, config.class_names, metrics, out)
         metrics.update(sections)
         extra_sections["Calibration, operating point, single best and final model"] = section_markdown(sections)
     _write_predictions(out / "predictions.csv", paths, labels, probs, config.class_names)
     pictures = {**_pictures(winner, metrics, labels, probs, config.class_names, out), **extra_pictures}
     explainer = gradcam.gradcam_model(model, layer or gradcam.default_layer(model))
+    # Every image's heatmap of its predicted class, once: the galleries and the shortcut checks show them.
+    maps = gradcam.all_heatmaps(explainer, np.asarray(images), probs.argmax(axis=1))
     pages = gradcam.write_galleries(explainer, np.asarray(images), labels, probs, config.class_names, out / "gradcam",
-                                    log=log)
+                                    log=log, maps=maps)
     sections = {"Grad-CAM galleries": _gallery_index(pages, out),
-                "Shortcut checks": _shortcut_checks(config, model, explainer, (images, labels, probs, sources),
+                "Shortcut checks": _shortcut_checks(config, model, explainer, (images, labels, probs, sources, maps),
                                                     out, data is None, log),
                 "Model": _model_section(winner), **extra_sections}
     verdict = shortcuts.verdict_block(out, metrics) if data is None else ""
@@ -90,7 +104,17 @@ def _evaluate(config: RunConfig, data, out, layer, log) -> dict:
         html_report.refresh(config.layout)  # and into its report.html
     log(f"accuracy {metrics['accuracy']['value']:.3f}, macro F1 {metrics['macro_f1']['value']:.3f} "
         f"on {metrics['n']} images; report: {out / 'report.html'} (and report.md)")
-    return metrics
+    return metrics, forward_pass
+
+
+def _outputs(model: keras.Model) -> list:
+    """An assembled model's output, its uncalibrated average and its rank-1 member's output."""
+    raw = model.get_layer(CALIBRATION_LAYER).input
+    if ENSEMBLE_MEAN not in [layer.name for layer in model.layers]:  # one member, kept flat
+        return [model.output, raw, raw]
+    # The mean's inputs are the members' outputs, not in rank order (from-scratch members come first).
+    first = [t for t in model.get_layer(ENSEMBLE_MEAN).input if t._keras_history.operation.name == "member_1"]
+    return [model.output, raw, first[0]]
 
 
 def _default_out(config: RunConfig, data) -> Path:
@@ -123,7 +147,7 @@ def _external(config: RunConfig, data: str, log):
 
 def _shortcut_checks(config: RunConfig, model, explainer, scored, out: Path, test_split: bool, log) -> str:
     """Writes shortcuts.json (per source; on the test split also the probe and Grad-CAM energy)."""
-    images, labels, probs, sources = scored
+    images, labels, probs, sources, maps = scored
     images = np.asarray(images)
     record = {"per_source": shortcuts.per_source(labels, probs, sources, config.class_names)}
     if test_split:
@@ -131,10 +155,11 @@ def _shortcut_checks(config: RunConfig, model, explainer, scored, out: Path, tes
         train = run_data.indices("train")
         record["probe"] = probe.chest_hidden_probe(model, run_data.images[train], run_data.labels[train],
                                                    images, labels, config.class_names, seed=config.seed)
-        shares = shortcuts.energy_shares(explainer, images, probs.argmax(axis=1))
+        shares = shortcuts.energy_shares(explainer, images, probs.argmax(axis=1), maps=maps)
         record["energy"] = shortcuts.energy_summary(shares, labels, config.class_names)
         record["least_inside_gallery"] = str(shortcuts.least_inside_gallery(
-            explainer, images, labels, probs, shares, config.class_names, out / "gradcam" / "least-in-chest.png"))
+            explainer, images, labels, probs, shares, config.class_names, out / "gradcam" / "least-in-chest.png",
+            maps=maps))
         record["source_warnings"] = _source_warnings(config)
         head = record["probe"]["fresh_head_chest_hidden"]
         log(f"chest-hidden probe: fresh head accuracy {head['accuracy']['value']:.3f} (chance "

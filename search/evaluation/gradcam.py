@@ -124,6 +124,14 @@ def heatmaps(explainer: keras.Model, images: np.ndarray, class_index=None) -> np
     return np.divide(cams, peaks, out=np.zeros_like(cams), where=peaks > 0)
 
 
+def all_heatmaps(explainer: keras.Model, images: np.ndarray, class_index=None, batch: int = 32) -> np.ndarray:
+    """`heatmaps` of many images, ``batch`` at a time (``class_index``: None, an int or an (N,) array)."""
+    chosen = lambda start: class_index if class_index is None or np.isscalar(class_index) else \
+        np.asarray(class_index)[start:start + batch]
+    return np.concatenate([heatmaps(explainer, images[start:start + batch], chosen(start))
+                           for start in range(0, len(images), batch)])
+
+
 def upsample(heatmap: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resize of one (h, w) heatmap to (size, size)."""
     return tf.image.resize(heatmap[..., None], (size, size), method="bilinear").numpy()[..., 0]
@@ -145,12 +153,15 @@ def save_overlay(image: np.ndarray, heatmap: np.ndarray, path) -> Path:
 
 
 def write_galleries(explainer: keras.Model, images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
-                    class_names, out_dir, per_gallery: int = 12, log=lambda line: None) -> dict[str, Path]:
+                    class_names, out_dir, per_gallery: int = 12, log=lambda line: None,
+                    maps: np.ndarray | None = None) -> dict[str, Path]:
     """Per class, a page of correctly and one of incorrectly classified images with heatmaps.
 
     Each page shows the most confident cases first (a confident mistake is the
     one worth looking at), titled with true and predicted class and probability;
     the heatmap explains the predicted class.
+
+    ``maps``: the predicted class's heatmap of every image when already computed.
 
     Returns:
         ``{"<class> correct" | "<class> incorrect": PNG path}`` for non-empty pages.
@@ -163,9 +174,9 @@ def write_galleries(explainer: keras.Model, images: np.ndarray, labels: np.ndarr
             rows = rows[np.argsort(-confidence[rows], kind="stable")][:per_gallery]
             if len(rows):
                 log(f"grad-cam: {name} {kind} ({len(rows)} images)")
-                maps = heatmaps(explainer, images[rows], predicted[rows])
+                shown = heatmaps(explainer, images[rows], predicted[rows]) if maps is None else maps[rows]
                 titles = [f"true {name}\npred {class_names[predicted[r]]} {confidence[r]:.2f}" for r in rows]
-                figure = _gallery(images[rows], maps, titles, f"{name}: {kind}ly classified ({len(rows)} shown)")
+                figure = _gallery(images[rows], shown, titles, f"{name}: {kind}ly classified ({len(rows)} shown)")
                 pages[f"{name} {kind}"] = _save_figure(figure, Path(out_dir) / f"{name}-{kind}.png")
     return pages
 

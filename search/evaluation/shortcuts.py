@@ -30,20 +30,22 @@ EXTERNAL_DROP = 0.05  # macro-F1 this much lower on an external set is a warning
 _BATCH = 32
 
 
-def energy_shares(explainer: keras.Model, images: np.ndarray, class_index=None) -> np.ndarray:
+def energy_shares(explainer: keras.Model, images: np.ndarray, class_index=None,
+                  maps: np.ndarray | None = None) -> np.ndarray:
     """Per image, the share of its Grad-CAM heatmap (upsampled to the image) inside `CHEST_BOX`.
 
-    NaN for an image whose heatmap is all zero. ``class_index`` as in `gradcam.heatmaps`.
+    NaN for an image whose heatmap is all zero. ``class_index`` as in `gradcam.heatmaps`;
+    ``maps``: those heatmaps when already computed (`gradcam.all_heatmaps`).
     """
     size = images.shape[1:3]
     mask = chest_mask(*size)
+    if maps is None:
+        maps = gradcam.all_heatmaps(explainer, images, class_index, _BATCH)
     shares = []
     for start in range(0, len(images), _BATCH):
-        chosen = None if class_index is None else np.asarray(class_index)[start:start + _BATCH]
-        maps = gradcam.heatmaps(explainer, images[start:start + _BATCH], chosen)
-        maps = tf.image.resize(maps[..., None], size, method="bilinear").numpy()[..., 0]
-        total = maps.sum(axis=(1, 2))
-        inside = (maps * mask).sum(axis=(1, 2))
+        upsampled = tf.image.resize(maps[start:start + _BATCH, ..., None], size, method="bilinear").numpy()[..., 0]
+        total = upsampled.sum(axis=(1, 2))
+        inside = (upsampled * mask).sum(axis=(1, 2))
         shares.append(np.divide(inside, total, out=np.full_like(total, np.nan), where=total > 0))
     return np.concatenate(shares)
 
@@ -63,13 +65,17 @@ def energy_summary(shares: np.ndarray, labels, class_names) -> dict:
     return {"per_class": per_class, "all": stats(shares), "uniform_reference": chest_area()}
 
 
-def least_inside_gallery(explainer, images, labels, probs, shares, class_names, path, count: int = 12):
-    """A page of the test images with the least Grad-CAM energy in the chest box (box drawn)."""
+def least_inside_gallery(explainer, images, labels, probs, shares, class_names, path, count: int = 12,
+                         maps: np.ndarray | None = None):
+    """A page of the test images with the least Grad-CAM energy in the chest box (box drawn).
+
+    ``maps``: every image's heatmap of its predicted class, when already computed.
+    """
     order = np.argsort(np.where(np.isfinite(shares), shares, np.inf), kind="stable")[:count]
     if not len(order):
         return None
     predicted = probs.argmax(axis=1)
-    maps = gradcam.heatmaps(explainer, images[order], predicted[order])
+    maps = gradcam.heatmaps(explainer, images[order], predicted[order]) if maps is None else maps[order]
     columns = min(4, len(order))
     rows = -(-len(order) // columns)
     figure = Figure(figsize=(2.4 * columns, 2.7 * rows + 0.4), layout="constrained")
