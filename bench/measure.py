@@ -3,6 +3,7 @@
     python bench/measure.py floor RUN_DIR BACKBONE   # one forward pass over every image
     python bench/measure.py retrain RUN_DIR          # `cli.py retrain RUN_DIR --no-augment`, timed
     python bench/measure.py score RUN_DIR            # the retrained winner on the test split
+    python bench/measure.py heldout RUN_DIR CSV      # the final model on other films (path,label; absolute paths)
 
 Prints one JSON object.
 """
@@ -70,6 +71,39 @@ def score(run_dir: str) -> dict:
             "covid_sensitivity": float(recall_score(y_true == covid, y_pred == covid))}
 
 
+def heldout(run_dir: str, csv_file: str) -> dict:
+    """The final model (as the job assembled it) on films no stage of the run has read.
+
+    Figures as `evaluate` writes them (bootstrap CIs), and the operating point's
+    sensitivity and specificity at the run's own threshold.
+    """
+    import csv
+
+    from data import cache
+    from data.manifest import Example, normalise_label
+    from search import ensemble
+    from search.evaluation import operating_point
+    from search.evaluation.metrics import classification_metrics
+
+    config = load_config(run_dir)
+    layout = RunLayout(run_dir)
+    with open(csv_file, newline="") as handle:
+        examples = [Example(row["path"], normalise_label(row["label"])) for row in csv.DictReader(handle)]
+    decoded = cache.load_decoded(examples, config.image_size, Path(csv_file).parent / "heldout-cache", progress=False)
+    labels = np.array([list(config.class_names).index(e.label) for e in decoded.examples])
+    model = keras.saving.load_model(layout.final_model() / "model.keras", compile=False)
+    probs = ensemble.predict(model, decoded.images)
+    metrics = classification_metrics(labels, probs, config.class_names, seed=config.seed)
+    point = json.loads(layout.final_record.read_text()).get("operating_point") if layout.has_final() else None
+    figures = None
+    if point:
+        index = list(config.class_names).index(point["class"])
+        figures = operating_point.figures(labels, probs, index, point["threshold"], seed=config.seed)
+    return {"n": int(len(labels)), "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
+            "covid_sensitivity": metrics["covid_sensitivity"], "covid_specificity": metrics["covid_specificity"],
+            "ece": metrics["ece"]["value"], "operating_point": figures}
+
+
 if __name__ == "__main__":
     what, *args = sys.argv[1:]
-    print(json.dumps({"floor": floor, "retrain": retrain, "score": score}[what](*args)))
+    print(json.dumps({"floor": floor, "retrain": retrain, "score": score, "heldout": heldout}[what](*args)))

@@ -124,7 +124,18 @@ def main(argv=None) -> dict:
     y_true = np.concatenate([np.argmax(y, 1) for _, y in test])
     probs = model.predict(test, verbose=0)
     y_pred = np.argmax(probs, 1)
+    if args.heldout:  # films of the same sources no split holds: scored by the runner
+        with open(args.heldout, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        images = np.stack([keras.utils.img_to_array(keras.utils.load_img(
+            row["path"], color_mode="rgb", target_size=(args.image_size, args.image_size),
+            interpolation="bilinear")) for row in rows])
+        heldout = {"heldout_labels": [names.index(row["label"]) for row in rows],
+                   "heldout_probabilities": model.predict(images, batch_size=args.batch_size, verbose=0).tolist()}
+    else:
+        heldout = {}
     result = {
+        **heldout,
         "search_seconds": search_seconds, "retrain_seconds": retrain_seconds,
         "trials": sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values()),
         "test_macro_f1": float(f1_score(y_true, y_pred, average="macro")),
@@ -149,6 +160,7 @@ def _arguments(argv):
     parser.add_argument("--factor", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heldout", default=None, help="CSV path,label of further films to predict (absolute paths)")
     return parser.parse_args(argv)
 
 

@@ -1,17 +1,18 @@
 """Side by side: the whole default job of `cli.py search` against plain KerasTuner, same data, split, budget.
 
-    python bench/run.py --data ../shared/data/cxr3-dev --backbones mobilenet_025 \\
-        --weights imagenet --image-size 224 --max-epochs 9 --factor 3 [--limit 500]
+    python bench/run.py --data ../shared/data/cxr3-dev --subset 750 --folds 5 --time-budget 5m \\
+        --backbones mobilenet_025 --weights imagenet --image-size 224 --max-epochs 9 --factor 3
 
-Every step runs in its own process (peak RSS: the process's own from ``wait4``, or if
+Every job runs in its own process (peak RSS: the process's own from ``wait4``, or if
 higher that of it and its children, e.g. local workers, sampled every second; see
-:class:`_TreeMemory`):
-this project's default job in its phases, each a ``cli.py`` command with its defaults
-(search with ``--no-retrain``; ``retrain``; ``evaluate``, which first assembles the
-final model: ensemble, temperature and operating point, on validation; ``export``),
-the floor (one forward pass of the backbone over every image), and the reference
-(``bench/reference.py``) on the split the project's search wrote, scored with the
-same bootstrap CIs. Prints one table and writes ``results.json`` into ``--work``.
+:class:`_TreeMemory`): this project's whole job, one ``cli.py search`` as a user runs
+it (its stages' wall times and floors come from its ``summary.json``), again with
+``--folds K`` and with ``--time-budget`` when asked; the floor (one forward pass of the
+backbone over every image); and the reference (``bench/reference.py``) on the split the
+project's search wrote. With ``--subset N`` the collection is a patient-grouped subset of
+about N films and every final model is also scored on all the other films, which no
+job has seen. Everything is scored with the same bootstrap CIs. Prints one table and
+writes ``results.json`` into ``--work``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.folds import write_subset  # noqa: E402
 from search.evaluation.metrics import figure_text  # noqa: E402  (no TensorFlow: the runner stays light)
 from search.layout import RunLayout  # noqa: E402
 
@@ -126,127 +128,146 @@ def main(argv=None) -> dict:
     work = Path(args.work).resolve()
     shutil.rmtree(work, ignore_errors=True)
     (work / "logs").mkdir(parents=True)
-    data = limited_copy(args.data, args.limit, args.seed, work / "data") if args.limit else args.data
-    python, ours = sys.executable, work / "ours"
+    heldout = []
+    if args.subset:  # a patient-grouped subset is the whole collection; the other films are scored at the end
+        subset, heldout = write_subset(Path(args.data), args.subset, work)
+        data = str(subset)
+    else:
+        data = limited_copy(args.data, args.limit, args.seed, work / "data") if args.limit else args.data
+    (work / "heldout.csv").write_text("path,label\n" + "".join(f"{r['path']},{r['label']}\n" for r in heldout))
+    python = sys.executable
     budget = ["--backbones", args.backbones, "--weights", args.weights, "--image-size", str(args.image_size),
               "--max-epochs", str(args.max_epochs), "--factor", str(args.factor), "--seed", str(args.seed)]
-    steps = {}
-    # The whole default job of `cli.py search`, one process per phase so each has its wall time
-    # (each phase pays starting Python and importing TensorFlow, ~5 s, that one process pays once).
-    steps["ours_search"] = run_step("this project: search", [
-        python, "cli.py", "search", "--data", str(Path(data).resolve()), "--run-dir", str(ours), *budget,
-        "--no-retrain", "--workers", str(args.workers)], work / "logs" / "ours_search.log")
-    for phase, command in (("retrain", ["retrain", str(ours)]),
-                           ("evaluate", ["evaluate", str(ours), *args.final_flags.split()]),
-                           ("export", ["export", str(ours)])):
-        steps[f"ours_{phase}"] = run_step(f"this project: {phase}", [python, "cli.py", *command],
-                                          work / "logs" / f"ours_{phase}.log")
-    floor = json.loads(run_step("floor", [python, "bench/measure.py", "floor", str(ours), args.backbones.split(",")[0]],
-                                work / "logs" / "floor.log")["last_line"])
-    steps["reference"] = run_step("reference: plain KerasTuner", [
-        python, "bench/reference.py", "--split", str(RunLayout(ours).split), "--work", str(work / "reference"),
-        "--out", str(work / "reference.json"), *budget],
+    jobs = {"default": []}
+    if args.folds:
+        jobs[f"--folds {args.folds}"] = ["--folds", str(args.folds)]
+    if args.time_budget:
+        jobs[f"--time-budget {args.time_budget}"] = ["--time-budget", args.time_budget]
+    ours = {}
+    for name, extra in jobs.items():
+        run_dir = work / ("ours" if name == "default" else "ours-" + name.strip("-").replace(" ", "-"))
+        # The whole job in one process, as a user runs it: its stages time themselves (summary.json).
+        step = run_step(f"this project: cli.py search {' '.join(extra)}".rstrip(), [
+            python, "cli.py", "search", "--data", str(Path(data).resolve()), "--run-dir", str(run_dir), *budget,
+            "--workers", str(args.workers), *args.final_flags.split(), *extra],
+            work / "logs" / f"{run_dir.name}.log")
+        ours[name] = {"run_dir": str(run_dir), "seconds": step["seconds"], "peak_rss_mb": step["peak_rss_mb"]}
+    main_run = Path(ours["default"]["run_dir"])
+    floor = json.loads(run_step("floor", [python, "bench/measure.py", "floor", str(main_run),
+                                          args.backbones.split(",")[0]], work / "logs" / "floor.log")["last_line"])
+    _weights_in_keras_cache()  # the reference loads ImageNet weights as any Keras user does
+    reference_step = run_step("reference: plain KerasTuner", [
+        python, "bench/reference.py", "--split", str(RunLayout(main_run).split), "--work", str(work / "reference"),
+        "--out", str(work / "reference.json"), *budget, *(["--heldout", str(work / "heldout.csv")] if heldout else [])],
         work / "logs" / "reference.log")
     reference = json.loads((work / "reference.json").read_text())
-    results = _results(args, ours, steps, floor, reference)
-    if args.memory_trials:
-        results["memory"] = memory_trend(python, data, budget, args.memory_trials, work)
+    if heldout:
+        for name, entry in ours.items():
+            entry["heldout"] = json.loads(run_step(f"held-out films: {name}", [
+                python, "bench/measure.py", "heldout", entry["run_dir"], str(work / "heldout.csv")],
+                work / "logs" / f"heldout-{Path(entry['run_dir']).name}.log")["last_line"])
+    results = _results(args, ours, reference_step, floor, reference, bool(heldout))
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     return results
 
 
-def memory_trend(python: str, data: str, budget: list[str], trials: int, work: Path) -> dict:
-    """Peak RSS of the first and last 10 trials of a ``trials``-trial random search."""
-    run_dir = work / "memory"
-    run_step(f"this project: {trials}-trial search for memory", [
-        python, "cli.py", "search", "--data", str(Path(data).resolve()), "--run-dir", str(run_dir), *budget,
-        "--tuner", "random", "--max-trials", str(trials), "--no-retrain"], work / "logs" / "memory.log")
-    rows = [line.split(",") for line in RunLayout(run_dir).memory.read_text().splitlines()]
-    peak = [float(r[1]) for r in rows]
-    anonymous = [float(r[3]) for r in rows]
-    first, last = sum(peak[:10]) / 10, sum(peak[-10:]) / 10
-    return {"trials": len(rows), "peak_rss_first_10_mb": first, "peak_rss_last_10_mb": last,
-            "change": last / first - 1, "anonymous_rss_first_10_mb": sum(anonymous[:10]) / 10,
-            "anonymous_rss_last_10_mb": sum(anonymous[-10:]) / 10}
-
-
-def _results(args, ours: Path, steps: dict, floor: dict, reference: dict) -> dict:
+def _results(args, ours: dict, reference_step: dict, floor: dict, reference: dict, heldout: bool) -> dict:
     from search.evaluation.metrics import classification_metrics
+    from search import timing
 
-    layout = RunLayout(ours)
-    best = json.loads(layout.best.read_text())
-    metrics = json.loads(layout.metrics.read_text())
-    summary = json.loads(layout.winners_summary.read_text())
-    phases = {name: steps[f"ours_{name}"]["seconds"] for name in ("search", "retrain", "evaluate", "export")}
-    ref_metrics = classification_metrics(np.array(reference["test_labels"]), np.array(reference["test_probabilities"]),
-                                         reference["class_names"])
-    return {
-        "settings": vars(args),
-        "floor": floor,
-        "ours": {"phase_seconds": phases, "total_seconds": sum(phases.values()),
-                 "workers": args.workers, "trials": best["trials"],
-                 "peak_rss_mb": max(steps[f"ours_{name}"]["peak_rss_mb"] for name in phases),
-                 "retrain_variant": summary["variant"], "augment": summary["augment"],
-                 "final": metrics["single_vs_final"], "operating_point": metrics.get("operating_point"),
-                 "calibration": metrics["calibration"], "n_test": metrics["n"],
-                 "best_hyperparameters": best["best"]["hyperparameters"]},
-        "reference": {**{k: reference[k] for k in ("search_seconds", "retrain_seconds", "trials",
-                                                   "best_hyperparameters")},
-                      "process_seconds": steps["reference"]["seconds"],
-                      "peak_rss_mb": steps["reference"]["peak_rss_mb"],
-                      **{k: ref_metrics[k] for k in ("macro_f1", "covid_sensitivity", "covid_specificity")},
-                      "ece": ref_metrics["ece"]["value"]},
-    }
+    for entry in ours.values():
+        layout = RunLayout(entry["run_dir"])
+        metrics = json.loads(layout.metrics.read_text())
+        entry.update(stages=timing.stages(layout), trials=json.loads(layout.best.read_text())["trials"],
+                     test=metrics["single_vs_final"]["final"] if "single_vs_final" in metrics else
+                     {**metrics, "ece": metrics["ece"]["value"]},
+                     operating_point=metrics.get("operating_point"), calibration=metrics.get("calibration"),
+                     n_test=metrics["n"], winner=json.loads(layout.best.read_text())["best"]["hyperparameters"])
+    names = reference["class_names"]
+    scored = {"test": classification_metrics(np.array(reference["test_labels"]),
+                                             np.array(reference["test_probabilities"]), names)}
+    if heldout:
+        scored["heldout"] = classification_metrics(np.array(reference["heldout_labels"]),
+                                                   np.array(reference["heldout_probabilities"]), names)
+    return {"settings": vars(args), "floor": floor, "ours": ours,
+            "reference": {**{k: reference[k] for k in ("search_seconds", "retrain_seconds", "trials",
+                                                       "best_hyperparameters")},
+                          "process_seconds": reference_step["seconds"], "peak_rss_mb": reference_step["peak_rss_mb"],
+                          **{f"{where}_{k}": figures[k] for where, figures in scored.items()
+                             for k in ("macro_f1", "covid_sensitivity", "covid_specificity")},
+                          **{f"{where}_ece": figures["ece"]["value"] for where, figures in scored.items()}}}
 
 
 def table(results: dict) -> str:
-    """The side-by-side table as Markdown."""
-    ours, ref, floor = results["ours"], results["reference"], results["floor"]
-    phases, final, point, cal = ours["phase_seconds"], ours["final"], ours["operating_point"], ours["calibration"]
+    """The side-by-side table as Markdown: the reference, then each job of this project."""
+    ref, floor = results["reference"], results["floor"]
     ref_total = ref["search_seconds"] + ref["retrain_seconds"]
-    no = "n/a"
-    rows = [
-        ("search (s)", phases["search"], ref["search_seconds"]),
-        ("retrain (s)", phases["retrain"], ref["retrain_seconds"]),
-        ("ensemble + calibration + operating point + evaluate (s)", phases["evaluate"], no),
-        ("export (s)", phases["export"], no),
-        ("whole job (s)", ours["total_seconds"], ref_total),
-        ("trials completed", ours["trials"], ref["trials"]),
-        ("peak RSS (MB)", ours["peak_rss_mb"], ref["peak_rss_mb"]),
-        (f"test macro-F1, final model ({final['final_kind']}: {', '.join(final['members'])})",
-         figure_text(final["final"]["macro_f1"]), figure_text(ref["macro_f1"])),
-        ("test macro-F1, single best", figure_text(final["single_best"]["macro_f1"]), no),
-        ("COVID sensitivity at argmax", figure_text(final["final"]["covid_sensitivity"]), figure_text(ref["covid_sensitivity"])),
-        ("COVID specificity at argmax", figure_text(final["final"]["covid_specificity"]), figure_text(ref["covid_specificity"])),
-        ("single best: COVID sensitivity / specificity at argmax",
-         f"{figure_text(final['single_best']['covid_sensitivity'])} / {figure_text(final['single_best']['covid_specificity'])}", no),
-    ]
-    if point:
-        rows += [(f"COVID sensitivity at the operating point ({point['metric']} >= {point['target']:g} on val, "
-                  f"threshold {point['threshold']:.3f})", figure_text(point["test"]["sensitivity"]), no),
-                 ("COVID specificity at the operating point", figure_text(point["test"]["specificity"]), no)]
-    rows += [("test ECE before / after temperature scaling",
-              f"{cal['ece_before']:.3f} / {cal['ece_after']:.3f} (T = {cal['temperature']:.2f})",
-              f"{ref['ece']:.3f} / {no}")]
-    workers = ours.get("workers", 1)
-    lines = [f"| | this project{f' (--workers {workers})' if workers > 1 else ''} | plain KerasTuner |",
-             "| --- | ---: | ---: |"]
-    lines += [f"| {name} | {_cell(a)} | {_cell(b)} |" for name, a, b in rows]
-    variant = ours["retrain_variant"]
-    lines += ["", f"test split: {ours['n_test']} images; CIs: 95% percentile bootstrap over test cases",
-              f"retrain variant chosen on validation: {variant['chosen']} (" + ", ".join(
-                  f"{k} {v:.4f}" for k, v in variant["tried"].items()) + f"); augmentation {ours['augment']}",
-              f"floor (one forward pass over {floor['images']} images): {floor['floor_seconds']:.1f} s; "
-              f"search {ref['search_seconds'] / phases['search']:.1f}x faster than the reference's, "
-              f"whole job {ref_total / ours['total_seconds']:.1f}x faster than its search + retrain"]
-    if "memory" in results:
-        memory = results["memory"]
-        lines.append(f"memory over a {memory['trials']}-trial search: peak RSS of the first 10 trials "
-                     f"{memory['peak_rss_first_10_mb']:.0f} MB, of the last 10 {memory['peak_rss_last_10_mb']:.0f} MB "
-                     f"({memory['change']:+.1%}); anonymous RSS {memory['anonymous_rss_first_10_mb']:.0f} -> "
-                     f"{memory['anonymous_rss_last_10_mb']:.0f} MB")
+    names = list(results["ours"])
+    lines = ["| | plain KerasTuner | " + " | ".join(f"this project, {n}" for n in names) + " |",
+             "| --- | ---: |" + " ---: |" * len(names)]
+
+    def row(label, reference_cell, cell):
+        lines.append(f"| {label} | {reference_cell} | " + " | ".join(cell(results["ours"][n]) for n in names) + " |")
+
+    row("whole job (s)", f"{ref_total:.0f} (search {ref['search_seconds']:.0f} + retrain {ref['retrain_seconds']:.0f})",
+        lambda o: f"{o['seconds']:.0f} ({ref_total / o['seconds']:.1f}x faster)")
+    from search.timing import STAGES
+    for stage in STAGES:
+        row(f"  {stage} (s; floor, ratio)", "",
+            lambda o, stage=stage: _stage_cell(o["stages"].get(stage)))
+    row("trials", str(ref["trials"]), lambda o: str(o["trials"]))
+    row("peak RSS (MB)", f"{ref['peak_rss_mb']:.0f}", lambda o: f"{o['peak_rss_mb']:.0f}")
+    for where in ("test", "heldout"):
+        if f"{where}_macro_f1" not in ref:
+            continue
+        label = "test split" if where == "test" else "held-out films"
+        row(f"{label}: macro-F1", figure_text(ref[f"{where}_macro_f1"]),
+            lambda o, where=where: figure_text((o["test"] if where == "test" else o["heldout"])["macro_f1"]))
+        row(f"{label}: COVID sensitivity / specificity at argmax",
+            f"{figure_text(ref[f'{where}_covid_sensitivity'])} / {figure_text(ref[f'{where}_covid_specificity'])}",
+            lambda o, where=where: (lambda m: f"{figure_text(m['covid_sensitivity'])} / "
+                                              f"{figure_text(m['covid_specificity'])}")(
+                o["test"] if where == "test" else o["heldout"]))
+        row(f"{label}: COVID sensitivity / specificity at the operating point", "n/a",
+            lambda o, where=where: _point_cell(o, where))
+        row(f"{label}: ECE", f"{ref[f'{where}_ece']:.3f}",
+            lambda o, where=where: f"{(o['test'] if where == 'test' else o['heldout'])['ece']:.3f}")
+    lines += ["", f"floor of the data: one forward pass of the backbone over {floor['images']} images, "
+                  f"{floor['floor_seconds']:.1f} s; CIs: 95% percentile bootstrap over the scored films"]
+    lines += [f"winner, {n}: {results['ours'][n]['winner']}" for n in names]
+    lines.append(f"winner, plain KerasTuner: {ref['best_hyperparameters']}")
     return "\n".join(lines)
+
+
+def _weights_in_keras_cache() -> None:
+    """Copies the package's own ImageNet files into the Keras cache where it has none (no network here)."""
+    from hypermodels.weights import SHIPPED_DIR, keras_cache_dir
+
+    keras_cache_dir().mkdir(parents=True, exist_ok=True)
+    for shipped in SHIPPED_DIR.glob("*.h5"):
+        if not (keras_cache_dir() / shipped.name).is_file():
+            shutil.copyfile(shipped, keras_cache_dir() / shipped.name)
+
+
+def _stage_cell(entry) -> str:
+    if not entry:
+        return "n/a"
+    floor = entry.get("floor") or {}
+    if floor.get("seconds"):
+        return f"{entry['seconds']:.1f} ({floor['seconds']:.1f}, {entry['seconds'] / floor['seconds']:.1f}x)"
+    return f"{entry['seconds']:.1f}"
+
+
+def _point_cell(ours: dict, where: str) -> str:
+    point = ours.get("operating_point")
+    if not point:
+        return "off"
+    figures = point["test"] if where == "test" else ours["heldout"].get("operating_point")
+    if not figures:
+        return "n/a"
+    return (f"{figure_text(figures['sensitivity'])} / {figure_text(figures['specificity'])} "
+            f"(threshold {point['threshold']:.3f})")
 
 
 def _cell(value) -> str:
@@ -265,11 +286,14 @@ def _arguments(argv):
     parser.add_argument("--factor", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="use N images, stratified by class")
+    parser.add_argument("--subset", type=int, default=None,
+                        help="use a patient-grouped subset of about N films (the data needs metadata.csv) and score "
+                             "both jobs on all the other films too")
+    parser.add_argument("--folds", type=int, default=None, help="also run the job with --folds K")
+    parser.add_argument("--time-budget", default=None, help="also run the job with --time-budget DURATION")
     parser.add_argument("--workers", type=int, default=1, help="`cli.py search --workers N` for this project's search")
     parser.add_argument("--final-flags", default="",
-                        help="flags for this project's `cli.py evaluate`, e.g. '--ensemble 1' (default: its defaults)")
-    parser.add_argument("--memory-trials", type=int, default=0,
-                        help="also run an N-trial random search and compare the peak RSS of its first and last 10 trials")
+                        help="extra flags for this project's `cli.py search`, e.g. '--ensemble 1' (default: its defaults)")
     return parser.parse_args(argv)
 
 

@@ -126,6 +126,14 @@ class ActivationClassifier(keras_tuner.HyperModel):
         with contextlib.nullcontext() if depth is None else without_graph_rewrites():
             return model.fit(train, validation_data=validation, **kwargs)
 
+    def predict_validation(self, hp: keras_tuner.HyperParameters, model: keras.Model, fold=None):
+        """``model``'s probabilities on the validation split (or ``fold``'s validation rows), in row order,
+        from the data it trains on (cached activations or images)."""
+        depth = self.frozen_depth(hp)
+        validation = self.datasets(hp.values["backbone"], depth, 0, fold)[1]
+        with contextlib.nullcontext() if depth is None else without_graph_rewrites():
+            return model.predict(validation, verbose=0)
+
     def image_model(self, hp: keras_tuner.HyperParameters, trained: keras.Model) -> keras.Model:
         """The whole image model of ``hp`` holding the values of ``trained``, a model of :meth:`build`.
 

@@ -30,7 +30,7 @@ from search import dataset, timing
 from search.config import RunConfig
 from search.evaluation import calibration, operating_point
 from search.layout import (SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL,
-                           WINNER_OUT_OF_FOLD, RunLayout)
+                           WINNER_OUT_OF_FOLD, WINNER_VALIDATION, RunLayout)
 from search.lock import run_lock
 
 CALIBRATION_LAYER = "calibration"
@@ -148,10 +148,10 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log) -
     rows = data.indices(dataset.FIT if config.folds else "val")
     y_val = data.labels[rows]
     weights = data.sample_weights(rows).astype(np.float64)
-    members = [keras.saving.load_model(winners_dir / w["dir"] / WINNER_MODEL) for w in winners]
-    # With --folds the members trained on validation too: their out-of-fold probabilities stand in for it.
-    probs = [_out_of_fold(config, winners_dir / w["dir"], rows) for w in winners] if config.folds else \
-        [predict(m, np.asarray(data.images[rows])) for m in members]
+    members = [keras.saving.load_model(winners_dir / w["dir"] / WINNER_MODEL, compile=False) for w in winners]
+    # The probabilities the retrain saved: on validation, or with --folds (the members trained on
+    # validation too) out of fold.
+    probs = [_saved_probabilities(config, winners_dir / w["dir"], rows) for w in winners]
     losses = [weighted_loss(y_val, np.mean(probs[:k], axis=0), weights) for k in range(1, len(probs) + 1)]
     k = ensemble or int(np.argmin(losses)) + 1
     basis = "out-of-fold" if config.folds else "validation"
@@ -161,7 +161,7 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log) -
     temperature = calibration.fit_temperature(y_val, raw)
     frozen = [_frozen_part(config, winners_dir / w["dir"]) for w in winners[:k]]
     model = build_ensemble(members[:k], frozen, temperature)
-    calibrated = calibration.scale(raw, temperature) if config.folds else predict(model, np.asarray(data.images[rows]))
+    calibrated = calibration.scale(raw, temperature)  # what the model's TemperatureScaling layer computes
     record = {
         "kind": "ensemble" if k > 1 else "single",
         "members": [w["dir"] for w in winners[:k]], "ensemble_size": k,
@@ -207,14 +207,15 @@ def final_card(layout: RunLayout, model_dir: Path) -> dict:
     return {"model": model, "operating_point": record["operating_point"]}
 
 
-def _out_of_fold(config: RunConfig, winner: Path, rows: np.ndarray) -> np.ndarray:
-    """A ``--folds`` winner's out-of-fold probabilities on ``rows`` (train+val), as its retrain saved them."""
-    path = winner / WINNER_OUT_OF_FOLD
+def _saved_probabilities(config: RunConfig, winner: Path, rows: np.ndarray) -> np.ndarray:
+    """A winner's probabilities on ``rows`` as its retrain saved them: validation, or out of fold on train+val."""
+    path = winner / (WINNER_OUT_OF_FOLD if config.folds else WINNER_VALIDATION)
     if not path.is_file():
         raise UserError(f"{path} is missing; run `cxr-tuner retrain {config.run_dir}`.")
     with np.load(path) as saved:
         if not np.array_equal(saved["rows"], rows):
-            raise UserError(f"{path} holds other rows than the run's train+val; run `cxr-tuner retrain {config.run_dir}`.")
+            raise UserError(f"{path} holds other rows than the run's {'train+val' if config.folds else 'validation split'}; "
+                            f"run `cxr-tuner retrain {config.run_dir}`.")
         return saved["probabilities"].astype(np.float64)
 
 

@@ -20,6 +20,7 @@ WINNER_MODEL = "model.keras"
 WINNER_HISTORY = "history.json"
 WINNER_HYPERPARAMETERS = "hyperparameters.json"
 WINNER_OUT_OF_FOLD = "out_of_fold.npz"  # with --folds: the fold models' probabilities on the rows they did not see
+WINNER_VALIDATION = "validation.npz"  # without: the winner's probabilities on the validation split
 FINAL_DIR = "final"  # winners/final: the final model (ensemble, temperature, operating point)
 FINAL_RECORD = "final.json"  # inside it: what the final model is, fitted on validation
 SPLIT_STAMP = "split_sha256"

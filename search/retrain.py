@@ -30,7 +30,8 @@ from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from search import console, dataset, ensemble, hparams, timing, variants
 from search.config import RunConfig
 from search.devices import deterministic_ops
-from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL, WINNER_OUT_OF_FOLD
+from search.layout import (SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL, WINNER_OUT_OF_FOLD,
+                           WINNER_VALIDATION)
 from search.activations import trial_hypermodel
 from search.lock import run_lock
 from search.tuner import Restart, fresh_keras_state
@@ -93,6 +94,7 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
     if config.folds:
         return _retrain_on_folds(config, data, training, top, seeds, augment, log, clock)
     epochs = max_epochs or config.max_epochs * 2
+    val_rows = data.indices("val")
     variant, tried, reused = variants.AS_SEARCHED, {}, {}
     if choose_variant:
         # Without augmentation the variants train exactly as the retrain does, so the
@@ -102,7 +104,8 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
 
         def fit(hp, callbacks):
             staging = winners_dir / f"variant_{len(fits)}"
-            fits[staging] = _fit_and_keep(cached, hp, config.seed, epochs, staging, lambda: callbacks, clock=clock)
+            fits[staging] = _fit_and_keep(cached, hp, config.seed, epochs, staging, lambda: callbacks, clock=clock,
+                                          rows=val_rows)
             return fits[staging][OBJECTIVE]
 
         top_hp = trial_hyperparameters(config, top[0]["trial_id"])
@@ -123,7 +126,8 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
         log(f"retrain {rank}/{len(top)}: trial {entry['trial_id']} ({console.hyperparameter_text(entry['hyperparameters'])})")
         kept = [reused] if reused and entry is top[0] else []
         scores = kept + [_fit_and_keep(training, hp, config.seed + i, epochs, staging, variant.callbacks,
-                                       console.epoch_lines(log, f"  seed {config.seed + i}", epochs), clock)
+                                       console.epoch_lines(log, f"  seed {config.seed + i}", epochs), clock,
+                                       rows=val_rows)
                          for i in range(len(kept), seeds)]
         results.append(_result(entry, scores))
         log(f"retrained trial {entry['trial_id']}: {OBJECTIVE} {_mean_std_text(results[-1])}")
@@ -162,8 +166,7 @@ def _retrain_on_folds(config: RunConfig, data: dataset.RunData, training, top: l
             out_of_fold = np.zeros((len(rows), len(config.class_names)))
             for fold, (_, held_out) in enumerate(data.folds()):
                 _fit_fixed(training, hp, model, start, epochs, fold, clock)
-                out_of_fold[[position[r] for r in held_out]] = ensemble.predict(
-                    training.image_model(hp, model), data.images[held_out])
+                out_of_fold[[position[r] for r in held_out]] = training.predict_validation(hp, model, fold)
             loss = ensemble.weighted_loss(data.labels[rows], out_of_fold, weights)
             score = {"seed": seed, OBJECTIVE: loss, "best_epoch": epochs, "epochs_run": epochs,
                      "val_accuracy": float((out_of_fold.argmax(1) == data.labels[rows]).mean())}
@@ -241,6 +244,10 @@ class _ImageTraining:
     def image_model(self, hp, trained):
         return trained
 
+    def predict_validation(self, hp, model, fold=None):
+        rows = "val" if fold is None else self.data.folds()[fold][1]
+        return model.predict(self.data.dataset(rows), verbose=0)
+
 
 def _fit(training, hp, seed, epochs, callbacks=(), clock: timing.EpochClock | None = None) -> tuple:
     """One training with early stopping (best epoch's weights kept): the model and its history."""
@@ -252,8 +259,12 @@ def _fit(training, hp, seed, epochs, callbacks=(), clock: timing.EpochClock | No
     return model, {k: [float(v) for v in values] for k, values in history.items()}
 
 
-def _fit_and_keep(training, hp, seed, epochs, staging: Path, callbacks=list, progress=None, clock=None) -> dict:
-    """Trains one seed; saves the model if it beats the seeds saved before it (``progress``: a callback)."""
+def _fit_and_keep(training, hp, seed, epochs, staging: Path, callbacks=list, progress=None, clock=None, *,
+                  rows: np.ndarray) -> dict:
+    """Trains one seed; saves the model if it beats the seeds saved before it (``progress``: a callback).
+
+    ``rows``: the validation split's rows, which the saved probabilities are of.
+    """
     model, history = _fit(training, hp, seed, epochs, [*callbacks(), *filter(None, [progress])], clock)
     best_epoch = int(np.nanargmin(history[OBJECTIVE]))
     score = {"seed": seed, OBJECTIVE: history[OBJECTIVE][best_epoch], "best_epoch": best_epoch + 1,
@@ -262,6 +273,9 @@ def _fit_and_keep(training, hp, seed, epochs, staging: Path, callbacks=list, pro
     if not saved.is_file() or score[OBJECTIVE] < json.loads(saved.read_text())[OBJECTIVE]:
         staging.mkdir(parents=True, exist_ok=True)
         training.image_model(hp, model).save(staging / WINNER_MODEL)
+        # What the final stage fits on, from the data the model trained on: no pass over the images.
+        files.write_npz(staging / WINNER_VALIDATION, rows=rows,
+                        probabilities=training.predict_validation(hp, model))
         files.write_json(staging / WINNER_HISTORY, history)
         files.write_json(staging / WINNER_HYPERPARAMETERS, hp.get_config())
         files.write_json(saved, score)

@@ -124,9 +124,9 @@ def _search(config: RunConfig, log, chief, worker_timeout, strategy, workers) ->
                 started = time.perf_counter()
                 tuner = run_chief(config, hypermodel, chief or helpers.address, worker_timeout, log,
                                   helpers.check if helpers else None)
-    clock = getattr(tuner, "clock", None)
-    timing.record(config.layout, "search", time.perf_counter() - started, clock.floor() if clock else None,
-                  note="trials ran in the workers: their epochs are not timed here")
+    floor = tuner.clock.floor() if getattr(tuner, "clock", None) else None
+    timing.record(config.layout, "search", time.perf_counter() - started, floor,
+                  **({} if floor else {"note": "trials ran in the workers: their epochs are not timed here"}))
     best = best_trials(tuner)
     best[SPLIT_STAMP] = config.layout.split_digest()
     files.write_json(config.layout.best, best)

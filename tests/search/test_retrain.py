@@ -29,7 +29,8 @@ def test_winners_are_ranked_by_mean_validation_loss_with_spread_over_seeds(retra
         assert winner[OBJECTIVE]["mean"] == pytest.approx(np.mean(losses))
         assert winner[OBJECTIVE]["std"] == pytest.approx(np.std(losses, ddof=1))
         folder = RunLayout(retrained_run).winners / f"{rank}-{winner['trial_id']}"
-        assert {p.name for p in folder.iterdir()} == {"model.keras", "history.json", "hyperparameters.json"}
+        assert {p.name for p in folder.iterdir()} == {"model.keras", "history.json", "hyperparameters.json",
+                                                      "validation.npz"}
     assert RunLayout(retrained_run).best_winner().name == winners[0]["dir"]
 
 
