@@ -147,7 +147,8 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log) -
     rows = data.indices(dataset.FIT if config.folds else "val")
     y_val = data.labels[rows]
     weights = data.sample_weights(rows).astype(np.float64)
-    members = [keras.saving.load_model(winners_dir / w["dir"] / WINNER_MODEL) for w in winners]
+    # compile=False: only predicted with; the winners' optimizer state would be restored for nothing (and warn).
+    members = [keras.saving.load_model(winners_dir / w["dir"] / WINNER_MODEL, compile=False) for w in winners]
     # With --folds the members trained on validation too: their out-of-fold probabilities stand in for it.
     probs = [_out_of_fold(config, winners_dir / w["dir"], rows) for w in winners] if config.folds else \
         [predict(m, np.asarray(data.images[rows])) for m in members]
@@ -249,7 +250,7 @@ def _save(layout: RunLayout, best: str, model: keras.Model, record: dict) -> Non
     shutil.rmtree(final, ignore_errors=True)
     final.mkdir(parents=True)
     model.save(final / WINNER_MODEL)
-    keras.saving.load_model(final / WINNER_MODEL, safe_mode=True)  # fails here, not in a user's hands
+    keras.saving.load_model(final / WINNER_MODEL, safe_mode=True, compile=False)  # fails here, not in a user's hands
     for name in (WINNER_HISTORY, WINNER_HYPERPARAMETERS):  # the rank-1 member's, for the report and card
         shutil.copy(layout.winners / best / name, final / name)
     files.write_json(layout.final_record, record)  # last: says the folder is whole

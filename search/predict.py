@@ -30,7 +30,7 @@ def load_model(source) -> tuple[keras.Model, tuple[str, ...]]:
         UserError: If the source is neither, or the class names cannot be found.
     """
     path = _model_path(source)
-    return keras.saving.load_model(path, safe_mode=True), _class_names(path)
+    return keras.saving.load_model(path, safe_mode=True, compile=False), _class_names(path)
 
 
 def _model_path(source) -> Path:
