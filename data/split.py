@@ -1,4 +1,8 @@
-"""Train/val/test split, stratified by class and grouped by patient; saved as split.csv."""
+"""Train/val/test split, stratified by class and grouped by patient; saved as split.csv.
+
+The groups a run splits by are patients merged with their near-duplicate images
+(search.dataset.leak_groups), so the messages here say "near-duplicate or patient groups".
+"""
 
 import csv
 import math
@@ -104,7 +108,7 @@ def _check_enough_groups(labels: np.ndarray, codes: np.ndarray, fractions) -> No
         if found < needed:
             images = int(np.sum(labels == label))
             raise UserError(
-                f"Class {label} has {images} image(s) in {found} patient group(s); each class "
+                f"Class {label} has {images} image(s) in {found} near-duplicate or patient group(s); each class "
                 f"needs at least {needed} groups so that train, val and test all get some. "
                 "Add images of that class or leave it out."
             )
@@ -130,7 +134,7 @@ def _pick_fold(labels, codes, items: np.ndarray, folds: float, seed: int):
                 return items[kept], items[held_out]
     raise UserError(
         "Could not split the data so that every class is in train, val and test: a few "
-        "large patient groups dominate a class. Add images or change the split fractions."
+        "large near-duplicate or patient groups dominate a class. Add images or change the split fractions."
     )
 
 
@@ -161,8 +165,8 @@ def fold_split(labels: Sequence[str], groups: Sequence[str], folds: int, seed: i
     for label, found in _groups_per_class(labels, codes).items():
         if found < folds:
             raise UserError(
-                f"--folds {folds} needs at least {folds} patient groups of each class in train+val, "
-                f"class {label} has {found} (of {int(np.sum(labels == label))} image(s)), so some fold "
+                f"--folds {folds} needs at least {folds} near-duplicate or patient groups of each class in "
+                f"train+val, class {label} has {found} (of {int(np.sum(labels == label))} image(s)), so some fold "
                 f"would validate without it; use --folds {max(2, found)} or fewer, or no --folds.")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
@@ -172,5 +176,5 @@ def fold_split(labels: Sequence[str], groups: Sequence[str], folds: int, seed: i
     if any(set(labels[held_out].tolist()) != every_class for _, held_out in pairs):
         raise UserError(
             f"Could not make {folds} folds of train+val that each validate on every class: a few "
-            f"large patient groups dominate a class. Use a smaller --folds, or no --folds.")
+            f"large near-duplicate or patient groups dominate a class. Use a smaller --folds, or no --folds.")
     return pairs

@@ -48,7 +48,7 @@ def test_same_seed_same_split_other_seed_other_split():
 def test_class_with_too_few_groups_is_named():
     labels = ["COVID"] * 4 + ["Normal"] * 20
     groups = ["p1", "p1", "p2", "p3"] + [""] * 20
-    message = r"Class COVID has 4 image\(s\) in 3 patient group\(s\).*at least 7"
+    message = r"Class COVID has 4 image\(s\) in 3 near-duplicate or patient group\(s\).*at least 7"
     with pytest.raises(UserError, match=message):
         split_by_group(labels, groups)
 
