@@ -19,6 +19,9 @@ from data.errors import UserError
 from data.manifest import Example
 
 SPLITS = ("train", "val", "test")
+# A split share further than this from the one asked for (absolute, 0.05 = 5 points) is warned about:
+# groups go whole into one split, so a few large ones can move the shares far.
+FRACTION_MARGIN = 0.05
 _COLUMNS = ["path", "label", "group", "source", "split"]
 _OLD_COLUMNS = ["path", "label", "group", "split"]  # before sources were kept: read, source ""
 
@@ -51,6 +54,29 @@ def split_by_group(
     result = np.empty(len(labels), dtype=object)
     result[train], result[val], result[test] = "train", "val", "test"
     return result.tolist()
+
+
+def fraction_check(splits: Sequence[str], fractions=(0.7, 0.15, 0.15), margin: float = FRACTION_MARGIN) -> dict:
+    """The shares of the images each split came out with, against those asked for.
+
+    Returns:
+        ``asked`` and ``achieved`` (split -> share of the images), ``margin``, and ``warning``:
+        one line when some split is more than ``margin`` off, else None.
+    """
+    splits = np.asarray(splits)
+    total = max(1, len(splits))
+    asked = dict(zip(SPLITS, (float(f) for f in fractions)))
+    achieved = {name: float((splits == name).sum() / total) for name in SPLITS}
+    warning = None
+    if any(abs(achieved[name] - asked[name]) > margin for name in SPLITS):
+        warning = (f"warning: the split came out {_shares(achieved)} (train / val / test) of {len(splits)} "
+                   f"images, asked {_shares(asked)}: more than {margin * 100:g} percentage points off, because "
+                   "large near-duplicate or patient groups each go whole into one split (the groups are in audit.csv)")
+    return {"asked": asked, "achieved": achieved, "margin": margin, "warning": warning}
+
+
+def _shares(values: dict) -> str:
+    return " / ".join(f"{values[name]:.1%}" for name in SPLITS)
 
 
 def save_split(path, examples, splits) -> None:
