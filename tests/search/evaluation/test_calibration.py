@@ -93,3 +93,49 @@ def test_operating_point_flag_defaults_to_covid_and_refuses_bad_text():
     for bad in ("COVID:recall=0.9", "Flu:sensitivity=0.9", "COVID:sensitivity=1.5"):
         with pytest.raises(UserError):
             operating_point.parse(bad, ("COVID", "Normal"))
+
+
+def _confidently_wrong(n, seed):
+    """A model whose top probability (0.9) is right 90% of the time, but whose misses put the truth at 0.0001.
+
+    Its ECE is about 0: the cross-entropy, driven by the misses, still asks for a large T,
+    which would make every film under-confident.
+    """
+    rng = np.random.default_rng(seed)
+    top = rng.integers(0, 3, n)
+    probs = np.zeros((n, 3))
+    probs[np.arange(n), top], probs[np.arange(n), (top + 1) % 3], probs[np.arange(n), (top + 2) % 3] = 0.9, 0.0999, 1e-4
+    labels = np.where(rng.random(n) < 0.9, top, (top + 2) % 3)
+    return labels, probs
+
+
+def test_temperature_that_raises_the_out_of_sample_ece_is_not_applied_and_says_so_with_both_figures():
+    y_val, p_val = _confidently_wrong(400, 0)
+    decision = calibration.choose_temperature(y_val, p_val, seed=0)
+    assert decision["fitted_temperature"] > 1.5 and not decision["applied"] and decision["temperature"] == 1.0
+    check = decision["check"]
+    assert check["ece_with"] > check["ece_without"] and check["nll_with"] < check["nll_without"]
+    text = calibration.decision_text(decision)
+    assert text.startswith("not applied (T = 1)")
+    assert f"{check['ece_without']:.4f} without it, {check['ece_with']:.4f} with it" in text
+    # Skipping was right: on new films of the same model the fitted temperature raises the ECE too.
+    y_test, p_test = _confidently_wrong(400, 1)
+    assert expected_calibration_error(y_test, calibration.scale(p_test, decision["fitted_temperature"])) > \
+        expected_calibration_error(y_test, p_test) + 0.1
+    assert calibration.choose_temperature(y_val, p_val, seed=0) == decision  # seeded: the same decision
+
+
+def test_temperature_that_lowers_the_out_of_sample_ece_is_applied():
+    y_val, p_val = _overconfident(400, 0)
+    decision = calibration.choose_temperature(y_val, p_val, seed=0)
+    assert decision["applied"] and decision["temperature"] == decision["fitted_temperature"] > 1
+    assert decision["check"]["folds"] == calibration.CHECK_FOLDS
+    assert decision["check"]["ece_with"] < decision["check"]["ece_without"]
+    assert calibration.decision_text(decision, "out-of-fold").startswith("applied (T = ")
+
+
+def test_too_few_films_to_check_the_temperature_leave_it_at_one():
+    decision = calibration.choose_temperature(np.array([0, 1, 2]), np.full((3, 3), 1 / 3) + np.eye(3) * 0.2)
+    assert decision["temperature"] == 1.0 and decision["check"] is None
+    assert "too few validation films" in calibration.decision_text(decision)
+
