@@ -139,3 +139,53 @@ def test_too_few_films_to_check_the_temperature_leave_it_at_one():
     assert decision["temperature"] == 1.0 and decision["check"] is None
     assert "too few validation films" in calibration.decision_text(decision)
 
+
+def _overlapping_covid(n=400, seed=5):
+    """COVID probabilities: 100 COVID films, a few of them as low as most other films."""
+    rng = np.random.default_rng(seed)
+    y = np.where(np.arange(n) < 100, 0, 1 + np.arange(n) % 2)
+    covid = np.where(y == 0, rng.beta(8, 2, n), rng.beta(1.5, 8, n))
+    covid[:8] = 0.02  # eight COVID films the model all but misses
+    probs = np.stack([covid, (1 - covid) * 0.6, (1 - covid) * 0.4], axis=1)
+    return y, probs
+
+
+def test_default_operating_point_that_calls_too_many_other_films_covid_is_refused_in_one_line():
+    y, probs = _overlapping_covid()
+    default = operating_point.parse(None, ("COVID", "Normal", "Viral_Pneumonia"))
+    point, refused = operating_point.choose(default, ("COVID", "Normal", "Viral_Pneumonia"), y, probs)
+    assert point is None
+    assert refused["others_called"] > operating_point.MAX_OTHERS_CALLED > refused["others_called_argmax"]
+    assert refused["how_to_ask"] == "--operating-point COVID:sensitivity=0.95"
+    line = operating_point.refused_text(refused)
+    assert "decides by argmax" in line and "--operating-point COVID:sensitivity=0.95" in line
+    assert f"{operating_point.MAX_OTHERS_CALLED:.0%}" in line and f"{refused['others_called']:.1%}" in line
+
+
+def test_explicit_operating_point_beyond_the_share_is_kept_with_a_warning():
+    y, probs = _overlapping_covid()
+    asked = operating_point.parse("COVID:sensitivity=0.95", ("COVID", "Normal", "Viral_Pneumonia"))
+    point, refused = operating_point.choose(asked, ("COVID", "Normal", "Viral_Pneumonia"), y, probs)
+    assert refused is None and point["validation"]["sensitivity"] >= 0.95
+    assert point["others_called"] == pytest.approx(1 - point["validation"]["specificity"])
+    assert point["others_called"] > operating_point.MAX_OTHERS_CALLED and "more than the 20%" in point["warning"]
+
+
+def test_operating_point_within_the_share_states_its_cost_against_argmax():
+    y, probs = _overlapping_covid()
+    probs[:8, 0] = 0.7  # the eight hard COVID films are found after all
+    default = operating_point.parse(None, ("COVID", "Normal", "Viral_Pneumonia"))
+    point, refused = operating_point.choose(default, ("COVID", "Normal", "Viral_Pneumonia"), y, probs,
+                                            chosen_on="out-of-fold")
+    assert refused is None and point["warning"] is None
+    assert point["others_called"] <= operating_point.MAX_OTHERS_CALLED
+    is_other = y != 0
+    assert point["others_called_argmax"] == pytest.approx((probs.argmax(1) == 0)[is_other].mean())
+    assert "of the other out-of-fold films COVID, argmax" in operating_point.cost_text(point)
+
+
+def test_guarantee_under_folds_counts_out_of_fold_films():
+    sure = operating_point.guarantee(20, 0.95)
+    text = operating_point.guarantee_text({"guarantee": sure, "class": "COVID", "metric": "sensitivity",
+                                           "target": 0.95, "chosen_on": "out-of-fold"})
+    assert "needs >= 59 COVID out-of-fold films, there are 20" in text
