@@ -11,7 +11,10 @@ from hypermodels.classifier import compile_model
 from search import dataset
 from search.config import load_config
 from search.ensemble import assemble
+from search.evaluation import calibration, operating_point
 from search.evaluation.evaluate import evaluate
+from search.evaluation.final import final_figures, section_markdown
+from search.evaluation.metrics import classification_metrics
 from search.export import export_model, predict_exported
 from search.predict import predict_images
 
@@ -70,7 +73,10 @@ def test_metrics_hold_the_operating_point_beside_argmax_with_cis(final_run):
     assert saved["single_vs_final"]["final_kind"] == "ensemble"
     assert saved["single_vs_final"]["single_best"]["macro_f1"]["ci95"] is not None
     assert (run / "report" / "reliability.png").is_file()
-    assert "Operating point COVID sensitivity" in (run / "report" / "report.md").read_text()
+    report = (run / "report" / "report.md").read_text()
+    assert "Operating point COVID sensitivity" in report
+    assert point["others_called"] is not None and operating_point.cost_text(point) in report
+    assert saved["calibration"]["check"]["text"] in report  # applied or not, and the two cross-fitted figures
 
 
 def test_card_says_what_the_model_is_and_how_to_apply_the_threshold(final_run):
@@ -93,3 +99,35 @@ def test_predict_states_the_threshold_and_whether_each_image_reaches_it(final_ru
         point = entry["operating_point"]
         assert point["threshold"] == card["operating_point"]["threshold"]
         assert point["called"] == (entry["probabilities"]["COVID"] >= point["threshold"])
+
+
+def test_report_says_when_the_temperature_is_left_out_and_the_default_threshold_refused(tmp_path):
+    names = ("COVID", "Normal", "Viral_Pneumonia")
+    rng = np.random.default_rng(0)
+    # Validation: confident misses (a large T would lower the cross-entropy, raise the ECE); overlapping COVID scores.
+    top = rng.integers(0, 3, 300)
+    probs = np.zeros((300, 3))
+    probs[np.arange(300), top], probs[np.arange(300), (top + 1) % 3], probs[np.arange(300), (top + 2) % 3] = \
+        0.9, 0.0999, 1e-4
+    y_val = np.where(rng.random(300) < 0.9, top, (top + 2) % 3)
+    decision = calibration.choose_temperature(y_val, probs)
+    covid = np.where(y_val == 0, 0.6, 0.3)
+    covid[np.flatnonzero(y_val == 0)[:10]] = 0.01
+    scored = np.stack([covid, (1 - covid) / 2, (1 - covid) / 2], axis=1)
+    point, refused = operating_point.choose(operating_point.parse(None, names), names, y_val, scored)
+    assert not decision["applied"] and point is None and refused
+    record = {"kind": "single", "members": ["1-0001"], "temperature": decision["temperature"],
+              "single_temperature": decision["temperature"],
+              "calibration_check": {**decision, "text": calibration.decision_text(decision)},
+              "calibration_validation": calibration.summary(y_val, probs, 1.0),
+              "operating_point": None, "operating_point_refused": refused, "fitted_on": "validation split only"}
+    labels, test_probs = y_val[:90], probs[:90]
+    metrics = classification_metrics(labels, test_probs, names)
+    sections, pictures = final_figures(record, labels, test_probs, test_probs, test_probs, names, metrics, tmp_path)
+    assert sections["calibration"]["applied"] is False
+    assert sections["calibration"]["ece_before"] == sections["calibration"]["ece_after"]
+    assert "operating_point" not in sections and sections["operating_point_refused"]["how_to_ask"]
+    assert list(pictures) == ["Reliability diagram (test split; no temperature applied)"]
+    text = section_markdown(sections)
+    assert "Temperature not applied (T = 1)" in text and "with it" in text and "without it" in text
+    assert "Operating point: the default COVID:sensitivity=0.95 is not used" in text
