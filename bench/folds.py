@@ -83,7 +83,7 @@ def score(run_dir: Path, heldout: list[dict], work: Path) -> dict:
                 for row in heldout]
     decoded = cache.load_decoded(examples, config.image_size, work / "heldout-cache", progress=False)
     labels = np.array([list(config.class_names).index(e.label) for e in decoded.examples])
-    model = keras.saving.load_model(config.layout.final / WINNER_MODEL)
+    model = keras.saving.load_model(config.layout.final / WINNER_MODEL, compile=False)
     probs = ensemble.predict(model, decoded.images)
     keras.backend.clear_session()
     return {"macro_f1": float(f1_score(labels, probs.argmax(1), average="macro")),

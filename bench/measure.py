@@ -62,7 +62,7 @@ def score(run_dir: str) -> dict:
     """Test macro-F1 and COVID sensitivity of the run's rank-1 winner (scikit-learn)."""
     config = load_config(run_dir)
     data = dataset.prepare(config, progress=False)
-    model = keras.saving.load_model(RunLayout(run_dir).best_winner() / "model.keras")
+    model = keras.saving.load_model(RunLayout(run_dir).best_winner() / "model.keras", compile=False)
     rows = data.indices("test")
     y_true = data.labels[rows]
     y_pred = np.argmax(model.predict(np.asarray(data.images[rows]), batch_size=BATCH, verbose=0), 1)

@@ -1,4 +1,8 @@
-"""Train/val/test split, stratified by class and grouped by patient; saved as split.csv."""
+"""Train/val/test split, stratified by class and grouped by patient; saved as split.csv.
+
+The groups a run splits by are patients merged with their near-duplicate images
+(search.dataset.leak_groups), so the messages here say "near-duplicate or patient groups".
+"""
 
 import csv
 import math
@@ -15,6 +19,9 @@ from data.errors import UserError
 from data.manifest import Example
 
 SPLITS = ("train", "val", "test")
+# A split share further than this from the one asked for (absolute, 0.05 = 5 points) is warned about:
+# groups go whole into one split, so a few large ones can move the shares far.
+FRACTION_MARGIN = 0.05
 _COLUMNS = ["path", "label", "group", "source", "split"]
 _OLD_COLUMNS = ["path", "label", "group", "split"]  # before sources were kept: read, source ""
 
@@ -47,6 +54,29 @@ def split_by_group(
     result = np.empty(len(labels), dtype=object)
     result[train], result[val], result[test] = "train", "val", "test"
     return result.tolist()
+
+
+def fraction_check(splits: Sequence[str], fractions=(0.7, 0.15, 0.15), margin: float = FRACTION_MARGIN) -> dict:
+    """The shares of the images each split came out with, against those asked for.
+
+    Returns:
+        ``asked`` and ``achieved`` (split -> share of the images), ``margin``, and ``warning``:
+        one line when some split is more than ``margin`` off, else None.
+    """
+    splits = np.asarray(splits)
+    total = max(1, len(splits))
+    asked = dict(zip(SPLITS, (float(f) for f in fractions)))
+    achieved = {name: float((splits == name).sum() / total) for name in SPLITS}
+    warning = None
+    if any(abs(achieved[name] - asked[name]) > margin for name in SPLITS):
+        warning = (f"warning: the split came out {_shares(achieved)} (train / val / test) of {len(splits)} "
+                   f"images, asked {_shares(asked)}: more than {margin * 100:g} percentage points off, because "
+                   "large near-duplicate or patient groups each go whole into one split (the groups are in audit.csv)")
+    return {"asked": asked, "achieved": achieved, "margin": margin, "warning": warning}
+
+
+def _shares(values: dict) -> str:
+    return " / ".join(f"{values[name]:.1%}" for name in SPLITS)
 
 
 def save_split(path, examples, splits) -> None:
@@ -104,7 +134,7 @@ def _check_enough_groups(labels: np.ndarray, codes: np.ndarray, fractions) -> No
         if found < needed:
             images = int(np.sum(labels == label))
             raise UserError(
-                f"Class {label} has {images} image(s) in {found} patient group(s); each class "
+                f"Class {label} has {images} image(s) in {found} near-duplicate or patient group(s); each class "
                 f"needs at least {needed} groups so that train, val and test all get some. "
                 "Add images of that class or leave it out."
             )
@@ -130,7 +160,7 @@ def _pick_fold(labels, codes, items: np.ndarray, folds: float, seed: int):
                 return items[kept], items[held_out]
     raise UserError(
         "Could not split the data so that every class is in train, val and test: a few "
-        "large patient groups dominate a class. Add images or change the split fractions."
+        "large near-duplicate or patient groups dominate a class. Add images or change the split fractions."
     )
 
 
@@ -161,8 +191,8 @@ def fold_split(labels: Sequence[str], groups: Sequence[str], folds: int, seed: i
     for label, found in _groups_per_class(labels, codes).items():
         if found < folds:
             raise UserError(
-                f"--folds {folds} needs at least {folds} patient groups of each class in train+val, "
-                f"class {label} has {found} (of {int(np.sum(labels == label))} image(s)), so some fold "
+                f"--folds {folds} needs at least {folds} near-duplicate or patient groups of each class in "
+                f"train+val, class {label} has {found} (of {int(np.sum(labels == label))} image(s)), so some fold "
                 f"would validate without it; use --folds {max(2, found)} or fewer, or no --folds.")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
@@ -172,5 +202,5 @@ def fold_split(labels: Sequence[str], groups: Sequence[str], folds: int, seed: i
     if any(set(labels[held_out].tolist()) != every_class for _, held_out in pairs):
         raise UserError(
             f"Could not make {folds} folds of train+val that each validate on every class: a few "
-            f"large patient groups dominate a class. Use a smaller --folds, or no --folds.")
+            f"large near-duplicate or patient groups dominate a class. Use a smaller --folds, or no --folds.")
     return pairs

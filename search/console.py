@@ -8,6 +8,7 @@ the job ends with :func:`summary_lines`.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -32,8 +33,8 @@ def quiet_start(verbose: bool = False) -> None:
     else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         with _stderr_to_devnull():
-            import tensorflow as tf  # noqa: F401  (loaded here, silently, once)
-            import keras_tuner  # noqa: F401
+            importlib.import_module("tensorflow")  # loaded here, silently, once
+            importlib.import_module("keras_tuner")
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
         logging.getLogger("absl").setLevel(logging.ERROR)
     _hide_known_warnings()

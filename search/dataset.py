@@ -29,11 +29,14 @@ class DataFindings:
         audit: The leakage audit's counts for the split.
         sources: The source audit (`data.sources`): ``audit`` (its record or None), the
             printed ``lines`` and the manifest's ``ignored_columns``.
+        fractions: The split's shares of the images against those asked for
+            (`data.split.fraction_check`), with a ``warning`` line when far off.
     """
 
     counts: dict[str, int]
     audit: dict[str, int]
     sources: dict = dataclasses.field(default_factory=dict)
+    fractions: dict = dataclasses.field(default_factory=dict)
 
     def save(self, layout) -> None:
         """Writes ``data.json`` whole."""
@@ -46,7 +49,7 @@ class DataFindings:
             return None
         saved = files.read_json(layout.findings, "start over with --overwrite")
         return cls(counts=dict(saved.get("counts", {})), audit=dict(saved.get("audit", {})),
-                   sources=dict(saved.get("sources", {})))
+                   sources=dict(saved.get("sources", {})), fractions=dict(saved.get("fractions", {})))
 
 
 @dataclasses.dataclass
@@ -203,4 +206,7 @@ def _run_data(config: RunConfig, decoded, splits: np.ndarray, found: int, audit_
     counts = {"found": found, "used": len(decoded.examples), "skipped": found - len(decoded.examples)}
     counts.update({s: int((splits == s).sum()) for s in split.SPLITS})
     config = config.replace(class_names=names, class_weights=class_weights(train_labels, names))
-    return RunData(config, decoded.images, decoded.examples, splits, labels, DataFindings(counts, audit_counts, source_record))
+    # Worked out from the split each time (a resumed run's data.json may predate it).
+    fractions = split.fraction_check(splits, config.fractions)
+    return RunData(config, decoded.images, decoded.examples, splits, labels,
+                   DataFindings(counts, audit_counts, source_record, fractions))

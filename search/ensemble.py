@@ -4,8 +4,10 @@ Runs after retrain and reads only the validation split (with ``--folds``, where 
 winners trained on validation, their out-of-fold predictions on train+val): it chooses how many of the
 ranked winners to average (``ensemble``; by default the count with the lowest
 class-weighted validation loss), fits the temperature on the validation
-probabilities of that average, and chooses the operating point's threshold on
-the calibrated validation probabilities. It writes ``winners/final/``: one Keras
+probabilities of that average (applied only where cross-fitting on them says it
+lowers the ECE; else T = 1), and chooses the operating point's threshold on
+the calibrated validation probabilities (a default one that calls too many of the
+other films positive is refused). It writes ``winners/final/``: one Keras
 model on the same uint8 input (members that share a frozen backbone run it once,
 up to the deepest cut they all leave frozen), and ``final.json`` saying what it is.
 """
@@ -158,30 +160,36 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log) -
     log(f"ensemble ({basis} " + ", ".join(f"top {i + 1}: weighted loss {v:.4f}" for i, v in enumerate(losses))
         + f"): averaging the top {k}" + ("" if ensemble else f" (lowest {basis} loss)"))
     raw = np.mean(probs[:k], axis=0)
-    temperature = calibration.fit_temperature(y_val, raw)
+    decision = calibration.choose_temperature(y_val, raw, seed=config.seed)
+    temperature = decision["temperature"]
+    single = decision if k == 1 else calibration.choose_temperature(y_val, probs[0], seed=config.seed)
     frozen = [_frozen_part(config, winners_dir / w["dir"]) for w in winners[:k]]
     model = build_ensemble(members[:k], frozen, temperature)
     calibrated = calibration.scale(raw, temperature)  # what the model's TemperatureScaling layer computes
+    point, refused = operating_point.choose(chosen_point, config.class_names, y_val, calibrated, basis)
     record = {
         "kind": "ensemble" if k > 1 else "single",
         "members": [w["dir"] for w in winners[:k]], "ensemble_size": k,
         "validation_weighted_loss_by_size": losses,
         "shared_frozen_backbone": {b: cut_layer(get_backbone(b), max(d for bb, d in frozen if bb == b))
                                    for b, d in frozen if d is not None} if k > 1 else None,
-        "temperature": temperature, "single_temperature": calibration.fit_temperature(y_val, probs[0]),
+        "temperature": temperature, "single_temperature": single["temperature"],
+        "calibration_check": {**decision, "text": calibration.decision_text(decision, basis)},
         "calibration_validation": calibration.summary(y_val, raw, temperature),
-        "operating_point": _threshold(chosen_point, config.class_names, y_val, calibrated,
-                                      "out-of-fold" if config.folds else "validation"),
+        "operating_point": point, "operating_point_refused": refused,
         "fitted_on": FITTED_ON_FOLDS if config.folds else "validation split only", SPLIT_STAMP: layout.split_digest(),
     }
     _save(layout, winners[0]["dir"], model, record)
-    cal = record["calibration_validation"]
-    log(f"temperature {temperature:.3f} (fitted on {basis}: ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f})")
-    if record["operating_point"]:
-        op = record["operating_point"]
-        log(f"operating point {op['target_text']}: threshold {op['threshold']:.4f} on {op['class']} probability "
-            f"({basis} sensitivity {op['validation']['sensitivity']:.3f}, "
-            f"specificity {op['validation']['specificity']:.3f}); " + operating_point.guarantee_text(op))
+    log("temperature " + record["calibration_check"]["text"])
+    if point:
+        log(f"operating point {point['target_text']}: threshold {point['threshold']:.4f} on {point['class']} "
+            f"probability ({basis} sensitivity {point['validation']['sensitivity']:.3f}, "
+            f"specificity {point['validation']['specificity']:.3f}; {operating_point.cost_text(point)}); "
+            + operating_point.guarantee_text(point))
+        if point["warning"]:
+            log(f"warning: operating point {point['target_text']}: {point['warning']}")
+    if refused:
+        log(operating_point.refused_text(refused))
     return record
 
 
@@ -196,15 +204,23 @@ def final_card(layout: RunLayout, model_dir: Path) -> dict:
     what = (f"the mean of the probabilities of the top {k} retrained winners ({', '.join(record['members'])})"
             if k > 1 else f"the rank-1 retrained winner ({record['members'][0]})")
     fitted = "out-of-fold predictions on train+val" if record.get("fitted_on") == FITTED_ON_FOLDS else "the validation split"
-    what += f", temperature-scaled (T = {record['temperature']:.4f}, fitted on {fitted})"
+    check = record.get("calibration_check")
+    if check is None or check["applied"]:  # records made before the check always applied their temperature
+        what += f", temperature-scaled (T = {record['temperature']:.4f}, fitted on {fitted})"
+    else:
+        what += (f", not temperature-scaled (T = 1: the temperature fitted on {fitted}, "
+                 f"{check['fitted_temperature']:.4f}, did not lower the ECE out of sample)")
     if record["shared_frozen_backbone"]:
         what += "; members share one frozen backbone up to " + ", ".join(
             f"{b}'s {cut}" for b, cut in record["shared_frozen_backbone"].items())
     model = {"kind": record["kind"], "members": record["members"], "temperature": record["temperature"],
-             "what": what}
+             "temperature_applied": check is None or check["applied"], "what": what}
     if k > 1:
         model["gradcam"] = ("explain with a member: RUN_DIR/winners/" + record["members"][0] + "/model.keras")
-    return {"model": model, "operating_point": record["operating_point"]}
+    card = {"model": model, "operating_point": record["operating_point"]}
+    if record.get("operating_point_refused"):
+        card["operating_point_refused"] = record["operating_point_refused"]
+    return card
 
 
 def _saved_probabilities(config: RunConfig, winner: Path, rows: np.ndarray) -> np.ndarray:
@@ -231,27 +247,12 @@ def _frozen_part(config: RunConfig, winner: Path) -> tuple[str, int | None]:
     return backbone, values.get("unfreeze_depth", 0) if is_cacheable(backbone, config.weights) else None
 
 
-def _threshold(point, class_names, y_val, calibrated, chosen_on: str) -> dict | None:
-    if point is None:
-        return None
-    index = list(class_names).index(point.class_name)
-    threshold = operating_point.choose_threshold(y_val == index, calibrated[:, index], point.metric, point.target)
-    validation = operating_point.figures(y_val, calibrated, index, threshold, n_bootstrap=0)
-    side = (y_val == index) if point.metric == "sensitivity" else (y_val != index)
-    return {"class": point.class_name, "metric": point.metric, "target": point.target,
-            "target_text": point.text(), "threshold": threshold, "chosen_on": chosen_on,
-            "guarantee": operating_point.guarantee(int(side.sum()), point.target),
-            "validation": {"sensitivity": validation["sensitivity"]["value"],
-                           "specificity": validation["specificity"]["value"], "n": validation["n"]},
-            "how_to_apply": operating_point.how_to_apply(point.class_name, threshold)}
-
-
 def _save(layout: RunLayout, best: str, model: keras.Model, record: dict) -> None:
     final = layout.final
     shutil.rmtree(final, ignore_errors=True)
     final.mkdir(parents=True)
     model.save(final / WINNER_MODEL)
-    keras.saving.load_model(final / WINNER_MODEL, safe_mode=True)  # fails here, not in a user's hands
+    keras.saving.load_model(final / WINNER_MODEL, safe_mode=True, compile=False)  # fails here, not in a user's hands
     for name in (WINNER_HISTORY, WINNER_HYPERPARAMETERS):  # the rank-1 member's, for the report and card
         shutil.copy(layout.winners / best / name, final / name)
     files.write_json(layout.final_record, record)  # last: says the folder is whole

@@ -64,7 +64,8 @@ def _export(config: RunConfig, formats, out, log) -> dict:
     out = Path(out or config.layout.export)
     out.mkdir(parents=True, exist_ok=True)
     winner = config.layout.final_model()  # the calibrated (ensemble) model when assembled
-    trained = for_export(keras.saving.load_model(winner / WINNER_MODEL))
+    # compile=False: shipped for inference; the winner's optimizer (saved unbuilt) is not restored or shipped.
+    trained = for_export(keras.saving.load_model(winner / WINNER_MODEL, compile=False))
     # Shipped in float32 whatever it trained in: every format and runtime computes it, TFLite included.
     model = precision.as_float32(trained)
     # The card says the files beside it are whole and current: gone until they are.
@@ -142,7 +143,7 @@ def _precision_card(trained: keras.Model, shipped: keras.Model, images: np.ndarr
 
 def _write_keras(model: keras.Model, path: Path) -> Path:
     model.save(path)
-    keras.saving.load_model(path, safe_mode=True)  # fails here, not in a user's hands
+    keras.saving.load_model(path, safe_mode=True, compile=False)  # fails here, not in a user's hands
     return path
 
 
@@ -157,7 +158,7 @@ def predict_exported(path, images: np.ndarray) -> np.ndarray:
     """Probabilities from an exported file (.keras, SavedModel folder or .tflite)."""
     path = Path(path)
     if path.suffix == ".keras":
-        model = keras.saving.load_model(path, safe_mode=True)
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
         return _in_batches(lambda batch: model(batch, training=False), images)
     if path.suffix == ".tflite":
         return _predict_tflite(path, images)

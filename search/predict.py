@@ -11,10 +11,9 @@ import numpy as np
 from data.errors import UserError
 from data.errors import DecodeFailure
 from data.images import decode_image
-import hypermodels.layers  # noqa: F401  (registers XrayPreprocess, which .keras files of earlier versions need)
 from search.evaluation import gradcam
 from search.config import load_config
-from search.ensemble import ENSEMBLE_NAME
+from search.ensemble import ENSEMBLE_NAME  # imports hypermodels.layers, whose layers ensembles and older files need
 from search.export import CARD_FILE, FILES
 from search.layout import FINAL_RECORD, WINNER_MODEL, RunLayout
 
@@ -31,7 +30,7 @@ def load_model(source) -> tuple[keras.Model, tuple[str, ...]]:
         UserError: If the source is neither, or the class names cannot be found.
     """
     path = _model_path(source)
-    return keras.saving.load_model(path, safe_mode=True), _class_names(path)
+    return keras.saving.load_model(path, safe_mode=True, compile=False), _class_names(path)
 
 
 def _model_path(source) -> Path:

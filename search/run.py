@@ -245,3 +245,5 @@ def _log_data(data: dataset.RunData, log: Callable[[str], None]) -> None:
     for line in ([f"ignored manifest columns: {', '.join(data.findings.sources['ignored_columns'])}"]
                  if data.findings.sources.get("ignored_columns") else []) + data.findings.sources.get("lines", []):
         log(line)
+    if data.findings.fractions.get("warning"):
+        log(data.findings.fractions["warning"])

@@ -109,7 +109,7 @@ def test_class_too_small_for_every_split(tmp_path):
     for path in sorted((root / "Viral_Pneumonia").iterdir())[3:]:
         path.unlink()
     result = _search(root, tmp_path / "run")
-    error_line(result, "Class Viral_Pneumonia has 3 image(s) in 3 patient group(s)",
+    error_line(result, "Class Viral_Pneumonia has 3 image(s) in 3 near-duplicate or patient group(s)",
                 "needs at least 7 groups", "Add images of that class or leave it out")
 
 

@@ -56,7 +56,8 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
 def _evaluate(config: RunConfig, data, out, layer, log) -> tuple[dict, dict]:
     winner = config.layout.best_winner()
     final = config.layout.final_model()  # the calibrated (ensemble) model when assembled, else the winner
-    model = keras.saving.load_model(final / WINNER_MODEL)
+    # compile=False: predicted with only; a winner's saved optimizer would be restored for nothing (and warn).
+    model = keras.saving.load_model(final / WINNER_MODEL, compile=False)
     images, labels, paths, sources = _test_split(config) if data is None else _external(config, data, log)
     out = Path(out or _default_out(config, data))
     log(f"evaluate: {winner.name} on {len(images)} {'test' if data is None else 'external'} images")
@@ -79,7 +80,7 @@ def _evaluate(config: RunConfig, data, out, layer, log) -> tuple[dict, dict]:
     extra_pictures, extra_sections = {}, {}
     if final != winner:
         record = config.layout.read_current(config.layout.final_record, f"run `cxr-tuner evaluate {config.run_dir}`")
-        model = keras.saving.load_model(winner / WINNER_MODEL)  # Grad-CAM explains the rank-1 member
+        model = keras.saving.load_model(winner / WINNER_MODEL, compile=False)  # Grad-CAM explains the rank-1 member
         sections, extra_pictures = final_figures(record, labels, probs, raw, single, config.class_names, metrics, out)
         metrics.update(sections)
         extra_sections["Calibration, operating point, single best and final model"] = section_markdown(sections)

@@ -27,8 +27,11 @@ def final_figures(record: dict, labels: np.ndarray, final_probs: np.ndarray, raw
         single_probs: The rank-1 winner's own (uncalibrated) test probabilities.
         metrics: ``classification_metrics`` of ``final_probs``.
     """
+    check = record.get("calibration_check")  # None in records made before the check (which always applied T)
+    applied = check is None or check["applied"]
     sections = {"calibration": {**calibration.summary(labels, raw_probs, record["temperature"]),
                                 "fitted_on": "out-of-fold" if _on_folds(record) else "validation",
+                                "applied": applied, "check": check,
                                 "validation": record["calibration_validation"]}}
     single = classification_metrics(labels, calibration.scale(single_probs, record["single_temperature"]),
                                     class_names)
@@ -44,12 +47,18 @@ def final_figures(record: dict, labels: np.ndarray, final_probs: np.ndarray, raw
         sections["operating_point"] = {
             **{k: point[k] for k in ("class", "metric", "target", "threshold", "chosen_on", "how_to_apply")},
             "validation": point["validation"], "guarantee": point.get("guarantee"),
+            **{k: point.get(k) for k in ("default", "others_called", "others_called_argmax", "max_others_called",
+                                         "warning")},
             "test": operating_point.figures(labels, final_probs, index, point["threshold"]),
             "test_argmax": _argmax_figures(labels, final_probs, index),
         }
-    picture = calibration.plot_reliability(labels, raw_probs, final_probs, out / "reliability.png")
+    if record.get("operating_point_refused"):
+        sections["operating_point_refused"] = record["operating_point_refused"]
+    picture = calibration.plot_reliability(labels, raw_probs, final_probs if applied else None,
+                                           out / "reliability.png")
     fitted = "out-of-fold predictions" if _on_folds(record) else "validation"
-    return sections, {f"Reliability diagram (test split; temperature fitted on {fitted})": picture}
+    caption = f"temperature fitted on {fitted}" if applied else "no temperature applied"
+    return sections, {f"Reliability diagram (test split; {caption})": picture}
 
 
 def _on_folds(record: dict) -> bool:
@@ -69,9 +78,13 @@ def section_markdown(sections: dict) -> str:
     """The report.md section for these figures."""
     cal = sections["calibration"]
     fitted = "out-of-fold predictions of train+val" if cal["fitted_on"] == "out-of-fold" else "validation"
-    lines = [f"Temperature {cal['temperature']:.3f}, fitted on {fitted}. Test ECE {cal['ece_before']:.4f} "
-             f"before, {cal['ece_after']:.4f} after; test cross-entropy {cal['nll_before']:.4f} -> "
-             f"{cal['nll_after']:.4f}."]
+    decided = f"Temperature {cal['check']['text']}" if cal.get("check") else \
+        f"Temperature {cal['temperature']:.3f}, fitted on {fitted}"
+    if cal.get("applied", True):
+        lines = [f"{decided}. Test ECE {cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after; test "
+                 f"cross-entropy {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}."]
+    else:
+        lines = [f"{decided}. Test ECE {cal['ece_before']:.4f}; test cross-entropy {cal['nll_before']:.4f}."]
     compare = sections["single_vs_final"]
     lines += ["", f"| | single best | final ({compare['final_kind']}: {', '.join(compare['members'])}) |",
               "|---|---|---|"]
@@ -81,9 +94,15 @@ def section_markdown(sections: dict) -> str:
     point = sections.get("operating_point")
     if point:
         sure = f" Chosen to be {operating_point.guarantee_text(point)}." if point.get("guarantee") else ""
+        cost = f" Cost: {operating_point.cost_text(point)}." if point.get("others_called") is not None else ""
+        warning = f" **Warning:** {point['warning']}." if point.get("warning") else ""
         lines += ["", f"Operating point {point['class']} {point['metric']} >= {point['target']:g}: "
-                  f"threshold {point['threshold']:.4f} ({point['how_to_apply']}).{sure}", "",
+                  f"threshold {point['threshold']:.4f} ({point['how_to_apply']}).{sure}{cost}{warning}", "",
                   "| on the test split | sensitivity | specificity |", "|---|---|---|"]
         for label, figures in (("argmax", point["test_argmax"]), ("operating point", point["test"])):
             lines.append(f"| {label} | {figure_text(figures['sensitivity'])} | {figure_text(figures['specificity'])} |")
+    refused = sections.get("operating_point_refused")
+    if refused:
+        text = operating_point.refused_text(refused)
+        lines += ["", text[0].upper() + text[1:] + "."]
     return "\n".join(lines)

@@ -4,7 +4,10 @@ The threshold is chosen on validation, so that it meets the target on new films
 with 95% confidence, not only on validation; evaluate applies it to the test split. The
 decision rule: predict the class when its probability is at least the threshold,
 otherwise the most probable of the other classes. It changes only who is called
-that class, so it trades the class's sensitivity against its specificity.
+that class, so it trades the class's sensitivity against its specificity: every
+record says that cost (the share of the other films it calls the class, against
+argmax), and the default operating point is refused when that share is above
+:data:`MAX_OTHERS_CALLED` (an explicit one is kept, with a warning).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from search.evaluation.metrics import CI_LEVEL
 METRICS = ("sensitivity", "specificity")
 DEFAULT_CLASS, DEFAULT_METRIC, DEFAULT_TARGET = "COVID", "sensitivity", 0.95
 CONFIDENCE = 0.95  # how sure the threshold is to meet its target on new films, as the CIs
+# The most of the other films (not of the class) the threshold may call the class on validation
+# (out of fold under --folds): the default operating point above it is refused (argmax decides),
+# an explicit --operating-point above it is kept with a warning.
+MAX_OTHERS_CALLED = 0.20
 _SPEC = re.compile(r"^(?P<cls>[^:]+):(?P<metric>[a-z]+)=(?P<target>[0-9.]+)$")
 
 
@@ -32,6 +39,7 @@ class OperatingPoint:
     class_name: str
     metric: str
     target: float
+    default: bool = False  # chosen by the run, not asked for with --operating-point
 
     def text(self) -> str:
         return f"{self.class_name}:{self.metric}={self.target:g}"
@@ -40,14 +48,16 @@ class OperatingPoint:
 def parse(text: str | None, class_names) -> OperatingPoint | None:
     """``CLASS:sensitivity=0.95`` or ``CLASS:specificity=0.9``; None (or ``"default"``) -> the default.
 
-    The default is COVID at sensitivity 0.95 when the run has a class named COVID, else none.
+    The default is COVID at sensitivity 0.95 when the run has a class named COVID, else none
+    (``default`` is set on it: :func:`choose` refuses it when it costs too much specificity).
     ``"off"`` turns it off.
 
     Raises:
         UserError: If the text is malformed, the class unknown or the target not in (0, 1].
     """
     if text is None or text == "default":
-        return OperatingPoint(DEFAULT_CLASS, DEFAULT_METRIC, DEFAULT_TARGET) if DEFAULT_CLASS in class_names else None
+        return OperatingPoint(DEFAULT_CLASS, DEFAULT_METRIC, DEFAULT_TARGET, default=True) \
+            if DEFAULT_CLASS in class_names else None
     if text == "off":
         return None
     match = _SPEC.match(text.strip())
@@ -122,9 +132,78 @@ def guarantee_text(point: dict) -> str:
     side = point["class"] if point["metric"] == "sensitivity" else f"non-{point['class']}"
     sure = f"{g['confidence']:.0%} sure of {point['metric']} >= {point['target']:g} on new films"
     if g["cases_needed"] is not None and g["cases"] < g["cases_needed"]:
-        return (f"{sure}: {g['asked']:.0%} needs >= {g['cases_needed']} {side} validation films, "
+        return (f"{sure}: {g['asked']:.0%} needs >= {g['cases_needed']} {side} {_basis(point)} films, "
                 f"there are {g['cases']}")
     return sure
+
+
+def _basis(point: dict) -> str:
+    """The films the threshold was chosen on: ``validation`` or ``out-of-fold`` (--folds)."""
+    return point.get("chosen_on") or "validation"
+
+
+def choose(point: OperatingPoint | None, class_names, y: np.ndarray, probs: np.ndarray,
+           chosen_on: str = "validation") -> tuple[dict | None, dict | None]:
+    """The operating point's record on the fitting films (validation, or out of fold), or why it is refused.
+
+    The record holds the threshold, its sensitivity and specificity on those films, the
+    share of the other films it calls the class (``others_called``) against argmax's
+    (``others_called_argmax``), and a ``warning`` when that share is above
+    :data:`MAX_OTHERS_CALLED`. The default point (``point.default``) is refused there instead.
+
+    Returns:
+        ``(record, None)`` for a point to apply, ``(None, refused)`` for a refused default
+        (``refused``: the same figures, the ``reason`` and ``how_to_ask``), ``(None, None)``
+        without a point.
+    """
+    if point is None:
+        return None, None
+    index = list(class_names).index(point.class_name)
+    y = np.asarray(y)
+    threshold = choose_threshold(y == index, probs[:, index], point.metric, point.target)
+    at = figures(y, probs, index, threshold, n_bootstrap=0)
+    side = (y == index) if point.metric == "sensitivity" else (y != index)
+    others = y != index
+    called = decide(probs, index, threshold) == index
+    argmax_called = np.asarray(probs).argmax(axis=1) == index
+    record = {"class": point.class_name, "metric": point.metric, "target": point.target,
+              "target_text": point.text(), "threshold": threshold, "chosen_on": chosen_on,
+              "default": point.default, "guarantee": guarantee(int(side.sum()), point.target),
+              "validation": {"sensitivity": at["sensitivity"]["value"],
+                             "specificity": at["specificity"]["value"], "n": at["n"]},
+              "others_called": float(called[others].mean()) if others.any() else 0.0,
+              "others_called_argmax": float(argmax_called[others].mean()) if others.any() else 0.0,
+              "max_others_called": MAX_OTHERS_CALLED, "warning": None,
+              "how_to_apply": how_to_apply(point.class_name, threshold)}
+    if record["others_called"] <= MAX_OTHERS_CALLED:
+        return record, None
+    if point.default:
+        flag = f"--operating-point {point.text()}"
+        return None, {**{k: record[k] for k in ("class", "metric", "target", "target_text", "threshold", "chosen_on",
+                                                 "validation", "others_called", "others_called_argmax",
+                                                 "max_others_called")},
+                      "reason": f"the default operating point would call {record['others_called']:.1%} of the other "
+                                f"{chosen_on} films {point.class_name}, more than {MAX_OTHERS_CALLED:.0%}",
+                      "how_to_ask": flag}
+    record["warning"] = (f"it calls {record['others_called']:.1%} of the other {chosen_on} films {point.class_name}, "
+                         f"more than the {MAX_OTHERS_CALLED:.0%} a default operating point may; kept because "
+                         "--operating-point asked for it")
+    return record, None
+
+
+def cost_text(record: dict) -> str:
+    """The specificity cost of an operating point record: the other films it calls the class, against argmax."""
+    return (f"the threshold calls {record['others_called']:.1%} of the other {_basis(record)} films "
+            f"{record['class']}, argmax {record['others_called_argmax']:.1%}")
+
+
+def refused_text(refused: dict) -> str:
+    """The one line saying that the default operating point was refused, why, and how to ask for it."""
+    return (f"operating point: the default {refused['target_text']} is not used (the final model decides by "
+            f"argmax): its threshold {refused['threshold']:.4f} would call {refused['others_called']:.1%} of the "
+            f"other {_basis(refused)} films {refused['class']} (argmax {refused['others_called_argmax']:.1%}; "
+            f"the default may call at most {refused['max_others_called']:.0%}); ask for it with "
+            f"{refused['how_to_ask']}")
 
 
 def decide(probs: np.ndarray, class_index: int, threshold: float) -> np.ndarray:

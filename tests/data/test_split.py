@@ -6,7 +6,7 @@ import pytest
 
 from data.errors import UserError
 from data.manifest import Example
-from data.split import load_split, save_split, split_by_group
+from data.split import FRACTION_MARGIN, fraction_check, load_split, save_split, split_by_group
 
 
 def _dataset():
@@ -48,7 +48,7 @@ def test_same_seed_same_split_other_seed_other_split():
 def test_class_with_too_few_groups_is_named():
     labels = ["COVID"] * 4 + ["Normal"] * 20
     groups = ["p1", "p1", "p2", "p3"] + [""] * 20
-    message = r"Class COVID has 4 image\(s\) in 3 patient group\(s\).*at least 7"
+    message = r"Class COVID has 4 image\(s\) in 3 near-duplicate or patient group\(s\).*at least 7"
     with pytest.raises(UserError, match=message):
         split_by_group(labels, groups)
 
@@ -76,3 +76,28 @@ def test_split_csv_keeps_the_source_and_reads_files_written_before_it(tmp_path):
     assert [e.source for e in loaded] == ["H1", ""]
     (tmp_path / "old.csv").write_text("path,label,group,split\n/d/a.png,COVID,p1,train\n")
     assert load_split(tmp_path / "old.csv")[0][0].source == ""
+
+
+def _large_groups():
+    """Per class one group of 8 images and six single images: a group goes whole into one split."""
+    labels, groups = [], []
+    for label in ("COVID", "Normal", "Viral_Pneumonia"):
+        for group, size in enumerate((8, 1, 1, 1, 1, 1, 1)):
+            labels += [label] * size
+            groups += [f"{label}-{group}"] * size
+    return labels, groups
+
+
+def test_split_far_from_the_asked_fractions_is_warned_about_with_both_figures():
+    labels, groups = _large_groups()
+    check = fraction_check(split_by_group(labels, groups, seed=0))
+    assert max(abs(check["achieved"][s] - check["asked"][s]) for s in check["asked"]) > FRACTION_MARGIN
+    assert check["warning"].startswith("warning: the split came out ")
+    assert "asked 70.0% / 15.0% / 15.0%" in check["warning"] and "near-duplicate or patient groups" in check["warning"]
+    assert f"{check['achieved']['train']:.1%}" in check["warning"]
+
+
+def test_split_near_the_asked_fractions_has_no_warning():
+    labels, groups = _dataset()
+    check = fraction_check(split_by_group(labels, groups, seed=3))
+    assert check["warning"] is None and abs(check["achieved"]["train"] - 0.7) <= FRACTION_MARGIN

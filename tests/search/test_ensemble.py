@@ -11,8 +11,8 @@ from data.errors import UserError
 from hypermodels.classifier import XrayClassifier
 from search import dataset
 from search.config import load_config
-from search.ensemble import assemble, build_ensemble, for_export, predict
-from search.evaluation import calibration
+from search.ensemble import assemble, build_ensemble, final_card, for_export, predict
+from search.evaluation import calibration, operating_point
 from search.export import _write_formats, predict_exported
 
 SIZE = 32
@@ -79,7 +79,10 @@ def test_assemble_reads_only_validation_and_fits_the_temperature_there(run_copy,
     winners = json.loads((run_copy / "winners" / "summary.json").read_text())["winners"]
     members = [keras.saving.load_model(run_copy / "winners" / w["dir"] / "model.keras") for w in winners]
     mean = np.mean([predict(m, np.asarray(data.images[rows])) for m in members], axis=0)
-    assert record["temperature"] == pytest.approx(calibration.fit_temperature(data.labels[rows], mean))
+    decision = calibration.choose_temperature(data.labels[rows], mean, seed=load_config(run_copy).seed)
+    assert record["calibration_check"]["fitted_temperature"] == pytest.approx(calibration.fit_temperature(
+        data.labels[rows], mean))
+    assert record["temperature"] == pytest.approx(decision["temperature"])  # T = 1 when cross-fitting says so
     assert load_config(run_copy).layout.final_model() == run_copy / "winners" / "final"
     final = keras.saving.load_model(run_copy / "winners" / "final" / "model.keras", safe_mode=True)
     assert np.abs(predict(final, np.asarray(data.images[rows])) - calibration.scale(mean, record["temperature"])
@@ -111,3 +114,54 @@ def test_a_single_calibrated_model_ships_with_its_temperature_folded_into_built_
     assert all(type(layer).__module__.startswith("keras.") for layer in shipped.layers)  # plain Keras loads it
     assert np.abs(predict(shipped, images) - predict(calibrated, images)).max() < 1e-5
     assert np.abs(predict(shipped, images) - predict(members[0], images)).max() > 1e-3  # T took effect
+
+
+def _val_mean(run_dir, k):
+    data = dataset.prepare(load_config(run_dir), progress=False)
+    rows = data.indices("val")
+    winners = json.loads((run_dir / "winners" / "summary.json").read_text())["winners"][:k]
+    members = [keras.saving.load_model(run_dir / "winners" / w["dir"] / "model.keras", compile=False) for w in winners]
+    return np.asarray(data.images[rows]), np.mean([predict(m, np.asarray(data.images[rows])) for m in members], axis=0)
+
+
+def test_temperature_that_does_not_lower_the_cross_fitted_ece_is_left_out_and_every_record_says_so(
+        run_copy, monkeypatch):
+    real = calibration.cross_fitted
+    # Whatever this tiny run's figures, make the scaled ECE the worse one: the final stage must then keep T = 1.
+    monkeypatch.setattr(calibration, "cross_fitted",
+                        lambda *args, **kw: {**real(*args, **kw), "ece_with": real(*args, **kw)["ece_without"] + 0.01})
+    lines = []
+    record = assemble(load_config(run_copy), ensemble=2, log=lines.append)
+    check = record["calibration_check"]
+    assert record["temperature"] == 1.0 and not check["applied"] and check["fitted_temperature"] != 1.0
+    line = next(line for line in lines if line.startswith("temperature "))
+    assert line.startswith("temperature not applied (T = 1)")
+    assert f"{check['check']['ece_without']:.4f} without it, {check['check']['ece_with']:.4f} with it" in line
+    saved = json.loads((run_copy / "winners" / "final" / "final.json").read_text())
+    assert saved["calibration_check"]["text"] in line
+    images, mean = _val_mean(run_copy, 2)
+    final = keras.saving.load_model(run_copy / "winners" / "final" / "model.keras", safe_mode=True)
+    assert np.abs(predict(final, images) - mean).max() < 1e-5  # the members' plain average, unscaled
+    card = final_card(load_config(run_copy).layout, run_copy / "winners" / "final")["model"]
+    assert card["temperature"] == 1.0 and card["temperature_applied"] is False
+    assert "not temperature-scaled (T = 1" in card["what"] and ", temperature-scaled" not in card["what"]
+
+
+def test_default_operating_point_beyond_the_share_is_refused_and_an_explicit_one_kept_with_a_warning(
+        run_copy, monkeypatch):
+    monkeypatch.setattr(operating_point, "MAX_OTHERS_CALLED", 0.0)  # this run's threshold calls some other film COVID
+    lines = []
+    record = assemble(load_config(run_copy), ensemble=1, log=lines.append)
+    refused = record["operating_point_refused"]
+    assert record["operating_point"] is None and refused["others_called"] > 0
+    assert [line for line in lines if line.startswith("operating point")] == [operating_point.refused_text(refused)]
+    card = final_card(load_config(run_copy).layout, run_copy / "winners" / "final")
+    assert card["operating_point"] is None and card["operating_point_refused"]["how_to_ask"] == \
+        "--operating-point COVID:sensitivity=0.95"
+    lines = []
+    record = assemble(load_config(run_copy), ensemble=1, point="COVID:sensitivity=0.95", log=lines.append)
+    point = record["operating_point"]
+    assert record["operating_point_refused"] is None and point["threshold"] == refused["threshold"]
+    assert point["warning"]
+    assert any(line.startswith("warning: operating point COVID:sensitivity=0.95") for line in lines)
+    assert operating_point.cost_text(point) in next(line for line in lines if line.startswith("operating point"))

@@ -57,7 +57,7 @@ def test_run_folds_cover_train_and_val_only_and_keep_the_split_groups(tmp_path, 
 
 def test_search_refuses_in_one_line_when_a_class_has_too_few_groups(tmp_path, demo_data):
     result = run_cli("search", "--data", demo_data, "--run-dir", tmp_path / "run", *FAST_SEARCH, "--folds", "60")
-    error_line(result, "--folds 60 needs at least 60 patient groups", "use --folds")
+    error_line(result, "--folds 60 needs at least 60 near-duplicate or patient groups", "use --folds")
     assert not RunLayout(tmp_path / "run").tuner.exists()  # refused before any trial
 
 

@@ -93,3 +93,99 @@ def test_operating_point_flag_defaults_to_covid_and_refuses_bad_text():
     for bad in ("COVID:recall=0.9", "Flu:sensitivity=0.9", "COVID:sensitivity=1.5"):
         with pytest.raises(UserError):
             operating_point.parse(bad, ("COVID", "Normal"))
+
+
+def _confidently_wrong(n, seed):
+    """A model whose top probability (0.9) is right 90% of the time, but whose misses put the truth at 0.0001.
+
+    Its ECE is about 0: the cross-entropy, driven by the misses, still asks for a large T,
+    which would make every film under-confident.
+    """
+    rng = np.random.default_rng(seed)
+    top = rng.integers(0, 3, n)
+    probs = np.zeros((n, 3))
+    probs[np.arange(n), top], probs[np.arange(n), (top + 1) % 3], probs[np.arange(n), (top + 2) % 3] = 0.9, 0.0999, 1e-4
+    labels = np.where(rng.random(n) < 0.9, top, (top + 2) % 3)
+    return labels, probs
+
+
+def test_temperature_that_raises_the_out_of_sample_ece_is_not_applied_and_says_so_with_both_figures():
+    y_val, p_val = _confidently_wrong(400, 0)
+    decision = calibration.choose_temperature(y_val, p_val, seed=0)
+    assert decision["fitted_temperature"] > 1.5 and not decision["applied"] and decision["temperature"] == 1.0
+    check = decision["check"]
+    assert check["ece_with"] > check["ece_without"] and check["nll_with"] < check["nll_without"]
+    text = calibration.decision_text(decision)
+    assert text.startswith("not applied (T = 1)")
+    assert f"{check['ece_without']:.4f} without it, {check['ece_with']:.4f} with it" in text
+    # Skipping was right: on new films of the same model the fitted temperature raises the ECE too.
+    y_test, p_test = _confidently_wrong(400, 1)
+    assert expected_calibration_error(y_test, calibration.scale(p_test, decision["fitted_temperature"])) > \
+        expected_calibration_error(y_test, p_test) + 0.1
+    assert calibration.choose_temperature(y_val, p_val, seed=0) == decision  # seeded: the same decision
+
+
+def test_temperature_that_lowers_the_out_of_sample_ece_is_applied():
+    y_val, p_val = _overconfident(400, 0)
+    decision = calibration.choose_temperature(y_val, p_val, seed=0)
+    assert decision["applied"] and decision["temperature"] == decision["fitted_temperature"] > 1
+    assert decision["check"]["folds"] == calibration.CHECK_FOLDS
+    assert decision["check"]["ece_with"] < decision["check"]["ece_without"]
+    assert calibration.decision_text(decision, "out-of-fold").startswith("applied (T = ")
+
+
+def test_too_few_films_to_check_the_temperature_leave_it_at_one():
+    decision = calibration.choose_temperature(np.array([0, 1, 2]), np.full((3, 3), 1 / 3) + np.eye(3) * 0.2)
+    assert decision["temperature"] == 1.0 and decision["check"] is None
+    assert "too few validation films" in calibration.decision_text(decision)
+
+
+def _overlapping_covid(n=400, seed=5):
+    """COVID probabilities: 100 COVID films, a few of them as low as most other films."""
+    rng = np.random.default_rng(seed)
+    y = np.where(np.arange(n) < 100, 0, 1 + np.arange(n) % 2)
+    covid = np.where(y == 0, rng.beta(8, 2, n), rng.beta(1.5, 8, n))
+    covid[:8] = 0.02  # eight COVID films the model all but misses
+    probs = np.stack([covid, (1 - covid) * 0.6, (1 - covid) * 0.4], axis=1)
+    return y, probs
+
+
+def test_default_operating_point_that_calls_too_many_other_films_covid_is_refused_in_one_line():
+    y, probs = _overlapping_covid()
+    default = operating_point.parse(None, ("COVID", "Normal", "Viral_Pneumonia"))
+    point, refused = operating_point.choose(default, ("COVID", "Normal", "Viral_Pneumonia"), y, probs)
+    assert point is None
+    assert refused["others_called"] > operating_point.MAX_OTHERS_CALLED > refused["others_called_argmax"]
+    assert refused["how_to_ask"] == "--operating-point COVID:sensitivity=0.95"
+    line = operating_point.refused_text(refused)
+    assert "decides by argmax" in line and "--operating-point COVID:sensitivity=0.95" in line
+    assert f"{operating_point.MAX_OTHERS_CALLED:.0%}" in line and f"{refused['others_called']:.1%}" in line
+
+
+def test_explicit_operating_point_beyond_the_share_is_kept_with_a_warning():
+    y, probs = _overlapping_covid()
+    asked = operating_point.parse("COVID:sensitivity=0.95", ("COVID", "Normal", "Viral_Pneumonia"))
+    point, refused = operating_point.choose(asked, ("COVID", "Normal", "Viral_Pneumonia"), y, probs)
+    assert refused is None and point["validation"]["sensitivity"] >= 0.95
+    assert point["others_called"] == pytest.approx(1 - point["validation"]["specificity"])
+    assert point["others_called"] > operating_point.MAX_OTHERS_CALLED and "more than the 20%" in point["warning"]
+
+
+def test_operating_point_within_the_share_states_its_cost_against_argmax():
+    y, probs = _overlapping_covid()
+    probs[:8, 0] = 0.7  # the eight hard COVID films are found after all
+    default = operating_point.parse(None, ("COVID", "Normal", "Viral_Pneumonia"))
+    point, refused = operating_point.choose(default, ("COVID", "Normal", "Viral_Pneumonia"), y, probs,
+                                            chosen_on="out-of-fold")
+    assert refused is None and point["warning"] is None
+    assert point["others_called"] <= operating_point.MAX_OTHERS_CALLED
+    is_other = y != 0
+    assert point["others_called_argmax"] == pytest.approx((probs.argmax(1) == 0)[is_other].mean())
+    assert "of the other out-of-fold films COVID, argmax" in operating_point.cost_text(point)
+
+
+def test_guarantee_under_folds_counts_out_of_fold_films():
+    sure = operating_point.guarantee(20, 0.95)
+    text = operating_point.guarantee_text({"guarantee": sure, "class": "COVID", "metric": "sensitivity",
+                                           "target": 0.95, "chosen_on": "out-of-fold"})
+    assert "needs >= 59 COVID out-of-fold films, there are 20" in text
