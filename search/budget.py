@@ -38,10 +38,13 @@ TRIAL_BOOKKEEPING = 0.5
 # After the retrain: assemble the final model, evaluate on the test split (Grad-CAM
 # galleries, chest-hidden probe, bootstrap, report), export (.keras, SavedModel, TFLite
 # and their agreement checks). Priced as TAIL_FIXED seconds plus TAIL_PER_FORWARD forward
-# passes of the dearest model over every image, fitted on two jobs on 2 busy cores:
-# 64 s at 48 px on 360 images (a pass 1.2 s), 190 s at 224 px on 2,000 films (a pass 24 s).
-TAIL_FIXED = 55.0
-TAIL_PER_FORWARD = 5.0
+# passes of the dearest model over every image: a prior, for a run directory that has not
+# measured them yet (a run that has, summary.json, plans with its own figures). Measured on 2
+# busy cores: 40 s at 48 px on 360 images (a pass 1.2 s); before evaluate's and export's
+# speed-ups (eec7022) 64 s there and 190 s at 224 px on 2,000 films (a pass 24 s).
+TAIL_FIXED = 35.0
+TAIL_PER_FORWARD = 4.0
+TAIL_STAGES = ("final model", "evaluate", "export")  # their records in summary.json (search.timing)
 PROCESS_RESERVE = 15.0
 """Seconds outside the job's clock: the interpreter's start before the command and its exit after it
 (measured 14 s on 2 cores: freeing TensorFlow's and the run's objects)."""
@@ -78,9 +81,10 @@ class Calibration:
         overhead: A trial's build and first-epoch tracing, beyond its epochs.
         epoch_max: One steady epoch of the dearest shape (the retrain is priced at it).
         overhead_max: Its build and tracing.
-        forward: One forward pass of the dearest whole image model over all images
-            (from the extraction's rate; 0 when it was cached).
+        forward: One forward pass of the dearest whole image model over all images.
         shapes: What was timed, per backbone, for the plan line.
+        tail: Seconds the final model, evaluation and export took when this run directory
+            last ran them (``summary.json``); None: not measured, priced from ``forward``.
     """
 
     epoch: float
@@ -89,6 +93,7 @@ class Calibration:
     overhead_max: float
     forward: float = 0.0
     shapes: dict = dataclasses.field(default_factory=dict)
+    tail: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,13 +126,14 @@ class Plan:
     def lines(self, calibration: Calibration) -> list[str]:
         shapes = "; ".join(f"{b}: {t}" for b, t in calibration.shapes.items())
         verdict = "" if self.fits else " (over budget: the smallest job does not fit; it runs anyway)"
+        tail = "measured" if calibration.tail is not None else "priced"
         return [
             f"time budget {duration_text(self.budget)}: {self.spent:.0f} s spent (data, extraction, calibration); "
             f"calibration: epoch {calibration.epoch:.2f} s (dearest {calibration.epoch_max:.2f} s), "
             f"trial overhead {calibration.overhead:.1f} s ({shapes})",
             f"plan: Hyperband max_epochs {self.max_epochs}, factor {self.factor}, {self.brackets} bracket(s), "
             f"{self.trials} trials ({self.epochs} epochs) ~{self.search:.0f} s; retrain {self.retrain.text()} "
-            f"~{self.retrain_seconds:.0f} s; final model, evaluate, export ~{self.tail:.0f} s; "
+            f"~{self.retrain_seconds:.0f} s; final model, evaluate, export ~{self.tail:.0f} s ({tail}); "
             f"predicted finish {self.finish:.0f} s of {self.budget:.0f} s{verdict}",
         ]
 
@@ -211,7 +217,9 @@ def retrain_cost(plan: RetrainPlan, calibration: Calibration, seeds: int = 1) ->
 
 
 def tail_cost(calibration: Calibration) -> float:
-    """Predicted seconds of the final model, evaluation and export."""
+    """Predicted seconds of the final model, evaluation and export (and the process's exit)."""
+    if calibration.tail is not None:
+        return calibration.tail + PROCESS_RESERVE
     return TAIL_FIXED + TAIL_PER_FORWARD * calibration.forward + PROCESS_RESERVE
 
 
@@ -231,7 +239,7 @@ def _preference(choices: list[int], top_k: int) -> list[tuple[int, RetrainPlan]]
     floor = min(MIN_SEARCH_EPOCHS, max(choices))
     large, small = [m for m in choices if m >= floor], [m for m in choices if m < floor]
     order = [(m, retrain_levels(m, top_k)[0]) for m in large]
-    order += [(m, level) for m in large for level in retrain_levels(m, top_k)[1:]]
+    order += [(m, retrain_levels(m, top_k)[i]) for i in range(1, 4) for m in large]
     order += [(m, level) for m in small for level in retrain_levels(m, top_k)]
     return order
 
@@ -242,7 +250,8 @@ def plan(budget: float, spent: float, calibration: Calibration, max_epochs: int,
 
     Preference (`_preference`): the largest ``max_epochs`` that fits with the full
     retrain, as long as the search keeps ``MIN_SEARCH_EPOCHS`` (6 trials at factor 3);
-    then that search with a smaller retrain; then smaller searches; when nothing fits,
+    then the next smaller retrain with the largest such search that fits, and so on;
+    then smaller searches; when nothing fits,
     the smallest job (``fits`` False). ``fixed_max_epochs``
     (a resumed search, whose Hyperband is saved) plans only the retrain. Without
     ``retrain`` (``--no-retrain``) the search has the whole budget.
@@ -503,8 +512,8 @@ class Budget:
         from data import files
         from search.layout import SPLIT_STAMP
 
-        self.calibration = calibrate(hypermodel, cache, config, log)
         layout = config.layout
+        self.calibration = dataclasses.replace(calibrate(hypermodel, cache, config, log), tail=_measured_tail(layout))
         saved_epochs = _saved_max_epochs(layout)
         self.plan = plan(self.seconds, self.elapsed(), self.calibration,
                          saved_epochs or config.max_epochs, config.factor, fixed_max_epochs=bool(saved_epochs),
@@ -549,6 +558,16 @@ class Budget:
         files.write_json(config.layout.plan, self.record)
         log(f"time budget {duration_text(self.seconds)}: the job took {spent:.0f} s "
             f"({'within' if spent <= self.seconds else 'over'} the budget; plan.json)")
+
+
+def _measured_tail(layout) -> float | None:
+    """Seconds of the final model, evaluation and export this run directory recorded for its split, if all three."""
+    from search import timing
+
+    found = timing.stages(layout)
+    if not all(stage in found for stage in TAIL_STAGES):
+        return None
+    return sum(float(found[stage]["seconds"]) for stage in TAIL_STAGES)
 
 
 def _saved_max_epochs(layout) -> int | None:
