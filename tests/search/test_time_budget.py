@@ -69,3 +69,19 @@ def test_what_the_budget_cannot_plan_is_refused_before_anything_is_written(tmp_p
     result = run_cli("search", "--run-dir", tmp_path / "run", "--time-budget", "5m", "--workers", 2)
     error_line(result, "--time-budget", "--workers")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_same_command_again_resumes_the_planned_search(tmp_path, demo_data):
+    run_dir = tmp_path / "run"
+    command = ("search", "--data", demo_data, "--run-dir", run_dir, *FLAGS, "--no-retrain", "--time-budget", "40s")
+    first = run_cli(*command)
+    assert first.exit_code == 0, first.output
+    layout = RunLayout(run_dir)
+    planned = json.loads(layout.config.read_text())["max_epochs"]
+    trials = json.loads(layout.best.read_text())["trials"]
+    again = run_cli(*command)  # --max-epochs 8 again: the saved Hyperband's max_epochs is kept, not re-planned
+    assert again.exit_code == 0, again.output
+    assert json.loads(layout.config.read_text())["max_epochs"] == planned
+    plan = json.loads(layout.plan.read_text())
+    assert plan["resumed"] and plan["max_epochs"] == planned
+    assert json.loads(layout.best.read_text())["trials"] >= trials
