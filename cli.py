@@ -7,6 +7,7 @@ line on stderr and exit status 1, without a traceback.
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 
 import click
@@ -91,6 +92,17 @@ def _config(options: dict):
     return new_config(run_dir=options.pop("run_dir"), data=data, **options)
 
 
+def _duration(ctx, param, value):
+    if value is None:
+        return None
+    from search.budget import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 def _ensemble(ctx, param, value):
     if value is None or value == "auto":
         return None
@@ -139,6 +151,10 @@ _strategy_option = click.option(
               help="Trials at once on this machine: N worker processes (KerasTuner's distributed "
                    "mode, this process the chief), each on its share of the cores. On a CPU, 2 "
                    "is faster: one trial's tracing overlaps another's arithmetic.")
+@click.option("--time-budget", callback=_duration, default=None, metavar="DURATION",
+              help="Finish the whole job within DURATION (90s, 15m, 1h30m): a short calibration plans "
+                   "Hyperband's max epochs (at most --max-epochs) and the retrain, the plan is printed "
+                   "before the search, and the search stops at its share. See docs/time-budget.md.")
 @_strategy_option
 @final_options
 def search(no_retrain, augment, chief, worker_timeout, workers, strategy, ensemble, point, **options):
@@ -149,13 +165,14 @@ def search(no_retrain, augment, chief, worker_timeout, workers, strategy, ensemb
     validation, evaluates on the test split with Grad-CAM galleries and exports, unless
     --no-retrain.
     """
+    started = time.monotonic()  # a --time-budget counts from here, TensorFlow's import included
     from search.job import run_job
 
     config = _config(options)
     if chief and strategy != "none":
         click.echo("--strategy applies where trials train: pass it to the workers")
     run_job(config, retrain=not no_retrain, augment=augment, ensemble=ensemble, point=point, log=click.echo,
-            chief=chief, worker_timeout=worker_timeout, strategy=strategy, workers=workers)
+            chief=chief, worker_timeout=worker_timeout, strategy=strategy, workers=workers, started=started)
 
 
 @cli.command()

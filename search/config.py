@@ -45,6 +45,10 @@ class RunConfig:
         folds: Cross-validated search: each trial's score is the mean class-weighted
             validation loss over this many patient-grouped folds of train+val, and the
             final model trains on all of train+val (docs/folds.md). None: one split.
+        time_budget: ``--time-budget`` in seconds: the job plans Hyperband's ``max_epochs``
+            (at most the one given) and the retrain to finish within it, and stops at it
+            (docs/time-budget.md). Saved with the planned ``max_epochs``; a resume needs
+            the same budget. None: no budget.
         class_names: Filled by the data stage: sorted class names.
         class_weights: Filled by the data stage: ``compute_class_weight("balanced")``.
 
@@ -69,6 +73,7 @@ class RunConfig:
     cache_budget_gb: float | None = None
     precision: str = "float32"  # what a run saved before the setting existed computed in
     folds: int | None = None
+    time_budget: float | None = None
     class_names: tuple[str, ...] = ()
     class_weights: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -99,7 +104,9 @@ class RunConfig:
     def check_resumable(self, saved: "RunConfig") -> None:
         """Refuses to resume a run that was started with different settings."""
         mine, theirs = dataclasses.asdict(self), dataclasses.asdict(saved)
-        differ = sorted(k for k in mine if k not in _RESUMABLE and mine[k] != theirs[k])
+        # With the same --time-budget, max_epochs is the plan's (at most the flag's): a resume keeps the saved one.
+        planned = {"max_epochs"} if self.time_budget is not None and self.time_budget == saved.time_budget else set()
+        differ = sorted(k for k in mine if k not in _RESUMABLE | planned and mine[k] != theirs[k])
         if differ:
             details = ", ".join(f"{k}: {theirs[k]!r} -> {mine[k]!r}" for k in differ)
             raise UserError(

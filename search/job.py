@@ -12,7 +12,8 @@ from search.run import check_inputs, run_search
 
 
 def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ensemble: int | None = None,
-            point: str | None = None, log: Callable[[str], None] = print, **search_options) -> dict:
+            point: str | None = None, log: Callable[[str], None] = print, started: float | None = None,
+            **search_options) -> dict:
     """Runs (or resumes) the search and, with ``retrain``, the stages after it.
 
     Args:
@@ -24,20 +25,24 @@ def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ense
             (see :func:`search.ensemble.assemble`).
         point: The operating point, ``CLASS:sensitivity=X`` / ``specificity=X`` / ``off``;
             None: COVID at sensitivity 0.95 when there is such a class.
+        started: ``time.monotonic()`` when the command began: with ``config.time_budget``
+            the budget counts from there (default: now).
         search_options: ``chief``, ``worker_timeout``, ``strategy``, ``workers``
             (see :func:`search.run.run_search`).
 
     Returns:
         The content of ``best_hyperparameters.json``.
     """
+    budget = _budget(config, retrain, augment, started, search_options)  # refused before anything is written
     check_inputs(config)  # before the run directory is made for the lock
     with run_lock(config.run_dir, "search", log):  # one holder for every stage of the job
-        return _run_stages(config, retrain, augment, (ensemble, point), log, search_options)
+        return _run_stages(config, retrain, augment, (ensemble, point), log, search_options, budget)
 
 
-def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, log, search_options: dict) -> dict:
+def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, log, search_options: dict,
+                budget=None) -> dict:
     started = time.perf_counter()
-    best = run_search(config, log=log, **search_options)
+    best = run_search(config, log=log, budget=budget, **search_options)
     for line in best_lines(best, config):
         log(line)
     if retrain:
@@ -48,13 +53,26 @@ def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, l
         from search.retrain import retrain as retrain_winners
 
         saved = load_config(config.run_dir)  # with the class names the data stage found
-        retrain_winners(saved, augment=augment, log=log)
+        cut = budget.retrain_options(saved, best["trials"], log) if budget else {}
+        retrain_winners(saved, augment=augment, log=log, **cut)
         assemble(saved, ensemble=final[0], point=final[1], log=log)
         evaluate(saved, log=log)
         export_model(saved, log=log)
         for line in console.summary_lines(config.layout, started) + timing.stage_lines(config.layout):
             log(line)
+    if budget:
+        budget.finish(config, log)
     return best
+
+
+def _budget(config: RunConfig, retrain: bool, augment: bool, started: float | None, search_options: dict):
+    """The job's `search.budget.Budget` with ``--time-budget``, refusing what it cannot plan (one line)."""
+    if config.time_budget is None:
+        return None
+    from search.budget import Budget, check_plannable
+
+    check_plannable(config, retrain, augment, **search_options)
+    return Budget(config.time_budget, started, retrain=retrain)
 
 
 def best_lines(best: dict, config: RunConfig) -> list[str]:

@@ -59,6 +59,7 @@ class RunLayout:
     memory = property(lambda self: self.root / "memory.csv")
     worker_logs = property(lambda self: self.root / "workers")
     best = property(lambda self: self.root / "best_hyperparameters.json")
+    plan = property(lambda self: self.root / "plan.json")  # --time-budget: the plan, calibration and what happened
     lock = property(lambda self: self.root / "run.lock")
     # While a distributed search's chief extracts activations: workers that see it join in.
     extraction = property(lambda self: self.root / "extraction.lock")
@@ -97,7 +98,7 @@ class RunLayout:
         weights they hold and are checked against the files on every use.
         """
         return (self.config, self.split, self.skipped, self.audit, self.findings, self.tuner, self.tensorboard,
-                self.memory, self.worker_logs, self.best, self.winners, self.report, self.export, self.summary)
+                self.memory, self.worker_logs, self.best, self.plan, self.winners, self.report, self.export, self.summary)
 
     def clear_derived(self) -> None:
         """Removes `derived` (start over)."""

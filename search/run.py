@@ -62,7 +62,7 @@ def _check_tuner_state(config: RunConfig) -> None:
 
 
 def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str | None = None,
-               worker_timeout: float = 120.0, strategy: str | None = None, workers: int = 1) -> dict:
+               worker_timeout: float = 120.0, strategy: str | None = None, workers: int = 1, budget=None) -> dict:
     """Runs (or resumes) the search and writes ``best_hyperparameters.json``.
 
     Args:
@@ -73,6 +73,8 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
         strategy: ``"mirrored"``: each trial trains under ``tf.distribute.MirroredStrategy``.
         workers: Trials at once on this machine: more than 1 starts that many
             worker processes here and serves them as the chief (:mod:`search.distributed.local`).
+        budget: A `search.budget.Budget` (``--time-budget``): after the extraction it
+            calibrates and plans ``max_epochs``, and the search stops at its deadline.
 
     Returns:
         The content of ``best_hyperparameters.json``.
@@ -83,10 +85,10 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
     local.check_count(workers, chief)
     check_inputs(config)
     with lock.run_lock(config.run_dir, "search", log), deterministic_ops():
-        return _search(config, log, chief, worker_timeout, strategy, workers)
+        return _search(config, log, chief, worker_timeout, strategy, workers, budget)
 
 
-def _search(config: RunConfig, log, chief, worker_timeout, strategy, workers) -> dict:
+def _search(config: RunConfig, log, chief, worker_timeout, strategy, workers, budget=None) -> dict:
     # Concrete before the resume check and config.json: every later stage and worker reads it.
     config = config.replace(precision=precision.resolve(config.precision))
     start_run(config)
@@ -113,9 +115,14 @@ def _search(config: RunConfig, log, chief, worker_timeout, strategy, workers) ->
                 cache.warm(config.backbones)  # before the trials, so its time is its own
                 timing.record(config.layout, "extraction", time.perf_counter() - started,
                               note="one forward pass of each frozen backbone (it is its own floor)")
+                if budget is not None:  # after the extraction: its time counts against the budget
+                    config = budget.plan_search(config, hypermodel, cache, log)
+                    config.save()  # with the planned max_epochs, which the retrain reads
                 started = time.perf_counter()
                 distributed.resume_across_modes(config.layout.tuner, distributed.LOCAL_ID)
                 tuner = make_tuner(config, hypermodel, distributed.distribution_strategy(strategy, log))
+                if budget is not None:
+                    budget.watch(tuner)
                 tuner.search(epochs=config.max_epochs, verbose=0)
             else:
                 _extract_with_workers(config, cache, log)
