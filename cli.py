@@ -119,6 +119,9 @@ _final_options = [
                  help="Threshold one class's probability for a target sensitivity (or specificity=X) "
                       "on validation; off for none. Default: COVID:sensitivity=0.95 when there is a "
                       "class COVID."),
+    click.option("--refit/--no-refit", default=True, show_default=True,
+                 help="Train the final model's members again on train+val once every choice is made on "
+                      "validation (their configuration, best epoch, ensemble, temperature, threshold)."),
 ]
 
 
@@ -157,7 +160,7 @@ _strategy_option = click.option(
                    "before the search, and the search stops at its share. See docs/time-budget.md.")
 @_strategy_option
 @final_options
-def search(no_retrain, augment, chief, worker_timeout, workers, strategy, ensemble, point, **options):
+def search(no_retrain, augment, chief, worker_timeout, workers, strategy, ensemble, point, refit, **options):
     """Search the best classifier for the data (resumes an existing run).
 
     Then retrains the top 3 configurations (the retrain variant chosen on validation),
@@ -171,7 +174,8 @@ def search(no_retrain, augment, chief, worker_timeout, workers, strategy, ensemb
     config = _config(options)
     if chief and strategy != "none":
         click.echo("--strategy applies where trials train: pass it to the workers")
-    run_job(config, retrain=not no_retrain, augment=augment, ensemble=ensemble, point=point, log=click.echo,
+    run_job(config, retrain=not no_retrain, augment=augment, ensemble=ensemble, point=point, refit=refit,
+            log=click.echo,
             chief=chief, worker_timeout=worker_timeout, strategy=strategy, workers=workers, started=started)
 
 
@@ -249,7 +253,7 @@ def retrain(run_dir, top_k, seeds, max_epochs, augment, variants):
               help="Output folder. Default: RUN_DIR/report (RUN_DIR/report/external-NAME with --data).")
 @click.option("--layer", default=None, help="Grad-CAM layer. Default: the backbone's from the registry.")
 @final_options
-def evaluate(run_dir, data, out, layer, ensemble, point):
+def evaluate(run_dir, data, out, layer, ensemble, point, refit):
     """Evaluate the final model once: metrics.json, pictures, Grad-CAM galleries, report.md.
 
     The final model (ensemble, temperature, operating point) is assembled first, on
@@ -261,8 +265,8 @@ def evaluate(run_dir, data, out, layer, ensemble, point):
 
     config = _run_config(run_dir)
     given = click.get_current_context().get_parameter_source
-    if not config.layout.has_final() or any(given(name).name != "DEFAULT" for name in ("ensemble", "point")):
-        assemble(config, ensemble=ensemble, point=point, log=click.echo)
+    if not config.layout.has_final() or any(given(name).name != "DEFAULT" for name in ("ensemble", "point", "refit")):
+        assemble(config, ensemble=ensemble, point=point, refit=refit, log=click.echo)
     evaluate_winner(config, data=data, out=out, layer=layer, log=click.echo)
 
 

@@ -34,6 +34,7 @@ from search.evaluation import calibration, operating_point
 from search.layout import (SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL,
                            WINNER_OUT_OF_FOLD, WINNER_VALIDATION, RunLayout)
 from search.lock import run_lock
+from search.refit import refit_members
 
 CALIBRATION_LAYER = "calibration"
 FITTED_ON_FOLDS = "out-of-fold predictions on train+val (--folds), never the test split"
@@ -116,7 +117,7 @@ def predict(model: keras.Model, images: np.ndarray, size: int = 64) -> np.ndarra
 
 
 def assemble(config: RunConfig, ensemble: int | None = None, point: str | None = None,
-             log: Callable[[str], None] = print) -> dict:
+             log: Callable[[str], None] = print, refit: bool = True) -> dict:
     """Builds ``winners/final/`` from the retrained winners, on the validation split only.
 
     Args:
@@ -124,19 +125,22 @@ def assemble(config: RunConfig, ensemble: int | None = None, point: str | None =
             (1 up to all retrained) with the lowest class-weighted validation loss.
         point: ``CLASS:sensitivity=X`` / ``CLASS:specificity=X``, ``off``, or None for
             the default (COVID at sensitivity 0.95 when there is such a class).
+        refit: Train the chosen members again on train+val (:mod:`search.refit`) after
+            every choice is made on validation; with ``--folds`` they already are.
 
     Returns:
         The content of ``final.json``.
     """
     with run_lock(config.run_dir, "assemble", log):
-        started = time.perf_counter()
-        record = _assemble(config, ensemble, point, log)
-        timing.record(config.layout, "final model", time.perf_counter() - started,
-                      note="loads the winners, predicts the fitting set, builds and saves one model")
+        started, clock = time.perf_counter(), timing.EpochClock()
+        record = _assemble(config, ensemble, point, log, refit and not config.folds, clock)
+        timing.record(config.layout, "final model", time.perf_counter() - started, clock.floor(),
+                      note="loads the winners, builds, saves and reloads one model (no refit: no training)")
         return record
 
 
-def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log) -> dict:
+def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log, refit: bool,
+              clock: timing.EpochClock) -> dict:
     layout = config.layout
     winners_dir = layout.winners
     layout.best_winner()  # a clear error when there are no (current) winners
@@ -164,6 +168,9 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log) -
     temperature = decision["temperature"]
     single = decision if k == 1 else calibration.choose_temperature(y_val, probs[0], seed=config.seed)
     frozen = [_frozen_part(config, winners_dir / w["dir"]) for w in winners[:k]]
+    if refit:
+        augment = layout.read_current(layout.winners_summary, "")["augment"]
+        members[:k] = refit_members(data, winners[:k], augment, log, clock)
     model = build_ensemble(members[:k], frozen, temperature)
     calibrated = calibration.scale(raw, temperature)  # what the model's TemperatureScaling layer computes
     point, refused = operating_point.choose(chosen_point, config.class_names, y_val, calibrated, basis)
@@ -178,6 +185,9 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log) -
         "calibration_validation": calibration.summary(y_val, raw, temperature),
         "operating_point": point, "operating_point_refused": refused,
         "fitted_on": FITTED_ON_FOLDS if config.folds else "validation split only", SPLIT_STAMP: layout.split_digest(),
+        "refit": ({"on": "train+val", "epochs": {w["dir"]: w["best_epoch"] for w in winners[:k]},
+                   "note": "ensemble size, temperature and threshold were chosen on the validation probabilities "
+                           "of the members before their refit"} if refit else None),
     }
     _save(layout, winners[0]["dir"], model, record)
     log("temperature " + record["calibration_check"]["text"])
@@ -210,6 +220,8 @@ def final_card(layout: RunLayout, model_dir: Path) -> dict:
     else:
         what += (f", not temperature-scaled (T = 1: the temperature fitted on {fitted}, "
                  f"{check['fitted_temperature']:.4f}, did not lower the ECE out of sample)")
+    if record.get("refit"):
+        what += "; each member refit on train+val for its best epoch count after every choice was made on validation"
     if record["shared_frozen_backbone"]:
         what += "; members share one frozen backbone up to " + ", ".join(
             f"{b}'s {cut}" for b, cut in record["shared_frozen_backbone"].items())

@@ -13,7 +13,7 @@ from search.run import check_inputs, run_search
 
 def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ensemble: int | None = None,
             point: str | None = None, log: Callable[[str], None] = print, started: float | None = None,
-            **search_options) -> dict:
+            refit: bool = True, **search_options) -> dict:
     """Runs (or resumes) the search and, with ``retrain``, the stages after it.
 
     Args:
@@ -25,6 +25,7 @@ def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ense
             (see :func:`search.ensemble.assemble`).
         point: The operating point, ``CLASS:sensitivity=X`` / ``specificity=X`` / ``off``;
             None: COVID at sensitivity 0.95 when there is such a class.
+        refit: Train the final model's members again on train+val (:mod:`search.refit`).
         started: ``time.monotonic()`` when the command began: with ``config.time_budget``
             the budget counts from there (default: now).
         search_options: ``chief``, ``worker_timeout``, ``strategy``, ``workers``
@@ -36,7 +37,7 @@ def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ense
     budget = _budget(config, retrain, augment, started, search_options)  # refused before anything is written
     check_inputs(config)  # before the run directory is made for the lock
     with run_lock(config.run_dir, "search", log):  # one holder for every stage of the job
-        return _run_stages(config, retrain, augment, (ensemble, point), log, search_options, budget)
+        return _run_stages(config, retrain, augment, (ensemble, point, refit), log, search_options, budget)
 
 
 def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, log, search_options: dict,
@@ -55,7 +56,9 @@ def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, l
         saved = load_config(config.run_dir)  # with the class names the data stage found
         cut = budget.retrain_options(saved, best["trials"], log) if budget else {}
         retrain_winners(saved, augment=augment, log=log, **cut)
-        assemble(saved, ensemble=final[0], point=final[1], log=log)
+        if final[2] and budget:
+            log("refit on train+val: skipped under --time-budget (its plan has no room for it)")
+        assemble(saved, ensemble=final[0], point=final[1], refit=final[2] and not budget, log=log)
         evaluate(saved, log=log)
         export_model(saved, log=log)
         for line in console.summary_lines(config.layout, started) + timing.stage_lines(config.layout):

@@ -87,8 +87,8 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
     data = dataset.prepare(config, progress=False)
     config = data.config
     # Without augmentation the search's hypermodel builds, fits (on cached activations)
-    # and gives back the whole image model, as _ImageTraining does on images.
-    training = _ImageTraining(data, augment) if augment else trial_hypermodel(data)[0]
+    # and gives back the whole image model, as ImageTraining does on images.
+    training = ImageTraining(data, augment) if augment else trial_hypermodel(data)[0]
     winners_dir = config.layout.winners
     shutil.rmtree(winners_dir, ignore_errors=True)
     if config.folds:
@@ -216,7 +216,7 @@ def _top_trials(config: RunConfig) -> list[dict]:
     return top
 
 
-class _ImageTraining:
+class ImageTraining:
     """Winners train whole image models on images (needed for augmentation)."""
 
     def __init__(self, data: dataset.RunData, augment: bool):

@@ -165,3 +165,30 @@ def test_default_operating_point_beyond_the_share_is_refused_and_an_explicit_one
     assert point["warning"]
     assert any(line.startswith("warning: operating point COVID:sensitivity=0.95") for line in lines)
     assert operating_point.cost_text(point) in next(line for line in lines if line.startswith("operating point"))
+
+
+def test_the_refit_trains_each_member_on_train_and_val_for_its_best_epochs_and_never_reads_test(
+        retrained_run, tmp_path, monkeypatch):
+    import shutil
+
+    from data import pipeline
+    from search.layout import WINNER_MODEL
+
+    run = tmp_path / "run"
+    shutil.copytree(retrained_run, run)
+    config = load_config(run)
+    data = dataset.prepare(config, progress=False)
+    seen, make = [], pipeline.make_dataset
+    monkeypatch.setattr(pipeline, "make_dataset", lambda *a, rows=None, **k: seen.append(rows) or make(*a, rows=rows, **k))
+    record = assemble(config, ensemble=2, point="off", refit=True, log=lambda line: None)
+    fit, test = set(data.indices(dataset.FIT).tolist()), set(data.indices("test").tolist())
+    assert [set(rows.tolist()) for rows in seen] == [fit, fit]  # each member trained on all of train+val, once
+    winners = json.loads(config.layout.winners_summary.read_text())["winners"]
+    assert record["refit"]["epochs"] == {w["dir"]: w["best_epoch"] for w in winners}
+    # The choices stay those made on validation: the same ensemble and temperature as without the refit.
+    plain = assemble(config, ensemble=2, point="off", refit=False, log=lambda line: None)
+    assert plain["refit"] is None and plain["temperature"] == record["temperature"]
+    images = np.asarray(data.images[sorted(test)][:8])
+    refit_model = keras.saving.load_model(config.layout.final / WINNER_MODEL, compile=False)
+    assert not np.allclose(predict(refit_model, images), predict(keras.saving.load_model(
+        config.layout.winners / winners[0]["dir"] / WINNER_MODEL, compile=False), images))
