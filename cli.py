@@ -275,16 +275,18 @@ def gradcam(run_dir, images, out, class_name, layer):
               help="Output folder. Default: RUN_DIR/export.")
 def export(run_dir, formats, out):
     """Export the best winner with a model card (class names, input, metrics, hashes)."""
+    from search.console import number_text
     from search.export import export_model
 
     card = export_model(_run_config(run_dir), formats=formats, out=out, log=click.echo)
-    for name, difference in card["agreement"]["max_abs_probability_difference"].items():
-        click.echo(f"  {name}: largest probability difference to the model on the test split {difference:.2e}")
-    trained = card["precision"]
+    for name, difference in card.get("agreement", {}).get("max_abs_probability_difference", {}).items():
+        click.echo(f"  {name}: largest probability difference to the model on the test split "
+                   f"{number_text(difference, '.2e', 'not measured')}")
+    trained = card.get("precision", {})
     if "max_abs_probability_difference_to_trained" in trained:
         click.echo(f"  float32 export against the {trained['trained']} model: largest probability difference "
-                   f"{trained['max_abs_probability_difference_to_trained']:.2e}, same predicted class "
-                   f"{trained['same_predicted_class']:.1%}")
+                   f"{number_text(trained['max_abs_probability_difference_to_trained'], '.2e', 'not measured')}, "
+                   f"same predicted class {number_text(trained.get('same_predicted_class'), '.1%', 'not measured')}")
 
 
 @cli.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import numbers
 import os
 import time
 import warnings
@@ -70,8 +71,28 @@ def _stderr_to_devnull():
         os.close(saved)
 
 
+def number_text(value, spec: str = ".3f", reason: str = "not recorded", unit: str = "") -> str:
+    """A figure that may be missing, for any line a user reads: ``format(value, spec)`` or ``n/a (reason)``.
+
+    Every printed or reported figure goes through here (or :func:`value_text`, or
+    ``search.evaluation.metrics.figure_text`` for a figure with a CI), so a metric, a time
+    or a loss that a run never produced reads ``n/a (why)`` instead of stopping the run.
+
+    Args:
+        value: The figure; None (or anything that is not a number) is missing.
+        spec: Its format spec, e.g. ``".4f"``, ``".2e"``, ``".1%"``.
+        reason: Why it would be missing, said after ``n/a``.
+        unit: Written after a figure that is there, e.g. ``" s"``, ``" MB"``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"n/a ({reason})"
+    return format(value, spec) + unit
+
+
 def value_text(value) -> str:
     """A hyperparameter value as a person reads it: ``0.3``, ``5.3e-04``, ``128``, ``mobilenet_025``."""
+    if value is None:
+        return number_text(None, reason="no value")
     if isinstance(value, float):
         if value != 0 and abs(value) < 0.01:
             return f"{value:.1e}"
@@ -92,8 +113,11 @@ def epoch_lines(log: Callable[[str], None], prefix: str, epochs: int):
 
     def end(epoch, logs):
         logs = logs or {}
-        figures = ", ".join(f"{name} {logs[name]:.3f}" for name in _EPOCH_FIGURES if name in logs)
-        log(f"{prefix} epoch {epoch + 1}/{epochs}: {figures} ({time.perf_counter() - started[-1]:.1f} s)")
+        figures = ", ".join(f"{name} {number_text(logs[name])}" for name in _EPOCH_FIGURES if name in logs)
+        figures = figures or number_text(None, reason="no figures logged")
+        took = f"({time.perf_counter() - started[-1]:.1f} s)" if started else \
+            f"time {number_text(None, reason='not timed')}"
+        log(f"{prefix} epoch {epoch + 1}/{epochs}: {figures} {took}")
 
     return keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: started.append(time.perf_counter()),
                                           on_epoch_end=end)
@@ -104,6 +128,8 @@ _EPOCH_FIGURES = ("weighted_loss", "accuracy", "val_weighted_loss", "val_accurac
 
 def summary_lines(layout, started: float | None = None) -> list[str]:
     """Where everything of a finished job is, and the headline test figures with their 95% CIs.
+
+    Whatever the run did not produce reads ``n/a (why)`` or is left out.
 
     Args:
         layout: The run's ``search.layout.RunLayout``.
@@ -116,31 +142,37 @@ def summary_lines(layout, started: float | None = None) -> list[str]:
     lines.append(f"  tensorboard:  tensorboard --logdir {layout.tensorboard}")
     if layout.winners_summary.is_file():
         lines.append(f"  winners:      {layout.winners} (summary.json)")
-    card_file = layout.export / "model_card.json"
-    if card_file.is_file():
-        card = json.loads(card_file.read_text())
-        files = ", ".join(sorted({Path(f).parts[0] for group in card["files"].values() for f in group}))
-        lines.append(f"  exported:     {layout.export}/ {files}, model_card.json")
-    if layout.metrics.is_file():
-        lines += _headline_lines(json.loads(layout.metrics.read_text()))
+    card = _read(layout.export / "model_card.json")
+    if card is not None:
+        groups = card.get("files") if isinstance(card.get("files"), dict) else {}
+        files = ", ".join(sorted({Path(f).parts[0] for group in groups.values() for f in group}))
+        lines.append(f"  exported:     {layout.export}/ {files + ', ' if files else ''}model_card.json")
+    metrics = _read(layout.metrics)
+    if metrics is not None:
+        lines += headline_lines(metrics)
     return lines
 
 
-def _headline_lines(metrics: dict) -> list[str]:
+def headline_lines(metrics: dict) -> list[str]:
+    """The headline test figures of ``metrics.json``: ``accuracy 0.942 [0.885, 1.000]`` or ``n/a (why)``."""
     positive = metrics.get("positive_class", "COVID")
-    figures = (("accuracy", metrics["accuracy"]), ("macro F1", metrics["macro_f1"]),
-               ("macro ROC AUC", metrics["roc_auc"]["macro"]),
-               (f"{positive} sensitivity", metrics["covid_sensitivity"]),
-               (f"{positive} specificity", metrics["covid_specificity"]))
-    lines = [f"  test split, {metrics['n']} images (95% bootstrap CI):"]
-    for name, figure in figures:
-        if figure.get("value") is None:
-            lines.append(f"    {name:<20} n/a ({figure.get('reason', 'undefined')})")
-            continue
-        ci = figure.get("ci95")
-        interval = f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-        lines.append(f"    {name:<20} {figure['value']:.3f}{interval}")
+    figures = (("accuracy", metrics.get("accuracy")), ("macro F1", metrics.get("macro_f1")),
+               ("macro ROC AUC", (metrics.get("roc_auc") or {}).get("macro")),
+               (f"{positive} sensitivity", metrics.get("covid_sensitivity")),
+               (f"{positive} specificity", metrics.get("covid_specificity")))
+    from search.evaluation.metrics import figure_text  # here: it imports scikit-learn
+
+    lines = [f"  test split, {number_text(metrics.get('n'), 'd', 'count not recorded')} images (95% bootstrap CI):"]
+    lines += [f"    {name:<20} {figure_text(figure)}" for name, figure in figures]
     return lines
+
+
+def _read(path: Path):
+    """A JSON file's content, or None when it is missing or damaged (the summary leaves it out)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _duration(seconds: float) -> str:

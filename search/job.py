@@ -59,8 +59,14 @@ def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, l
 
 def best_lines(best: dict, config: RunConfig) -> list[str]:
     """What to print about the search's best trial and where to look further."""
-    top, objective = best["best"], best["objective"]["name"]
-    lines = [f"best trial {top['trial_id']} of {best['trials']}: {objective} = {top[objective]:.4f}"]
-    lines += [f"  {name} {console.value_text(value)}" for name, value in top["hyperparameters"].items()]
+    objective = (best.get("objective") or {}).get("name", "val_weighted_loss")
+    top, trials = best.get("best") or {}, best.get("trials", "?")
+    if top:
+        score = console.number_text(top.get(objective), ".4f", "not recorded")
+        lines = [f"best trial {top.get('trial_id', '?')} of {trials}: {objective} = {score}"]
+    else:
+        why = f"none of {trials} trial(s) completed" if isinstance(trials, int) else "no trial completed"
+        lines = [f"best trial: {console.number_text(None, reason=why)}"]
+    lines += [f"  {name} {console.value_text(value)}" for name, value in (top.get("hyperparameters") or {}).items()]
     lines.append(f"inspect: tensorboard --logdir {config.layout.tensorboard}")
     return lines

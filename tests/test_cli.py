@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from hypermodels.registry import BACKBONES
+from search.layout import RunLayout
 from tests.conftest import error_line, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,3 +79,18 @@ def test_importing_cli_changes_no_process_wide_state():
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "unchanged" in done.stdout, done.stderr
+
+
+def test_a_small_from_scratch_search_on_the_demo_data_runs_to_the_end(tmp_path):
+    # The command of issue 24, exactly: it used to end in a TypeError when the Grad-CAM energy
+    # of its (poor) model was missing. Every figure it cannot produce now reads n/a (why).
+    run_dir = tmp_path / "R"
+    result = run_cli("search", "--run-dir", run_dir, "--backbones", "mobilenet_025", "--image-size", 64,
+                     "--max-epochs", 2, "--weights", "none", "--seed", 2)
+    assert result.exit_code == 0 and result.exception is None, result.output
+    assert "Traceback" not in result.output
+    layout = RunLayout(run_dir)
+    assert layout.winners_summary.is_file() and list(layout.winners.glob("1-*/model.keras"))
+    assert (layout.report / "report.html").is_file() and layout.metrics.is_file()
+    assert (layout.export / "model.keras").is_file() and (layout.export / "model_card.json").is_file()
+    assert "done in " in result.output and f"exported:     {layout.export}/" in result.output

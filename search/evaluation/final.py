@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from search.console import number_text
 from search.evaluation import calibration, operating_point
 from search.evaluation.metrics import classification_metrics, figure_text
 
@@ -69,21 +70,25 @@ def section_markdown(sections: dict) -> str:
     """The report.md section for these figures."""
     cal = sections["calibration"]
     fitted = "out-of-fold predictions of train+val" if cal["fitted_on"] == "out-of-fold" else "validation"
-    lines = [f"Temperature {cal['temperature']:.3f}, fitted on {fitted}. Test ECE {cal['ece_before']:.4f} "
-             f"before, {cal['ece_after']:.4f} after; test cross-entropy {cal['nll_before']:.4f} -> "
-             f"{cal['nll_after']:.4f}."]
+    ece, nll = ({when: number_text(cal.get(f"{name}_{when}"), ".4f") for when in ("before", "after")}
+                for name in ("ece", "nll"))
+    lines = [f"Temperature {number_text(cal.get('temperature'))}, fitted on {fitted}. Test ECE {ece['before']} "
+             f"before, {ece['after']} after; test cross-entropy {nll['before']} -> {nll['after']}."]
     compare = sections["single_vs_final"]
     lines += ["", f"| | single best | final ({compare['final_kind']}: {', '.join(compare['members'])}) |",
               "|---|---|---|"]
     for name in _COMPARED:
-        lines.append(f"| {name} | {figure_text(compare['single_best'][name])} | {figure_text(compare['final'][name])} |")
-    lines.append(f"| ECE (calibrated) | {compare['single_best']['ece']:.4f} | {compare['final']['ece']:.4f} |")
+        lines.append(f"| {name} | {figure_text(compare['single_best'].get(name))} "
+                     f"| {figure_text(compare['final'].get(name))} |")
+    lines.append(f"| ECE (calibrated) | {number_text(compare['single_best'].get('ece'), '.4f')} "
+                 f"| {number_text(compare['final'].get('ece'), '.4f')} |")
     point = sections.get("operating_point")
     if point:
         sure = f" Chosen to be {operating_point.guarantee_text(point)}." if point.get("guarantee") else ""
         lines += ["", f"Operating point {point['class']} {point['metric']} >= {point['target']:g}: "
-                  f"threshold {point['threshold']:.4f} ({point['how_to_apply']}).{sure}", "",
+                  f"threshold {number_text(point.get('threshold'), '.4f')} ({point['how_to_apply']}).{sure}", "",
                   "| on the test split | sensitivity | specificity |", "|---|---|---|"]
         for label, figures in (("argmax", point["test_argmax"]), ("operating point", point["test"])):
-            lines.append(f"| {label} | {figure_text(figures['sensitivity'])} | {figure_text(figures['specificity'])} |")
+            lines.append(f"| {label} | {figure_text(figures.get('sensitivity'))} "
+                         f"| {figure_text(figures.get('specificity'))} |")
     return "\n".join(lines)
