@@ -126,6 +126,31 @@ def epoch_lines(log: Callable[[str], None], prefix: str, epochs: int):
 _EPOCH_FIGURES = ("weighted_loss", "accuracy", "val_weighted_loss", "val_accuracy")
 
 
+def weights_lines(config) -> list[str]:
+    """The search's opening lines: where each backbone's starting weights come from, one line each.
+
+    E.g. ``pretrained: mobilenet_025 ImageNet weights, shipped with the package
+    (hypermodels/assets/mobilenet_2_5_224_tf_no_top.h5)`` and ``from scratch: vanilla_cnn
+    (no pretrained weights exist for it)``, pretrained ones first. Called after ``search.run.check_inputs``, so
+    nothing is downloaded here.
+
+    Args:
+        config: The run's ``search.config.RunConfig``.
+    """
+    from hypermodels.registry import get_backbone  # here: importing Keras must wait for quiet_start
+    from hypermodels.weights import starts_pretrained, weights_origin
+
+    pretrained, scratch = [], []
+    for name in config.backbones:
+        spec = get_backbone(name)
+        origin = weights_origin(spec, config.weights, config.image_size)
+        if starts_pretrained(spec, config.weights):
+            pretrained.append(f"pretrained: {name} {origin}")
+        else:
+            scratch.append(f"from scratch: {name} ({origin})")
+    return pretrained + scratch
+
+
 def summary_lines(layout, started: float | None = None) -> list[str]:
     """Where everything of a finished job is, and the headline test figures with their 95% CIs.
 

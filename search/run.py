@@ -17,7 +17,7 @@ from hypermodels import precision
 from hypermodels.classifier import OBJECTIVE
 from hypermodels.registry import get_backbone
 from hypermodels.weights import resolve_weights
-from search import cache_plan, dataset, lock, timing
+from search import cache_plan, console, dataset, lock, timing
 from search.activations import trial_hypermodel
 from search.devices import deterministic_ops, devices_line
 from search.distributed import local, protocol as distributed, worker
@@ -91,6 +91,8 @@ def _search(config: RunConfig, log, chief, worker_timeout, strategy, workers) ->
     config = config.replace(precision=precision.resolve(config.precision))
     start_run(config)
     log(devices_line(config.precision))
+    for line in console.weights_lines(config):  # where each backbone starts from: ImageNet (shipped?) or scratch
+        log(line)
     config.layout.extraction.unlink(missing_ok=True)  # a killed chief's: workers must not join it
     # Started first: they load TensorFlow while this process decodes and caches.
     with local.local_workers(config.path, workers, log, strategy) if workers > 1 else \

@@ -81,6 +81,26 @@ def test_importing_cli_changes_no_process_wide_state():
     assert done.returncode == 0 and "unchanged" in done.stdout, done.stderr
 
 
+def test_demo_search_opens_with_where_its_weights_come_from(tmp_path, monkeypatch):
+    import search.dataset
+    from data.errors import UserError
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))  # the shipped copy serves
+
+    def stop(*args, **kwargs):
+        raise UserError("stopped after the opening lines")
+
+    monkeypatch.setattr(search.dataset, "prepare", stop)
+    result = run_cli("search", "--run-dir", tmp_path / "run")  # the demo, with its defaults
+    error_line(result, "stopped after the opening lines")
+    opening = result.output.splitlines()[:3]
+    assert opening[0].startswith("devices: "), result.output
+    assert opening[1:] == [
+        "pretrained: mobilenet_025 ImageNet weights, shipped with the package "
+        "(hypermodels/assets/mobilenet_2_5_224_tf_no_top.h5)",
+        "from scratch: vanilla_cnn (no pretrained weights exist for it)"], result.output
+
+
 def test_a_small_from_scratch_search_on_the_demo_data_runs_to_the_end(tmp_path):
     # The command of issue 24, exactly: it used to end in a TypeError when the Grad-CAM energy
     # of its (poor) model was missing. Every figure it cannot produce now reads n/a (why).
@@ -89,6 +109,7 @@ def test_a_small_from_scratch_search_on_the_demo_data_runs_to_the_end(tmp_path):
                      "--max-epochs", 2, "--weights", "none", "--seed", 2)
     assert result.exit_code == 0 and result.exception is None, result.output
     assert "Traceback" not in result.output
+    assert "from scratch: mobilenet_025 (--weights none)" in result.output
     layout = RunLayout(run_dir)
     assert layout.winners_summary.is_file() and list(layout.winners.glob("1-*/model.keras"))
     assert (layout.report / "report.html").is_file() and layout.metrics.is_file()

@@ -154,3 +154,13 @@ def test_the_verdict_says_why_the_grad_cam_energy_is_missing(tmp_path):
     text = shortcuts.verdict_block(tmp_path, metrics)
     assert "Grad-CAM energy inside the chest box: n/a (every Grad-CAM heatmap is all zero)." in text
     assert "| test split (same sources) | 3 | 0.500 | n/a (no 'COVID' cases in y_true) |" in text
+
+
+def test_weights_lines_say_where_each_backbone_starts_from(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))  # no cached copy: the shipped one serves
+    assert console.weights_lines(new_config(str(tmp_path / "run"))) == [
+        "pretrained: mobilenet_025 ImageNet weights, shipped with the package "
+        "(hypermodels/assets/mobilenet_2_5_224_tf_no_top.h5)",
+        "from scratch: vanilla_cnn (no pretrained weights exist for it)"]
+    assert console.weights_lines(new_config(str(tmp_path / "run"), backbones=("mobilenet_025",), weights="none")) \
+        == ["from scratch: mobilenet_025 (--weights none)"]
