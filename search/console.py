@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import numbers
 import os
 import time
@@ -151,10 +152,52 @@ def weights_lines(config) -> list[str]:
     return pretrained + scratch
 
 
-def summary_lines(layout, started: float | None = None) -> list[str]:
-    """Where everything of a finished job is, and the headline test figures with their 95% CIs.
+def transfer_line(best: dict, config) -> str | None:
+    """The best pretrained trial against the best from-scratch one, on the class-weighted validation loss.
 
-    Whatever the run did not produce reads ``n/a (why)`` or is left out.
+    E.g. ``pretrained vs from scratch: val_weighted_loss 0.4580 (trial 0003, mobilenet_025) vs 0.7130
+    (trial 0007, vanilla_cnn): pretrained lower by 0.2550; chance ln 3 = 1.0986``. None when only one
+    kind of backbone was searched; ``n/a (why)`` when one kind has no completed trial.
+
+    Args:
+        best: The content of ``best_hyperparameters.json`` (``search.run.best_trials``).
+        config: The run's ``search.config.RunConfig``.
+    """
+    from hypermodels.registry import BACKBONES
+    from hypermodels.weights import starts_pretrained
+
+    def pretrained(backbone) -> bool:
+        return backbone in BACKBONES and starts_pretrained(BACKBONES[backbone], config.weights)
+
+    kinds = {pretrained(name) for name in config.backbones}
+    if len(kinds) < 2:
+        return None
+    objective = (best.get("objective") or {}).get("name", "val_weighted_loss")
+    trials = list((best.get("best_per_backbone") or {}).values()) or best.get("top") or []
+    scored = [t for t in trials if isinstance(t, dict) and isinstance(t.get(objective), (int, float))]
+    found = {}
+    for kind in (True, False):
+        of_kind = [t for t in scored if pretrained((t.get("hyperparameters") or {}).get("backbone")) == kind]
+        found[kind] = min(of_kind, key=lambda t: t[objective]) if of_kind else None
+    head = "pretrained vs from scratch:"
+    missing = [word for kind, word in ((True, "pretrained"), (False, "from-scratch")) if found[kind] is None]
+    if missing:
+        return f"{head} {number_text(None, reason='no ' + ' or '.join(missing) + ' trial completed')}"
+    ours, theirs = (f"{number_text(t[objective], '.4f')} (trial {t.get('trial_id', '?')}, "
+                    f"{t['hyperparameters']['backbone']})" for t in (found[True], found[False]))
+    gap = found[False][objective] - found[True][objective]
+    verdict = (f"pretrained lower by {gap:.4f}" if gap > 0 else
+               f"from scratch lower by {-gap:.4f}" if gap < 0 else "the same")
+    classes = len(config.class_names)
+    chance = f"; chance ln {classes} = {math.log(classes):.4f}" if classes > 1 else ""
+    return f"{head} {objective} {ours} vs {theirs}: {verdict}{chance}"
+
+
+def summary_lines(layout, started: float | None = None) -> list[str]:
+    """Where everything of a finished job is, with the headline test figures and their 95% CIs.
+
+    With both kinds of backbone searched, also the best pretrained trial against the best
+    from-scratch one. Whatever the run did not produce reads ``n/a (why)`` or is left out.
 
     Args:
         layout: The run's ``search.layout.RunLayout``.
@@ -172,6 +215,9 @@ def summary_lines(layout, started: float | None = None) -> list[str]:
         groups = card.get("files") if isinstance(card.get("files"), dict) else {}
         files = ", ".join(sorted({Path(f).parts[0] for group in groups.values() for f in group}))
         lines.append(f"  exported:     {layout.export}/ {files + ', ' if files else ''}model_card.json")
+    line = _transfer_summary(layout)
+    if line:
+        lines.append(f"  {line}")
     metrics = _read(layout.metrics)
     if metrics is not None:
         lines += headline_lines(metrics)
@@ -190,6 +236,17 @@ def headline_lines(metrics: dict) -> list[str]:
     lines = [f"  test split, {number_text(metrics.get('n'), 'd', 'count not recorded')} images (95% bootstrap CI):"]
     lines += [f"    {name:<20} {figure_text(figure)}" for name, figure in figures]
     return lines
+
+
+def _transfer_summary(layout) -> str | None:
+    from data.errors import UserError
+    from search.config import load_config
+
+    best = _read(layout.best)
+    try:
+        return transfer_line(best, load_config(layout.root)) if best is not None else None
+    except UserError:  # no config.json, or a damaged one: the summary goes without the comparison
+        return None
 
 
 def _read(path: Path):

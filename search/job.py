@@ -68,5 +68,8 @@ def best_lines(best: dict, config: RunConfig) -> list[str]:
         why = f"none of {trials} trial(s) completed" if isinstance(trials, int) else "no trial completed"
         lines = [f"best trial: {console.number_text(None, reason=why)}"]
     lines += [f"  {name} {console.value_text(value)}" for name, value in (top.get("hyperparameters") or {}).items()]
+    transfer = console.transfer_line(best, config)
+    if transfer:
+        lines.append(transfer)
     lines.append(f"inspect: tensorboard --logdir {config.layout.tensorboard}")
     return lines

@@ -214,9 +214,10 @@ def best_trials(tuner, top: int = 5) -> dict:
     """The best trials with distinct hyperparameters, best first.
 
     Hyperband trains one configuration in several rounds, each its own trial;
-    only the best-scoring trial of each configuration is kept.
+    only the best-scoring trial of each configuration is kept. ``best_per_backbone``
+    holds each searched backbone's best, for the pretrained/from-scratch comparison.
     """
-    ranked, seen = [], set()
+    ranked, seen, per_backbone = [], set(), {}
     for trial in tuner.oracle.get_best_trials(num_trials=len(tuner.oracle.trials)):
         values = searched_values(trial.hyperparameters.values)
         key = json.dumps(values, sort_keys=True)
@@ -225,9 +226,11 @@ def best_trials(tuner, top: int = 5) -> dict:
             ranked.append({"trial_id": trial.trial_id, OBJECTIVE: trial.score,
                            "epochs": trial.hyperparameters.values.get("tuner/epochs"),
                            "hyperparameters": values})
+            if "backbone" in values:
+                per_backbone.setdefault(values["backbone"], ranked[-1])
     return {"objective": {"name": OBJECTIVE, "direction": "min"},
             "trials": len(tuner.oracle.trials), "best": ranked[0] if ranked else None,
-            "top": ranked[:top]}
+            "top": ranked[:top], "best_per_backbone": per_backbone}
 
 
 def _log_data(data: dataset.RunData, log: Callable[[str], None]) -> None:

@@ -87,7 +87,7 @@ _EMPTY_FIGURE = {"value": None, "ci95": None, "reason": "no 'COVID' cases in y_t
 
 
 def _lines_fed_missing_values(tmp_path) -> list[str]:
-    config = new_config(str(tmp_path / "run"))
+    config = new_config(str(tmp_path / "run"))  # the demo's backbones: both kinds, so the comparison is asked
     lines = []
     callback = console.epoch_lines(lines.append, "  seed 0", 4)
     callback.on_epoch_end(0, {"weighted_loss": None, "accuracy": 0.5})  # no on_epoch_begin: no time either
@@ -95,10 +95,13 @@ def _lines_fed_missing_values(tmp_path) -> list[str]:
     lines += console.headline_lines({})
     lines += console.headline_lines({"n": 5, "accuracy": _EMPTY_FIGURE, "macro_f1": {"value": 0.5},
                                      "roc_auc": {"macro": None}, "covid_sensitivity": _EMPTY_FIGURE})
+    per_backbone = {"vanilla_cnn": {OBJECTIVE: 0.7, "hyperparameters": {"backbone": "vanilla_cnn"}},
+                    "mobilenet_025": {"hyperparameters": {"backbone": "mobilenet_025"}}}  # its loss is missing
     for best in ({}, {"best": None, "trials": 3}, {"objective": {"name": OBJECTIVE}, "trials": 2,
                  "best": {"trial_id": "0001", OBJECTIVE: None, "hyperparameters": {"dropout": None}},
-                 "best_per_backbone": {"vanilla_cnn": {"hyperparameters": {"backbone": "vanilla_cnn"}}}}):
+                 "best_per_backbone": per_backbone}):
         lines += job.best_lines(best, config)
+        lines.append(console.transfer_line(best, config))
     layout = RunLayout(tmp_path / "run")
     layout.report.mkdir(parents=True)
     layout.export.mkdir()
@@ -120,7 +123,8 @@ def _lines_fed_missing_values(tmp_path) -> list[str]:
     lines += shortcuts.checks_section({"energy": no_energy}, tmp_path).splitlines()
     lines += final.section_markdown({
         "calibration": {"fitted_on": "validation", "temperature": None},
-        "single_vs_final": {"final_kind": "single", "members": ["1-0001"], "single_best": {}, "final": {"ece": None}},
+        "single_vs_final": {"final_kind": "single", "members": ["1-0001"], "single_best": {},
+                            "final": {"ece": None}},
         "operating_point": {"class": "COVID", "metric": "sensitivity", "target": 0.95, "how_to_apply": "p >= t",
                             "test_argmax": {}, "test": {"sensitivity": _EMPTY_FIGURE}}}).splitlines()
     return lines
@@ -134,6 +138,8 @@ def test_every_console_line_copes_with_missing_figures(tmp_path):
     assert "best trial: n/a (no trial completed)" in text
     assert "best trial: n/a (none of 3 trial(s) completed)" in text
     assert "best trial 0001 of 2: val_weighted_loss = n/a (not recorded)" in text
+    assert "pretrained vs from scratch: n/a (no pretrained trial completed)" in text
+    assert "pretrained vs from scratch: n/a (no pretrained or from-scratch trial completed)" in text
     assert "accuracy             n/a (no 'COVID' cases in y_true)" in text
     assert "test split, n/a (count not recorded) images" in text
     assert "± n/a (one seed) over 1 seed(s)" in text and "0.5000 ± n/a (not recorded) over 2 seed(s)" in text
@@ -154,6 +160,28 @@ def test_the_verdict_says_why_the_grad_cam_energy_is_missing(tmp_path):
     text = shortcuts.verdict_block(tmp_path, metrics)
     assert "Grad-CAM energy inside the chest box: n/a (every Grad-CAM heatmap is all zero)." in text
     assert "| test split (same sources) | 3 | 0.500 | n/a (no 'COVID' cases in y_true) |" in text
+
+
+def test_transfer_line_compares_the_best_pretrained_trial_with_the_best_from_scratch(tmp_path):
+    config = new_config(str(tmp_path / "run")).replace(class_names=("COVID", "Normal", "Viral"))
+
+    def entry(trial_id, backbone, loss):
+        return {"trial_id": trial_id, OBJECTIVE: loss, "hyperparameters": {"backbone": backbone, "dropout": 0.1}}
+
+    best = {"objective": {"name": OBJECTIVE}, "trials": 9,
+            "top": [entry("0004", "mobilenet_025", 0.458), entry("0005", "mobilenet_025", 0.5)],
+            # The from-scratch best is not among the top few: the comparison reads each backbone's best.
+            "best_per_backbone": {"mobilenet_025": entry("0004", "mobilenet_025", 0.458),
+                                  "vanilla_cnn": entry("0007", "vanilla_cnn", 0.713)}}
+    assert console.transfer_line(best, config) == (
+        "pretrained vs from scratch: val_weighted_loss 0.4580 (trial 0004, mobilenet_025) vs 0.7130 "
+        "(trial 0007, vanilla_cnn): pretrained lower by 0.2550; chance ln 3 = 1.0986")
+    # A file written before best_per_backbone existed: the top few serve.
+    older = {**best, "top": [*best["top"], entry("0007", "vanilla_cnn", 0.713)]}
+    del older["best_per_backbone"]
+    assert console.transfer_line(older, config) == console.transfer_line(best, config)
+    assert console.transfer_line(best, config.replace(weights="none")) is None  # one kind: nothing to compare
+    assert console.transfer_line(best, config.replace(backbones=("mobilenet_025",))) is None
 
 
 def test_weights_lines_say_where_each_backbone_starts_from(tmp_path, monkeypatch):
