@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from hypermodels.registry import BACKBONES
+from search.config import DATA_DEFAULTS, DEMO_DEFAULTS, new_config
 from search.layout import RunLayout
 from tests.conftest import error_line, run_cli
 
@@ -79,6 +80,34 @@ def test_importing_cli_changes_no_process_wide_state():
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "unchanged" in done.stdout, done.stderr
+
+
+def _option_help(help_text: str, flag: str) -> str:
+    """The help of one option of `--help`, its wrapped lines joined (up to the next option)."""
+    words = " ".join(help_text.split())
+    start = words.index(f" {flag} ")
+    end = words.find(" --", start + len(flag) + 2)
+    return words[start:end if end > 0 else None]
+
+
+def test_search_help_shows_the_defaults_the_code_uses(tmp_path):
+    result = run_cli("search", "--help")
+    assert result.exit_code == 0, result.output
+    demo, data = new_config(str(tmp_path / "demo")), new_config(str(tmp_path / "own"), str(tmp_path))
+
+    def text(value):
+        return ", ".join(value) if isinstance(value, tuple) else str(value)
+
+    for setting in ("backbones", "image_size", "weights", "max_epochs", "batch_size"):
+        # What a run actually gets without the flag, and the dicts the help is built from, agree ...
+        assert getattr(demo, setting) == DEMO_DEFAULTS[setting] and getattr(data, setting) == DATA_DEFAULTS[setting]
+        # ... and the help says those values.
+        help_text = _option_help(result.output, "--" + setting.replace("_", "-"))
+        if DEMO_DEFAULTS[setting] == DATA_DEFAULTS[setting]:
+            assert f"Default: {text(DEMO_DEFAULTS[setting])}." in help_text, help_text
+        else:
+            assert f"Default: {text(DEMO_DEFAULTS[setting])} for the demo, else {text(DATA_DEFAULTS[setting])}." \
+                in help_text, help_text
 
 
 def test_demo_search_opens_with_where_its_weights_come_from(tmp_path, monkeypatch):
