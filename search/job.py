@@ -68,7 +68,9 @@ def best_lines(best: dict, config: RunConfig) -> list[str]:
         why = f"none of {trials} trial(s) completed" if isinstance(trials, int) else "no trial completed"
         lines = [f"best trial: {console.number_text(None, reason=why)}"]
     lines += [f"  {name} {console.value_text(value)}" for name, value in (top.get("hyperparameters") or {}).items()]
-    transfer = console.transfer_line(best, config)
+    # The data stage saved the class names (for the chance level) in config.json, not in this config.
+    named = config if config.class_names or not config.layout.config.is_file() else load_config(config.run_dir)
+    transfer = console.transfer_line(best, named)
     if transfer:
         lines.append(transfer)
     lines.append(f"inspect: tensorboard --logdir {config.layout.tensorboard}")
