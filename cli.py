@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from data.errors import UserError
-from search.config import PRECISIONS, TUNERS
+from search.config import DATA_DEFAULTS, DEMO_DEFAULTS, PRECISIONS, TUNERS
 
 
 class _Group(click.Group):
@@ -39,6 +39,15 @@ def _csv(ctx, param, value):
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
+def _defaults(setting: str) -> str:
+    """``Default: A for the demo, else B.``, from the defaults the code uses (the help cannot drift from them)."""
+    def text(value):
+        return ", ".join(value) if isinstance(value, (tuple, list)) else str(value)
+
+    demo, data = text(DEMO_DEFAULTS[setting]), text(DATA_DEFAULTS[setting])
+    return f"Default: {demo}." if demo == data else f"Default: {demo} for the demo, else {data}."
+
+
 def search_options(function):
     """The flags that define a search (a `worker` reads them from the run directory)."""
     options = [
@@ -48,23 +57,21 @@ def search_options(function):
         click.option("--run-dir", type=click.Path(file_okay=False), default="runs/demo",
                      show_default=True, help="Run directory; the same one again resumes."),
         click.option("--backbones", callback=_csv, default=None,
-                     help="Comma-separated registry names (see `backbones`). "
-                          "Default: vanilla_cnn,mobilenet_025 for the demo, else efficientnet_b0,"
-                          "mobilenet_v2,resnet50,densenet121."),
+                     help="Comma-separated registry names (see `backbones`). " + _defaults("backbones")),
         click.option("--image-size", type=click.IntRange(16, 1024), default=None,
-                     help="Square image side in pixels. Default: 64 for the demo, else 224."),
+                     help="Square image side in pixels. " + _defaults("image_size")),
         click.option("--weights", default=None,
-                     help="imagenet, none, or a weights file. Default: none for the demo, else imagenet."),
+                     help="imagenet, none, or a weights file (mobilenet_025's ImageNet file ships with the "
+                          "package). " + _defaults("weights")),
         click.option("--tuner", type=click.Choice(TUNERS),
                      default="hyperband", show_default=True),
         click.option("--max-epochs", type=click.IntRange(1), default=None,
-                     help="Most epochs for one model. Default: 8 for the demo, else 9."),
+                     help="Most epochs for one model. " + _defaults("max_epochs")),
         click.option("--factor", type=click.IntRange(2), default=3, show_default=True,
                      help="Hyperband's reduction factor."),
         click.option("--max-trials", type=click.IntRange(1), default=20, show_default=True,
                      help="Trial budget of the bayesian and random tuners."),
-        click.option("--batch-size", type=click.IntRange(1), default=None,
-                     help="Default: 16 for the demo, else 32."),
+        click.option("--batch-size", type=click.IntRange(1), default=None, help=_defaults("batch_size")),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Same seed, same split and same trial sequence."),
         click.option("--overwrite", is_flag=True, help="Start over instead of resuming."),
@@ -296,16 +303,18 @@ def gradcam(run_dir, images, out, class_name, layer):
               help="Output folder. Default: RUN_DIR/export.")
 def export(run_dir, formats, out):
     """Export the best winner with a model card (class names, input, metrics, hashes)."""
+    from search.console import number_text
     from search.export import export_model
 
     card = export_model(_run_config(run_dir), formats=formats, out=out, log=click.echo)
-    for name, difference in card["agreement"]["max_abs_probability_difference"].items():
-        click.echo(f"  {name}: largest probability difference to the model on the test split {difference:.2e}")
-    trained = card["precision"]
+    for name, difference in card.get("agreement", {}).get("max_abs_probability_difference", {}).items():
+        click.echo(f"  {name}: largest probability difference to the model on the test split "
+                   f"{number_text(difference, '.2e', 'not measured')}")
+    trained = card.get("precision", {})
     if "max_abs_probability_difference_to_trained" in trained:
         click.echo(f"  float32 export against the {trained['trained']} model: largest probability difference "
-                   f"{trained['max_abs_probability_difference_to_trained']:.2e}, same predicted class "
-                   f"{trained['same_predicted_class']:.1%}")
+                   f"{number_text(trained['max_abs_probability_difference_to_trained'], '.2e', 'not measured')}, "
+                   f"same predicted class {number_text(trained.get('same_predicted_class'), '.1%', 'not measured')}")
 
 
 @cli.command()

@@ -38,7 +38,7 @@ def resolve_weights(spec: BackboneSpec, weights: str, size: int) -> str | None:
         UserError: If the ImageNet file is neither cached nor downloadable, or the
             given path does not exist.
     """
-    if weights == "none" or not spec.pretrainable:
+    if not starts_pretrained(spec, weights):
         return None
     if weights != "imagenet":
         if not Path(weights).is_file():
@@ -50,6 +50,28 @@ def resolve_weights(spec: BackboneSpec, weights: str, size: int) -> str | None:
             return str(SHIPPED_DIR / file_name)
         _download(spec, file_name, size)
     return "imagenet"
+
+
+def starts_pretrained(spec: BackboneSpec, weights: str) -> bool:
+    """Whether the backbone starts from trained weights (``--weights`` not ``none``, and some exist for it)."""
+    return weights != "none" and spec.pretrainable
+
+
+def weights_origin(spec: BackboneSpec, weights: str, size: int) -> str:
+    """Where the backbone's starting weights come from, in words (what :func:`resolve_weights` picks).
+
+    E.g. ``ImageNet weights, shipped with the package (hypermodels/assets/mobilenet_2_5_224_tf_no_top.h5)``,
+    ``ImageNet weights from the Keras cache (...)``, ``weights from the file ...``, or for a from-scratch
+    backbone why it is one: ``--weights none`` or ``no pretrained weights exist for it``.
+    """
+    if not starts_pretrained(spec, weights):
+        return "--weights none" if spec.pretrainable else "no pretrained weights exist for it"
+    resolved = resolve_weights(spec, weights, size)
+    if resolved == "imagenet":
+        return f"ImageNet weights from the Keras cache ({keras_cache_dir() / spec.weight_file(size)})"
+    if Path(resolved).parent == SHIPPED_DIR:
+        return f"ImageNet weights, shipped with the package ({Path(resolved).relative_to(SHIPPED_DIR.parent.parent)})"
+    return f"weights from the file {resolved}"
 
 
 def _download(spec: BackboneSpec, file_name: str, size: int) -> None:

@@ -11,6 +11,8 @@ import contextlib
 import importlib
 import json
 import logging
+import math
+import numbers
 import os
 import time
 import warnings
@@ -71,8 +73,28 @@ def _stderr_to_devnull():
         os.close(saved)
 
 
+def number_text(value, spec: str = ".3f", reason: str = "not recorded", unit: str = "") -> str:
+    """A figure that may be missing, for any line a user reads: ``format(value, spec)`` or ``n/a (reason)``.
+
+    Every printed or reported figure goes through here (or :func:`value_text`, or
+    ``search.evaluation.metrics.figure_text`` for a figure with a CI), so a metric, a time
+    or a loss that a run never produced reads ``n/a (why)`` instead of stopping the run.
+
+    Args:
+        value: The figure; None (or anything that is not a number) is missing.
+        spec: Its format spec, e.g. ``".4f"``, ``".2e"``, ``".1%"``.
+        reason: Why it would be missing, said after ``n/a``.
+        unit: Written after a figure that is there, e.g. ``" s"``, ``" MB"``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"n/a ({reason})"
+    return format(value, spec) + unit
+
+
 def value_text(value) -> str:
     """A hyperparameter value as a person reads it: ``0.3``, ``5.3e-04``, ``128``, ``mobilenet_025``."""
+    if value is None:
+        return number_text(None, reason="no value")
     if isinstance(value, float):
         if value != 0 and abs(value) < 0.01:
             return f"{value:.1e}"
@@ -93,8 +115,11 @@ def epoch_lines(log: Callable[[str], None], prefix: str, epochs: int):
 
     def end(epoch, logs):
         logs = logs or {}
-        figures = ", ".join(f"{name} {logs[name]:.3f}" for name in _EPOCH_FIGURES if name in logs)
-        log(f"{prefix} epoch {epoch + 1}/{epochs}: {figures} ({time.perf_counter() - started[-1]:.1f} s)")
+        figures = ", ".join(f"{name} {number_text(logs[name])}" for name in _EPOCH_FIGURES if name in logs)
+        figures = figures or number_text(None, reason="no figures logged")
+        took = f"({time.perf_counter() - started[-1]:.1f} s)" if started else \
+            f"time {number_text(None, reason='not timed')}"
+        log(f"{prefix} epoch {epoch + 1}/{epochs}: {figures} {took}")
 
     return keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: started.append(time.perf_counter()),
                                           on_epoch_end=end)
@@ -103,8 +128,77 @@ def epoch_lines(log: Callable[[str], None], prefix: str, epochs: int):
 _EPOCH_FIGURES = ("weighted_loss", "accuracy", "val_weighted_loss", "val_accuracy")
 
 
+def weights_lines(config) -> list[str]:
+    """The search's opening lines: where each backbone's starting weights come from, one line each.
+
+    E.g. ``pretrained: mobilenet_025 ImageNet weights, shipped with the package
+    (hypermodels/assets/mobilenet_2_5_224_tf_no_top.h5)`` and ``from scratch: vanilla_cnn
+    (no pretrained weights exist for it)``, pretrained ones first. Called after ``search.run.check_inputs``, so
+    nothing is downloaded here.
+
+    Args:
+        config: The run's ``search.config.RunConfig``.
+    """
+    from hypermodels.registry import get_backbone  # here: importing Keras must wait for quiet_start
+    from hypermodels.weights import starts_pretrained, weights_origin
+
+    pretrained, scratch = [], []
+    for name in config.backbones:
+        spec = get_backbone(name)
+        origin = weights_origin(spec, config.weights, config.image_size)
+        if starts_pretrained(spec, config.weights):
+            pretrained.append(f"pretrained: {name} {origin}")
+        else:
+            scratch.append(f"from scratch: {name} ({origin})")
+    return pretrained + scratch
+
+
+def transfer_line(best: dict, config) -> str | None:
+    """The best pretrained trial against the best from-scratch one, on the class-weighted validation loss.
+
+    E.g. ``pretrained vs from scratch: val_weighted_loss 0.4580 (trial 0003, mobilenet_025) vs 0.7130
+    (trial 0007, vanilla_cnn): pretrained lower by 0.2550; chance ln 3 = 1.0986``. None when only one
+    kind of backbone was searched; ``n/a (why)`` when one kind has no completed trial.
+
+    Args:
+        best: The content of ``best_hyperparameters.json`` (``search.run.best_trials``).
+        config: The run's ``search.config.RunConfig``.
+    """
+    from hypermodels.registry import BACKBONES
+    from hypermodels.weights import starts_pretrained
+
+    def pretrained(backbone) -> bool:
+        return backbone in BACKBONES and starts_pretrained(BACKBONES[backbone], config.weights)
+
+    kinds = {pretrained(name) for name in config.backbones}
+    if len(kinds) < 2:
+        return None
+    objective = (best.get("objective") or {}).get("name", "val_weighted_loss")
+    trials = list((best.get("best_per_backbone") or {}).values()) or best.get("top") or []
+    scored = [t for t in trials if isinstance(t, dict) and isinstance(t.get(objective), (int, float))]
+    found = {}
+    for kind in (True, False):
+        of_kind = [t for t in scored if pretrained((t.get("hyperparameters") or {}).get("backbone")) == kind]
+        found[kind] = min(of_kind, key=lambda t: t[objective]) if of_kind else None
+    head = "pretrained vs from scratch:"
+    missing = [word for kind, word in ((True, "pretrained"), (False, "from-scratch")) if found[kind] is None]
+    if missing:
+        return f"{head} {number_text(None, reason='no ' + ' or '.join(missing) + ' trial completed')}"
+    ours, theirs = (f"{number_text(t[objective], '.4f')} (trial {t.get('trial_id', '?')}, "
+                    f"{t['hyperparameters']['backbone']})" for t in (found[True], found[False]))
+    gap = found[False][objective] - found[True][objective]
+    verdict = (f"pretrained lower by {gap:.4f}" if gap > 0 else
+               f"from scratch lower by {-gap:.4f}" if gap < 0 else "the same")
+    classes = len(config.class_names)
+    chance = f"; chance ln {classes} = {math.log(classes):.4f}" if classes > 1 else ""
+    return f"{head} {objective} {ours} vs {theirs}: {verdict}{chance}"
+
+
 def summary_lines(layout, started: float | None = None) -> list[str]:
-    """Where everything of a finished job is, and the headline test figures with their 95% CIs.
+    """Where everything of a finished job is, with the headline test figures and their 95% CIs.
+
+    With both kinds of backbone searched, also the best pretrained trial against the best
+    from-scratch one. Whatever the run did not produce reads ``n/a (why)`` or is left out.
 
     Args:
         layout: The run's ``search.layout.RunLayout``.
@@ -117,31 +211,51 @@ def summary_lines(layout, started: float | None = None) -> list[str]:
     lines.append(f"  tensorboard:  tensorboard --logdir {layout.tensorboard}")
     if layout.winners_summary.is_file():
         lines.append(f"  winners:      {layout.winners} (summary.json)")
-    card_file = layout.export / "model_card.json"
-    if card_file.is_file():
-        card = json.loads(card_file.read_text())
-        files = ", ".join(sorted({Path(f).parts[0] for group in card["files"].values() for f in group}))
-        lines.append(f"  exported:     {layout.export}/ {files}, model_card.json")
-    if layout.metrics.is_file():
-        lines += _headline_lines(json.loads(layout.metrics.read_text()))
+    card = _read(layout.export / "model_card.json")
+    if card is not None:
+        groups = card.get("files") if isinstance(card.get("files"), dict) else {}
+        files = ", ".join(sorted({Path(f).parts[0] for group in groups.values() for f in group}))
+        lines.append(f"  exported:     {layout.export}/ {files + ', ' if files else ''}model_card.json")
+    line = _transfer_summary(layout)
+    if line:
+        lines.append(f"  {line}")
+    metrics = _read(layout.metrics)
+    if metrics is not None:
+        lines += headline_lines(metrics)
     return lines
 
 
-def _headline_lines(metrics: dict) -> list[str]:
+def headline_lines(metrics: dict) -> list[str]:
+    """The headline test figures of ``metrics.json``: ``accuracy 0.942 [0.885, 1.000]`` or ``n/a (why)``."""
     positive = metrics.get("positive_class", "COVID")
-    figures = (("accuracy", metrics["accuracy"]), ("macro F1", metrics["macro_f1"]),
-               ("macro ROC AUC", metrics["roc_auc"]["macro"]),
-               (f"{positive} sensitivity", metrics["covid_sensitivity"]),
-               (f"{positive} specificity", metrics["covid_specificity"]))
-    lines = [f"  test split, {metrics['n']} images (95% bootstrap CI):"]
-    for name, figure in figures:
-        if figure.get("value") is None:
-            lines.append(f"    {name:<20} n/a ({figure.get('reason', 'undefined')})")
-            continue
-        ci = figure.get("ci95")
-        interval = f"  [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
-        lines.append(f"    {name:<20} {figure['value']:.3f}{interval}")
+    figures = (("accuracy", metrics.get("accuracy")), ("macro F1", metrics.get("macro_f1")),
+               ("macro ROC AUC", (metrics.get("roc_auc") or {}).get("macro")),
+               (f"{positive} sensitivity", metrics.get("covid_sensitivity")),
+               (f"{positive} specificity", metrics.get("covid_specificity")))
+    from search.evaluation.metrics import figure_text  # here: it imports scikit-learn
+
+    lines = [f"  test split, {number_text(metrics.get('n'), 'd', 'count not recorded')} images (95% bootstrap CI):"]
+    lines += [f"    {name:<20} {figure_text(figure)}" for name, figure in figures]
     return lines
+
+
+def _transfer_summary(layout) -> str | None:
+    from data.errors import UserError
+    from search.config import load_config
+
+    best = _read(layout.best)
+    try:
+        return transfer_line(best, load_config(layout.root)) if best is not None else None
+    except UserError:  # no config.json, or a damaged one: the summary goes without the comparison
+        return None
+
+
+def _read(path: Path):
+    """A JSON file's content, or None when it is missing or damaged (the summary leaves it out)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _duration(seconds: float) -> str:

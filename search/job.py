@@ -80,8 +80,19 @@ def _budget(config: RunConfig, retrain: bool, augment: bool, started: float | No
 
 def best_lines(best: dict, config: RunConfig) -> list[str]:
     """What to print about the search's best trial and where to look further."""
-    top, objective = best["best"], best["objective"]["name"]
-    lines = [f"best trial {top['trial_id']} of {best['trials']}: {objective} = {top[objective]:.4f}"]
-    lines += [f"  {name} {console.value_text(value)}" for name, value in top["hyperparameters"].items()]
+    objective = (best.get("objective") or {}).get("name", "val_weighted_loss")
+    top, trials = best.get("best") or {}, best.get("trials", "?")
+    if top:
+        score = console.number_text(top.get(objective), ".4f", "not recorded")
+        lines = [f"best trial {top.get('trial_id', '?')} of {trials}: {objective} = {score}"]
+    else:
+        why = f"none of {trials} trial(s) completed" if isinstance(trials, int) else "no trial completed"
+        lines = [f"best trial: {console.number_text(None, reason=why)}"]
+    lines += [f"  {name} {console.value_text(value)}" for name, value in (top.get("hyperparameters") or {}).items()]
+    # The data stage saved the class names (for the chance level) in config.json, not in this config.
+    named = config if config.class_names or not config.layout.config.is_file() else load_config(config.run_dir)
+    transfer = console.transfer_line(best, named)
+    if transfer:
+        lines.append(transfer)
     lines.append(f"inspect: tensorboard --logdir {config.layout.tensorboard}")
     return lines

@@ -308,6 +308,8 @@ def _rank_and_save(config: RunConfig, results: list[dict], augment: bool, epochs
 
 
 def _mean_std_text(result: dict) -> str:
-    score = result[OBJECTIVE]
-    return f"{score['mean']:.4f} ± {score['std']:.4f} over {len(result['seeds'])} seed(s)"
+    score, seeds = result[OBJECTIVE], len(result["seeds"])
+    spread = console.number_text(score.get("std") if seeds > 1 else None, ".4f",
+                                 "one seed" if seeds < 2 else "not recorded")
+    return f"{console.number_text(score.get('mean'), '.4f')} ± {spread} over {seeds} seed(s)"
 

@@ -17,7 +17,7 @@ from hypermodels import precision
 from hypermodels.classifier import OBJECTIVE
 from hypermodels.registry import get_backbone
 from hypermodels.weights import resolve_weights
-from search import cache_plan, dataset, lock, timing
+from search import cache_plan, console, dataset, lock, timing
 from search.activations import trial_hypermodel
 from search.devices import deterministic_ops, devices_line
 from search.distributed import local, protocol as distributed, worker
@@ -93,6 +93,8 @@ def _search(config: RunConfig, log, chief, worker_timeout, strategy, workers, bu
     config = config.replace(precision=precision.resolve(config.precision))
     start_run(config)
     log(devices_line(config.precision))
+    for line in console.weights_lines(config):  # where each backbone starts from: ImageNet (shipped?) or scratch
+        log(line)
     config.layout.extraction.unlink(missing_ok=True)  # a killed chief's: workers must not join it
     # Started first: they load TensorFlow while this process decodes and caches.
     with local.local_workers(config.path, workers, log, strategy) if workers > 1 else \
@@ -219,9 +221,10 @@ def best_trials(tuner, top: int = 5) -> dict:
     """The best trials with distinct hyperparameters, best first.
 
     Hyperband trains one configuration in several rounds, each its own trial;
-    only the best-scoring trial of each configuration is kept.
+    only the best-scoring trial of each configuration is kept. ``best_per_backbone``
+    holds each searched backbone's best, for the pretrained/from-scratch comparison.
     """
-    ranked, seen = [], set()
+    ranked, seen, per_backbone = [], set(), {}
     for trial in tuner.oracle.get_best_trials(num_trials=len(tuner.oracle.trials)):
         values = searched_values(trial.hyperparameters.values)
         key = json.dumps(values, sort_keys=True)
@@ -230,9 +233,11 @@ def best_trials(tuner, top: int = 5) -> dict:
             ranked.append({"trial_id": trial.trial_id, OBJECTIVE: trial.score,
                            "epochs": trial.hyperparameters.values.get("tuner/epochs"),
                            "hyperparameters": values})
+            if "backbone" in values:
+                per_backbone.setdefault(values["backbone"], ranked[-1])
     return {"objective": {"name": OBJECTIVE, "direction": "min"},
             "trials": len(tuner.oracle.trials), "best": ranked[0] if ranked else None,
-            "top": ranked[:top]}
+            "top": ranked[:top], "best_per_backbone": per_backbone}
 
 
 def _log_data(data: dataset.RunData, log: Callable[[str], None]) -> None:

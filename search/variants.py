@@ -20,6 +20,7 @@ import keras_tuner
 from hypermodels.cutting import is_cacheable
 from hypermodels.classifier import OBJECTIVE
 from hypermodels.registry import get_backbone
+from search.console import number_text
 
 LR_DECAY_FACTOR = 0.3
 EXTRA_BLOCK_LR_FACTOR = 0.3
@@ -82,6 +83,6 @@ def choose(fit: Callable[[keras_tuner.HyperParameters, list], float], hp: keras_
         return variants[0], {}
     scores = {v.name: fit(v.hyperparameters(hp), v.callbacks()) for v in variants}
     chosen = min(variants, key=lambda v: scores[v.name])
-    log("retrain choice, on validation (" + ", ".join(f"{n}: {OBJECTIVE} {s:.4f}" for n, s in scores.items())
+    log("retrain choice, on validation (" + ", ".join(f"{n}: {OBJECTIVE} {number_text(s, '.4f')}" for n, s in scores.items())
         + f"): {chosen.name}")
     return chosen, scores

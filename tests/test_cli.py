@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from hypermodels.registry import BACKBONES
+from search.config import DATA_DEFAULTS, DEMO_DEFAULTS, new_config
+from search.layout import RunLayout
 from tests.conftest import error_line, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,3 +80,67 @@ def test_importing_cli_changes_no_process_wide_state():
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "unchanged" in done.stdout, done.stderr
+
+
+def _option_help(help_text: str, flag: str) -> str:
+    """The help of one option of `--help`, its wrapped lines joined (up to the next option)."""
+    words = " ".join(help_text.split())
+    start = words.index(f" {flag} ")
+    end = words.find(" --", start + len(flag) + 2)
+    return words[start:end if end > 0 else None]
+
+
+def test_search_help_shows_the_defaults_the_code_uses(tmp_path):
+    result = run_cli("search", "--help")
+    assert result.exit_code == 0, result.output
+    demo, data = new_config(str(tmp_path / "demo")), new_config(str(tmp_path / "own"), str(tmp_path))
+
+    def text(value):
+        return ", ".join(value) if isinstance(value, tuple) else str(value)
+
+    for setting in ("backbones", "image_size", "weights", "max_epochs", "batch_size"):
+        # What a run actually gets without the flag, and the dicts the help is built from, agree ...
+        assert getattr(demo, setting) == DEMO_DEFAULTS[setting] and getattr(data, setting) == DATA_DEFAULTS[setting]
+        # ... and the help says those values.
+        help_text = _option_help(result.output, "--" + setting.replace("_", "-"))
+        if DEMO_DEFAULTS[setting] == DATA_DEFAULTS[setting]:
+            assert f"Default: {text(DEMO_DEFAULTS[setting])}." in help_text, help_text
+        else:
+            assert f"Default: {text(DEMO_DEFAULTS[setting])} for the demo, else {text(DATA_DEFAULTS[setting])}." \
+                in help_text, help_text
+
+
+def test_demo_search_opens_with_where_its_weights_come_from(tmp_path, monkeypatch):
+    import search.dataset
+    from data.errors import UserError
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))  # the shipped copy serves
+
+    def stop(*args, **kwargs):
+        raise UserError("stopped after the opening lines")
+
+    monkeypatch.setattr(search.dataset, "prepare", stop)
+    result = run_cli("search", "--run-dir", tmp_path / "run")  # the demo, with its defaults
+    error_line(result, "stopped after the opening lines")
+    opening = result.output.splitlines()[:3]
+    assert opening[0].startswith("devices: "), result.output
+    assert opening[1:] == [
+        "pretrained: mobilenet_025 ImageNet weights, shipped with the package "
+        "(hypermodels/assets/mobilenet_2_5_224_tf_no_top.h5)",
+        "from scratch: vanilla_cnn (no pretrained weights exist for it)"], result.output
+
+
+def test_a_small_from_scratch_search_on_the_demo_data_runs_to_the_end(tmp_path):
+    # The command of issue 24, exactly: it used to end in a TypeError when the Grad-CAM energy
+    # of its (poor) model was missing. Every figure it cannot produce now reads n/a (why).
+    run_dir = tmp_path / "R"
+    result = run_cli("search", "--run-dir", run_dir, "--backbones", "mobilenet_025", "--image-size", 64,
+                     "--max-epochs", 2, "--weights", "none", "--seed", 2)
+    assert result.exit_code == 0 and result.exception is None, result.output
+    assert "Traceback" not in result.output
+    assert "from scratch: mobilenet_025 (--weights none)" in result.output
+    layout = RunLayout(run_dir)
+    assert layout.winners_summary.is_file() and list(layout.winners.glob("1-*/model.keras"))
+    assert (layout.report / "report.html").is_file() and layout.metrics.is_file()
+    assert (layout.export / "model.keras").is_file() and (layout.export / "model_card.json").is_file()
+    assert "done in " in result.output and f"exported:     {layout.export}/" in result.output

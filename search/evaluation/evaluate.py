@@ -23,7 +23,8 @@ from search import dataset, timing
 from search.hparams import searched_values
 from search.evaluation import gradcam, html_report, probe, report, shortcuts
 from search.config import RunConfig
-from search.evaluation.metrics import classification_metrics, roc_curves
+from search.console import number_text
+from search.evaluation.metrics import classification_metrics, figure_text, roc_curves
 from search.lock import run_lock
 from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
 from search.ensemble import CALIBRATION_LAYER, ENSEMBLE_MEAN
@@ -103,8 +104,7 @@ def _evaluate(config: RunConfig, data, out, layer, log) -> tuple[dict, dict]:
     if out.parent == config.layout.report:
         shortcuts.refresh_verdict(out.parent)  # fold this external set into the run's report
         html_report.refresh(config.layout)  # and into its report.html
-    log(f"accuracy {metrics['accuracy']['value']:.3f}, macro F1 {metrics['macro_f1']['value']:.3f} "
-        f"on {metrics['n']} images; report: {out / 'report.html'} (and report.md)")
+    log(result_line(metrics, out))
     return metrics, forward_pass
 
 
@@ -116,6 +116,22 @@ def _outputs(model: keras.Model) -> list:
     # The mean's inputs are the members' outputs, not in rank order (from-scratch members come first).
     first = [t for t in model.get_layer(ENSEMBLE_MEAN).input if t._keras_history.operation.name == "member_1"]
     return [model.output, raw, first[0]]
+
+
+def result_line(metrics: dict, out: Path) -> str:
+    """The line evaluate ends with: headline figures and where the report is (``n/a (why)`` for a missing figure)."""
+    return (f"accuracy {figure_text(metrics.get('accuracy'))}, macro F1 {figure_text(metrics.get('macro_f1'))} "
+            f"on {number_text(metrics.get('n'), 'd', 'count not recorded')} images; "
+            f"report: {Path(out) / 'report.html'} (and report.md)")
+
+
+def probe_line(record: dict) -> str:
+    """The shortcut checks' line: the chest-hidden probe's fresh head and the Grad-CAM energy in the chest."""
+    head = (record.get("probe") or {}).get("fresh_head_chest_hidden") or {}
+    energy = (record.get("energy") or {}).get("all") or {}
+    return (f"chest-hidden probe: fresh head accuracy {figure_text(head.get('accuracy'))} (chance "
+            f"{number_text(head.get('chance'))}); Grad-CAM energy in the chest "
+            f"{number_text(energy.get('mean'), reason=energy.get('reason', 'not measured'))}")
 
 
 def _default_out(config: RunConfig, data) -> Path:
@@ -162,9 +178,7 @@ def _shortcut_checks(config: RunConfig, model, explainer, scored, out: Path, tes
             explainer, images, labels, probs, shares, config.class_names, out / "gradcam" / "least-in-chest.png",
             maps=maps))
         record["source_warnings"] = _source_warnings(config)
-        head = record["probe"]["fresh_head_chest_hidden"]
-        log(f"chest-hidden probe: fresh head accuracy {head['accuracy']['value']:.3f} (chance "
-            f"{head['chance']:.3f}); Grad-CAM energy in the chest {record['energy']['all']['mean']:.3f}")
+        log(probe_line(record))
     shortcuts.write_shortcuts(out / shortcuts.SHORTCUTS_FILE, record)
     return shortcuts.checks_section(record, out)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from search.console import number_text
 from search.evaluation import calibration, operating_point
 from search.evaluation.metrics import classification_metrics, figure_text
 
@@ -79,28 +80,33 @@ def section_markdown(sections: dict) -> str:
     cal = sections["calibration"]
     fitted = "out-of-fold predictions of train+val" if cal["fitted_on"] == "out-of-fold" else "validation"
     decided = f"Temperature {cal['check']['text']}" if cal.get("check") else \
-        f"Temperature {cal['temperature']:.3f}, fitted on {fitted}"
+        f"Temperature {number_text(cal.get('temperature'))}, fitted on {fitted}"
+    ece, nll = ({when: number_text(cal.get(f"{name}_{when}"), ".4f") for when in ("before", "after")}
+                for name in ("ece", "nll"))
     if cal.get("applied", True):
-        lines = [f"{decided}. Test ECE {cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after; test "
-                 f"cross-entropy {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}."]
+        lines = [f"{decided}. Test ECE {ece['before']} before, {ece['after']} after; test "
+                 f"cross-entropy {nll['before']} -> {nll['after']}."]
     else:
-        lines = [f"{decided}. Test ECE {cal['ece_before']:.4f}; test cross-entropy {cal['nll_before']:.4f}."]
+        lines = [f"{decided}. Test ECE {ece['before']}; test cross-entropy {nll['before']}."]
     compare = sections["single_vs_final"]
     lines += ["", f"| | single best | final ({compare['final_kind']}: {', '.join(compare['members'])}) |",
               "|---|---|---|"]
     for name in _COMPARED:
-        lines.append(f"| {name} | {figure_text(compare['single_best'][name])} | {figure_text(compare['final'][name])} |")
-    lines.append(f"| ECE (calibrated) | {compare['single_best']['ece']:.4f} | {compare['final']['ece']:.4f} |")
+        lines.append(f"| {name} | {figure_text(compare['single_best'].get(name))} "
+                     f"| {figure_text(compare['final'].get(name))} |")
+    lines.append(f"| ECE (calibrated) | {number_text(compare['single_best'].get('ece'), '.4f')} "
+                 f"| {number_text(compare['final'].get('ece'), '.4f')} |")
     point = sections.get("operating_point")
     if point:
         sure = f" Chosen to be {operating_point.guarantee_text(point)}." if point.get("guarantee") else ""
         cost = f" Cost: {operating_point.cost_text(point)}." if point.get("others_called") is not None else ""
         warning = f" **Warning:** {point['warning']}." if point.get("warning") else ""
         lines += ["", f"Operating point {point['class']} {point['metric']} >= {point['target']:g}: "
-                  f"threshold {point['threshold']:.4f} ({point['how_to_apply']}).{sure}{cost}{warning}", "",
-                  "| on the test split | sensitivity | specificity |", "|---|---|---|"]
+                  f"threshold {number_text(point.get('threshold'), '.4f')} ({point['how_to_apply']}).{sure}{cost}"
+                  f"{warning}", "", "| on the test split | sensitivity | specificity |", "|---|---|---|"]
         for label, figures in (("argmax", point["test_argmax"]), ("operating point", point["test"])):
-            lines.append(f"| {label} | {figure_text(figures['sensitivity'])} | {figure_text(figures['specificity'])} |")
+            lines.append(f"| {label} | {figure_text(figures.get('sensitivity'))} "
+                         f"| {figure_text(figures.get('specificity'))} |")
     refused = sections.get("operating_point_refused")
     if refused:
         text = operating_point.refused_text(refused)

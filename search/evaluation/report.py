@@ -11,6 +11,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from search.console import number_text
+
 _HISTORY_PANELS = (("Loss", "loss"), ("Accuracy", "acc"))
 
 
@@ -179,12 +181,9 @@ def _headline_table(metrics):
     ]
     lines = ["| Figure | Value | 95% CI |", "|---|---|---|"]
     for label, figure in rows:
-        if figure["value"] is None:
-            value = f"n/a ({figure.get('reason', 'undefined')})"
-        else:
-            value = _number(figure["value"])
-        ci = f"[{_number(figure['ci95'][0])}, {_number(figure['ci95'][1])}]" if figure.get("ci95") else ""
-        lines.append(f"| {label} | {value} | {ci} |")
+        value = _number(figure.get("value"), figure.get("reason", "undefined"))
+        ci = figure.get("ci95") if figure.get("value") is not None else None
+        lines.append(f"| {label} | {value} | {f'[{_number(ci[0])}, {_number(ci[1])}]' if ci else ''} |")
     return "\n".join(lines)
 
 
@@ -195,7 +194,7 @@ def _per_class_table(metrics):
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in metrics["per_class"].items():
-        auc = _number(aucs[name]) if aucs.get(name) is not None else "n/a"
+        auc = _number(aucs.get(name), metrics["roc_auc"].get("undefined", {}).get(name, "undefined"))
         lines.append(
             f"| {name} | {row['support']} | {_number(row['precision'])} | {_number(row['recall'])} "
             f"| {_number(row['f1'])} | {auc} | {row['tp']} | {row['fp']} | {row['tn']} | {row['fn']} |"
@@ -203,5 +202,5 @@ def _per_class_table(metrics):
     return "\n".join(lines)
 
 
-def _number(value):
-    return f"{value:.3f}"
+def _number(value, reason: str = "undefined"):
+    return number_text(value, ".3f", reason)

@@ -18,8 +18,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from data import files
+from search.console import number_text
 from search.evaluation import gradcam
-from search.evaluation.metrics import classification_metrics
+from search.evaluation.metrics import classification_metrics, figure_text
 from search.evaluation.probe import CHEST_BOX, chest_area, chest_mask
 from search.layout import SPLIT_STAMP
 
@@ -53,9 +54,11 @@ def energy_shares(explainer: keras.Model, images: np.ndarray, class_index=None,
 def energy_summary(shares: np.ndarray, labels, class_names) -> dict:
     """Mean, standard deviation and quartiles of the chest share per true class and overall."""
     def stats(values):
-        values = values[np.isfinite(values)]
         if not len(values):
-            return {"n": 0, "mean": None}
+            return {"n": 0, "mean": None, "reason": "no images"}
+        values = values[np.isfinite(values)]
+        if not len(values):  # the model's gradients at the Grad-CAM layer were zero for every image
+            return {"n": 0, "mean": None, "reason": "every Grad-CAM heatmap is all zero"}
         q1, median, q3 = np.percentile(values, [25, 50, 75])
         return {"n": int(len(values)), "mean": float(values.mean()), "std": float(values.std()),
                 "q1": float(q1), "median": float(median), "q3": float(q3)}
@@ -133,16 +136,25 @@ def verdict_block(report_dir, test_metrics: dict | None = None) -> str:
     if probe:
         lines += ["", _probe_table(probe)]
     energy = found.get("energy")
-    if energy and energy["all"]["mean"] is not None:
-        per_class = ", ".join(f"{name} {row['mean']:.2f}" for name, row in energy["per_class"].items()
-                              if row["mean"] is not None)
-        lines += ["", f"Grad-CAM energy inside the chest box: {energy['all']['mean']:.2f} on average "
-                      f"(per class: {per_class}; a heatmap spread evenly would give "
-                      f"{energy['uniform_reference']:.2f})."]
+    if energy:
+        lines += ["", _energy_sentence(energy)]
     warnings = _warnings(sets, probe, energy, found.get("source_warnings", []))
     lines += [""] + ([f"- **Warning:** {w}" for w in warnings] if warnings else
                      ["No sign of shortcuts in these figures (which cannot rule them out)."])
     return "\n".join([VERDICT_START, *lines, VERDICT_END])
+
+
+def _energy_sentence(energy: dict) -> str:
+    overall = energy["all"]
+    if overall.get("mean") is None:
+        return f"Grad-CAM energy inside the chest box: {_share(overall)}."
+    per_class = ", ".join(f"{name} {_share(row, '.2f')}" for name, row in energy["per_class"].items())
+    return (f"Grad-CAM energy inside the chest box: {_share(overall, '.2f')} on average (per class: {per_class}; "
+            f"a heatmap spread evenly would give {number_text(energy.get('uniform_reference'), '.2f')}).")
+
+
+def _share(row: dict, spec: str = ".3f") -> str:
+    return number_text(row.get("mean"), spec, row.get("reason", "not measured"))
 
 
 def refresh_verdict(report_dir) -> None:
@@ -161,8 +173,9 @@ def _figures_table(sets) -> str:
     lines = ["| Set | n | Accuracy [95% CI] | Macro F1 [95% CI] | COVID sensitivity | COVID specificity |",
              "|---|---|---|---|---|---|"]
     for name, metrics in sets:
-        lines.append(f"| {name} | {metrics['n']} | {_ci(metrics['accuracy'])} | {_ci(metrics['macro_f1'])} "
-                     f"| {_ci(metrics['covid_sensitivity'])} | {_ci(metrics['covid_specificity'])} |")
+        cells = " | ".join(figure_text(metrics.get(key)) for key in
+                           ("accuracy", "macro_f1", "covid_sensitivity", "covid_specificity"))
+        lines.append(f"| {name} | {metrics['n']} | {cells} |")
     return "\n".join(lines)
 
 
@@ -170,7 +183,8 @@ def _probe_table(probe) -> str:
     rows = [("Model, chest hidden", "winner_chest_hidden"), ("Model, only the chest kept", "winner_chest_only"),
             ("Fresh head on chest-hidden features", "fresh_head_chest_hidden")]
     lines = ["| Chest-hidden probe (test split) | Accuracy [95% CI] | Chance |", "|---|---|---|"]
-    lines += [f"| {label} | {_ci(probe[key]['accuracy'])} | {probe[key]['chance']:.3f} |" for label, key in rows]
+    lines += [f"| {label} | {figure_text(probe[key].get('accuracy'))} | {number_text(probe[key].get('chance'))} |"
+              for label, key in rows]
     box = probe["chest_box"]
     lines.append(f"\nChest box: rows {box['top']:.0%}-{box['bottom']:.0%}, columns {box['left']:.0%}-"
                  f"{box['right']:.0%} of the image, hidden by the mean of the rest.")
@@ -181,10 +195,11 @@ def _warnings(sets, probe, energy, source_warnings) -> list[str]:
     found = [w.removeprefix("WARNING: ") for w in source_warnings]
     if probe:
         head = probe["fresh_head_chest_hidden"]
-        low = (head["accuracy"]["ci95"] or [head["accuracy"]["value"]])[0]
-        if low - head["chance"] >= ABOVE_CHANCE:
-            found.append(f"with the lungs hidden, a fresh head still scores accuracy {head['accuracy']['value']:.3f} "
-                         f"(chance {head['chance']:.3f}): the images carry their label outside the chest, so "
+        low = (head["accuracy"].get("ci95") or [head["accuracy"].get("value")])[0]
+        if low is not None and low - head["chance"] >= ABOVE_CHANCE:
+            found.append(f"with the lungs hidden, a fresh head still scores accuracy "
+                         f"{number_text(head['accuracy']['value'])} (chance {number_text(head['chance'])}): "
+                         "the images carry their label outside the chest, so "
                          "part of the test score can come from markers, borders or the source's look.")
     if energy and energy["all"]["mean"] is not None and energy["all"]["mean"] < energy["uniform_reference"]:
         found.append(f"the model's Grad-CAM energy inside the chest ({energy['all']['mean']:.2f}) is below "
@@ -196,13 +211,6 @@ def _warnings(sets, probe, energy, source_warnings) -> list[str]:
             found.append(f"macro-F1 drops from {test_f1:.3f} on the test split to {f1:.3f} on {name}: "
                          "the test figures overstate what to expect on other sources.")
     return found
-
-
-def _ci(figure) -> str:
-    if not figure or figure.get("value") is None:
-        return "n/a"
-    ci = figure.get("ci95")
-    return f"{figure['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def _read(path: Path):
@@ -221,8 +229,8 @@ def checks_section(record: dict, out) -> str:
     if record.get("per_source"):
         lines = ["Per source:", "", "| Source | n | Accuracy [95% CI] | Macro F1 [95% CI] | COVID sensitivity |",
                  "|---|---|---|---|---|"]
-        lines += [f"| {name} | {row['n']} | {_ci(row['accuracy'])} | {_ci(row['macro_f1'])} "
-                  f"| {_ci(row['covid_sensitivity'])} |" for name, row in record["per_source"].items()]
+        lines += [f"| {name} | {row['n']} | {figure_text(row['accuracy'])} | {figure_text(row['macro_f1'])} "
+                  f"| {figure_text(row['covid_sensitivity'])} |" for name, row in record["per_source"].items()]
         parts.append("\n".join(lines))
     else:
         parts.append("No source column in the manifest: no per-source figures.")
@@ -231,7 +239,9 @@ def checks_section(record: dict, out) -> str:
         lines = ["Share of Grad-CAM energy (predicted class) inside the chest box, by true class:", "",
                  "| Class | n | Mean | SD | Median [IQR] |", "|---|---|---|---|---|"]
         for name, row in energy["per_class"].items():
-            if row["mean"] is not None:
+            if row.get("mean") is None:
+                lines.append(f"| {name} | {row.get('n', 0)} | {_share(row)} | | |")
+            else:
                 lines.append(f"| {name} | {row['n']} | {row['mean']:.3f} | {row['std']:.3f} "
                              f"| {row['median']:.3f} [{row['q1']:.3f}, {row['q3']:.3f}] |")
         parts.append("\n".join(lines))

@@ -12,7 +12,7 @@ from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
 from hypermodels.preprocess import preprocess
 from hypermodels.registry import get_backbone
-from hypermodels.weights import resolve_weights
+from hypermodels.weights import resolve_weights, weights_origin
 
 
 def _build(backbones, weights="none", hp=None, size=32):
@@ -80,6 +80,22 @@ def test_shipped_mobilenet_025_weights_serve_when_the_keras_cache_is_empty(tmp_p
     base = get_backbone("mobilenet_025").constructor(include_top=False, weights=path, input_shape=(64, 64, 3))
     assert base.count_params() == 218_544
     assert (Path(path).parent / "NOTICE").is_file()
+
+
+def test_weights_origin_says_in_words_what_resolve_weights_picks(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    spec = get_backbone("mobilenet_025")
+    assert Path(resolve_weights(spec, "imagenet", 96)).name == spec.weight_file(96)  # the shipped copy
+    assert weights_origin(spec, "imagenet", 96) == ("ImageNet weights, shipped with the package "
+                                                    "(hypermodels/assets/mobilenet_2_5_224_tf_no_top.h5)")
+    cached = tmp_path / "models" / spec.weight_file(96)
+    cached.parent.mkdir()
+    cached.write_bytes(b"")
+    assert resolve_weights(spec, "imagenet", 96) == "imagenet"  # the Keras cache comes first
+    assert weights_origin(spec, "imagenet", 96) == f"ImageNet weights from the Keras cache ({cached})"
+    assert weights_origin(spec, str(cached), 96) == f"weights from the file {cached}"
+    assert weights_origin(spec, "none", 96) == "--weights none"
+    assert weights_origin(get_backbone("vanilla_cnn"), "imagenet", 96) == "no pretrained weights exist for it"
 
 
 def test_weights_path_that_does_not_exist_is_a_user_error():

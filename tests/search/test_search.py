@@ -87,6 +87,7 @@ def test_best_hyperparameters_file_ranks_on_the_weighted_loss(finished_run):
     scores = [t[OBJECTIVE] for t in saved["top"]]
     assert scores == sorted(scores)
     assert saved["best"]["hyperparameters"]["backbone"] == "vanilla_cnn"
+    assert saved["best_per_backbone"] == {"vanilla_cnn": saved["best"]}  # for the pretrained/scratch comparison
 
 
 def test_run_directory_holds_config_split_and_skipped(finished_run):
