@@ -29,6 +29,7 @@ from hypermodels.cutting import cut_layer, is_cacheable
 from hypermodels.layers import TemperatureScaling
 from hypermodels.registry import get_backbone
 from search import dataset, timing
+from search.console import number_text
 from search.config import RunConfig
 from search.evaluation import calibration, operating_point
 from search.layout import (SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL,
@@ -193,8 +194,8 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log, r
     log("temperature " + record["calibration_check"]["text"])
     if point:
         log(f"operating point {point['target_text']}: threshold {point['threshold']:.4f} on {point['class']} "
-            f"probability ({basis} sensitivity {point['validation']['sensitivity']:.3f}, "
-            f"specificity {point['validation']['specificity']:.3f}; {operating_point.cost_text(point)}); "
+            f"probability ({basis} sensitivity {number_text(point['validation']['sensitivity'])}, "
+            f"specificity {number_text(point['validation']['specificity'])}; {operating_point.cost_text(point)}); "
             + operating_point.guarantee_text(point))
         if point["warning"]:
             log(f"warning: operating point {point['target_text']}: {point['warning']}")

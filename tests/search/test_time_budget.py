@@ -44,7 +44,7 @@ def test_the_budgeted_job_ends_with_an_exported_evaluated_model_and_a_smaller_se
     unbudgeted = sum(r["trials"] for r in budget.hyperband_rounds(8, 3))
     assert 1 <= best["trials"] == plan["trials_run"] < unbudgeted
     assert plan["finished"] < 4 * BUDGET  # generous: the smallest job runs even when it cannot fit
-    assert any(line.startswith(f"time budget 1m40s: the job took") for line in lines)
+    assert any(line.startswith("time budget 1m40s: the job took") for line in lines)
 
 
 def test_a_resume_with_another_budget_or_none_is_refused_in_one_line(budgeted, demo_data):
