@@ -181,12 +181,24 @@ def write_galleries(explainer: keras.Model, images: np.ndarray, labels: np.ndarr
     return pages
 
 
+def grid_figure(count: int, heading: str) -> tuple[Figure, np.ndarray]:
+    """A figure of ``count`` image panels, 4 a row, each with a two-line title, and the panels' axes.
+
+    Spaced by hand in inches: a constrained layout solves the same spacing at
+    every save and took a third of each gallery's time.
+    """
+    columns = min(4, count)
+    rows = -(-count // columns)
+    height = 2.7 * rows + 0.4
+    figure = Figure(figsize=(2.4 * columns, height))
+    figure.suptitle(heading, y=1 - 0.1 / height, va="top")
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.1 / height, top=1 - 0.75 / height,
+                           wspace=0.05, hspace=0.55 / 2.2)
+    return figure, figure.subplots(rows, columns, squeeze=False).ravel()
+
+
 def _gallery(images, maps, titles, heading) -> Figure:
-    columns = min(4, len(images))
-    rows = -(-len(images) // columns)
-    figure = Figure(figsize=(2.4 * columns, 2.7 * rows + 0.4), layout="constrained")
-    figure.suptitle(heading)
-    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    figure, axes = grid_figure(len(images), heading)
     for ax, image, heatmap, title in zip(axes, images, maps, titles):
         ax.imshow(overlay(image, heatmap))
         ax.set_title(title, fontsize=8)

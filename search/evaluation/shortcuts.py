@@ -14,7 +14,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from data import files
@@ -79,11 +78,7 @@ def least_inside_gallery(explainer, images, labels, probs, shares, class_names, 
         return None
     predicted = probs.argmax(axis=1)
     maps = gradcam.heatmaps(explainer, images[order], predicted[order]) if maps is None else maps[order]
-    columns = min(4, len(order))
-    rows = -(-len(order) // columns)
-    figure = Figure(figsize=(2.4 * columns, 2.7 * rows + 0.4), layout="constrained")
-    figure.suptitle("Least Grad-CAM energy inside the chest box (dashed)")
-    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    figure, axes = gradcam.grid_figure(len(order), "Least Grad-CAM energy inside the chest box (dashed)")
     size = images.shape[1]
     top, bottom, left, right = (f * size for f in CHEST_BOX)
     for ax, row, heatmap in zip(axes, order, maps):
