@@ -126,9 +126,10 @@ _final_options = [
                  help="Threshold one class's probability for a target sensitivity (or specificity=X) "
                       "on validation; off for none. Default: COVID:sensitivity=0.95 when there is a "
                       "class COVID."),
-    click.option("--refit/--no-refit", default=True, show_default=True,
+    click.option("--refit/--no-refit", default=False, show_default=True,
                  help="Train the final model's members again on train+val once every choice is made on "
-                      "validation (their configuration, best epoch, ensemble, temperature, threshold)."),
+                      "validation (their configuration, best epoch, ensemble, temperature, threshold); "
+                      "measured no better on held-out films, see docs/final-model.md."),
 ]
 
 

@@ -118,7 +118,7 @@ def predict(model: keras.Model, images: np.ndarray, size: int = 64) -> np.ndarra
 
 
 def assemble(config: RunConfig, ensemble: int | None = None, point: str | None = None,
-             log: Callable[[str], None] = print, refit: bool = True) -> dict:
+             log: Callable[[str], None] = print, refit: bool = False) -> dict:
     """Builds ``winners/final/`` from the retrained winners, on the validation split only.
 
     Args:

@@ -13,7 +13,7 @@ from search.run import check_inputs, run_search
 
 def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ensemble: int | None = None,
             point: str | None = None, log: Callable[[str], None] = print, started: float | None = None,
-            refit: bool = True, **search_options) -> dict:
+            refit: bool = False, **search_options) -> dict:
     """Runs (or resumes) the search and, with ``retrain``, the stages after it.
 
     Args:
