@@ -179,7 +179,7 @@ class XrayHyperband(_XrayTunerMixin, keras_tuner.Hyperband):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._kept = {}  # trial_id -> (bracket, model, its seed states as built)
+        self._kept = {}  # trial_id -> (bracket, Restart of its model)
         self._built = None
 
     def _build_hypermodel(self, hp):
@@ -187,14 +187,13 @@ class XrayHyperband(_XrayTunerMixin, keras_tuner.Hyperband):
         self._kept = {k: v for k, v in self._kept.items() if v[0] == values.get("tuner/bracket")}
         source = self._kept.pop(values.get("tuner/trial_id"), None)
         if source is None:
-            model = super()._build_hypermodel(hp)
-            seeds = [v.numpy() for v in _seed_states(model)]
+            # A promoted round loads its checkpoint's weights: no copy of the initial ones is needed.
+            start = Restart(super()._build_hypermodel(hp), keep_weights=False)
         else:
-            _, model, seeds = source
-            model.load_weights(self._get_checkpoint_fname(values["tuner/trial_id"]))
-            _restart(model, seeds)
-        self._built = (model, seeds)
-        return model
+            start = source[1]
+            start.reset(self._get_checkpoint_fname(values["tuner/trial_id"]))
+        self._built = start
+        return start.model
 
     def on_trial_end(self, trial):
         built, self._built = self._built, None
@@ -202,7 +201,7 @@ class XrayHyperband(_XrayTunerMixin, keras_tuner.Hyperband):
         values = trial.hyperparameters.values
         promotable = values.get("tuner/round", 0) < values.get("tuner/bracket", 0)
         if built and promotable and self.oracle.get_trial(trial.trial_id).status == "COMPLETED":
-            self._kept[trial.trial_id] = (values["tuner/bracket"], *built)
+            self._kept[trial.trial_id] = (values["tuner/bracket"], built)
             while len(self._kept) > self.MAX_KEPT:
                 del self._kept[next(iter(self._kept))]
 
@@ -220,15 +219,15 @@ class Restart:
     build with the same seed does.
     """
 
-    def __init__(self, model: keras.Model):
+    def __init__(self, model: keras.Model, keep_weights: bool = True):
         self.model = model
-        self.weights = model.get_weights()
+        self.weights = model.get_weights() if keep_weights else None  # only for a reset without a checkpoint
         self.seeds = [v.numpy() for v in _seed_states(model)]
         self.used = False
 
     def reset(self, checkpoint=None) -> None:
         """Back to the state as built; then ``checkpoint``'s weights when given (a round continued)."""
-        if self.used:
+        if self.used and checkpoint is None:
             self.model.set_weights(self.weights)
         self.used = True
         if checkpoint is not None:

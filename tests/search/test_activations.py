@@ -201,10 +201,16 @@ def test_retraining_without_augmentation_on_cached_activations_saves_the_image_m
     # cache, then their values go into the whole image model: the saved model must be
     # the one training on images gives, and score on validation images what training saw.
     hp = _hp(2)
-    on_cache = retrain._fit_and_keep(trial_hypermodel(run_data)[0], hp, 3, 3, tmp_path / "cache")
-    on_images = retrain._fit_and_keep(retrain._ImageTraining(run_data, augment=False), hp, 3, 3, tmp_path / "images")
+    rows = run_data.indices("val")
+    on_cache = retrain._fit_and_keep(trial_hypermodel(run_data)[0], hp, 3, 3, tmp_path / "cache", rows=rows)
+    on_images = retrain._fit_and_keep(retrain.ImageTraining(run_data, augment=False), hp, 3, 3, tmp_path / "images",
+                                      rows=rows)
     assert on_cache[OBJECTIVE] == pytest.approx(on_images[OBJECTIVE], rel=1e-4)
     saved = keras.saving.load_model(tmp_path / "cache" / "model.keras")
     assert saved.input.shape[1:] == (SIZE, SIZE, 1)
     scores = saved.evaluate(run_data.dataset("val"), return_dict=True, verbose=0)
     assert scores["weighted_loss"] == pytest.approx(on_cache[OBJECTIVE], rel=1e-4)
+    # The validation probabilities saved beside it (predicted from the cache) are the image model's.
+    with np.load(tmp_path / "cache" / "validation.npz") as kept:
+        assert np.array_equal(kept["rows"], rows)
+        assert np.abs(kept["probabilities"] - saved.predict(np.asarray(run_data.images[rows]), verbose=0)).max() < 1e-4

@@ -87,7 +87,7 @@ def _exit_code(process, processes, name, timeout=DEADLINE) -> int:
 
 def _assert_single_machine_format(run_dir: Path, trials: dict) -> None:
     best = json.loads(RunLayout(run_dir).best.read_text())
-    assert set(best) == {"objective", "trials", "best", "top", "split_sha256"}
+    assert set(best) == {"objective", "trials", "best", "top", "best_per_backbone", "split_sha256"}
     assert best["objective"] == {"name": OBJECTIVE, "direction": "min"}
     assert best["trials"] == len(trials)
     assert best["best"]["hyperparameters"]["backbone"] == "vanilla_cnn"
