@@ -71,11 +71,6 @@ def _fill(images: np.ndarray, hidden: np.ndarray) -> np.ndarray:
     return out
 
 
-def features_model(model: keras.Model) -> keras.Model:
-    """The model up to the input of its last layer (the classification head)."""
-    return keras.Model(model.inputs, model.layers[-1].input)
-
-
 def chest_hidden_probe(model: keras.Model, train_images, train_labels, test_images, test_labels,
                        class_names, seed: int = 0) -> dict:
     """The three scores of the module docstring: {name: figures}, plus ``chance`` and ``chest_box``.
@@ -83,17 +78,19 @@ def chest_hidden_probe(model: keras.Model, train_images, train_labels, test_imag
     Each figure is ``{"accuracy": {"value", "ci95"}, "macro_f1": {...}, "chance": float, "n": int}``.
     """
     test_labels = np.asarray(test_labels)
-    # One pass over the chest-hidden test images gives the winner's output and its features.
+    rows = _probe_rows(np.asarray(train_labels), seed)
+    # One pass (one traced predict) over every altered image gives the winner's output and its features.
     both = keras.Model(model.inputs, [model.output, model.layers[-1].input])
-    hidden_probs, hidden_features = _predict(both, hide_chest(test_images))
+    n = len(test_images)
+    probs, features = _predict(both, np.concatenate([hide_chest(test_images), keep_chest(test_images),
+                                                     hide_chest(np.asarray(train_images[rows]))]))
+    hidden_features = features[:n]
     result = {
-        "winner_chest_hidden": _scored(test_labels, hidden_probs, class_names, seed),
-        "winner_chest_only": _scored(test_labels, _predict(model, keep_chest(test_images)), class_names, seed),
+        "winner_chest_hidden": _scored(test_labels, probs[:n], class_names, seed),
+        "winner_chest_only": _scored(test_labels, probs[n:2 * n], class_names, seed),
     }
     head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
-    rows = _probe_rows(np.asarray(train_labels), seed)
-    head.fit(_predict(features_model(model), hide_chest(np.asarray(train_images[rows]))),
-             np.asarray(train_labels)[rows])
+    head.fit(features[2 * n:], np.asarray(train_labels)[rows])
     probs = np.zeros((len(test_labels), len(class_names)))
     probs[:, head.classes_] = head.predict_proba(hidden_features)
     result["fresh_head_chest_hidden"] = _scored(test_labels, probs, class_names, seed)
