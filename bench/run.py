@@ -167,9 +167,26 @@ def main(argv=None) -> dict:
                 python, "bench/measure.py", "heldout", entry["run_dir"], str(work / "heldout.csv")],
                 work / "logs" / f"heldout-{Path(entry['run_dir']).name}.log")["last_line"])
     results = _results(args, ours, reference_step, floor, reference, bool(heldout))
+    if args.memory_trials:
+        results["memory"] = memory_trend(python, data, budget, args.memory_trials, work)
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     return results
+
+
+def memory_trend(python: str, data: str, budget: list[str], trials: int, work: Path) -> dict:
+    """Peak RSS of the first and last 10 trials of a ``trials``-trial random search."""
+    run_dir = work / "memory"
+    run_step(f"this project: {trials}-trial search for memory", [
+        python, "cli.py", "search", "--data", str(Path(data).resolve()), "--run-dir", str(run_dir), *budget,
+        "--tuner", "random", "--max-trials", str(trials), "--no-retrain"], work / "logs" / "memory.log")
+    rows = [line.split(",") for line in RunLayout(run_dir).memory.read_text().splitlines()]
+    peak = [float(r[1]) for r in rows]
+    anonymous = [float(r[3]) for r in rows]
+    first, last = sum(peak[:10]) / 10, sum(peak[-10:]) / 10
+    return {"trials": len(rows), "peak_rss_first_10_mb": first, "peak_rss_last_10_mb": last,
+            "change": last / first - 1, "anonymous_rss_first_10_mb": sum(anonymous[:10]) / 10,
+            "anonymous_rss_last_10_mb": sum(anonymous[-10:]) / 10}
 
 
 def _results(args, ours: dict, reference_step: dict, floor: dict, reference: dict, heldout: bool) -> dict:
@@ -237,6 +254,12 @@ def table(results: dict) -> str:
                   f"{floor['floor_seconds']:.1f} s; CIs: 95% percentile bootstrap over the scored films"]
     lines += [f"winner, {n}: {results['ours'][n]['winner']}" for n in names]
     lines.append(f"winner, plain KerasTuner: {ref['best_hyperparameters']}")
+    if "memory" in results:
+        memory = results["memory"]
+        lines.append(f"memory over a {memory['trials']}-trial search: peak RSS of the first 10 trials "
+                     f"{memory['peak_rss_first_10_mb']:.0f} MB, of the last 10 {memory['peak_rss_last_10_mb']:.0f} MB "
+                     f"({memory['change']:+.1%}); anonymous RSS {memory['anonymous_rss_first_10_mb']:.0f} -> "
+                     f"{memory['anonymous_rss_last_10_mb']:.0f} MB")
     return "\n".join(lines)
 
 
@@ -290,6 +313,8 @@ def _arguments(argv):
                         help="use a patient-grouped subset of about N films (the data needs metadata.csv) and score "
                              "both jobs on all the other films too")
     parser.add_argument("--folds", type=int, default=None, help="also run the job with --folds K")
+    parser.add_argument("--memory-trials", type=int, default=0,
+                        help="also run an N-trial random search and compare the peak RSS of its first and last 10 trials")
     parser.add_argument("--time-budget", default=None, help="also run the job with --time-budget DURATION")
     parser.add_argument("--workers", type=int, default=1, help="`cli.py search --workers N` for this project's search")
     parser.add_argument("--final-flags", default="",
