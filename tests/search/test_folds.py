@@ -62,11 +62,20 @@ def test_search_refuses_in_one_line_when_a_class_has_too_few_groups(tmp_path, de
 
 
 @pytest.fixture(scope="module")
-def folded_run(tmp_path_factory, demo_data):
+def folded_search(tmp_path_factory, demo_data):
+    """A 3-fold search's run directory and the model of each trace of a training step it made."""
     run_dir = tmp_path_factory.mktemp("folds") / "run"
-    result = run_cli("search", "--data", demo_data, "--run-dir", run_dir, *FAST_SEARCH, "--max-epochs", "2", "--folds", "3")
+    with pytest.MonkeyPatch.context() as patch:
+        traces = _count_traces(patch)
+        result = run_cli("search", "--data", demo_data, "--run-dir", run_dir, *FAST_SEARCH, "--max-epochs", "2",
+                         "--folds", "3")
     assert result.exit_code == 0, result.output
-    return run_dir
+    return run_dir, traces
+
+
+@pytest.fixture(scope="module")
+def folded_run(folded_search):
+    return folded_search[0]
 
 
 def test_a_folds_trial_scores_the_mean_of_its_folds_and_logs_each_in_hparams(folded_run):
@@ -120,12 +129,8 @@ def _count_traces(monkeypatch) -> list:
     return traces
 
 
-def test_a_folds_trial_traces_its_training_step_once_not_once_per_fold(tmp_path, demo_data, monkeypatch):
-    traces = _count_traces(monkeypatch)
-    run_dir = tmp_path / "run"
-    result = run_cli("search", "--data", demo_data, "--run-dir", run_dir, *FAST_SEARCH, "--max-epochs", "2",
-                     "--folds", "3")
-    assert result.exit_code == 0, result.output
+def test_a_folds_trial_traces_its_training_step_once_not_once_per_fold(folded_search):
+    run_dir, traces = folded_search
     completed = [t for t in saved_trials(run_dir).values() if t["status"] == "COMPLETED"]
     assert len(completed) >= 2
     # One model per trial traced its step (TensorFlow traces a new function twice: once more for the
