@@ -145,7 +145,8 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log, r
     layout = config.layout
     winners_dir = layout.winners
     layout.best_winner()  # a clear error when there are no (current) winners
-    winners = layout.read_current(layout.winners_summary, f"run `cxr-tuner retrain {config.run_dir}`")["winners"]
+    summary = layout.read_current(layout.winners_summary, f"run `cxr-tuner retrain {config.run_dir}`")
+    winners = summary["winners"]
     if ensemble is not None and ensemble > len(winners):
         raise UserError(f"--ensemble {ensemble} needs {ensemble} retrained winners, the run has {len(winners)}; "
                         f"retrain with `cxr-tuner retrain {config.run_dir} --top-k {ensemble}`.")
@@ -170,8 +171,7 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log, r
     single = decision if k == 1 else calibration.choose_temperature(y_val, probs[0], seed=config.seed)
     frozen = [_frozen_part(config, winners_dir / w["dir"]) for w in winners[:k]]
     if refit:
-        augment = layout.read_current(layout.winners_summary, "")["augment"]
-        members[:k] = refit_members(data, winners[:k], augment, log, clock)
+        members[:k] = refit_members(data, winners[:k], summary["augment"], log, clock)
     model = build_ensemble(members[:k], frozen, temperature)
     calibrated = calibration.scale(raw, temperature)  # what the model's TemperatureScaling layer computes
     point, refused = operating_point.choose(chosen_point, config.class_names, y_val, calibrated, basis)
