@@ -67,8 +67,8 @@ def search_options(function):
                      default="hyperband", show_default=True),
         click.option("--max-epochs", type=click.IntRange(1), default=None,
                      help="Most epochs for one model. " + _defaults("max_epochs")),
-        click.option("--factor", type=click.IntRange(2), default=3, show_default=True,
-                     help="Hyperband's reduction factor."),
+        click.option("--factor", type=click.IntRange(2), default=None,
+                     help="Hyperband's reduction factor. " + _defaults("factor")),
         click.option("--max-trials", type=click.IntRange(1), default=20, show_default=True,
                      help="Trial budget of the bayesian and random tuners."),
         click.option("--batch-size", type=click.IntRange(1), default=None, help=_defaults("batch_size")),
@@ -86,6 +86,10 @@ def search_options(function):
         click.option("--folds", type=click.IntRange(2), default=None, metavar="K",
                      help="Score each trial on K patient-grouped folds of train+val (their mean loss); the "
                           "final model then trains on all of train+val. For small collections."),
+        click.option("--space", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                     help="A TOML search space (`cxr-tuner space` prints the default one): fix, narrow or widen "
+                          "any hyperparameter, the image size, batch size, Hyperband's budget and the retrain's "
+                          "choices; backbones of one's own. See docs/space.md."),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), function)
 
@@ -213,6 +217,31 @@ def worker(chief, run_dir, worker_id, wait, threads, strategy):
 
 
 @cli.command()
+@click.option("--data", type=click.Path(), default=None,
+              help="The data the search will run on (only whether it is given matters: the demo and real data "
+                   "have other defaults).")
+@click.option("--backbones", callback=_csv, default=None, help="As for `search`. " + _defaults("backbones"))
+@click.option("--image-size", type=click.IntRange(16, 1024), default=None, help=_defaults("image_size"))
+@click.option("--weights", default=None, help="As for `search`. " + _defaults("weights"))
+@click.option("--max-epochs", type=click.IntRange(1), default=None, help=_defaults("max_epochs"))
+@click.option("--factor", type=click.IntRange(2), default=None, help=_defaults("factor"))
+@click.option("--batch-size", type=click.IntRange(1), default=None, help=_defaults("batch_size"))
+@click.option("--space", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Start from this space file (print it resolved, with every entry) instead of the default.")
+def space(**options):
+    """Print the search space `search` with the same flags searches, as a TOML file to edit.
+
+    `cxr-tuner space > space.toml`, edit it, then `cxr-tuner search --space space.toml`.
+    """
+    from search import space_file
+    from search.config import new_config
+
+    data = options.pop("data")
+    config = new_config(run_dir="-", data=data, **options)
+    click.echo(space_file.text(config), nl=False)
+
+
+@cli.command()
 def backbones():
     """List the registered backbones with their default input sizes."""
     from hypermodels.registry import BACKBONES
@@ -234,10 +263,11 @@ _run_dir_argument = click.argument("run_dir", type=click.Path(exists=True, file_
 
 @cli.command()
 @_run_dir_argument
-@click.option("--top-k", type=click.IntRange(1), default=3, show_default=True,
-              help="How many of the best distinct configurations to retrain.")
-@click.option("--seeds", type=click.IntRange(1), default=1, show_default=True,
-              help="Trainings per configuration (seeds seed, seed+1, ...); ranks on their mean.")
+@click.option("--top-k", type=click.IntRange(1), default=None,
+              help="How many of the best distinct configurations to retrain. Default: the run's space's (3).")
+@click.option("--seeds", type=click.IntRange(1), default=None,
+              help="Trainings per configuration (seeds seed, seed+1, ...); ranks on their mean. "
+                   "Default: the run's space's (1).")
 @click.option("--max-epochs", type=click.IntRange(1), default=None,
               help="Most epochs per training (early stopping usually ends sooner). Default: twice the search's.")
 @click.option("--augment/--no-augment", default=False, show_default=True,

@@ -11,15 +11,16 @@ import keras_tuner
 from hypermodels import precision as precisions
 from hypermodels.preprocess import preprocess
 from hypermodels.registry import BackboneSpec, get_backbone
+from hypermodels.space import DEFAULT_ENTRIES, Space
 from hypermodels.weights import resolve_weights
 
 OBJECTIVE = "val_weighted_loss"
 """Name of the class-weighted validation loss that ranks trials."""
 
-MAX_HEAD_DEPTH = 3
+MAX_HEAD_DEPTH = int(DEFAULT_ENTRIES["head_depth"].max)
 POOLED = "head_pool"
 """Layer whose output (the backbone's globally pooled features) feeds the head."""
-HEAD_UNITS = (64, 128, 256, 512)
+HEAD_UNITS = DEFAULT_ENTRIES["head_units"].values
 
 
 class XrayClassifier(keras_tuner.HyperModel):
@@ -29,7 +30,7 @@ class XrayClassifier(keras_tuner.HyperModel):
     ``head_units_{i}``, ``dropout``, ``learning_rate`` (log scale) and, for
     pretrained backbones, ``unfreeze_depth``: how many top blocks of the backbone
     train (0 = frozen). Backbones trained from scratch train whole, so they have
-    no ``unfreeze_depth``.
+    no ``unfreeze_depth``. ``space`` gives each one's domain (`hypermodels.space`).
 
     Args:
         num_classes: Number of output classes.
@@ -37,17 +38,19 @@ class XrayClassifier(keras_tuner.HyperModel):
         backbones: Registry names the search chooses from.
         weights: ``"imagenet"``, ``"none"`` or a weights-file path.
         precision: The Keras dtype policy its layers compute in (`hypermodels.precision`).
+        space: The domains of the other hyperparameters; None: the default space.
     """
 
     def __init__(self, num_classes: int, image_size: int,
                  backbones: Sequence[str] = ("mobilenet_025",), weights: str = "imagenet",
-                 precision: str = "float32", **kwargs):
+                 precision: str = "float32", space: Space | None = None, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.image_size = image_size
         self.backbones = tuple(backbones)
         self.weights = weights
         self.precision = precision
+        self.space = space or Space()
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         with precisions.policy(self.precision):
@@ -77,11 +80,11 @@ class XrayClassifier(keras_tuner.HyperModel):
     def unfreeze_depth(self, hp: keras_tuner.HyperParameters, spec: BackboneSpec) -> int:
         """Declares (or reads) ``unfreeze_depth``, which only pretrained backbones have."""
         with hp.conditional_scope("backbone", self._pretrained()):
-            return hp.Int("unfreeze_depth", 0, len(spec.unfreeze_points), default=0)
+            return self.space.unfreeze_entry(len(spec.unfreeze_points)).declare(hp, "unfreeze_depth", 0)
 
     def learning_rate(self, hp: keras_tuner.HyperParameters) -> float:
         """Declares (or reads) the log-scaled ``learning_rate``."""
-        return hp.Float("learning_rate", 1e-4, 1e-2, sampling="log", default=1e-3)
+        return self.space.declare(hp, "learning_rate")
 
     def _pretrained(self) -> list[str]:
         if self.weights == "none":
@@ -96,11 +99,12 @@ class XrayClassifier(keras_tuner.HyperModel):
         freeze boundary starts exactly where the whole image model would.
         """
         x = features if pooled else keras.layers.GlobalAveragePooling2D(name=POOLED)(features)
-        depth = hp.Int("head_depth", 0, MAX_HEAD_DEPTH, default=1)
-        dropout = hp.Float("dropout", 0.0, 0.5, step=0.1, default=0.2)
+        depth = self.space.declare(hp, "head_depth")
+        dropout = self.space.declare(hp, "dropout")
+        deepest = self.space.max_head_depth()
         for i in range(depth):
-            with hp.conditional_scope("head_depth", list(range(i + 1, MAX_HEAD_DEPTH + 1))):
-                units = hp.Choice(f"head_units_{i}", list(HEAD_UNITS), default=128)
+            with hp.conditional_scope("head_depth", list(range(i + 1, deepest + 1))):
+                units = self.space.declare(hp, f"head_units_{i}")
             x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{i}",
                                    kernel_initializer=keras.initializers.GlorotUniform(seed + 2 * i))(x)
             x = keras.layers.Dropout(dropout, name=f"head_dropout_{i}", seed=seed + 2 * i + 1)(x)
@@ -108,7 +112,7 @@ class XrayClassifier(keras_tuner.HyperModel):
             x = keras.layers.Dropout(dropout, name="head_dropout", seed=seed + 1)(x)
         # float32 under a mixed policy too: softmax and the loss need its range and precision.
         return keras.layers.Dense(self.num_classes, activation="softmax", name="predictions", dtype="float32",
-                                  kernel_initializer=keras.initializers.GlorotUniform(seed + 2 * MAX_HEAD_DEPTH))(x)
+                                  kernel_initializer=keras.initializers.GlorotUniform(seed + 2 * max(MAX_HEAD_DEPTH, deepest)))(x)
 
 
 def head_seed() -> int:

@@ -260,15 +260,25 @@ def trial_hypermodel(data, progress: bool = True):
     """The search's hypermodel for ``data`` and the activation cache it trains on."""
     config = data.config
     classifier = XrayClassifier(len(config.class_names), config.image_size,
-                                config.backbones, config.weights, config.precision)
+                                config.backbones, config.weights, config.precision, config.search_space())
     # Trials of pretrained backbones train only what is above the freeze boundary,
     # on activations computed once; the hypermodel's fit picks each trial's data.
     cache = ActivationCache(classifier, data.images, config.layout.activations, progress,
                             dtype=config.cache_dtype)
     # Decided from config.json alone, so the chief and every worker of a run agree on it.
-    cache.plan = cache_plan.plan_cache(functools.partial(cache_plan.cut_shapes, cache.image_model),
+    shapes = functools.partial(cache_plan.cut_shapes, cache.image_model)
+    cache.plan = cache_plan.plan_cache(lambda backbone: shapes(backbone)[:searched_depths(config, backbone)],
                                        config.backbones, config.weights, len(cache.images),
                                        config.cache_dtype, config.cache_budget_gb)
     cache.depths = cache.plan.depths
     return ActivationClassifier(classifier, TrialData(data, cache), cache.image_model,
                                    cached=cache.is_cached), cache
+
+
+def searched_depths(config, backbone: str) -> int:
+    """How many unfreeze depths (0, 1, ...) of ``backbone`` a trial or a retrain of the run's space can ask for:
+    the space's deepest, one more where the retrain may try one block more, at most every cut."""
+    cuts = len(get_backbone(backbone).unfreeze_points)
+    deepest = config.search_space().unfreeze_entry(cuts).highest()
+    extra = 1 if "one_block_more" in config.retrain_choices["variants"] else 0
+    return min(cuts, int(deepest) + extra) + 1

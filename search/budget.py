@@ -348,20 +348,26 @@ def stop_at_deadline(oracle) -> None:
     oracle.populate_space = populate_space
 
 
-def shapes(backbone: str, weights: str, cached_depths: int | None) -> dict[str, dict]:
-    """The dearest and the cheapest trial of ``backbone``: hyperparameter values to time.
+def shapes(backbone: str, weights: str, cached_depths: int | None, space=None) -> dict[str, dict]:
+    """The dearest and the cheapest trial of ``backbone`` in ``space`` (default: the default space).
 
     ``cached_depths``: how many unfreeze depths train on cached activations (None:
     the backbone trains whole on images, from scratch).
     """
-    from hypermodels.classifier import HEAD_UNITS, MAX_HEAD_DEPTH
+    from hypermodels.registry import get_backbone
+    from hypermodels.space import Space
 
-    dearest = {"backbone": backbone, "head_depth": MAX_HEAD_DEPTH, "dropout": 0.2, "learning_rate": 1e-3,
-               **{f"head_units_{i}": max(HEAD_UNITS) for i in range(MAX_HEAD_DEPTH)}}
-    cheapest = {"backbone": backbone, "head_depth": 0, "dropout": 0.2, "learning_rate": 1e-3}
+    space = space or Space()
+    deepest, shallowest = space.max_head_depth(), int(space["head_depth"].lowest())
+    common = {"backbone": backbone, "dropout": space["dropout"].lowest(),
+              "learning_rate": space["learning_rate"].highest()}
+    dearest = {**common, "head_depth": deepest, **{f"head_units_{i}": space.units(i).highest() for i in range(deepest)}}
+    cheapest = {**common, "head_depth": shallowest,
+                **{f"head_units_{i}": space.units(i).lowest() for i in range(shallowest)}}
     if cached_depths is not None and weights != "none":
-        dearest["unfreeze_depth"] = max(0, cached_depths - 1)
-        cheapest["unfreeze_depth"] = 0
+        unfreeze = space.unfreeze_entry(len(get_backbone(backbone).unfreeze_points))
+        dearest["unfreeze_depth"] = max(0, min(cached_depths - 1, unfreeze.highest()))
+        cheapest["unfreeze_depth"] = unfreeze.lowest()
     return {"dearest": dearest, "cheapest": cheapest}
 
 
@@ -393,7 +399,7 @@ def calibrate(hypermodel, cache, config, log: Callable[[str], None] = print,
                       else cache.depths.get(backbone, 0))
             depths = depths or None
         timed = {}
-        for name, values in shapes(backbone, config.weights, depths).items():
+        for name, values in shapes(backbone, config.weights, depths, config.search_space()).items():
             hp = keras_tuner.HyperParameters()
             hp.values.update(values)
             fresh_keras_state(config.seed)
@@ -517,6 +523,7 @@ class Budget:
         saved_epochs = _saved_max_epochs(layout)
         self.plan = plan(self.seconds, self.elapsed(), self.calibration,
                          saved_epochs or config.max_epochs, config.factor, fixed_max_epochs=bool(saved_epochs),
+                         top_k=config.retrain_choices["top_k"], seeds=config.retrain_choices["seeds"],
                          retrain=self.retrain)
         for line in self.plan.lines(self.calibration):
             log(line)
@@ -539,7 +546,8 @@ class Budget:
         from data import files
 
         remaining = self.seconds * (1 - MARGIN) - self.elapsed()
-        chosen = retrain_plan(remaining, self.calibration, config.max_epochs)
+        chosen = retrain_plan(remaining, self.calibration, config.max_epochs, config.retrain_choices["top_k"],
+                              config.retrain_choices["seeds"])
         stopped = bool(self.deadline and self.deadline.stopped)
         log(f"time budget: search {'stopped at its deadline' if stopped else 'done'} after {trials} trials "
             f"(planned {self.plan.trials}), {self.elapsed():.0f} s spent; retrain {chosen.text()} "
@@ -547,7 +555,8 @@ class Budget:
         self.record.update(search_stopped=stopped, trials_run=trials, search_ended=self.elapsed(),
                            retrain_chosen=dataclasses.asdict(chosen))
         files.write_json(config.layout.plan, self.record)
-        return {"top_k": chosen.top_k, "choose_variant": chosen.variants, "max_epochs": chosen.epochs}
+        return {"top_k": chosen.top_k, "seeds": config.retrain_choices["seeds"], "choose_variant": chosen.variants,
+                "max_epochs": chosen.epochs}
 
     def finish(self, config, log: Callable[[str], None] = print) -> None:
         """Records and prints the job's wall time against the budget."""

@@ -49,6 +49,10 @@ class RunConfig:
             (at most the one given) and the retrain to finish within it, and stops at it
             (docs/time-budget.md). Saved with the planned ``max_epochs``; a resume needs
             the same budget. None: no budget.
+        space: What the search searches, resolved (`search.space_file`): ``hyperparameters``
+            (each one's domain), ``retrain`` (top_k, seeds, variants) and ``backbones`` (one's
+            own, with their files' digests). Empty: not yet resolved (`new_config` and
+            `load_config` fill it).
         class_names: Filled by the data stage: sorted class names.
         class_weights: Filled by the data stage: ``compute_class_weight("balanced")``.
 
@@ -74,6 +78,7 @@ class RunConfig:
     precision: str = "float32"  # what a run saved before the setting existed computed in
     folds: int | None = None
     time_budget: float | None = None
+    space: dict = dataclasses.field(default_factory=dict)
     class_names: tuple[str, ...] = ()
     class_weights: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -86,6 +91,19 @@ class RunConfig:
     def layout(self) -> RunLayout:
         """The run directory's files and folders."""
         return RunLayout(self.run_dir)
+
+    def search_space(self):
+        """The `hypermodels.space.Space` of the hyperparameters the search declares."""
+        from hypermodels.space import Space
+
+        return Space.from_json(self.space.get("hyperparameters"))
+
+    @property
+    def retrain_choices(self) -> dict:
+        """The retrain's ``top_k``, ``seeds`` and ``variants`` (the space file's ``[retrain]``)."""
+        from search.space_file import RETRAIN_DEFAULTS
+
+        return {**RETRAIN_DEFAULTS, **(self.space.get("retrain") or {})}
 
     def replace(self, **changes) -> "RunConfig":
         """A copy with ``changes`` applied (the config itself never mutates)."""
@@ -108,7 +126,11 @@ class RunConfig:
         planned = {"max_epochs"} if self.time_budget is not None and self.time_budget == saved.time_budget else set()
         differ = sorted(k for k in mine if k not in _RESUMABLE | planned and mine[k] != theirs[k])
         if differ:
-            details = ", ".join(f"{k}: {theirs[k]!r} -> {mine[k]!r}" for k in differ)
+            from search.space_file import differences
+
+            details = ", ".join(
+                f"the search space ({'; '.join(differences(theirs[k], mine[k]))})" if k == "space"
+                else f"{k}: {theirs[k]!r} -> {mine[k]!r}" for k in differ)
             raise UserError(
                 f"{self.run_dir} holds a run with other settings ({details}). "
                 "Use another --run-dir, repeat the original flags to resume, or --overwrite to start over."
@@ -118,19 +140,42 @@ class RunConfig:
 # ImageNet weights the package ships (offline), against a small CNN from scratch.
 # Batches of 16 give the from-scratch demo models enough steps to learn in 8 epochs.
 DEMO_DEFAULTS = dict(backbones=("vanilla_cnn", "mobilenet_025"), image_size=96, weights="imagenet",
-                     max_epochs=8, batch_size=16)
+                     max_epochs=8, batch_size=16, factor=3)
 DATA_DEFAULTS = dict(backbones=("efficientnet_b0", "mobilenet_v2", "resnet50", "densenet121"),
-                     image_size=224, weights="imagenet", max_epochs=9, batch_size=32)
+                     image_size=224, weights="imagenet", max_epochs=9, batch_size=32, factor=3)
+_FLAGS = {"backbones": "--backbones", "image_size": "--image-size", "batch_size": "--batch-size", "weights": "--weights",
+          "max_epochs": "--max-epochs", "factor": "--factor"}
 
 
-def new_config(run_dir: str, data: str | None = None, **given) -> RunConfig:
-    """A config from the user's flags; unset ones (None) take the defaults for the data.
+def new_config(run_dir: str, data: str | None = None, space: str | Path | None = None, **given) -> RunConfig:
+    """A config from the user's flags and space file; unset flags (None) take the file's or the data's defaults.
 
-    Without ``data`` the run uses the synthetic demo set and ``DEMO_DEFAULTS``.
+    Without ``data`` the run uses the synthetic demo set and ``DEMO_DEFAULTS``. A flag
+    given beside a ``space`` file entry for the same setting must agree with it.
+
+    Raises:
+        UserError: A problem in the space file, a flag that disagrees with it, or a space
+            that does not fit the backbones (nothing is written).
     """
+    from search import space_file
+
     defaults = DEMO_DEFAULTS if data is None else DATA_DEFAULTS
-    settings = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+    given = {k: v for k, v in given.items() if v is not None}
+    read = space_file.read(space) if space is not None else None
+    from_file = dict(read.settings) if read else {}
+    for key, value in from_file.items():
+        mine = given.get(key)
+        if mine is not None and (tuple(mine) if key == "backbones" else mine) != value:
+            shown = ",".join(mine) if key == "backbones" else mine
+            raise UserError(f"{_FLAGS[key]} {shown} disagrees with {read.path}'s "
+                            f"{'hyperparameters.backbone' if key == 'backbones' else 'run.' + key} = "
+                            f"{space_file._toml(list(value) if key == 'backbones' else value)}; drop one of them.")
+    settings = {**defaults, **from_file, **given}
     settings["backbones"] = tuple(settings["backbones"])
+    source = str(read.path) if read else None
+    settings["space"] = space_file.resolve(
+        read.hyperparameters if read else {}, read.retrain if read else dict(space_file.RETRAIN_DEFAULTS),
+        read.own if read else {}, settings["backbones"], settings["weights"], settings["image_size"], source)
     return RunConfig(run_dir=str(run_dir), data=data, **settings)
 
 
@@ -151,4 +196,11 @@ def load_config(run_dir: str | Path) -> RunConfig:
     for key in ("backbones", "fractions", "class_names"):
         raw[key] = tuple(raw.get(key, ()))
     raw["run_dir"] = str(run_dir)
-    return RunConfig(**raw)
+    config = RunConfig(**raw)
+    from search import space_file
+
+    if not config.space:  # a run saved before spaces existed searched the default one
+        return config.replace(space=space_file.default_record(config.backbones, config.weights, config.image_size))
+    for name, definition in (config.space.get("backbones") or {}).items():
+        space_file.register_own(name, definition, str(path))
+    return config

@@ -53,11 +53,11 @@ def trial_hyperparameters(config: RunConfig, trial_id: str) -> keras_tuner.Hyper
 def build_model(config: RunConfig, hp: keras_tuner.HyperParameters) -> keras.Model:
     """A fresh, compiled model of the run's HyperModel for ``hp``."""
     hypermodel = XrayClassifier(len(config.class_names), config.image_size, config.backbones, config.weights,
-                                config.precision)
+                                config.precision, config.search_space())
     return hypermodel.build(hp)
 
 
-def retrain(config: RunConfig, top_k: int = 3, seeds: int = 1, max_epochs: int | None = None,
+def retrain(config: RunConfig, top_k: int | None = None, seeds: int | None = None, max_epochs: int | None = None,
             augment: bool = False, choose_variant: bool = True, log: Callable[[str], None] = print) -> dict:
     """Retrains the ``top_k`` best distinct configurations and writes ``winners/``.
 
@@ -70,9 +70,14 @@ def retrain(config: RunConfig, top_k: int = 3, seeds: int = 1, max_epochs: int |
     configuration the lowest validation loss on the cached activations. Augmentation
     (on images, minutes instead of seconds) is off by default: see docs/final-model.md.
 
+    ``top_k`` and ``seeds`` default to the run's space (``[retrain]``: 3 and 1), whose
+    ``variants`` are the ways tried.
+
     Returns:
         The content of ``winners/summary.json``.
     """
+    top_k = top_k or config.retrain_choices["top_k"]
+    seeds = seeds or config.retrain_choices["seeds"]
     with run_lock(config.run_dir, "retrain", log), deterministic_ops():
         started, clock = time.perf_counter(), timing.EpochClock()
         summary = _retrain(config, top_k, seeds, max_epochs, augment, choose_variant, log, clock)
@@ -95,7 +100,8 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
         return _retrain_on_folds(config, data, training, top, seeds, augment, log, clock)
     epochs = max_epochs or config.max_epochs * 2
     val_rows = data.indices("val")
-    variant, tried, reused = variants.AS_SEARCHED, {}, {}
+    allowed = config.retrain_choices["variants"]
+    variant, tried, reused = variants.first(allowed), {}, {}
     if choose_variant:
         # Without augmentation the variants train exactly as the retrain does, so the
         # chosen one's fit of the rank-1 configuration (seed config.seed) is kept, not redone.
@@ -109,8 +115,8 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
             return fits[staging][OBJECTIVE]
 
         top_hp = trial_hyperparameters(config, top[0]["trial_id"])
-        variant, tried = variants.choose(fit, top_hp, config.weights, log)
-        chosen = variants.candidates(top_hp, config.weights).index(variant)
+        variant, tried = variants.choose(fit, top_hp, config.weights, log, allowed)
+        chosen = variants.candidates(top_hp, config.weights, allowed).index(variant)
         for i, (staging, score) in enumerate(fits.items()):  # fits ran in the candidates' order
             if i == chosen and not augment:
                 staging.rename(winners_dir / f"trial_{top[0]['trial_id']}")
@@ -120,7 +126,7 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
     results = []
     for rank, entry in enumerate(top, 1):
         hp = trial_hyperparameters(config, entry["trial_id"])
-        if variant in variants.candidates(hp, config.weights):  # else no block left to unfreeze
+        if variant in variants.candidates(hp, config.weights, allowed):  # else no block left to unfreeze
             hp = variant.hyperparameters(hp)
         staging = winners_dir / f"trial_{entry['trial_id']}"
         log(f"retrain {rank}/{len(top)}: trial {entry['trial_id']} ({console.hyperparameter_text(entry['hyperparameters'])})")

@@ -32,6 +32,7 @@ class Variant:
 
     Attributes:
         name: What it is, as printed.
+        key: Its name in a space file's ``[retrain] variants``.
         lr_decay: Multiply the learning rate by ``LR_DECAY_FACTOR`` after an epoch
             without a better validation loss (``ReduceLROnPlateau``).
         extra_block: Unfreeze one block more than the search chose, at
@@ -39,6 +40,7 @@ class Variant:
     """
 
     name: str
+    key: str = ""
     lr_decay: bool = False
     extra_block: bool = False
 
@@ -57,28 +59,39 @@ class Variant:
                                                   min_lr=1e-6, verbose=0)]
 
 
-AS_SEARCHED = Variant("as searched")
+AS_SEARCHED = Variant("as searched", "as_searched")
+LR_DECAY = Variant("lr decay", "lr_decay", lr_decay=True)
+ONE_BLOCK_MORE = Variant("one block more, lower lr, lr decay", "one_block_more", lr_decay=True, extra_block=True)
+VARIANTS = (AS_SEARCHED, LR_DECAY, ONE_BLOCK_MORE)
 
 
-def candidates(hp: keras_tuner.HyperParameters, weights: str) -> list[Variant]:
-    """The variants worth trying for ``hp``: one block more only where there is a block to unfreeze."""
+def first(allowed=None) -> Variant:
+    """The variant every winner retrains with when none is chosen: as searched, else the first allowed."""
+    keys = allowed or [v.key for v in VARIANTS]
+    return AS_SEARCHED if AS_SEARCHED.key in keys else next(v for v in VARIANTS if v.key == keys[0])
+
+
+def candidates(hp: keras_tuner.HyperParameters, weights: str, allowed=None) -> list[Variant]:
+    """The variants worth trying for ``hp`` among ``allowed`` keys (None: all): one block more only where there
+    is a block to unfreeze, and only as searched for a backbone trained from scratch."""
     backbone = hp.values["backbone"]
+    keys = allowed or [v.key for v in VARIANTS]
     if not is_cacheable(backbone, weights):
         return [AS_SEARCHED]
-    variants = [AS_SEARCHED, Variant("lr decay", lr_decay=True)]
-    if hp.values.get("unfreeze_depth", 0) < len(get_backbone(backbone).unfreeze_points):
-        variants.append(Variant("one block more, lower lr, lr decay", lr_decay=True, extra_block=True))
-    return variants
+    variants = [v for v in (AS_SEARCHED, LR_DECAY) if v.key in keys]
+    if ONE_BLOCK_MORE.key in keys and hp.values.get("unfreeze_depth", 0) < len(get_backbone(backbone).unfreeze_points):
+        variants.append(ONE_BLOCK_MORE)
+    return variants or [AS_SEARCHED]
 
 
 def choose(fit: Callable[[keras_tuner.HyperParameters, list], float], hp: keras_tuner.HyperParameters,
-           weights: str, log: Callable[[str], None] = print) -> tuple[Variant, dict]:
+           weights: str, log: Callable[[str], None] = print, allowed=None) -> tuple[Variant, dict]:
     """Trains each candidate variant of ``hp`` with ``fit(hp, callbacks) -> best validation loss``; the lowest wins.
 
     Returns:
         The chosen variant and ``{variant name: validation loss}``.
     """
-    variants = candidates(hp, weights)
+    variants = candidates(hp, weights, allowed)
     if len(variants) == 1:
         return variants[0], {}
     scores = {v.name: fit(v.hyperparameters(hp), v.callbacks()) for v in variants}

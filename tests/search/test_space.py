@@ -1,0 +1,181 @@
+"""The search space as a file: printed, read back, checked line by line, stored, searched and shown in HParams."""
+
+import json
+import math
+
+import keras_tuner
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from search import variants
+from search.activations import searched_depths
+from search.config import load_config, new_config
+from search.layout import RunLayout
+from search.run import run_search
+from tests.conftest import error_line, run_cli, saved_trials, tree_digest
+
+
+def _printed(tmp_path, *flags):
+    result = run_cli("space", *flags)
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "space.toml"
+    path.write_text(result.output)
+    return path
+
+
+@pytest.mark.parametrize("flags", [
+    (),
+    ("--data", "x"),
+    ("--backbones", "vanilla_cnn", "--weights", "none", "--image-size", "48", "--factor", "2"),
+], ids=["demo", "data", "scratch"])
+def test_the_printed_default_space_read_back_is_the_same_search(tmp_path, flags):
+    path = _printed(tmp_path, *flags)
+    given = dict(zip(flags[::2], flags[1::2]))
+    options = {k.lstrip("-").replace("-", "_"): v for k, v in given.items() if k != "--data"}
+    options = {k: (tuple(v.split(",")) if k == "backbones" else int(v) if v.isdigit() else v)
+               for k, v in options.items()}
+    data = given.get("--data")
+    plain = new_config("run", data, **options)
+    assert new_config("run", data, space=path, **options) == plain  # the same settings and stored space
+    assert new_config("run", data, space=path) == plain  # the file alone carries the flags' settings
+    # The same stored space means the same declarations: the same seed samples the same trials.
+    # One comment before every entry, so the file explains itself.
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "=" in line and not line.startswith("#") and not line.startswith("["):
+            assert lines[i - 1].startswith("#"), line
+
+
+def _space(tmp_path, text):
+    path = tmp_path / "space.toml"
+    path.write_text(text)
+    return path
+
+
+BAD = [
+    ("[hyperparameter]\ndropout = 0.2\n", ["hyperparameter", "unknown table"]),
+    ("[hyperparameters]\ndropuot = 0.2\n", ["hyperparameters.dropuot", "unknown hyperparameter", "dropout"]),
+    ('[hyperparameters]\ndropout = "high"\n', ["hyperparameters.dropout", "expected a number", "a string"]),
+    ("[hyperparameters]\nhead_depth = 1.5\n", ["hyperparameters.head_depth", "a whole number"]),
+    ("[hyperparameters]\nlearning_rate = {min = 1e-2, max = 1e-4}\n", ["learning_rate", "min 0.01 is above max 0.0001"]),
+    ("[hyperparameters]\nlearning_rate = {min = 0.0, max = 1e-2, sampling = \"log\"}\n", ["learning_rate", "above 0"]),
+    ("[hyperparameters]\ndropout = {min = 0.1, max = 0.5, sampling = \"cubic\"}\n", ["dropout.sampling", "linear, log"]),
+    ("[hyperparameters]\ndropout = {min = 0.1, maximum = 0.5}\n", ["dropout.maximum", "unknown key"]),
+    ("[hyperparameters]\ndropout = 1.0\n", ["hyperparameters.dropout", "0 <= dropout < 1"]),
+    ("[hyperparameters]\nhead_units = []\n", ["hyperparameters.head_units", "empty"]),
+    ("[hyperparameters]\nhead_units_3 = 64\n", ["head_units_3", "at most 3 layer"]),
+    ("[hyperparameters]\nunfreeze_depth = {min = 0, max = 5}\n", ["unfreeze_depth", "mobilenet_025", "3 cut point"]),
+    ('[hyperparameters]\nbackbone = ["mobilenet_025", "resnet5O"]\n', ["resnet5O", "Known backbones"]),
+    ("[run]\nimage_size = 8\n", ["run.image_size", "outside 16..1024"]),
+    ("[run]\nepochs = 8\n", ["run.epochs", "max_epochs"]),
+    ('[retrain]\nvariants = ["lr_decay", "warm_restarts"]\n', ["retrain.variants", "one_block_more"]),
+    ("[retrain]\ntop_k = 0\n", ["retrain.top_k", "at least 1"]),
+    ("[hyperparameters\ndropout = 0.2\n", ["not valid TOML", "line 1"]),
+    ('[backbones.mine]\nfile = "mine.keras"\n', ["backbones.mine", "preprocess is missing"]),
+]
+
+
+@pytest.mark.parametrize("text, phrases", BAD, ids=[b[1][0] for b in BAD])
+def test_each_problem_in_a_space_file_is_one_line_and_nothing_is_written(tmp_path, text, phrases):
+    run_dir = tmp_path / "run"
+    result = run_cli("search", "--run-dir", run_dir, "--space", _space(tmp_path, text))
+    error_line(result, *phrases)
+    assert not run_dir.exists()
+
+
+def test_a_flag_that_disagrees_with_the_space_file_is_refused(tmp_path):
+    path = _space(tmp_path, "[run]\nimage_size = 64\n[hyperparameters]\nbackbone = \"vanilla_cnn\"\n")
+    error_line(run_cli("search", "--run-dir", tmp_path / "run", "--space", path, "--image-size", "32"),
+               "--image-size 32", "run.image_size = 64")
+    error_line(run_cli("search", "--run-dir", tmp_path / "run", "--space", path, "--backbones", "mobilenet_025"),
+               "--backbones mobilenet_025", "hyperparameters.backbone")
+    assert not (tmp_path / "run").exists()
+    # Agreeing flags are fine.
+    assert new_config(str(tmp_path / "run"), space=path, image_size=64).image_size == 64
+
+
+def test_a_resume_with_another_space_is_refused_in_one_line(tmp_path, demo_data):
+    run_dir = tmp_path / "run"
+    first = _space(tmp_path, "[hyperparameters]\ndropout = 0.2\n")
+    new_config(str(run_dir), str(demo_data), space=first, backbones=("mobilenet_025",)).save()
+    before = tree_digest(run_dir)
+    other = tmp_path / "other.toml"
+    other.write_text("[hyperparameters]\ndropout = {min = 0.0, max = 0.3, step = 0.1}\n")
+    flags = ("--data", demo_data, "--run-dir", run_dir, "--backbones", "mobilenet_025")
+    line = error_line(run_cli("search", *flags, "--space", other),
+                      "search space", "hyperparameters.dropout", "--overwrite")
+    assert '"fixed"=0.2' in line
+    # Without the file it is another space too (the default one).
+    error_line(run_cli("search", *flags), "search space")
+    assert tree_digest(run_dir) == before
+    stored = json.loads(RunLayout(run_dir).config.read_text())["space"]
+    assert stored["hyperparameters"]["dropout"] == {"fixed": 0.2}
+    assert load_config(run_dir).search_space()["dropout"].value == 0.2
+
+
+def test_a_run_saved_before_spaces_existed_resumes_with_the_default_space(tmp_path):
+    config = new_config(str(tmp_path / "run"))
+    config.save()
+    raw = json.loads(config.layout.config.read_text())
+    del raw["space"]
+    config.layout.config.write_text(json.dumps(raw))
+    loaded = load_config(config.run_dir)
+    assert loaded.space == config.space
+    config.check_resumable(loaded)
+
+
+def test_retrain_variants_and_the_cached_depths_follow_the_space(tmp_path):
+    path = _space(tmp_path, '[hyperparameters]\nbackbone = "mobilenet_025"\nunfreeze_depth = 0\n'
+                            '[retrain]\nvariants = ["lr_decay"]\ntop_k = 2\n')
+    config = new_config(str(tmp_path / "run"), space=path)
+    assert config.retrain_choices["top_k"] == 2
+    hp = keras_tuner.HyperParameters()
+    hp.values.update(backbone="mobilenet_025", unfreeze_depth=0)
+    allowed = config.retrain_choices["variants"]
+    assert variants.candidates(hp, "imagenet", allowed) == [variants.LR_DECAY]
+    assert variants.first(allowed) == variants.LR_DECAY
+    # Depth 0 is searched; with one_block_more left out no retrain asks for depth 1 either.
+    assert searched_depths(config, "mobilenet_025") == 1
+    wider = new_config(str(tmp_path / "run"), space=_space(tmp_path, "[hyperparameters]\nunfreeze_depth = [0, 1]\n"))
+    assert searched_depths(wider, "mobilenet_025") == 3  # 0 and 1, and 2 for one block more
+
+
+SEARCHED = """
+[run]
+image_size = 32
+max_epochs = 2
+factor = 2
+batch_size = 16
+
+[hyperparameters]
+backbone = "vanilla_cnn"
+head_depth = [0, 1]
+head_units = [32]
+dropout = 0.3
+learning_rate = {min = 1e-3, max = 3e-3, sampling = "log"}
+"""
+
+
+def test_a_search_stays_inside_its_space_file_and_hparams_shows_exactly_that_space(tmp_path, demo_data):
+    run_dir = tmp_path / "run"
+    config = new_config(str(run_dir), str(demo_data), space=_space(tmp_path, SEARCHED), weights="none", seed=3)
+    best = run_search(config, log=lambda line: None)
+    trials = saved_trials(run_dir)
+    assert len(trials) == best["trials"] >= 2
+    for trial in trials.values():
+        values = trial["hyperparameters"]["values"]
+        assert values["backbone"] == "vanilla_cnn" and values["dropout"] == 0.3
+        assert values["head_depth"] in (0, 1) and values.get("head_units_0", 32) == 32
+        assert 1e-3 <= values["learning_rate"] <= 3e-3
+    acc = event_accumulator.EventAccumulator(str(RunLayout(run_dir).tensorboard), size_guidance={"tensors": 0})
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/experiment"]
+    infos = {h.name: h for h in plugin_data_pb2.HParamsPluginData.FromString(content).experiment.hparam_infos}
+    assert {"backbone", "head_depth", "head_units_0", "dropout", "learning_rate"} <= set(infos)
+    assert "unfreeze_depth" not in infos  # from scratch: nothing to unfreeze
+    assert [v.number_value for v in infos["dropout"].domain_discrete.values] == [0.3]
+    assert [v.number_value for v in infos["head_units_0"].domain_discrete.values] == [32]
+    assert [v.number_value for v in infos["head_depth"].domain_discrete.values] == [0, 1]
+    interval = infos["learning_rate"].domain_interval
+    assert math.isclose(interval.min_value, 1e-3) and math.isclose(interval.max_value, 3e-3)
