@@ -147,7 +147,8 @@ def test_a_trial_on_cached_activations_scores_as_the_same_trial_on_images(run_da
     assert len(top.layers) < len(image_model.layers)
     on_features = hypermodel.fit(hp, top, epochs=3, verbose=0)
     curve = on_images.history[OBJECTIVE]
-    assert abs(curve[-1] - curve[0]) > 1e-2  # the trial learns, so equal curves mean something
+    # The trial learns (its training loss falls; validation's may turn up again), so equal curves mean something.
+    assert on_images.history["loss"][0] - on_images.history["loss"][-1] > 1e-2
     np.testing.assert_allclose(on_features.history[OBJECTIVE], curve, rtol=1e-4)
 
 
