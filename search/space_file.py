@@ -124,7 +124,7 @@ def _entry(path: Path, name: str, value) -> Entry:
         if not check(item):
             _fail(path, where if key is None else f"{where}.{key}", f"expected {expected}, got {_kind(item)}")
         _within(path, where, family, item)
-        return item
+        return item if integer else float(item)  # KerasTuner's choices must share one type: 0 and 0.2 are floats
 
     if isinstance(value, list):
         if not value:

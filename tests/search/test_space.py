@@ -179,3 +179,10 @@ def test_a_search_stays_inside_its_space_file_and_hparams_shows_exactly_that_spa
     assert [v.number_value for v in infos["head_depth"].domain_discrete.values] == [0, 1]
     interval = infos["learning_rate"].domain_interval
     assert math.isclose(interval.min_value, 1e-3) and math.isclose(interval.max_value, 3e-3)
+
+
+def test_whole_numbers_in_a_real_valued_entry_are_read_as_real_numbers(tmp_path):
+    config = new_config(str(tmp_path / "run"), space=_space(tmp_path, "[hyperparameters]\ndropout = [0, 0.25]\n"))
+    hp = keras_tuner.HyperParameters()
+    assert config.search_space().declare(hp, "dropout") == 0.0  # one Choice of floats (KerasTuner refuses a mix)
+    assert hp.get_config()["space"][0]["config"]["values"] == [0.0, 0.25]
