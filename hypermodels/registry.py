@@ -217,7 +217,7 @@ def _dry_call(module, attribute: str, record: Callable, call: Callable) -> bool:
     return False
 
 
-def _preprocess_mode(application: Callable) -> str:
+def preprocess_mode_of(application: Callable) -> str:
     """The mode of ``hypermodels.preprocess`` that reproduces the application's own ``preprocess_input``.
 
     Found numerically on grey images (three equal channels, as ours are), so a family
@@ -297,7 +297,7 @@ def _keras_backbone(app: str) -> BackboneSpec:
     last = discovery.find_last_conv_layer(model)
     cuts = discovery.find_cut_points(model, last)
     del model
-    return BackboneSpec(KERAS_PREFIX + app, application, _preprocess_mode(application), default_size, min_size,
+    return BackboneSpec(KERAS_PREFIX + app, application, preprocess_mode_of(application), default_size, min_size,
                         last, cuts, _KerasWeightFile(application))
 
 
