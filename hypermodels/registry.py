@@ -309,8 +309,16 @@ RESERVED_LAYERS = ("image", "grey_to_rgb", "preprocess", "head_pool", "head_drop
 
 @functools.cache
 def _load(path: str, stamp: tuple[int, int]) -> keras.Model:
-    """The model in ``path`` (cached per file version: ``stamp`` is its mtime and size)."""
-    return keras.saving.load_model(path, compile=False)
+    """The model in ``path`` as a functional graph (cached per file version: ``stamp`` is its mtime and size).
+
+    A Sequential model becomes the functional one of its layers; a subclassed one has no graph to cut.
+    """
+    model = keras.saving.load_model(path, compile=False)
+    if isinstance(model, keras.Sequential):
+        model = keras.Model(model.inputs[0] if len(model.inputs) == 1 else model.inputs, model.outputs, name=model.name)
+    if not isinstance(model, keras.src.models.Functional):
+        raise TypeError(f"it is a subclassed model ({type(model).__name__}), not a functional or Sequential one")
+    return model
 
 
 def _loaded(path: str) -> keras.Model:
@@ -340,18 +348,27 @@ class FileBackbone:
         if include_top:
             raise ValueError("A backbone of one's own has no top; the classifier adds the head.")
         source = _loaded(self.path)
-        trunk = keras.Model(source.inputs, source.get_layer(self.output_layer).output)
-        inputs = input_tensor if input_tensor is not None else keras.Input(input_shape or source.input.shape[1:])
-        copy = keras.models.clone_model(trunk, input_tensors=inputs)
+        trunk = keras.Model(source.inputs[0], source.get_layer(self.output_layer).output)
+        inputs = input_tensor if input_tensor is not None else keras.Input(input_shape or source.inputs[0].shape[1:])
+        # Fresh copies of the layers called on ``inputs`` (what clone_model does inside; its model
+        # would re-clone the graph onto a new input, since ``inputs`` is not an Input).
+        clones = []
+
+        def fresh(layer):
+            clones.append(layer.__class__.from_config(layer.get_config()))
+            return clones[-1]
+
+        outputs = trunk._run_through_graph(inputs, operation_fn=fresh)
+        sources = keras.utils.get_source_inputs(inputs) if input_tensor is not None else inputs
+        model = keras.Model(sources, outputs, name=file_safe(Path(self.path).stem))
         if weights is not None and weights != "imagenet" and Path(weights).suffix != ".keras":
-            copy.load_weights(weights)
+            model.load_weights(weights)
         elif weights is not None:
             origin = source if weights in ("imagenet", self.path) else keras.saving.load_model(weights, compile=False)
-            for layer in copy.layers:
+            for layer in clones:
                 if layer.weights:
                     layer.set_weights(origin.get_layer(layer.name).get_weights())
-        sources = keras.utils.get_source_inputs(inputs) if input_tensor is not None else inputs
-        return keras.Model(sources, copy.output, name=file_safe(Path(self.path).stem))
+        return model
 
 
 def own_backbone(name: str, file, preprocess: str, cuts, last_conv_layer: str | None = None) -> BackboneSpec:
@@ -389,7 +406,7 @@ def own_backbone(name: str, file, preprocess: str, cuts, last_conv_layer: str | 
         reason = " ".join(str(error).split())[:160]
         raise UserError(f"{where}: file {file} does not load as a Keras model ({type(error).__name__}: {reason}); "
                         "give a model saved with model.save('....keras') whose layers are built-in Keras ones.") from None
-    if len(model.inputs) != 1 or model.input.shape[-1] != 3:
+    if len(model.inputs) != 1 or model.inputs[0].shape[-1] != 3:
         raise UserError(f"{where}: the model in {file} must take one image input of 3 channels "
                         f"(its inputs: {[tuple(t.shape) for t in model.inputs]}); the grey image becomes 3 equal channels.")
     try:
@@ -417,7 +434,7 @@ def own_backbone(name: str, file, preprocess: str, cuts, last_conv_layer: str | 
     if [position[c] for c in cuts] != sorted((position[c] for c in cuts), reverse=True) or len(set(cuts)) < len(cuts):
         raise UserError(f"{where}: cuts must be distinct and listed from the top down; in this model's order: "
                         f"{sorted(cuts, key=position.get, reverse=True)}.")
-    rows = model.input.shape[1]
+    rows = model.inputs[0].shape[1]
     return BackboneSpec(name, FileBackbone(str(path), output), preprocess, rows or 224, 32, last_conv_layer,
                         cuts, None, str(path))
 
@@ -445,4 +462,4 @@ def register(spec: BackboneSpec) -> None:
     if _REGISTERED.get(spec.name, spec) != spec:
         raise UserError(f"backbone {spec.name!r} is already registered with other settings in this process; "
                         "give each backbone of one's own a name of its own.")
-    _REGISTERED[spec.name] = spec
+    _REGISTERED.setdefault(spec.name, spec)  # the first stays: specs handed out before remain the one
