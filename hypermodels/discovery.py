@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 
 import keras
+from keras.src.utils.naming import to_snake_case
 
 CUTS = 3
 """How many cut points (unfreeze depths) a discovered backbone gets."""
@@ -82,9 +83,7 @@ def articulation_layers(model: keras.Model, output=None) -> list:
 
 def is_auto_named(layer) -> bool:
     """Whether Keras named ``layer`` from its class (``add``, ``conv2d_85``): such names depend on build order."""
-    base = re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
-    simple = keras.src.utils.naming.to_snake_case(type(layer).__name__)
-    return any(re.fullmatch(rf"{re.escape(b)}(_\d+)?", layer.name) for b in {base, simple})
+    return re.fullmatch(rf"{re.escape(to_snake_case(type(layer).__name__))}(_\d+)?", layer.name) is not None
 
 
 def usable(model: keras.Model, layer, stable_names: bool = False) -> bool:

@@ -355,7 +355,9 @@ class FileBackbone:
         clones = []
 
         def fresh(layer):
-            clones.append(layer.__class__.from_config(layer.get_config()))
+            config = layer.get_config()
+            config.pop("dtype", None)  # compute in the caller's policy (--precision), as an application does
+            clones.append(layer.__class__.from_config(config))
             return clones[-1]
 
         outputs = trunk._run_through_graph(inputs, operation_fn=fresh)

@@ -11,6 +11,7 @@ from hypermodels.classifier import XrayClassifier
 from hypermodels.preprocess import preprocess
 from hypermodels.registry import (BACKBONES, KERAS_PREFIX, backbone_of_model, file_safe, get_backbone,
                                   keras_application_names, preprocess_mode_of)
+from search.evaluation import gradcam
 
 # The seven registry backbones that are keras.applications models.
 APPLICATIONS = ["resnet50", "inception_v3", "densenet121", "efficientnet_b0", "mobilenet_v2", "mobilenet",
@@ -67,7 +68,7 @@ def test_keras_backbone_builds_with_its_cuts_and_gradcam_layer(name):
     assert len(spec.unfreeze_points) == 3 and spec.pretrainable
     model = XrayClassifier(3, 32, [name], weights="none").build(keras_tuner.HyperParameters())
     assert model.name == "cxr_" + file_safe(name) and ":" not in model.name
-    assert backbone_of_model(model.name) == name
+    assert backbone_of_model(model.name) == name and gradcam.default_layer(model) == spec.last_conv_layer
     model.get_layer(spec.last_conv_layer)
     for cut in spec.unfreeze_points:
         assert len(model.get_layer(cut).output.shape) == 4

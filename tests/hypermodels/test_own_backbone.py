@@ -10,6 +10,7 @@ from hypermodels.classifier import XrayClassifier
 from hypermodels.cutting import ActivationClassifier, frozen_image_model, is_cacheable
 from hypermodels.registry import get_backbone, own_backbone, register
 from hypermodels.weights import resolve_weights, weights_origin
+from search.evaluation import gradcam
 
 CUTS = ["block2_out", "block1_out"]
 
@@ -57,6 +58,7 @@ def test_own_backbone_builds_flat_with_the_files_weights(tiny_file):
     assert set(CUTS) | {"top_relu"} <= set(names) and "chexnet_14" not in names  # the file's head is left out
     for cut in CUTS:
         assert len(model.get_layer(cut).output.shape) == 4
+    assert gradcam.default_layer(model) == "top_relu"
     source = keras.saving.load_model(tiny_file, compile=False)
     for layer in ("stem_conv", "block2_conv", "top_conv", "block1_bn"):
         for ours, theirs in zip(model.get_layer(layer).get_weights(), source.get_layer(layer).get_weights()):
