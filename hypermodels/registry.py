@@ -168,7 +168,8 @@ def file_safe(name: str) -> str:
     """``name`` as a file, folder, Keras model or layer name: ``keras:ConvNeXtTiny`` -> ``keras-ConvNeXtTiny``.
 
     The user-facing name keeps its ``:``; only where it becomes a name on disk or in a
-    graph (where ``:`` is not portable, and TensorFlow scopes refuse it) is it replaced.
+    graph is it replaced (``:`` is not portable in file names, and the SavedModel export
+    refuses it in a model name: "not a valid root scope name").
     """
     return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
 
@@ -276,7 +277,13 @@ class _KerasWeightFile:
 
             build = functools.partial(self.application, include_top=False, weights="imagenet",
                                       input_shape=(size, size, 3))
-            if not _dry_call(file_utils, "get_file", record, build):
+            try:
+                fetched = _dry_call(file_utils, "get_file", record, build)
+            except ValueError as error:  # the application refuses this size with ImageNet weights
+                raise UserError(f"keras:{self.application.__name__} has no ImageNet weights at {size} px "
+                                f"({' '.join(str(error).split())[:200]}); pick another --image-size or "
+                                "--weights none.") from None
+            if not fetched:
                 raise ValueError(f"{self.application.__name__} fetched no weight file.")
             self._names[size] = asked[0]
         return self._names[size]
