@@ -9,12 +9,16 @@ block numbers change (``conv5_block2_out`` -> ``conv5_block3_*``,
 (a residual add or a concatenation; squeeze-and-excitation gates, which multiply
 by a 1x1 tensor, are not joins), unless the architecture joins none (a plain
 chain such as MobileNet or VGG), and each step down adds trainable layers.
-Layers Keras named automatically (``add_7``) are never cuts: their names change
-with whatever was built before in the process.
+A layer Keras named automatically (``add_7``) has no stable name (it depends on
+what was built before in the process) and a ``keras.ops`` call (ConvNeXt's
+``x + y``) or a nested model no ``get_layer(...).output`` in the outer graph:
+:func:`describe` names such a cut (or Grad-CAM layer) with an ``Identity`` layer
+after it, which :func:`with_named_outputs` inserts when the backbone is built.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import keras
@@ -146,12 +150,19 @@ def _is_gate(layer, producers, steps: int = 8) -> bool:
 
 def _has_trainable_weights(layer) -> bool:
     normalizing = (keras.layers.BatchNormalization, keras.layers.LayerNormalization)
-    return bool(layer.trainable_weights) and not isinstance(layer, normalizing)
+    return bool(getattr(layer, "trainable_weights", None)) and not isinstance(layer, normalizing)
 
 
 def find_cut_points(model: keras.Model, last_conv_layer: str, count: int = CUTS) -> tuple[str, ...]:
-    """Up to ``count`` cut points below ``last_conv_layer``, from the top down (see the module docstring)."""
-    top = model.get_layer(last_conv_layer)
+    """Up to ``count`` cut points below ``last_conv_layer``, from the top down (see the module docstring).
+
+    Only layers :func:`usable` as they are; :func:`describe` also names the others.
+    """
+    return tuple(op.name for op in _cut_operations(model, model.get_layer(last_conv_layer), count, False))
+
+
+def _cut_operations(model: keras.Model, top, count: int, unusable: bool) -> list:
+    """The cut points below operation ``top``, top down; with ``unusable``, also Keras ops and named nested models."""
     order, producers = layer_graph(model)
     needed = _ancestors(top, producers)
     order = [layer for layer in order if layer in needed]
@@ -166,7 +177,9 @@ def find_cut_points(model: keras.Model, last_conv_layer: str, count: int = CUTS)
         # A Keras-named layer (``add_3``) belongs to the block of the named layers it reads.
         if not is_auto_named(layer):
             return _block(layer.name)
-        for parent in producers.get(layer, []):
+        parents = producers.get(layer, [])
+        # The block's own branch first: the last named input (a skip connection comes first).
+        for parent in [p for p in reversed(parents) if not is_auto_named(p)] + [p for p in parents if is_auto_named(p)]:
             if parent in position and parent not in seen:
                 block = effective(parent, (*seen, layer))
                 if block:
@@ -188,9 +201,108 @@ def find_cut_points(model: keras.Model, last_conv_layer: str, count: int = CUTS)
     for layer in reversed(boundaries):
         if len(chosen) == count:
             break
-        if not usable(model, layer):
+        if not (usable(model, layer) or unusable and single_4d(layer)):
             continue
         if any(_has_trainable_weights(order[i]) for i in range(position[layer] + 1, above + 1)):
-            chosen.append(layer.name)
+            chosen.append(layer)
             above = position[layer]
-    return tuple(chosen)
+    return chosen
+
+
+def _anchor(op, producers, depth: int = 8) -> str:
+    """The name of the nearest named operation at or below ``op``: what a name for ``op``'s output derives from."""
+    for _ in range(depth):
+        if not is_auto_named(op):
+            return op.name
+        parents = producers.get(op, [])
+        if not parents:
+            break
+        named = [p for p in parents if not is_auto_named(p)]
+        op = named[-1] if named else parents[-1]
+    return op.name
+
+
+def operation_key(op, producers) -> tuple[str, str]:
+    """``(class name, nearest named operation)``: finds the same operation in every build of an application."""
+    return type(op).__name__, _anchor(op, producers)
+
+
+def _output_name(op, producers, taken: set) -> str:
+    anchor = _anchor(op, producers)
+    if anchor == op.name:  # a named nested model
+        name = f"{anchor}_out"
+    else:  # the block the Keras op ends: conv5_block3_1_bn -> conv5_block3_1_out
+        digits = list(re.finditer(r"\d+", anchor))
+        name = f"{anchor[:digits[-1].end()] if digits else anchor}_out"
+    while name in taken:
+        name += "_cut"
+    taken.add(name)
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class Description:
+    """What :func:`describe` finds: Grad-CAM's layer, the cut points (top down), and the outputs to name.
+
+    ``renames`` maps :func:`operation_key` of a Keras-named op (or nested model) to the
+    name of the ``Identity`` layer :func:`with_named_outputs` puts after it.
+    """
+
+    last_conv_layer: str
+    cuts: tuple[str, ...]
+    renames: tuple[tuple[tuple[str, str], str], ...] = ()
+
+
+def describe(model: keras.Model, count: int = CUTS) -> Description:
+    """Grad-CAM's layer and the cut points of a no-top application, naming those Keras left unnamed.
+
+    Where the output or a cut point is a Keras op (ConvNeXt's ``x + y``), a layer Keras
+    named (Xception's ``add_7``) or a nested model, its output gets a named ``Identity``
+    layer (:func:`with_named_outputs`), so that ``model.get_layer(cut).output`` works in
+    every build.
+    """
+    order, producers = layer_graph(model)
+    taken = {op.name for op in order}
+    renames = {}
+
+    def name(op) -> str:
+        if usable(model, op):
+            return op.name
+        key = operation_key(op, producers)
+        renames.setdefault(key, _output_name(op, producers, taken))
+        return renames[key]
+
+    top = _output_layer(model)
+    if not single_4d(top):
+        top = model.get_layer(find_last_conv_layer(model))
+    last = name(top)
+    cuts = tuple(name(op) for op in _cut_operations(model, top, count, True))
+    return Description(last, cuts, tuple(renames.items()))
+
+
+def with_named_outputs(model: keras.Model, renames: dict, input_tensor=None) -> keras.Model:
+    """``model`` rebuilt on ``input_tensor`` from copies of its layers (holding its values), flat,
+    with a named ``Identity`` after each operation whose :func:`operation_key` ``renames`` names.
+    """
+    order, producers = layer_graph(model)
+    tags = {op: renames[operation_key(op, producers)] for op in order if operation_key(op, producers) in renames}
+    originals, pairs = {}, []
+
+    def fresh(op):
+        clone = op.__class__.from_config(op.get_config())
+        originals[id(clone)] = op
+        pairs.append((op, clone))
+        return clone
+
+    def call(clone, *args, **kwargs):
+        outputs = clone(*args, **kwargs)
+        tag = tags.get(originals[id(clone)])
+        return keras.layers.Identity(name=tag)(outputs) if tag else outputs
+
+    inputs = input_tensor if input_tensor is not None else keras.Input(model.inputs[0].shape[1:])
+    outputs = model._run_through_graph(inputs, operation_fn=fresh, call_fn=call)
+    for op, clone in pairs:
+        if getattr(op, "weights", None):
+            clone.set_weights(op.get_weights())
+    sources = keras.utils.get_source_inputs(inputs) if input_tensor is not None else inputs
+    return keras.Model(sources, outputs, name=model.name)

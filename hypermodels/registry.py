@@ -300,12 +300,32 @@ def _keras_backbone(app: str) -> BackboneSpec:
     application = getattr(keras.applications, app)
     default_size, min_size = _sizes(application)
     size = max(min_size, 32)
-    model = application(include_top=False, weights=None, input_shape=(size, size, 3))
-    last = discovery.find_last_conv_layer(model)
-    cuts = discovery.find_cut_points(model, last)
-    del model
-    return BackboneSpec(KERAS_PREFIX + app, application, preprocess_mode_of(application), default_size, min_size,
-                        last, cuts, _KerasWeightFile(application))
+    found = discovery.describe(application(include_top=False, weights=None, input_shape=(size, size, 3)))
+    return BackboneSpec(KERAS_PREFIX + app, KerasApplication(app, found.renames), preprocess_mode_of(application),
+                        default_size, min_size, found.last_conv_layer, found.cuts, _KerasWeightFile(application))
+
+
+@dataclasses.dataclass(frozen=True)
+class KerasApplication:
+    """The constructor of ``keras:NAME``: ``keras.applications.NAME``, with its unnamed cut points named.
+
+    Without ``renames`` it is the application itself. With them (ConvNeXt, Xception:
+    blocks that end in a Keras op or a Keras-named layer) the application is built
+    standalone and rebuilt flat on ``input_tensor`` with a named ``Identity`` after each
+    of those (``hypermodels.discovery.with_named_outputs``), holding the same values.
+    """
+
+    name: str
+    renames: tuple = ()
+
+    def __call__(self, include_top=False, weights=None, input_tensor=None, input_shape=None, **kwargs):
+        application = getattr(keras.applications, self.name)
+        if not self.renames:
+            return application(include_top=include_top, weights=weights, input_tensor=input_tensor,
+                               input_shape=input_shape, **kwargs)
+        shape = input_shape or tuple(input_tensor.shape[1:])
+        model = application(include_top=include_top, weights=weights, input_shape=shape, **kwargs)
+        return discovery.with_named_outputs(model, dict(self.renames), input_tensor)
 
 
 # --- backbones of one's own ---------------------------------------------------------------------------
