@@ -57,7 +57,7 @@ def search_options(function):
         click.option("--run-dir", type=click.Path(file_okay=False), default="runs/demo",
                      show_default=True, help="Run directory; the same one again resumes."),
         click.option("--backbones", callback=_csv, default=None,
-                     help="Comma-separated registry names (see `backbones`). " + _defaults("backbones")),
+                     help="Comma-separated registry names (see `backbones`), or keras:NAME for any keras.applications model. " + _defaults("backbones")),
         click.option("--image-size", type=click.IntRange(16, 1024), default=None,
                      help="Square image side in pixels. " + _defaults("image_size")),
         click.option("--weights", default=None,
@@ -242,14 +242,26 @@ def space(**options):
 
 
 @cli.command()
-def backbones():
-    """List the registered backbones with their default input sizes."""
-    from hypermodels.registry import BACKBONES
+@click.option("--keras", "keras_names", is_flag=True,
+              help="List the keras:NAME backbones instead: every keras.applications model.")
+def backbones(keras_names):
+    """List the registered backbones with their default input sizes.
 
+    Any keras.applications model works too, as keras:NAME (e.g. keras:ConvNeXtTiny);
+    --keras lists them.
+    """
+    from hypermodels.registry import BACKBONES, KERAS_PREFIX, keras_application_names
+
+    if keras_names:
+        for name in keras_application_names():
+            click.echo(KERAS_PREFIX + name)
+        return
     for spec in BACKBONES.values():
         weights = spec.weight_file(spec.default_size) if spec.pretrainable else "(from scratch only)"
         click.echo(f"{spec.name:<16} size {spec.default_size:>3} (min {spec.min_size:>2})  "
                    f"grad-cam {spec.last_conv_layer:<20} {weights}")
+    click.echo(f"and {KERAS_PREFIX}NAME for any keras.applications model (e.g. {KERAS_PREFIX}ConvNeXtTiny; "
+               "its cut points are found from its blocks): `cxr-tuner backbones --keras` lists them.")
 
 
 def _run_config(run_dir):

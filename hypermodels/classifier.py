@@ -10,7 +10,7 @@ import keras_tuner
 
 from hypermodels import precision as precisions
 from hypermodels.preprocess import preprocess
-from hypermodels.registry import BackboneSpec, get_backbone
+from hypermodels.registry import BackboneSpec, file_safe, get_backbone
 from hypermodels.space import DEFAULT_ENTRIES, Space
 from hypermodels.weights import resolve_weights
 
@@ -69,7 +69,7 @@ class XrayClassifier(keras_tuner.HyperModel):
         else:
             freeze_backbone(base, spec, depth)
         outputs = self.head(base.output, hp, seed)
-        model = keras.Model(inputs, outputs, name=f"cxr_{spec.name}")
+        model = keras.Model(inputs, outputs, name=f"cxr_{file_safe(spec.name)}")
         compile_model(model, self.learning_rate(hp))
         return model
 

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from hypermodels import precision
 from hypermodels.classifier import POOLED, XrayClassifier, compile_model, head_seed
-from hypermodels.registry import BackboneSpec, get_backbone
+from hypermodels.registry import BackboneSpec, file_safe, get_backbone
 
 STEPS_PER_EXECUTION = 16
 """Training steps per call into TensorFlow: a trial's small steps are dominated by
@@ -115,7 +115,7 @@ class ActivationClassifier(keras_tuner.HyperModel):
                 layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
             features = copy.output
         outputs = self.classifier.head(features, hp, seed, pooled=not depth)
-        model = keras.Model(inputs, outputs, name=f"cxr_{name}_above_{cut}")
+        model = keras.Model(inputs, outputs, name=f"cxr_{file_safe(name)}_above_{cut}")
         compile_model(model, self.classifier.learning_rate(hp), steps_per_execution=STEPS_PER_EXECUTION)
         return model
 

@@ -1,4 +1,9 @@
-"""Where a backbone's starting weights come from: ImageNet, none, or a file."""
+"""Where a backbone's starting weights come from: ImageNet, none, or a file.
+
+``--weights imagenet`` means each backbone's pretrained weights: ImageNet's for the
+registry's and ``keras:NAME`` backbones (from the Keras cache, the shipped copy or a
+download), the file's own for a backbone of one's own.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +36,8 @@ def resolve_weights(spec: BackboneSpec, weights: str, size: int) -> str | None:
 
     Returns:
         ``"imagenet"``, a file path (given, or the shipped copy when the Keras cache
-        lacks the ImageNet file), or ``None`` (random initialisation). From-scratch
-        backbones (no ImageNet weights exist) always get ``None``.
+        lacks the ImageNet file; a backbone of one's own: its ``.keras`` file), or ``None``
+        (random initialisation). From-scratch backbones (no ImageNet weights exist) always get ``None``.
 
     Raises:
         UserError: If the ImageNet file is neither cached nor downloadable, or the
@@ -44,6 +49,10 @@ def resolve_weights(spec: BackboneSpec, weights: str, size: int) -> str | None:
         if not Path(weights).is_file():
             raise UserError(f"Weights file {weights} does not exist; pass an existing .h5/.weights.h5 file, 'imagenet' or 'none'.")
         return str(weights)
+    if spec.file is not None:
+        if not Path(spec.file).is_file():
+            raise UserError(f"The file {spec.file} of backbone {spec.name} is gone; put it back or pass --weights none.")
+        return spec.file
     file_name = spec.weight_file(size)
     if not (keras_cache_dir() / file_name).is_file():
         if (SHIPPED_DIR / file_name).is_file():
@@ -69,6 +78,8 @@ def weights_origin(spec: BackboneSpec, weights: str, size: int) -> str:
     resolved = resolve_weights(spec, weights, size)
     if resolved == "imagenet":
         return f"ImageNet weights from the Keras cache ({keras_cache_dir() / spec.weight_file(size)})"
+    if resolved == spec.file:
+        return f"its own weights, from the file {resolved}"
     if Path(resolved).parent == SHIPPED_DIR:
         return f"ImageNet weights, shipped with the package ({Path(resolved).relative_to(SHIPPED_DIR.parent.parent)})"
     return f"weights from the file {resolved}"

@@ -31,7 +31,7 @@ import numpy as np
 from data import files, pipeline
 from hypermodels.cutting import ActivationClassifier, cut_layer, frozen_image_model, frozen_model, is_cacheable
 from hypermodels.classifier import POOLED, XrayClassifier
-from hypermodels.registry import get_backbone
+from hypermodels.registry import file_safe, get_backbone
 from hypermodels.weights import keras_cache_dir, resolve_weights
 from search import cache_plan, extraction
 from search.dataset import FIT
@@ -89,7 +89,7 @@ class ActivationCache:
         key = self.key(backbone)
         suffix = "" if self.dtype == "float32" else f"-{_SUFFIX[self.dtype]}"
         computed = "" if key["precision"] == "float32" else f"-{key['precision']}"
-        return self.folder / (f"{backbone}-{key['image_size']}px-w{key['weights'][:16]}"
+        return self.folder / (f"{file_safe(backbone)}-{key['image_size']}px-w{key['weights'][:16]}"
                               f"-i{key['images'][:16]}{suffix}{computed}")
 
     def is_cached(self, backbone: str, depth: int) -> bool:

@@ -164,11 +164,11 @@ def transfer_line(best: dict, config) -> str | None:
         best: The content of ``best_hyperparameters.json`` (``search.run.best_trials``).
         config: The run's ``search.config.RunConfig``.
     """
-    from hypermodels.registry import BACKBONES
+    from hypermodels.registry import get_backbone
     from hypermodels.weights import starts_pretrained
 
     def pretrained(backbone) -> bool:
-        return backbone in BACKBONES and starts_pretrained(BACKBONES[backbone], config.weights)
+        return starts_pretrained(get_backbone(backbone), config.weights)
 
     kinds = {pretrained(name) for name in config.backbones}
     if len(kinds) < 2:

@@ -27,7 +27,7 @@ from data import files
 from data.errors import UserError
 from hypermodels.cutting import cut_layer, is_cacheable
 from hypermodels.layers import TemperatureScaling
-from hypermodels.registry import get_backbone
+from hypermodels.registry import file_safe, get_backbone
 from search import dataset, timing
 from search.console import number_text
 from search.config import RunConfig
@@ -68,7 +68,7 @@ def build_ensemble(members: list[keras.Model], frozen: list[tuple[str, int | Non
         # The member that unfreezes most decides the deepest cut below which all are frozen alike.
         cut = cut_layer(get_backbone(backbone), max(frozen[i][1] for i in indices))
         first = members[indices[0]]
-        shared = keras.Model(first.input, first.get_layer(cut).output, name=f"frozen_{backbone}")
+        shared = keras.Model(first.input, first.get_layer(cut).output, name=f"frozen_{file_safe(backbone)}")
         shared.trainable = False
         features = shared(image)
         outputs += [_above(members[i], cut, f"member_{i + 1}")(features) for i in indices]

@@ -274,8 +274,11 @@ def register_own(name: str, definition: dict, source: str | None = None) -> dict
     if definition.get("sha256") not in (None, digest):
         raise UserError(f"{file} changed since this run started (backbones.{name}); restore it, or start "
                         "over with --overwrite (or another --run-dir).")
-    register(own_backbone(name, str(file), definition["preprocess"], tuple(definition["cuts"]),
-                          definition.get("last_conv_layer")))
+    try:
+        register(own_backbone(name, str(file), definition["preprocess"], tuple(definition["cuts"]),
+                              definition.get("last_conv_layer")))
+    except UserError as error:
+        raise UserError(f"{source}: {error}" if source else str(error)) from None
     return {**definition, "sha256": digest}
 
 

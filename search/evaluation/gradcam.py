@@ -18,16 +18,16 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from data.errors import UserError
-from hypermodels.registry import BACKBONES
+from hypermodels.registry import backbone_of_model, get_backbone
 
 ALPHA = 0.45  # share of the colour map in an overlay
 
 
 def default_layer(model: keras.Model) -> str:
     """The registry's Grad-CAM layer for our models (named ``cxr_<backbone>``), else the last 4-D layer."""
-    backbone = model.name.removeprefix("cxr_")
-    if model.name.startswith("cxr_") and backbone in BACKBONES:
-        return BACKBONES[backbone].last_conv_layer
+    backbone = backbone_of_model(model.name)
+    if backbone is not None:
+        return get_backbone(backbone).last_conv_layer
     spatial = [layer.name for layer in model.layers[1:] if len(layer.output.shape) == 4]
     if not spatial:
         raise UserError(f"Model {model.name} has no layer with a spatial (4-D) output to explain; pass --layer.")
