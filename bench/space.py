@@ -45,7 +45,10 @@ def main(argv=None) -> dict:
     if parts & {"a", "b"}:
         results["no_file"] = _search(work / "no-file", [*flags, "--no-retrain"])
     if "a" in parts:
-        printed = _cli(["space", *flags], work / "space-default.log")
+        space_flags = flags[:flags.index("--seed")]  # the seed is not part of the space
+        printed = _cli(["space", *space_flags], work / "space-default.log")
+        if printed.returncode or "[hyperparameters]" not in printed.stdout:
+            raise SystemExit(f"cli.py space failed: {printed.stderr.strip()}")
         space = work / "default.toml"
         space.write_text(printed.stdout)
         results["default_file"] = _search(work / "default-file", [*flags, "--space", str(space), "--no-retrain"])

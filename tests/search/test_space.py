@@ -12,7 +12,6 @@ from search import variants
 from search.activations import searched_depths
 from search.config import load_config, new_config
 from search.layout import RunLayout
-from search.run import run_search
 from tests.conftest import error_line, run_cli, saved_trials, tree_digest
 
 
@@ -141,48 +140,112 @@ def test_retrain_variants_and_the_cached_depths_follow_the_space(tmp_path):
     assert searched_depths(wider, "mobilenet_025") == 3  # 0 and 1, and 2 for one block more
 
 
-SEARCHED = """
+def test_whole_numbers_in_a_real_valued_entry_are_read_as_real_numbers(tmp_path):
+    config = new_config(str(tmp_path / "run"), space=_space(tmp_path, "[hyperparameters]\ndropout = [0, 0.25]\n"))
+    hp = keras_tuner.HyperParameters()
+    assert config.search_space().declare(hp, "dropout") == 0.0  # one Choice of floats (KerasTuner refuses a mix)
+    assert hp.get_config()["space"][0]["config"]["values"] == [0.0, 0.25]
+
+
+def _own_model(path):
+    """A tiny pretrained-looking backbone of one's own: a stem and two residual blocks, saved as .keras."""
+    import keras
+
+    inputs = keras.Input((None, None, 3), name="rgb")
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="stem_conv")(inputs)
+    x = keras.layers.Activation("relu", name="stem_relu")(x)
+    for i in (1, 2):
+        y = keras.layers.Conv2D(8, 3, padding="same", name=f"block{i}_conv")(x)
+        x = keras.layers.Add(name=f"block{i}_add")([x, y])
+        x = keras.layers.Activation("relu", name=f"block{i}_out")(x)
+    x = keras.layers.Conv2D(16, 1, name="top_conv")(x)
+    keras.Model(inputs, keras.layers.Activation("relu", name="top_relu")(x)).save(path)
+    return path
+
+
+OWN_SPACE = """
 [run]
 image_size = 32
 max_epochs = 2
-factor = 2
-batch_size = 16
 
 [hyperparameters]
-backbone = "vanilla_cnn"
+backbone = "mine"
+unfreeze_depth = [0, 1]
 head_depth = [0, 1]
 head_units = [32]
 dropout = 0.3
 learning_rate = {min = 1e-3, max = 3e-3, sampling = "log"}
+
+[retrain]
+top_k = 1
+variants = ["as_searched"]
+
+[backbones.mine]
+file = "mine.keras"
+preprocess = "tf"
+cuts = ["block2_out", "block1_out"]
 """
 
 
-def test_a_search_stays_inside_its_space_file_and_hparams_shows_exactly_that_space(tmp_path, demo_data):
-    run_dir = tmp_path / "run"
-    config = new_config(str(run_dir), str(demo_data), space=_space(tmp_path, SEARCHED), weights="none", seed=3)
-    best = run_search(config, log=lambda line: None)
+@pytest.fixture(scope="module")
+def own_run(tmp_path_factory, demo_data):
+    """A whole job (search to export) on a backbone of one's own, in a space that fixes and narrows entries."""
+    folder = tmp_path_factory.mktemp("own")
+    _own_model(folder / "mine.keras")
+    run_dir = folder / "run"
+    result = run_cli("search", "--data", demo_data, "--run-dir", run_dir, "--space", _space(folder, OWN_SPACE),
+                     "--tuner", "random", "--max-trials", 2)
+    assert result.exit_code == 0 and result.exception is None, result.output
+    return folder, run_dir, result.output
+
+
+def test_a_search_stays_inside_its_space_file_and_hparams_shows_exactly_that_space(own_run):
+    _, run_dir, _ = own_run
     trials = saved_trials(run_dir)
-    assert len(trials) == best["trials"] >= 2
+    assert len(trials) == 2
     for trial in trials.values():
         values = trial["hyperparameters"]["values"]
-        assert values["backbone"] == "vanilla_cnn" and values["dropout"] == 0.3
+        assert values["backbone"] == "mine" and values["dropout"] == 0.3 and values["unfreeze_depth"] in (0, 1)
         assert values["head_depth"] in (0, 1) and values.get("head_units_0", 32) == 32
         assert 1e-3 <= values["learning_rate"] <= 3e-3
     acc = event_accumulator.EventAccumulator(str(RunLayout(run_dir).tensorboard), size_guidance={"tensors": 0})
     acc.Reload()
     content = acc.PluginTagToContent("hparams")["_hparams_/experiment"]
     infos = {h.name: h for h in plugin_data_pb2.HParamsPluginData.FromString(content).experiment.hparam_infos}
-    assert {"backbone", "head_depth", "head_units_0", "dropout", "learning_rate"} <= set(infos)
-    assert "unfreeze_depth" not in infos  # from scratch: nothing to unfreeze
+    assert {"backbone", "unfreeze_depth", "head_depth", "head_units_0", "dropout", "learning_rate"} <= set(infos)
+    assert [v.string_value for v in infos["backbone"].domain_discrete.values] == ["mine"]
     assert [v.number_value for v in infos["dropout"].domain_discrete.values] == [0.3]
     assert [v.number_value for v in infos["head_units_0"].domain_discrete.values] == [32]
-    assert [v.number_value for v in infos["head_depth"].domain_discrete.values] == [0, 1]
+    assert [v.number_value for v in infos["unfreeze_depth"].domain_discrete.values] == [0, 1]
     interval = infos["learning_rate"].domain_interval
     assert math.isclose(interval.min_value, 1e-3) and math.isclose(interval.max_value, 3e-3)
 
 
-def test_whole_numbers_in_a_real_valued_entry_are_read_as_real_numbers(tmp_path):
-    config = new_config(str(tmp_path / "run"), space=_space(tmp_path, "[hyperparameters]\ndropout = [0, 0.25]\n"))
-    hp = keras_tuner.HyperParameters()
-    assert config.search_space().declare(hp, "dropout") == 0.0  # one Choice of floats (KerasTuner refuses a mix)
-    assert hp.get_config()["space"][0]["config"]["values"] == [0.0, 0.25]
+def test_a_backbone_of_ones_own_goes_from_the_space_file_to_an_export_plain_keras_loads(own_run):
+    import os
+    import subprocess
+    import sys
+
+    import keras
+    import numpy as np
+
+    folder, run_dir, output = own_run
+    assert "its own weights" in output  # where the backbone starts: the file
+    layout = RunLayout(run_dir)
+    assert list(layout.activations.iterdir())  # pretrained: its frozen part was cached
+    stored = load_config(run_dir).space["backbones"]["mine"]
+    assert stored["file"] == str((folder / "mine.keras").resolve()) and len(stored["sha256"]) == 64
+    script = ("import sys, keras, numpy as np\n"
+              "model = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
+              "assert not [m for m in sys.modules if m.split('.')[0] in ('hypermodels', 'search', 'data')]\n"
+              "print(np.asarray(model(np.full((1, 32, 32, 1), 100, 'uint8'))).tolist())\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-I", "-c", script, str(layout.export / "model.keras")],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    exported = keras.saving.load_model(layout.export / "model.keras", safe_mode=True)
+    expected = np.asarray(exported(np.full((1, 32, 32, 1), 100, "uint8")))
+    np.testing.assert_allclose(json.loads(done.stdout.strip().splitlines()[-1]), expected, atol=1e-5)
+    # A changed backbone file is not what the run's caches were made from: refused in one line.
+    _own_model(folder / "mine.keras")
+    error_line(run_cli("evaluate", run_dir), "mine.keras changed since this run started")
