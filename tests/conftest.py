@@ -3,6 +3,8 @@
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported
@@ -16,6 +18,77 @@ from search.layout import RunLayout  # noqa: E402
 # The fastest real search: one small from-scratch backbone, 32 px, one epoch per model.
 FAST_SEARCH = ("--backbones", "vanilla_cnn", "--weights", "none", "--image-size", "32",
                "--max-epochs", "1", "--factor", "2", "--no-retrain")
+
+# Which tests share a worker (setup.cfg runs xdist with --dist loadgroup). A module- or
+# session-scoped fixture is built once per worker that runs a test using it: spread over both
+# workers, the searched-and-retrained run of tests/search/conftest.py (~45 s), the budgeted job
+# (~45 s) and the bfloat16 run (~25 s) were each built twice. So every test that uses the
+# shared run goes to one worker (group "winners"), and every test that uses a module-scoped
+# fixture goes with the rest of its module. xdist hands out the groups with the most tests
+# first and then the ungrouped tests one by one, which keeps the two workers finishing together.
+# A test module may also name its own group (pytestmark = pytest.mark.xdist_group(...)).
+#
+# xdist 3.8 groups by a "@group" suffix it writes into each item's node id, which pytest 9
+# ignores (the id lives elsewhere now): every group was silently ignored. So the workers write
+# each test's group to a file the controller's scheduler reads (both hooks below are xdist's).
+SHARED_RUN = "retrained_run"  # evaluated_run, exported_run and run_copy are built from it
+_GROUPS_FILE = "xdist_groups_file"
+_GROUPS_KEY = pytest.StashKey[str]()
+
+
+def _group(item) -> str | None:
+    marker = item.get_closest_marker("xdist_group")
+    if marker:
+        return str(marker.args[0] if marker.args else marker.kwargs.get("name", "default"))
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    if SHARED_RUN in info.names_closure:
+        return "winners"
+    if any(defs and defs[-1].scope in ("class", "module", "package") for defs in info.name2fixturedefs.values()):
+        return item.nodeid.split("::")[0]
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    path = getattr(config, "workerinput", {}).get(_GROUPS_FILE)
+    if path:  # an xdist worker: both write the same collection's groups, each to its own file
+        groups = {item.nodeid: group for item in items if (group := _group(item))}
+        mine, part = Path(f"{path}.{config.workerinput['workerid']}"), Path(f"{path}-part.{config.workerinput['workerid']}")
+        part.write_text(json.dumps(groups))
+        part.replace(mine)  # whole or not there
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    if _GROUPS_KEY not in node.config.stash:  # one folder for all the workers
+        node.config.stash[_GROUPS_KEY] = tempfile.mkdtemp(prefix="xdist-groups-")
+    node.workerinput[_GROUPS_FILE] = str(Path(node.config.stash[_GROUPS_KEY]) / "groups")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class FileGroupScheduling(LoadGroupScheduling):
+        """loadgroup with the groups the workers wrote (tests without one are scheduled one by one)."""
+
+        groups = None
+
+        def _split_scope(self, nodeid):
+            if self.groups is None:  # read once the workers have collected, before the first scope
+                found = sorted(Path(config.stash[_GROUPS_KEY]).glob("groups.gw*"))
+                self.groups = json.loads(found[0].read_text()) if found else {}
+            return self.groups.get(nodeid) or super()._split_scope(nodeid)
+
+    return FileGroupScheduling(config, log)
+
+
+def pytest_unconfigure(config):
+    if _GROUPS_KEY in config.stash:
+        shutil.rmtree(config.stash[_GROUPS_KEY], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

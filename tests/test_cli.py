@@ -6,12 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from hypermodels.registry import BACKBONES
 from search.config import DATA_DEFAULTS, DEMO_DEFAULTS, new_config
 from search.layout import RunLayout
 from tests.conftest import error_line, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
+
+# One xdist group (see tests/conftest.py): handed out among the first, so the ~70 s job of
+# issue 24, collected last, no longer starts when the other worker has nothing left to do.
+pytestmark = pytest.mark.xdist_group("cli")
 
 
 def test_backbones_lists_every_registered_backbone_with_its_size():

@@ -2,6 +2,8 @@
 
 import shutil
 
+import pytest
+
 from search.config import load_config
 from search.layout import RunLayout
 from tests.conftest import error_line, run_cli
@@ -11,11 +13,20 @@ _RUN_FLAGS = ("--backbones", "vanilla_cnn", "--weights", "none", "--image-size",
               "--factor", 2, "--batch-size", 16)
 
 
-def test_overwrite_with_a_new_split_leaves_no_old_winner_to_evaluate(run_copy, demo_data, tmp_path):
+@pytest.fixture
+def exported_copy(exported_run, tmp_path):
+    """A private copy of the shared run after evaluate and export: winners, report and export all there."""
+    copy = tmp_path / "run"
+    shutil.copytree(exported_run, copy)
+    return copy
+
+
+def test_overwrite_with_a_new_split_leaves_no_old_winner_to_evaluate(exported_copy, demo_data, tmp_path):
+    run_copy = exported_copy
     layout = RunLayout(run_copy)
     old_split = layout.split.read_text()
-    assert run_cli("evaluate", run_copy).exit_code == 0
-    assert run_cli("export", run_copy, "--format", "keras").exit_code == 0
+    for made in (layout.winners, layout.report, layout.export):
+        assert made.is_dir()
     kept = tmp_path / "old-winners"
     shutil.copytree(layout.winners, kept)
 

@@ -33,7 +33,7 @@ def _write_lock(run_dir: Path, **holder) -> Path:
 
 def test_a_second_search_is_refused_at_once_and_the_first_finishes_unharmed(tmp_path, demo_data):
     run_dir = tmp_path / "run"
-    flags = [*FAST_SEARCH, "--max-epochs", "3"]  # long enough to be caught while it runs
+    flags = [*FAST_SEARCH, "--max-epochs", "2"]  # 5 trials after it takes the lock: long enough to be caught while it runs
     first = subprocess.Popen([sys.executable, "cli.py", "search", "--data", str(demo_data), "--run-dir",
                               str(run_dir), *flags], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)

@@ -13,6 +13,10 @@ from search.layout import RunLayout
 from tests.conftest import error_line, run_cli, tree_digest
 
 FLAGS = ("--backbones", "vanilla_cnn", "--weights", "none", "--image-size", 32, "--max-epochs", 8, "--factor", 3)
+# One xdist group (see tests/conftest.py): the budgeted job is built once, and the module's two
+# jobs (~45 s each) are handed out among the first instead of near the end.
+pytestmark = pytest.mark.xdist_group("time_budget")
+
 BUDGET = 100  # seconds; the smallest job here takes about that on 2 busy cores, the plan shrinks to fit
 
 
