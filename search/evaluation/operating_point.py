@@ -24,6 +24,7 @@ from search.evaluation.metrics import CI_LEVEL
 
 METRICS = ("sensitivity", "specificity")
 DEFAULT_CLASS, DEFAULT_METRIC, DEFAULT_TARGET = "COVID", "sensitivity", 0.95
+FLOAT_ROOM = 1e-6  # float32 probabilities of one film from two computations differ by ~1e-8
 CONFIDENCE = 0.95  # how sure the threshold is to meet its target on new films, as the CIs
 # The most of the other films (not of the class) the threshold may call the class on validation
 # (out of fold under --folds): the default operating point above it is refused (argmax decides),
@@ -97,9 +98,16 @@ def choose_threshold(is_positive: np.ndarray, scores: np.ndarray, metric: str, t
         raise UserError(f"The validation split has no {'positive' if metric == 'sensitivity' else 'negative'} "
                         f"case to set a {metric} threshold on; use a larger collection or --operating-point off.")
     errors = max(0, allowed_errors(len(side), target, confidence))
+    # The threshold sits a hair (at most FLOAT_ROOM, and never past another film's score) on the
+    # safe side of the chosen case: the same calls on these films, and the exported model, which
+    # recomputes a film's probability on its image in another summation order, calls it the same too.
     if metric == "sensitivity":
-        return float(np.sort(side)[errors])
-    return float(np.nextafter(np.sort(side)[::-1][errors], np.inf))
+        chosen = np.sort(side)[errors]
+        below = scores[scores < chosen]
+        return float(max((chosen + below.max()) / 2 if len(below) else -np.inf, chosen - FLOAT_ROOM))
+    chosen = np.sort(side)[::-1][errors]
+    above = scores[scores > chosen]
+    return float(min((chosen + above.min()) / 2 if len(above) else np.inf, chosen + FLOAT_ROOM))
 
 
 def allowed_errors(cases: int, target: float, confidence: float = CONFIDENCE) -> int:
