@@ -152,6 +152,8 @@ def get_backbone(name: str) -> BackboneSpec:
         return _REGISTERED[name]
     if name.startswith(KERAS_PREFIX):
         return _keras_backbone(name.removeprefix(KERAS_PREFIX))
+    if name in _UNAVAILABLE:
+        raise UserError(_UNAVAILABLE[name])
     known = ", ".join([*BACKBONES, *_REGISTERED])
     raise UserError(
         f"Unknown backbone {name!r}. Known backbones: {known}, or keras:NAME for any keras.applications "
@@ -480,6 +482,19 @@ def _check_spatial(model: keras.Model, where: str, what: str, layer_name: str) -
                         f"channels) output, not a nested model or a layer Keras named automatically.")
 
 
+_UNAVAILABLE: dict[str, str] = {}
+"""Backbones of one's own a loaded run names whose file is gone or changed: why, said when one is needed."""
+
+
+def unavailable(name: str, reason: str) -> None:
+    """Makes ``get_backbone(name)`` raise ``reason``: a stored run's backbone whose file cannot be used now.
+
+    Commands that only read saved models (``predict``, the report) go on without it.
+    """
+    _REGISTERED.pop(name, None)  # an earlier registration in this process is of the file as it was
+    _UNAVAILABLE[name] = reason
+
+
 def register(spec: BackboneSpec) -> None:
     """Makes ``get_backbone(spec.name)`` return ``spec`` in this process; again with an equal spec is fine.
 
@@ -492,3 +507,4 @@ def register(spec: BackboneSpec) -> None:
         raise UserError(f"backbone {spec.name!r} is already registered with other settings in this process; "
                         "give each backbone of one's own a name of its own.")
     _REGISTERED.setdefault(spec.name, spec)  # the first stays: specs handed out before remain the one
+    _UNAVAILABLE.pop(spec.name, None)

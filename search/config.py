@@ -202,5 +202,10 @@ def load_config(run_dir: str | Path) -> RunConfig:
     if not config.space:  # a run saved before spaces existed searched the default one
         return config.replace(space=space_file.default_record(config.backbones, config.weights, config.image_size))
     for name, definition in (config.space.get("backbones") or {}).items():
-        space_file.register_own(name, definition, str(path))
+        try:
+            space_file.register_own(name, definition, str(path))
+        except UserError as error:  # said when something needs the backbone; saved models need it not
+            from hypermodels.registry import unavailable
+
+            unavailable(name, str(error))
     return config

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import keras_tuner
 import pytest
@@ -221,7 +222,7 @@ def test_a_search_stays_inside_its_space_file_and_hparams_shows_exactly_that_spa
     assert math.isclose(interval.min_value, 1e-3) and math.isclose(interval.max_value, 3e-3)
 
 
-def test_a_backbone_of_ones_own_goes_from_the_space_file_to_an_export_plain_keras_loads(own_run):
+def test_a_backbone_of_ones_own_goes_from_the_space_file_to_an_export_plain_keras_loads(own_run, demo_data):
     import os
     import subprocess
     import sys
@@ -246,6 +247,15 @@ def test_a_backbone_of_ones_own_goes_from_the_space_file_to_an_export_plain_kera
     exported = keras.saving.load_model(layout.export / "model.keras", safe_mode=True)
     expected = np.asarray(exported(np.full((1, 32, 32, 1), 100, "uint8")))
     np.testing.assert_allclose(json.loads(done.stdout.strip().splitlines()[-1]), expected, atol=1e-5)
-    # A changed backbone file is not what the run's caches were made from: refused in one line.
+    # A changed backbone file is not what the run's caches and trials were made from: refused in one
+    # line where models are built from it (a retrain, a resume), losing nothing; what reads saved
+    # models (evaluate, predict) goes on.
+    winners = tree_digest(layout.winners)
     _own_model(folder / "mine.keras")
-    error_line(run_cli("evaluate", run_dir), "mine.keras changed since this run started")
+    error_line(run_cli("retrain", run_dir), "mine.keras changed since this run started")
+    error_line(run_cli("search", "--data", demo_data, "--run-dir", run_dir, "--space", folder / "space.toml",
+                       "--tuner", "random", "--max-trials", 2), "search space", "backbones.mine")
+    assert tree_digest(layout.winners) == winners
+    film = next(Path(demo_data).rglob("*.png"))
+    predicted = run_cli("predict", layout.export / "model.keras", film)
+    assert predicted.exit_code == 0, predicted.output
