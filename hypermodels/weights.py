@@ -79,7 +79,7 @@ def weights_origin(spec: BackboneSpec, weights: str, size: int) -> str:
     if resolved == "imagenet":
         return f"ImageNet weights from the Keras cache ({keras_cache_dir() / spec.weight_file(size)})"
     if resolved == spec.file:
-        return f"its own weights, from the file {resolved}"
+        return f"weights from its own file {resolved}"
     if Path(resolved).parent == SHIPPED_DIR:
         return f"ImageNet weights, shipped with the package ({Path(resolved).relative_to(SHIPPED_DIR.parent.parent)})"
     return f"weights from the file {resolved}"

@@ -74,7 +74,7 @@ def test_own_backbone_is_pretrained_and_its_frozen_part_caches(tiny_file):
     register(own_backbone("tiny_own", tiny_file, "torch", CUTS))
     spec = get_backbone("tiny_own")
     assert resolve_weights(spec, "imagenet", 32) == spec.file and resolve_weights(spec, "none", 32) is None
-    assert "its own weights, from the file" in weights_origin(spec, "imagenet", 32)
+    assert "weights from its own file" in weights_origin(spec, "imagenet", 32)
     assert is_cacheable("tiny_own", "imagenet") and not is_cacheable("tiny_own", "none")
     classifier = XrayClassifier(3, 32, ["tiny_own"], weights="imagenet")
     template = frozen_image_model(classifier, "tiny_own")

@@ -231,7 +231,7 @@ def test_a_backbone_of_ones_own_goes_from_the_space_file_to_an_export_plain_kera
     import numpy as np
 
     folder, run_dir, output = own_run
-    assert "its own weights" in output  # where the backbone starts: the file
+    assert "pretrained: mine weights from its own file" in output  # where the backbone starts: the file
     layout = RunLayout(run_dir)
     assert list(layout.activations.iterdir())  # pretrained: its frozen part was cached
     stored = load_config(run_dir).space["backbones"]["mine"]
