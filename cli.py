@@ -228,14 +228,24 @@ def worker(chief, run_dir, worker_id, wait, threads, strategy):
 @click.option("--batch-size", type=click.IntRange(1), default=None, help=_defaults("batch_size"))
 @click.option("--space", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Start from this space file (print it resolved, with every entry) instead of the default.")
-def space(**options):
+@click.option("--run-dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Print the space this run searched instead (alone: its settings are the run's).")
+def space(run_dir, **options):
     """Print the search space `search` with the same flags searches, as a TOML file to edit.
 
-    `cxr-tuner space > space.toml`, edit it, then `cxr-tuner search --space space.toml`.
+    `cxr-tuner space > space.toml`, edit it, then `cxr-tuner search --space space.toml`;
+    `cxr-tuner space --run-dir RUN` starts from what an earlier run searched.
     """
     from search import space_file
-    from search.config import new_config
+    from search.config import load_config, new_config
 
+    if run_dir is not None:
+        given = sorted("--" + k.replace("_", "-") for k, v in options.items() if v is not None)
+        if given:
+            raise UserError(f"--run-dir prints the space the run searched; drop {', '.join(given)} "
+                            "(edit the printed file instead).")
+        click.echo(space_file.text(load_config(run_dir)), nl=False)
+        return
     data = options.pop("data")
     config = new_config(run_dir="-", data=data, **options)
     click.echo(space_file.text(config), nl=False)

@@ -259,3 +259,16 @@ def test_a_backbone_of_ones_own_goes_from_the_space_file_to_an_export_plain_kera
     film = next(Path(demo_data).rglob("*.png"))
     predicted = run_cli("predict", layout.export / "model.keras", film)
     assert predicted.exit_code == 0, predicted.output
+
+
+def test_the_space_a_run_searched_prints_as_a_file_that_searches_it_again(tmp_path):
+    path = _space(tmp_path, '[run]\nimage_size = 48\n[hyperparameters]\nbackbone = "vanilla_cnn"\n'
+                            "dropout = 0.1\nhead_units_0 = [32, 64]\n")
+    first = new_config(str(tmp_path / "run"), weights="none", space=path)
+    first.save()
+    printed = run_cli("space", "--run-dir", tmp_path / "run")
+    assert printed.exit_code == 0, printed.output
+    again = tmp_path / "again.toml"
+    again.write_text(printed.output)
+    assert new_config(str(tmp_path / "run"), space=again) == first
+    error_line(run_cli("space", "--run-dir", tmp_path / "run", "--image-size", 64), "drop --image-size")
