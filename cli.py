@@ -48,8 +48,8 @@ def _defaults(setting: str) -> str:
     return f"Default: {demo}." if demo == data else f"Default: {demo} for the demo, else {data}."
 
 
-def search_options(function):
-    """The flags that define a search (a `worker` reads them from the run directory)."""
+def _search_options() -> dict:
+    """Every flag that defines a search, by parameter name (`search` takes them all, `space` those of the space)."""
     options = [
         click.option("--data", type=click.Path(), default=None,
                      help="Folder of labelled X-rays or a CSV manifest (path,label[,patient_id]). "
@@ -91,6 +91,18 @@ def search_options(function):
                           "any hyperparameter, the image size, batch size, Hyperband's budget and the retrain's "
                           "choices; backbones of one's own. See docs/space.md."),
     ]
+    # An option decorator names its parameter only once applied: apply each to a dummy to read it.
+    return {option(lambda **kwargs: None).__click_params__[-1].name: option for option in options}
+
+
+SEARCH_OPTIONS = _search_options()
+SPACE_SETTINGS = ("data", "backbones", "image_size", "weights", "max_epochs", "factor", "batch_size", "space")
+"""The search flags a space file can hold too (and `data`, whose presence picks the defaults)."""
+
+
+def search_options(function, names=None):
+    """The flags that define a search (a `worker` reads them from the run directory); ``names``: only those."""
+    options = [option for name, option in SEARCH_OPTIONS.items() if names is None or name in names]
     return functools.reduce(lambda f, option: option(f), reversed(options), function)
 
 
@@ -217,17 +229,7 @@ def worker(chief, run_dir, worker_id, wait, threads, strategy):
 
 
 @cli.command()
-@click.option("--data", type=click.Path(), default=None,
-              help="The data the search will run on (only whether it is given matters: the demo and real data "
-                   "have other defaults).")
-@click.option("--backbones", callback=_csv, default=None, help="As for `search`. " + _defaults("backbones"))
-@click.option("--image-size", type=click.IntRange(16, 1024), default=None, help=_defaults("image_size"))
-@click.option("--weights", default=None, help="As for `search`. " + _defaults("weights"))
-@click.option("--max-epochs", type=click.IntRange(1), default=None, help=_defaults("max_epochs"))
-@click.option("--factor", type=click.IntRange(2), default=None, help=_defaults("factor"))
-@click.option("--batch-size", type=click.IntRange(1), default=None, help=_defaults("batch_size"))
-@click.option("--space", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help="Start from this space file (print it resolved, with every entry) instead of the default.")
+@functools.partial(search_options, names=SPACE_SETTINGS)
 @click.option("--run-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Print the space this run searched instead (alone: its settings are the run's).")
 def space(run_dir, **options):

@@ -30,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.time_budget import read_json, test_figures  # noqa: E402
 from search.layout import RunLayout  # noqa: E402  (light: no TensorFlow)
 
 
@@ -118,11 +119,7 @@ def _trials(run_dir: Path) -> list[tuple[dict, float]]:
 
 
 def _macro_f1(layout: RunLayout) -> float:
-    try:
-        value = json.loads(layout.metrics.read_text()).get("macro_f1")
-    except (OSError, ValueError):
-        return math.nan
-    return value.get("value", value.get("point")) if isinstance(value, dict) else value
+    return test_figures(read_json(layout.metrics)).get("macro_f1", math.nan)
 
 
 def _arguments(argv):

@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
         "command": command, "exit_status": status, "budget_seconds": budget, "wall_seconds": seconds,
         "within_budget": seconds <= budget, "exported_model": (layout.export / "model.keras").is_file(),
         "plan_lines": [line for line in lines if line.startswith(("time budget", "plan: "))],
-        "plan": _json(layout.plan), "test": _test_figures(_json(layout.metrics)),
+        "plan": read_json(layout.plan), "test": test_figures(read_json(layout.metrics)),
     }
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"budget {duration_text(budget)}: wall time {seconds:.1f} s ({'within' if results['within_budget'] else 'OVER'}"
@@ -64,14 +64,16 @@ def main(argv=None) -> dict:
     return results
 
 
-def _json(path: Path):
+def read_json(path: Path):
+    """The JSON in ``path``, or None when it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 
 
-def _test_figures(metrics: dict | None) -> dict:
+def test_figures(metrics: dict | None) -> dict:
+    """The headline test figures of a ``metrics.json`` (each a number)."""
     if not metrics:
         return {}
     found = {}

@@ -78,7 +78,7 @@ class Entry:
         if self.kind == "choice":
             return hp.Choice(name, list(self.values), default=default if default in self.values else self.values[0])
         default = default if self.contains(default) else self.min
-        if _integer(name):
+        if is_integer(name):
             return hp.Int(name, int(self.min), int(self.max), step=None if self.step is None else int(self.step),
                           sampling=self.sampling, default=int(default))
         return hp.Float(name, float(self.min), float(self.max), step=self.step, sampling=self.sampling,
@@ -108,7 +108,8 @@ class Entry:
         return cls.range(raw["min"], raw["max"], raw.get("step"), raw.get("sampling", "linear"), raw.get("default"))
 
 
-def _integer(name: str) -> bool:
+def is_integer(name: str) -> bool:
+    """Whether hyperparameter ``name`` takes whole numbers."""
     return name in INTEGERS or name.startswith("head_units_")
 
 

@@ -160,16 +160,15 @@ def new_config(run_dir: str, data: str | None = None, space: str | Path | None =
     from search import space_file
 
     defaults = DEMO_DEFAULTS if data is None else DATA_DEFAULTS
-    given = {k: v for k, v in given.items() if v is not None}
+    given = {k: tuple(v) if k == "backbones" else v for k, v in given.items() if v is not None}
     read = space_file.read(space) if space is not None else None
     from_file = dict(read.settings) if read else {}
     for key, value in from_file.items():
-        mine = given.get(key)
-        if mine is not None and (tuple(mine) if key == "backbones" else mine) != value:
-            shown = ",".join(mine) if key == "backbones" else mine
-            raise UserError(f"{_FLAGS[key]} {shown} disagrees with {read.path}'s "
-                            f"{'hyperparameters.backbone' if key == 'backbones' else 'run.' + key} = "
-                            f"{space_file._toml(list(value) if key == 'backbones' else value)}; drop one of them.")
+        if given.get(key, value) != value:
+            shown = ",".join(given[key]) if key == "backbones" else given[key]
+            entry = "hyperparameters.backbone" if key == "backbones" else f"run.{key}"
+            raise UserError(f"{_FLAGS[key]} {shown} disagrees with {read.path}'s {entry} = "
+                            f"{space_file.toml_value(value)}; drop one of them.")
     settings = {**defaults, **from_file, **given}
     settings["backbones"] = tuple(settings["backbones"])
     source = str(read.path) if read else None

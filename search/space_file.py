@@ -9,6 +9,7 @@ space is refused and every later stage rebuilds the same models.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -16,11 +17,12 @@ import tomllib
 from pathlib import Path
 
 from data.errors import UserError
-from hypermodels.space import DEFAULT_ENTRIES, Entry, Space, _integer
+from search import variants
+from hypermodels.space import DEFAULT_ENTRIES, Entry, Space, is_integer
 
 RUN_SETTINGS = {"image_size": (16, 1024), "batch_size": (1, None), "max_epochs": (1, None), "factor": (2, None)}
 """``[run]`` entries: the run settings a space file may set, with their (lowest, highest) values."""
-VARIANTS = ("as_searched", "lr_decay", "one_block_more")
+VARIANTS = tuple(variant.key for variant in variants.VARIANTS)
 RETRAIN_DEFAULTS = {"top_k": 3, "seeds": 1, "variants": list(VARIANTS)}
 OWN_KEYS = {"file", "preprocess", "cuts", "last_conv_layer"}
 _RANGE_KEYS = {"min", "max", "step", "sampling", "default"}
@@ -116,7 +118,7 @@ def _entry(path: Path, name: str, value) -> Entry:
     if family not in DEFAULT_ENTRIES:
         known = ", ".join(["backbone", *DEFAULT_ENTRIES, "head_units_0 .."])
         _fail(path, where, f"unknown hyperparameter; known: {known}")
-    integer = _integer(name)
+    integer = is_integer(name)
     check = _is_int if integer else _is_number
     expected = "a whole number" if integer else "a number"
 
@@ -270,7 +272,8 @@ def register_own(name: str, definition: dict, source: str | None = None) -> dict
     file = Path(definition["file"])
     if not file.is_file():
         raise UserError(f"{source + ': ' if source else ''}backbones.{name}.file: {file} does not exist; give the path of a .keras file.")
-    digest = _digest(file)
+    stat = file.stat()
+    digest = _digest(str(file), (stat.st_mtime_ns, stat.st_size))
     if definition.get("sha256") not in (None, digest):
         raise UserError(f"{file} changed since this run started (backbones.{name}); restore it, or start "
                         "over with --overwrite (or another --run-dir).")
@@ -282,7 +285,9 @@ def register_own(name: str, definition: dict, source: str | None = None) -> dict
     return {**definition, "sha256": digest}
 
 
-def _digest(file: Path) -> str:
+@functools.lru_cache(maxsize=32)
+def _digest(file: str, stamp: tuple[int, int]) -> str:
+    """sha256 of ``file``, once per version of it (``stamp``: mtime and size): every config load asks."""
     digest = hashlib.sha256()
     with open(file, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -321,8 +326,8 @@ def text(config) -> str:
     """The TOML space file of ``config`` (what its search searches), one comment per entry."""
     from hypermodels.registry import get_backbone
 
-    hyper = Space.from_json(config.space.get("hyperparameters")).entries
-    retrain = config.space.get("retrain") or RETRAIN_DEFAULTS
+    hyper = config.search_space().entries
+    retrain = config.retrain_choices
     pretrained = [n for n in config.backbones if config.weights != "none" and get_backbone(n).pretrainable]
     cuts = ", ".join(f"{n}: {len(get_backbone(n).unfreeze_points)}" for n in pretrained)
     lines = [
@@ -336,7 +341,7 @@ def text(config) -> str:
         "# Side of the square images the models see, in pixels (activations are cached per size).",
         f"image_size = {config.image_size}",
         "# Where pretrained backbones start: \"imagenet\", \"none\" (from scratch) or a weights file.",
-        f"weights = {_toml(config.weights)}",
+        f"weights = {toml_value(config.weights)}",
         "# Images per training step.",
         f"batch_size = {config.batch_size}",
         "# Hyperband: the most epochs one model trains.",
@@ -347,7 +352,7 @@ def text(config) -> str:
         "[hyperparameters]",
         "# Registry names (`cxr-tuner backbones`), keras:NAME for any keras.applications model",
         "# (`cxr-tuner backbones --keras`), or the NAME of a [backbones.NAME] table below.",
-        f"backbone = {_toml(list(config.backbones))}",
+        f"backbone = {toml_value(list(config.backbones))}",
     ]
     if pretrained:
         lines += ["# Top blocks of a pretrained backbone that train (0: frozen, the head alone); at most",
@@ -375,15 +380,15 @@ def text(config) -> str:
         f"seeds = {retrain['seeds']}",
         "# Ways to retrain, tried on the rank-1 configuration; the best on validation retrains all:",
         "# as_searched, lr_decay (rate x0.3 when validation stalls), one_block_more (at 0.3x the rate).",
-        f"variants = {_toml(retrain['variants'])}",
+        f"variants = {toml_value(retrain['variants'])}",
         "",
     ]
     own = config.space.get("backbones") or {}
     for name, definition in own.items():
-        lines += [f"[backbones.{name}]", f"file = {_toml(definition['file'])}",
-                  f"preprocess = {_toml(definition['preprocess'])}", f"cuts = {_toml(definition['cuts'])}"]
+        lines += [f"[backbones.{name}]", f"file = {toml_value(definition['file'])}",
+                  f"preprocess = {toml_value(definition['preprocess'])}", f"cuts = {toml_value(definition['cuts'])}"]
         if definition.get("last_conv_layer"):
-            lines.append(f"last_conv_layer = {_toml(definition['last_conv_layer'])}")
+            lines.append(f"last_conv_layer = {toml_value(definition['last_conv_layer'])}")
         lines.append("")
     if not own:
         lines += [
@@ -400,28 +405,29 @@ def text(config) -> str:
     return "\n".join(lines)
 
 
-def _toml(value) -> str:
+def toml_value(value) -> str:
+    """``value`` (a number, string or list of them) as TOML."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value)
-    return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return "[" + ", ".join(toml_value(v) for v in value) + "]"
 
 
 def _toml_entry(entry: Entry) -> str:
     if entry.kind == "fixed":
-        return _toml(entry.value)
+        return toml_value(entry.value)
     if entry.kind == "choice":
-        return _toml(list(entry.values))
-    parts = [f"min = {_toml(entry.min)}"]
+        return toml_value(list(entry.values))
+    parts = [f"min = {toml_value(entry.min)}"]
     if entry.max is not None:
-        parts.append(f"max = {_toml(entry.max)}")
+        parts.append(f"max = {toml_value(entry.max)}")
     if entry.step is not None:
-        parts.append(f"step = {_toml(entry.step)}")
+        parts.append(f"step = {toml_value(entry.step)}")
     if entry.sampling != "linear":
-        parts.append(f"sampling = {_toml(entry.sampling)}")
+        parts.append(f"sampling = {toml_value(entry.sampling)}")
     if entry.default is not None:
-        parts.append(f"default = {_toml(entry.default)}")
+        parts.append(f"default = {toml_value(entry.default)}")
     return "{" + ", ".join(parts) + "}"

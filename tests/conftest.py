@@ -4,6 +4,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -115,6 +117,29 @@ def error_line(result, *phrases) -> str:
     for phrase in phrases:
         assert phrase in errors[0], errors[0]
     return errors[0]
+
+
+_PLAIN_KERAS = (
+    "import json, sys, keras, numpy as np\n"
+    "model = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
+    "project = [m for m in sys.modules if m.split('.')[0] in ('hypermodels', 'search', 'data', 'cli')]\n"
+    "assert not project, project\n"
+    "size = model.inputs[0].shape[1]\n"
+    "image = np.full((1, size, size, 1), int(sys.argv[2]), 'uint8')\n"
+    "print(json.dumps({'name': model.name, 'output': np.asarray(model(image)).tolist()}))\n")
+
+
+def plain_keras_output(model_file, cwd, pixel: int = 0) -> dict:
+    """``{name, output}`` of ``model_file`` on one uniform image, loaded in a process that has only Keras.
+
+    Whoever receives an exported model needs only Keras: safe mode, and from an empty folder
+    with an isolated path (``python -I``) none of this project's packages can be imported.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-I", "-c", _PLAIN_KERAS, str(model_file), str(pixel)],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def phantom_folders(root: Path, n_per_class: int = 12) -> Path:

@@ -2,9 +2,6 @@
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -16,6 +13,7 @@ from search import dataset
 from search.config import load_config
 from search.export import export_model, predict_exported
 from search.layout import RunLayout
+from tests.conftest import plain_keras_output
 
 TOLERANCE = 1e-4
 
@@ -42,22 +40,10 @@ def test_keras_file_loads_in_safe_mode_without_custom_objects(exported_run):
 
 def test_keras_file_loads_with_plain_keras_in_a_process_without_this_project(exported_run, tmp_path):
     """Whoever receives model.keras needs only Keras: safe mode, no import of hypermodels."""
-    script = (
-        "import sys, keras, numpy as np\n"
-        "model = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
-        "project = [m for m in sys.modules if m.split('.')[0] in ('hypermodels', 'search', 'data', 'cli')]\n"
-        "assert not project, project\n"
-        "size = model.inputs[0].shape[1]\n"
-        "print(np.asarray(model(np.zeros((1, size, size, 1), 'uint8'))).tolist())\n")
-    # From an empty folder with a clean path: the project's packages cannot be imported.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-I", "-c", script, str(exported_run / "export" / "model.keras")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
+    got = plain_keras_output(exported_run / "export" / "model.keras", tmp_path)
     model = keras.saving.load_model(exported_run / "export" / "model.keras", safe_mode=True)
     expected = model(np.zeros((1, *model.inputs[0].shape[1:]), "uint8"))
-    np.testing.assert_allclose(json.loads(result.stdout.strip().splitlines()[-1]), np.asarray(expected), atol=1e-5)
-
+    np.testing.assert_allclose(got["output"], np.asarray(expected), atol=1e-5)
 
 def test_saved_model_serves_raw_uint8_images(exported_run):
     serve = tf.saved_model.load(str(RunLayout(exported_run).export / "saved_model")).signatures["serving_default"]

@@ -13,7 +13,7 @@ from search import variants
 from search.activations import searched_depths
 from search.config import load_config, new_config
 from search.layout import RunLayout
-from tests.conftest import error_line, run_cli, saved_trials, tree_digest
+from tests.conftest import error_line, plain_keras_output, run_cli, saved_trials, tree_digest
 
 
 def _printed(tmp_path, *flags):
@@ -223,10 +223,6 @@ def test_a_search_stays_inside_its_space_file_and_hparams_shows_exactly_that_spa
 
 
 def test_a_backbone_of_ones_own_goes_from_the_space_file_to_an_export_plain_keras_loads(own_run, demo_data):
-    import os
-    import subprocess
-    import sys
-
     import keras
     import numpy as np
 
@@ -236,17 +232,10 @@ def test_a_backbone_of_ones_own_goes_from_the_space_file_to_an_export_plain_kera
     assert list(layout.activations.iterdir())  # pretrained: its frozen part was cached
     stored = load_config(run_dir).space["backbones"]["mine"]
     assert stored["file"] == str((folder / "mine.keras").resolve()) and len(stored["sha256"]) == 64
-    script = ("import sys, keras, numpy as np\n"
-              "model = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
-              "assert not [m for m in sys.modules if m.split('.')[0] in ('hypermodels', 'search', 'data')]\n"
-              "print(np.asarray(model(np.full((1, 32, 32, 1), 100, 'uint8'))).tolist())\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-I", "-c", script, str(layout.export / "model.keras")],
-                          cwd=folder, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    got = plain_keras_output(layout.export / "model.keras", folder, pixel=100)
     exported = keras.saving.load_model(layout.export / "model.keras", safe_mode=True)
     expected = np.asarray(exported(np.full((1, 32, 32, 1), 100, "uint8")))
-    np.testing.assert_allclose(json.loads(done.stdout.strip().splitlines()[-1]), expected, atol=1e-5)
+    np.testing.assert_allclose(got["output"], expected, atol=1e-5)
     # A changed backbone file is not what the run's caches and trials were made from: refused in one
     # line where models are built from it (a retrain, a resume), losing nothing; what reads saved
     # models (evaluate, predict) goes on.
