@@ -204,3 +204,157 @@ def fold_split(labels: Sequence[str], groups: Sequence[str], folds: int, seed: i
             f"Could not make {folds} folds of train+val that each validate on every class: a few "
             f"large near-duplicate or patient groups dominate a class. Use a smaller --folds, or no --folds.")
     return pairs
+
+
+# A kept label needs at least this many positive groups in each of train, val and test.
+MIN_POSITIVE_GROUPS = 5
+
+
+def split_multilabel(
+    targets: np.ndarray, groups: Sequence[str], names: Sequence[str], fractions=(0.7, 0.15, 0.15),
+    seed: int = 0, min_groups: int = MIN_POSITIVE_GROUPS,
+) -> tuple[list[str], list[str], list[str]]:
+    """Split multi-label films by group, stratified over the labels; drop labels too rare to evaluate.
+
+    Each group's label vector is the OR of its films' (masked counts as not positive);
+    iterstrat's MultilabelStratifiedKFold over the groups then picks test as one fold
+    of round(1/test_fraction) folds, and val as one fold of the rest. An empty group
+    is a group of its own.
+
+    Args:
+        targets: (films, labels) with 1, 0 or labels.MASKED.
+        groups: Patient id per film, or "" when unknown.
+        names: The label name of each column.
+        fractions: (train, val, test), summing to 1.
+        seed: Same seed, same inputs -> same split.
+        min_groups: A label with fewer positive groups than this in some split is dropped.
+
+    Returns:
+        (split per film, the kept label names, one line per dropped label).
+
+    Raises:
+        UserError: Bad fractions, or no label left.
+    """
+    _check_fractions(fractions)
+    targets = _check_targets(targets, groups, names)
+    codes = _group_codes(groups)
+    positive = _group_positives(targets, codes)
+    if len(positive) < len(SPLITS):
+        raise UserError(
+            f"{len(positive)} near-duplicate or patient group(s) cannot fill train, val and test; add films.")
+    _, val_fraction, test_fraction = fractions
+    every = np.arange(len(positive))
+    rest, test = _pick_multilabel_fold(positive, every, 1 / test_fraction, seed)
+    train, val = _pick_multilabel_fold(positive, rest, (1 - test_fraction) / val_fraction, seed)
+    split_of_group = np.empty(len(positive), dtype=object)
+    split_of_group[train], split_of_group[val], split_of_group[test] = "train", "val", "test"
+    splits = split_of_group[codes].tolist()
+    counts = positive_groups_per_split(targets, groups, splits, names)
+    kept, dropped = [], []
+    for name in names:
+        per_split = counts[name]
+        worst = min(SPLITS, key=lambda split: per_split[split])
+        if per_split[worst] >= min_groups:
+            kept.append(name)
+            continue
+        dropped.append(
+            f"label {name} dropped: {per_split[worst]} positive near-duplicate or patient groups in {worst} "
+            f"({', '.join(f'{s} {per_split[s]}' for s in SPLITS)}); each kept label needs at least {min_groups} "
+            "in every split")
+    if not kept:
+        raise UserError(
+            f"No label has at least {min_groups} positive near-duplicate or patient groups in each of train, val "
+            f"and test ({len(names)} label(s), the most in a split's worst case: "
+            f"{max(min(counts[n].values()) for n in names)}): add films of patients with those findings, or "
+            "ask for fewer positive groups per split.")
+    return splits, kept, dropped
+
+
+def positives_per_split(targets: np.ndarray, splits: Sequence[str], names: Sequence[str]) -> dict:
+    """``{label: {split: positive films}}`` (masked films are not positive)."""
+    targets = np.asarray(targets)
+    splits = np.asarray(splits)
+    return {name: {split: int(np.sum(targets[splits == split, column] == 1)) for split in SPLITS}
+            for column, name in enumerate(names)}
+
+
+def positive_groups_per_split(
+    targets: np.ndarray, groups: Sequence[str], splits: Sequence[str], names: Sequence[str]
+) -> dict:
+    """``{label: {split: groups with a positive film}}``; an empty group counts once per film."""
+    targets = np.asarray(targets)
+    codes = _group_codes(groups)
+    splits = np.asarray(splits)
+    result = {}
+    for column, name in enumerate(names):
+        positive = targets[:, column] == 1
+        result[name] = {split: len(np.unique(codes[positive & (splits == split)])) for split in SPLITS}
+    return result
+
+
+def fold_split_multilabel(
+    targets: np.ndarray, groups: Sequence[str], folds: int, seed: int = 0, names: Sequence[str] | None = None
+) -> list[tuple]:
+    """``folds`` (train, validation) film-index pairs; no group on both sides, stratified over the labels.
+
+    Grouped and iteratively stratified as `split_multilabel`: each film is in exactly one
+    validation fold, and each label has a positive film in every fold's validation
+    (refused otherwise).
+
+    Raises:
+        UserError: A label has fewer positive groups than ``folds``, or a few large groups
+            keep a label out of some fold's validation.
+    """
+    names = list(names) if names is not None else [f"column {i}" for i in range(np.shape(targets)[1])]
+    targets = _check_targets(targets, groups, names)
+    codes = _group_codes(groups)
+    positive = _group_positives(targets, codes)
+    for column, name in enumerate(names):
+        found = int(positive[:, column].sum())
+        if found < folds:
+            raise UserError(
+                f"--folds {folds} needs at least {folds} near-duplicate or patient groups with each label in "
+                f"train+val, label {name} has {found} (of {int(np.sum(targets[:, column] == 1))} positive film(s)), "
+                f"so some fold would validate without it; use --folds {max(2, found)} or fewer, or no --folds.")
+    pairs = []
+    for _, held_out in _multilabel_folds(positive, folds, seed):
+        validate = np.isin(codes, held_out)
+        pairs.append((np.flatnonzero(~validate), np.flatnonzero(validate)))
+    if any(not np.all(targets[held_out].max(axis=0) == 1) for _, held_out in pairs):
+        raise UserError(
+            f"Could not make {folds} folds of train+val that each validate on every label: a few large "
+            "near-duplicate or patient groups hold a label's positives. Use a smaller --folds, or no --folds.")
+    return pairs
+
+
+def _check_targets(targets, groups, names) -> np.ndarray:
+    targets = np.asarray(targets, dtype=np.float32)
+    if targets.ndim != 2 or targets.shape != (len(groups), len(names)):
+        raise ValueError(f"targets of shape {targets.shape}, expected ({len(groups)}, {len(names)})")
+    return targets
+
+
+def _group_positives(targets: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """(groups, labels) bool: a group is positive for a label when any of its films is."""
+    positive = np.zeros((codes.max() + 1 if len(codes) else 0, targets.shape[1]), dtype=bool)
+    np.logical_or.at(positive, codes, targets == 1)
+    return positive
+
+
+def _multilabel_folds(positive: np.ndarray, folds: int, seed: int):
+    """MultilabelStratifiedKFold's (kept, held-out) group-index pairs over the rows of ``positive``."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold  # lazy: only multi-label runs need it
+
+    if positive.shape[1] == 1:  # one label is not "multilabel-indicator" to it: add its complement
+        positive = np.hstack([positive, ~positive])
+    splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return list(splitter.split(np.zeros(len(positive)), positive.astype(int)))
+
+
+def _pick_multilabel_fold(positive: np.ndarray, items: np.ndarray, folds: float, seed: int):
+    """(kept, held_out) group indices: the first of round(folds) stratified folds of ``items``."""
+    n_splits = max(2, min(round(folds), len(items)))
+    kept, held_out = _multilabel_folds(positive[items], n_splits, seed)[0]
+    return items[kept], items[held_out]
