@@ -138,8 +138,8 @@ def read(root, task: str = "auto", uncertain: str = "ones", views=None) -> Table
                            f"{path} is a folder per class" if csv_path is None else f"{path.name} is a single-label file")
     header = _read_header(csv_path)
     layout, why = _layout(csv_path, header)
-    if layout == "csv":
-        return _multiclass(root, layout, task, wanted, why)
+    if layout == "csv":  # the file itself: a train.csv with a label column is not looked up by discover
+        return _multiclass(csv_path, layout, task, wanted, why)
     if task == "multiclass":
         raise UserError(f"{csv_path} is a multi-label file ({why}): use --task multilabel or --task auto.")
     reader = {"nih": _read_nih, "chexpert": _read_chexpert, "multi-hot": _read_multi_hot}[layout]

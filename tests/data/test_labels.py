@@ -292,3 +292,11 @@ def test_chexpert_names_with_another_label_column_read_as_multi_hot_and_say_why_
     (tmp_path / "labels.csv").write_text("path,Cardiomegaly,Edema,Nodule\na.png,1,-1.0,0\n")
     message = _one_line_error(lambda: read(tmp_path / "labels.csv"), "column Edema: value '-1.0' is not one of 0, 1")
     assert "because of its column(s) nodule" in message
+
+
+def test_a_train_csv_with_a_label_column_is_single_label(tmp_path):
+    for name in ("COVID/a.png", "Normal/b.png"):
+        _png(tmp_path / name)
+    (tmp_path / "train.csv").write_text("path,label\nCOVID/a.png,Normal\nNormal/b.png,COVID\n")
+    table = read(tmp_path)
+    assert (table.layout, [e.label for e in table.examples]) == ("csv", ["Normal", "COVID"])
