@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from data.errors import UserError
-from search.config import DATA_DEFAULTS, DEMO_DEFAULTS, PRECISIONS, TUNERS
+from search.config import (DATA_DEFAULTS, DEMO_DEFAULTS, MIN_POSITIVE_GROUPS, PRECISIONS, TASKS, TUNERS,
+                           UNCERTAIN)
 
 
 class _Group(click.Group):
@@ -52,8 +53,23 @@ def _search_options() -> dict:
     """Every flag that defines a search, by parameter name (`search` takes them all, `space` those of the space)."""
     options = [
         click.option("--data", type=click.Path(), default=None,
-                     help="Folder of labelled X-rays or a CSV manifest (path,label[,patient_id]). "
-                          "Omit for the built-in synthetic demo data."),
+                     help="Folder of labelled X-rays or a CSV manifest (path,label[,patient_id]), or a "
+                          "multi-label file: NIH's Data_Entry_2017.csv, a CheXpert/MIMIC CSV or a multi-hot "
+                          "CSV (path,FindingA,FindingB,...). Omit for the built-in synthetic demo data."),
+        click.option("--task", type=click.Choice(TASKS), default="auto", show_default=True,
+                     help="multiclass (one class per film) or multilabel (findings, several per film); auto "
+                          "decides from the labels and says why. Without --data, multilabel runs the "
+                          "multi-label demo. See docs/multilabel.md."),
+        click.option("--uncertain", type=click.Choice(UNCERTAIN), default="ones", show_default=True,
+                     help="CheXpert/MIMIC uncertain (-1) labels: as positive (U-Ones), negative (U-Zeros) or "
+                          "left out of that finding's loss and figures (ignore)."),
+        click.option("--views", callback=_csv, default=None, metavar="PA,AP",
+                     help="Keep only films of these views (NIH View Position, CheXpert Frontal/Lateral and "
+                          "AP/PA, MIMIC ViewPosition). Default: all."),
+        click.option("--min-positive-groups", type=click.IntRange(1), default=MIN_POSITIVE_GROUPS,
+                     show_default=True,
+                     help="A finding with fewer positive patient groups in train, val or test is dropped "
+                          "(one line each)."),
         click.option("--run-dir", type=click.Path(file_okay=False), default="runs/demo",
                      show_default=True, help="Run directory; the same one again resumes."),
         click.option("--backbones", callback=_csv, default=None,
@@ -141,7 +157,8 @@ _final_options = [
     click.option("--operating-point", "point", default=None, metavar="CLASS:sensitivity=X",
                  help="Threshold one class's probability for a target sensitivity (or specificity=X) "
                       "on validation; off for none. Default: COVID:sensitivity=0.95 when there is a "
-                      "class COVID."),
+                      "class COVID. Findings: LABEL:sensitivity=X[,LABEL:...]; every other finding gets "
+                      "the threshold of highest Youden's J on validation."),
     click.option("--refit/--no-refit", default=False, show_default=True,
                  help="Train the final model's members again on train+val once every choice is made on "
                       "validation (their configuration, best epoch, ensemble, temperature, threshold); "
@@ -347,7 +364,7 @@ def gradcam(run_dir, images, out, class_name, layer):
                              target_class=class_name, layer=layer)
     for entry in entries:
         click.echo(f"{entry['path']}: " + (f"error: {entry['error']}" if "error" in entry else
-                                           f"{entry['predicted']} -> {entry['gradcam']}"))
+                                           f"{entry.get('predicted') or ', '.join(entry.get('called', [])) or 'no finding called'} -> {entry['gradcam']}"))
 
 
 @cli.command()

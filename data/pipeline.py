@@ -29,10 +29,12 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches of ``(images (B,S,S,1), one-hot float32 (B,K), float32 weights (B,))``.
 
+    Multi-hot ``labels`` (a float ``(N, K)`` array, 1 / 0 / -1 masked) go through as they are.
+
     Args:
         images: ``(N, ...)`` array or memmap, read per batch in its own dtype: uint8
             images, or float32 backbone activations (the activation cache).
-        labels: Class index per image.
+        labels: Class index per image, or a multi-hot row per image.
         sample_weights: Weight per image (e.g. its class weight), or None for ones.
         num_classes: K, the width of the one-hot labels.
         batch_size: Images per batch (the last batch may be smaller).
@@ -42,7 +44,9 @@ def make_dataset(
         rows: Optional row of ``images`` for each label, e.g. one split's indices into
             the whole cache; avoids ``images[idx]``, which copies that split into RAM.
     """
-    labels = tf.constant(np.asarray(labels, dtype=np.int32))
+    labels = np.asarray(labels)
+    multi_hot = labels.ndim == 2
+    labels = tf.constant(labels.astype(np.float32 if multi_hot else np.int32))
     count = int(labels.shape[0])
     weights = np.ones(count) if sample_weights is None else np.asarray(sample_weights)
     weights = tf.constant(weights.astype(np.float32))
@@ -55,7 +59,8 @@ def make_dataset(
         batch = tf.numpy_function(lambda i: np.asarray(images[rows[i]], dtype=dtype.as_numpy_dtype), [indices],
                                   dtype, stateful=False)
         batch.set_shape((None, *image_shape))
-        one_hot = tf.one_hot(tf.gather(labels, indices), num_classes, dtype=tf.float32)
+        picked = tf.gather(labels, indices)
+        one_hot = picked if multi_hot else tf.one_hot(picked, num_classes, dtype=tf.float32)
         return batch, one_hot, tf.gather(weights, indices)
 
     dataset = tf.data.Dataset.range(count)

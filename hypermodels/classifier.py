@@ -9,6 +9,7 @@ import keras
 import keras_tuner
 
 from hypermodels import precision as precisions
+from hypermodels.findings import Findings, compile_findings
 from hypermodels.preprocess import preprocess
 from hypermodels.registry import BackboneSpec, file_safe, get_backbone
 from hypermodels.space import DEFAULT_ENTRIES, Space
@@ -16,6 +17,8 @@ from hypermodels.weights import resolve_weights
 
 OBJECTIVE = "val_weighted_loss"
 """Name of the class-weighted validation loss that ranks trials."""
+OBJECTIVE_MULTILABEL = "val_weighted_bce"
+"""Its multi-label counterpart: the class-weighted binary cross-entropy (`hypermodels.findings`)."""
 
 MAX_HEAD_DEPTH = int(DEFAULT_ENTRIES["head_depth"].max)
 POOLED = "head_pool"
@@ -39,11 +42,14 @@ class XrayClassifier(keras_tuner.HyperModel):
         weights: ``"imagenet"``, ``"none"`` or a weights-file path.
         precision: The Keras dtype policy its layers compute in (`hypermodels.precision`).
         space: The domains of the other hyperparameters; None: the default space.
+        findings: For a multi-label run, the findings and their loss weights: the head ends
+            in one sigmoid per finding and trains on the weighted bce. None: softmax classes.
     """
 
     def __init__(self, num_classes: int, image_size: int,
                  backbones: Sequence[str] = ("mobilenet_025",), weights: str = "imagenet",
-                 precision: str = "float32", space: Space | None = None, **kwargs):
+                 precision: str = "float32", space: Space | None = None, findings: Findings | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.image_size = image_size
@@ -51,6 +57,7 @@ class XrayClassifier(keras_tuner.HyperModel):
         self.weights = weights
         self.precision = precision
         self.space = space or Space()
+        self.findings = findings
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         with precisions.policy(self.precision):
@@ -70,8 +77,15 @@ class XrayClassifier(keras_tuner.HyperModel):
             freeze_backbone(base, spec, depth)
         outputs = self.head(base.output, hp, seed)
         model = keras.Model(inputs, outputs, name=f"cxr_{file_safe(spec.name)}")
-        compile_model(model, self.learning_rate(hp))
+        self.compile(model, self.learning_rate(hp))
         return model
+
+    def compile(self, model: keras.Model, learning_rate: float, steps_per_execution: int = 1) -> None:
+        """Compiles with the loss the run ranks on (class-weighted cross-entropy, or weighted bce for findings)."""
+        if self.findings is None:
+            compile_model(model, learning_rate, steps_per_execution)
+        else:
+            compile_findings(model, learning_rate, self.findings, steps_per_execution)
 
     def backbone(self, hp: keras_tuner.HyperParameters) -> str:
         """Declares (or reads) the ``backbone`` choice; returns its value."""
@@ -111,7 +125,7 @@ class XrayClassifier(keras_tuner.HyperModel):
         if depth == 0:
             x = keras.layers.Dropout(dropout, name="head_dropout", seed=seed + 1)(x)
         # float32 under a mixed policy too: softmax and the loss need its range and precision.
-        return keras.layers.Dense(self.num_classes, activation="softmax", name="predictions", dtype="float32",
+        return keras.layers.Dense(self.num_classes, activation="softmax" if self.findings is None else "sigmoid", name="predictions", dtype="float32",
                                   kernel_initializer=keras.initializers.GlorotUniform(seed + 2 * max(MAX_HEAD_DEPTH, deepest)))(x)
 
 

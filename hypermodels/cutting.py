@@ -19,7 +19,7 @@ import keras_tuner
 import tensorflow as tf
 
 from hypermodels import precision
-from hypermodels.classifier import POOLED, XrayClassifier, compile_model, head_seed
+from hypermodels.classifier import POOLED, XrayClassifier, head_seed
 from hypermodels.registry import BackboneSpec, file_safe, get_backbone
 
 STEPS_PER_EXECUTION = 16
@@ -116,7 +116,7 @@ class ActivationClassifier(keras_tuner.HyperModel):
             features = copy.output
         outputs = self.classifier.head(features, hp, seed, pooled=not depth)
         model = keras.Model(inputs, outputs, name=f"cxr_{file_safe(name)}_above_{cut}")
-        compile_model(model, self.classifier.learning_rate(hp), steps_per_execution=STEPS_PER_EXECUTION)
+        self.classifier.compile(model, self.classifier.learning_rate(hp), steps_per_execution=STEPS_PER_EXECUTION)
         return model
 
     def fit(self, hp, model, *args, fold=None, **kwargs):

@@ -78,3 +78,27 @@ class TemperatureScaling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "temperature": self.temperature}
+
+
+@keras.saving.register_keras_serializable(package="cxr")
+class FindingTemperature(keras.layers.Layer):
+    """Sigmoid probabilities -> ``sigmoid(logit(p) / T)``, one temperature per finding.
+
+    Each finding's output is its own binary answer, so each has its own temperature
+    (1.0 leaves a finding as it is); the order of films within a finding never changes.
+    """
+
+    def __init__(self, temperatures, **kwargs):
+        super().__init__(**kwargs)
+        self.temperatures = [float(t) for t in temperatures]
+
+    def call(self, probabilities):
+        p = ops.clip(ops.cast(probabilities, "float32"), 1e-7, 1.0 - 1e-7)
+        logits = ops.log(p) - ops.log(1.0 - p)
+        return ops.sigmoid(logits / ops.convert_to_tensor(self.temperatures))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "temperatures": self.temperatures}

@@ -11,6 +11,9 @@ from data.errors import UserError
 from search.layout import RunLayout
 
 TUNERS = ("hyperband", "bayesian", "random")
+TASKS = ("auto", "multiclass", "multilabel")  # auto: the data stage decides from the label file (data.labels)
+UNCERTAIN = ("ones", "zeros", "ignore")  # CheXpert's U-Ones, U-Zeros, U-Ignore
+MIN_POSITIVE_GROUPS = 5  # a finding needs this many positive patient groups in each split, or it is dropped
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # hypermodels.precision: auto and the policies
 # Settings that may differ between the first run and a resume without changing
 # what the search means.
@@ -53,8 +56,15 @@ class RunConfig:
             (each one's domain), ``retrain`` (top_k, seeds, variants) and ``backbones`` (one's
             own, with their files' digests). Empty: not yet resolved (`new_config` and
             `load_config` fill it).
-        class_names: Filled by the data stage: sorted class names.
-        class_weights: Filled by the data stage: ``compute_class_weight("balanced")``.
+        task: ``multiclass`` (one class per film, softmax) or ``multilabel`` (findings, sigmoid
+            outputs, docs/multilabel.md); ``auto`` until the data stage decides from the labels.
+        uncertain: How a CheXpert/MIMIC uncertain (-1) label counts: ``ones``, ``zeros`` or
+            ``ignore`` (masked out of the loss and of every figure of that finding).
+        views: The views kept (e.g. ``("PA", "AP")``); empty: all.
+        min_positive_groups: A finding with fewer positive patient groups in any split is dropped.
+        class_names: Filled by the data stage: sorted class names, or the kept findings.
+        class_weights: Filled by the data stage: ``compute_class_weight("balanced")``; for
+            findings ``{name: {"positive": w, "negative": w}}``, balanced per finding on train.
 
     Class names and weights define the model's output and loss, so they sit with
     the settings; what the data stage counted is `search.dataset.DataFindings`.
@@ -79,6 +89,10 @@ class RunConfig:
     folds: int | None = None
     time_budget: float | None = None
     space: dict = dataclasses.field(default_factory=dict)
+    task: str = "multiclass"  # what a run saved before the setting existed was
+    uncertain: str = "ones"
+    views: tuple[str, ...] = ()
+    min_positive_groups: int = MIN_POSITIVE_GROUPS
     class_names: tuple[str, ...] = ()
     class_weights: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -91,6 +105,26 @@ class RunConfig:
     def layout(self) -> RunLayout:
         """The run directory's files and folders."""
         return RunLayout(self.run_dir)
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether the run's models answer per finding (sigmoid outputs) rather than with one class."""
+        return self.task == "multilabel"
+
+    @property
+    def objective(self) -> str:
+        """The Keras metric the search ranks on and the retrain stops on: the run's class-weighted validation loss."""
+        from hypermodels.classifier import OBJECTIVE, OBJECTIVE_MULTILABEL
+
+        return OBJECTIVE_MULTILABEL if self.multilabel else OBJECTIVE
+
+    def findings(self):
+        """A multi-label run's `hypermodels.findings.Findings` (names and loss weights); None otherwise."""
+        if not self.multilabel:
+            return None
+        from hypermodels.findings import Findings
+
+        return Findings.from_weights(self.class_names, self.class_weights)
 
     def search_space(self):
         """The `hypermodels.space.Space` of the hyperparameters the search declares."""
@@ -122,6 +156,8 @@ class RunConfig:
     def check_resumable(self, saved: "RunConfig") -> None:
         """Refuses to resume a run that was started with different settings."""
         mine, theirs = dataclasses.asdict(self), dataclasses.asdict(saved)
+        if mine["task"] == "auto":  # auto resumes whatever the data stage decided
+            mine["task"] = theirs["task"]
         # With the same --time-budget, max_epochs is the plan's (at most the flag's): a resume keeps the saved one.
         planned = {"max_epochs"} if self.time_budget is not None and self.time_budget == saved.time_budget else set()
         differ = sorted(k for k in mine if k not in _RESUMABLE | planned and mine[k] != theirs[k])
@@ -160,7 +196,7 @@ def new_config(run_dir: str, data: str | None = None, space: str | Path | None =
     from search import space_file
 
     defaults = DEMO_DEFAULTS if data is None else DATA_DEFAULTS
-    given = {k: tuple(v) if k == "backbones" else v for k, v in given.items() if v is not None}
+    given = {k: tuple(v) if k in ("backbones", "views") else v for k, v in given.items() if v is not None}
     read = space_file.read(space) if space is not None else None
     from_file = dict(read.settings) if read else {}
     for key, value in from_file.items():
@@ -192,7 +228,7 @@ def load_config(run_dir: str | Path) -> RunConfig:
         raise UserError(f"{path} is damaged (not a JSON object); start over with `cxr-tuner search --run-dir {run_dir} --overwrite`.")
     known = {f.name for f in dataclasses.fields(RunConfig)}
     raw = {k: v for k, v in raw.items() if k in known}
-    for key in ("backbones", "fractions", "class_names"):
+    for key in ("backbones", "fractions", "class_names", "views"):
         raw[key] = tuple(raw.get(key, ()))
     raw["run_dir"] = str(run_dir)
     config = RunConfig(**raw)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data import audit, cache, files, manifest, pipeline, sources, split, synthetic
+from data import audit, cache, files, labels as label_files, manifest, pipeline, sources, split, synthetic
 from data.errors import UserError
 from data.class_weights import class_weights
 from search.config import RunConfig
@@ -31,12 +31,16 @@ class DataFindings:
             printed ``lines`` and the manifest's ``ignored_columns``.
         fractions: The split's shares of the images against those asked for
             (`data.split.fraction_check`), with a ``warning`` line when far off.
+        labels: What the label file gave: ``task``, ``layout``, ``found`` (every label it
+            names), ``kept`` (the findings the model answers), ``dropped`` and ``lines`` (said
+            once, kept for the report), ``positives`` per finding and split (films and groups).
     """
 
     counts: dict[str, int]
     audit: dict[str, int]
     sources: dict = dataclasses.field(default_factory=dict)
     fractions: dict = dataclasses.field(default_factory=dict)
+    labels: dict = dataclasses.field(default_factory=dict)
 
     def save(self, layout) -> None:
         """Writes ``data.json`` whole."""
@@ -49,7 +53,8 @@ class DataFindings:
             return None
         saved = files.read_json(layout.findings, "start over with --overwrite")
         return cls(counts=dict(saved.get("counts", {})), audit=dict(saved.get("audit", {})),
-                   sources=dict(saved.get("sources", {})), fractions=dict(saved.get("fractions", {})))
+                   sources=dict(saved.get("sources", {})), fractions=dict(saved.get("fractions", {})),
+                   labels=dict(saved.get("labels", {})))
 
 
 @dataclasses.dataclass
@@ -61,7 +66,8 @@ class RunData:
         images: uint8 array (N, size, size, 1), one row per used image.
         examples: The used images' manifest entries, same order.
         splits: "train", "val" or "test" per image.
-        labels: Class index per image, into ``config.class_names``.
+        labels: Class index per image, into ``config.class_names``; for findings a float
+            ``(N, L)`` multi-hot row per image (1 / 0 / -1 masked).
         findings: Counts and audit of the data stage.
     """
 
@@ -81,10 +87,25 @@ class RunData:
         return np.flatnonzero(self.splits == name)
 
     def sample_weights(self, name) -> np.ndarray:
-        """The class weight of each image of split ``name`` (or of the rows ``name``), float32, in row order."""
-        names = self.config.class_names
+        """The class weight of each image of split ``name`` (or of the rows ``name``), float32, in row order.
+
+        Findings weigh each (film, finding) entry inside the loss instead: ones here.
+        """
         rows = self.indices(name) if isinstance(name, str) else name
+        if self.config.multilabel:
+            return np.ones(len(rows), "float32")
+        names = self.config.class_names
         return np.array([self.config.class_weights[names[i]] for i in self.labels[rows]], "float32")
+
+    def objective_value(self, rows, probs: np.ndarray) -> float:
+        """The run's class-weighted loss of ``probs`` on ``rows``: what the search ranks on, from saved probabilities."""
+        if self.config.multilabel:
+            from hypermodels.findings import weighted_bce
+
+            return weighted_bce(self.labels[rows], probs, self.config.findings())
+        from search.ensemble import weighted_loss
+
+        return weighted_loss(self.labels[rows], probs, self.sample_weights(rows).astype(np.float64))
 
     def folds(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """``config.folds`` (train rows, validation rows) of train+val, grouped as the split is; test is not in them.
@@ -95,7 +116,11 @@ class RunData:
         if self._folds is None:
             rows = self.indices(FIT)
             groups = leak_groups([self.examples[i] for i in rows], self.images[rows])
-            pairs = split.fold_split(self.labels[rows], groups, self.config.folds, self.config.seed)
+            if self.config.multilabel:
+                pairs = split.fold_split_multilabel(self.labels[rows], groups, self.config.folds, self.config.seed,
+                                                    names=self.config.class_names)
+            else:
+                pairs = split.fold_split(self.labels[rows], groups, self.config.folds, self.config.seed)
             self._folds = [(rows[kept], rows[held_out]) for kept, held_out in pairs]
         return self._folds
 
@@ -110,9 +135,11 @@ class RunData:
 
 
 def data_root(config: RunConfig) -> Path:
-    """The user's data, or the synthetic demo set written into the run directory."""
+    """The user's data, or the synthetic demo set (findings with ``--task multilabel``) written into the run directory."""
     if config.data is not None:
         return Path(config.data)
+    if config.multilabel:
+        return synthetic.write_multilabel_demo(config.layout.demo_data) / synthetic.MULTILABEL_CSV
     return synthetic.write_demo_dataset(config.layout.demo_data)
 
 
@@ -138,26 +165,46 @@ def prepare(config: RunConfig, progress: bool = True) -> RunData:
         found = saved.counts.get("found", len(examples)) if saved else len(examples)
         audit_counts = saved.audit if saved else {}
         source_record = saved.sources if saved else {}
+        label_record = saved.labels if saved else {}
     else:
-        examples = manifest.discover(data_root(config))
+        table = label_files.read(data_root(config), config.task, config.uncertain, config.views or None)
+        config = config.replace(task=table.task)
+        examples = table.examples
         decoded = cache.load_decoded(examples, config.image_size, layout.cache, progress)
+        if not config.multilabel:
+            _check_every_class_readable(examples, decoded, layout.skipped)
+        splits, report, label_record = _leak_free_split(config, decoded, table)
+        # Written once every check has passed: a refused label file leaves the run directory as it was.
         cache.write_skipped_csv(layout.skipped, decoded.skipped)
-        _check_every_class_readable(examples, decoded, layout.skipped)
-        splits, report = _leak_free_split(config, decoded)
         split.save_split(split_csv, decoded.examples, splits)
         audit.write_audit_csv(layout.audit, report)
         found, audit_counts = len(examples), report.counts()
-        source_record = _source_audit(decoded.examples, manifest.ignored_columns(data_root(config)))
-    data = _run_data(config, decoded, np.asarray(splits), found, audit_counts, source_record)
+        ignored = [] if config.multilabel else manifest.ignored_columns(data_root(config))
+        source_record = _source_audit(decoded.examples, ignored, config, label_record)
+    data = _run_data(config, decoded, np.asarray(splits), found, audit_counts, source_record, label_record)
     if new_split:
         data.findings.save(layout)
     return data
 
 
-def _source_audit(examples, ignored: list[str]) -> dict:
-    found = sources.source_audit(examples)
-    return {"ignored_columns": ignored, "audit": found.to_dict() if found else None,
-            "lines": sources.summary_lines(found)}
+def _source_audit(examples, ignored: list[str], config: RunConfig, label_record: dict) -> dict:
+    if not config.multilabel:
+        found = sources.source_audit(examples)
+        return {"ignored_columns": ignored, "audit": found.to_dict() if found else None,
+                "lines": sources.summary_lines(found)}
+    # Per finding: does the source (site, or the view for NIH/CheXpert) already tell whether it is present?
+    names = label_record["kept"]
+    targets = label_files.multi_hot([e.label for e in examples], names)
+    audits, lines = {}, []
+    for i, name in enumerate(names):
+        known = targets[:, i] != label_files.MASKED
+        per_finding = [dataclasses.replace(e, label=name if targets[j, i] == 1 else f"no {name}")
+                       for j, e in enumerate(examples) if known[j]]
+        found = sources.source_audit(per_finding)
+        audits[name] = found.to_dict() if found else None
+        lines += [f"{name}: {line.strip()}" for line in sources.summary_lines(found)
+                  if "WARNING" in line or "V " in line] if found else []
+    return {"ignored_columns": ignored, "audit": None, "per_finding": audits, "lines": lines}
 
 
 def _check_every_class_readable(examples, decoded, skipped_csv: Path) -> None:
@@ -173,18 +220,31 @@ def _check_every_class_readable(examples, decoded, skipped_csv: Path) -> None:
                 "with PNG, JPEG or DICOM files that open, or remove that class folder.")
 
 
-def _leak_free_split(config: RunConfig, decoded):
+def _leak_free_split(config: RunConfig, decoded, table):
     """Splits so that no patient and no (near-)duplicate group spans two splits.
 
+    Findings are stratified over every label at once (iterative stratification), and a
+    finding with too few positive groups in some split is dropped, one line each.
+
     Returns:
-        The split per image and the leakage audit of that split (all cross-split
-        counts zero by construction; the audit proves it).
+        The split per image, the leakage audit of that split (all cross-split counts
+        zero by construction; the audit proves it) and the labels' record (`DataFindings.labels`).
     """
     examples = decoded.examples
     prints = audit.fingerprints([e.path for e in examples], decoded.images)  # once for both uses
     groups = leak_groups(examples, decoded.images, prints)
-    splits = split.split_by_group([e.label for e in examples], groups, config.fractions, config.seed)
-    return splits, audit.audit(examples, splits=splits, prints=prints)
+    record = {"task": table.task, "layout": table.layout, "found": list(table.names), "lines": list(table.lines)}
+    if config.multilabel:
+        targets = label_files.multi_hot([e.label for e in examples], table.names)
+        splits, kept, dropped = split.split_multilabel(targets, groups, table.names, config.fractions, config.seed,
+                                                       config.min_positive_groups)
+        kept_targets = label_files.multi_hot([e.label for e in examples], kept)
+        record.update(kept=list(kept), dropped=list(dropped),
+                      positives=split.positives_per_split(kept_targets, splits, kept),
+                      positive_groups=split.positive_groups_per_split(kept_targets, groups, splits, kept))
+    else:
+        splits = split.split_by_group([e.label for e in examples], groups, config.fractions, config.seed)
+    return splits, audit.audit(examples, splits=splits, prints=prints), record
 
 
 def leak_groups(examples, images, prints: tuple | None = None) -> list[str]:
@@ -195,7 +255,14 @@ def leak_groups(examples, images, prints: tuple | None = None) -> list[str]:
 
 
 def _run_data(config: RunConfig, decoded, splits: np.ndarray, found: int, audit_counts: dict,
-              source_record: dict) -> RunData:
+              source_record: dict, label_record: dict) -> RunData:
+    counts = {"found": found, "used": len(decoded.examples), "skipped": found - len(decoded.examples)}
+    counts.update({s: int((splits == s).sum()) for s in split.SPLITS})
+    fractions = split.fraction_check(splits, config.fractions)
+    findings = DataFindings(counts, audit_counts, source_record, fractions, label_record)
+    task = label_record.get("task", config.task if config.task != "auto" else "multiclass")
+    if task == "multilabel":
+        return _findings_data(config.replace(task=task), decoded, splits, findings)
     names = tuple(manifest.class_names(decoded.examples))
     if config.class_names and names != tuple(config.class_names):
         raise UserError(f"{config.layout.split} no longer matches {config.layout.config} (classes "
@@ -203,10 +270,21 @@ def _run_data(config: RunConfig, decoded, splits: np.ndarray, found: int, audit_
                         f"`cxr-tuner search --run-dir {config.run_dir} --overwrite` and the run's flags.")
     labels = np.array([names.index(e.label) for e in decoded.examples])
     train_labels = [e.label for e, s in zip(decoded.examples, splits) if s == "train"]
-    counts = {"found": found, "used": len(decoded.examples), "skipped": found - len(decoded.examples)}
-    counts.update({s: int((splits == s).sum()) for s in split.SPLITS})
-    config = config.replace(class_names=names, class_weights=class_weights(train_labels, names))
+    config = config.replace(task="multiclass", class_names=names, class_weights=class_weights(train_labels, names))
     # Worked out from the split each time (a resumed run's data.json may predate it).
-    fractions = split.fraction_check(splits, config.fractions)
-    return RunData(config, decoded.images, decoded.examples, splits, labels,
-                   DataFindings(counts, audit_counts, source_record, fractions))
+    return RunData(config, decoded.images, decoded.examples, splits, labels, findings)
+
+
+def _findings_data(config: RunConfig, decoded, splits: np.ndarray, findings: DataFindings) -> RunData:
+    """A multi-label run's data: multi-hot rows over the kept findings, weights balanced per finding on train."""
+    from hypermodels.findings import balanced_weights
+
+    names = tuple(findings.labels.get("kept") or ())
+    if config.class_names and names != tuple(config.class_names):
+        raise UserError(f"{config.layout.findings} no longer matches {config.layout.config} (findings "
+                        f"{', '.join(names)} against {', '.join(config.class_names)}); start over with "
+                        f"`cxr-tuner search --run-dir {config.run_dir} --overwrite` and the run's flags.")
+    labels = label_files.multi_hot([e.label for e in decoded.examples], names)
+    weights = balanced_weights(labels[splits == "train"], names)
+    config = config.replace(class_names=names, class_weights=weights)
+    return RunData(config, decoded.images, decoded.examples, splits, labels, findings)

@@ -26,7 +26,7 @@ import numpy as np
 from data import files
 from data.errors import UserError
 from hypermodels.cutting import cut_layer, is_cacheable
-from hypermodels.layers import TemperatureScaling
+from hypermodels.layers import FindingTemperature, TemperatureScaling
 from hypermodels.registry import file_safe, get_backbone
 from search import dataset, timing
 from search.console import number_text
@@ -43,9 +43,18 @@ ENSEMBLE_NAME = "cxr_ensemble"
 ENSEMBLE_MEAN = "ensemble_mean"  # the layer averaging the members' probabilities, in member order
 
 
+def _calibration(temperature):
+    """The calibration layer: one softmax temperature, or a list of per-finding sigmoid temperatures."""
+    if np.ndim(temperature):
+        return FindingTemperature(temperature, name=CALIBRATION_LAYER)
+    return TemperatureScaling(temperature, name=CALIBRATION_LAYER)
+
+
 def build_ensemble(members: list[keras.Model], frozen: list[tuple[str, int | None]],
-                   temperature: float = 1.0) -> keras.Model:
+                   temperature=1.0) -> keras.Model:
     """One model averaging ``members``' probabilities, then ``TemperatureScaling(temperature)``.
+
+    A list of temperatures (findings) calibrates each sigmoid output with its own.
 
     Args:
         members: Whole image models of the run (same uint8 input).
@@ -55,8 +64,7 @@ def build_ensemble(members: list[keras.Model], frozen: list[tuple[str, int | Non
     """
     if len(members) == 1:  # stays flat, so Grad-CAM and the registry's layer names still apply
         member = members[0]
-        return keras.Model(member.input, TemperatureScaling(temperature, name=CALIBRATION_LAYER)(member.output),
-                           name=member.name)
+        return keras.Model(member.input, _calibration(temperature)(member.output), name=member.name)
     image = keras.Input(members[0].inputs[0].shape[1:], dtype=members[0].inputs[0].dtype, name="image")
     outputs, groups = [], {}
     for i, (member, (backbone, depth)) in enumerate(zip(members, frozen)):
@@ -73,7 +81,7 @@ def build_ensemble(members: list[keras.Model], frozen: list[tuple[str, int | Non
         features = shared(image)
         outputs += [_above(members[i], cut, f"member_{i + 1}")(features) for i in indices]
     mean = keras.layers.Average(name=ENSEMBLE_MEAN)(outputs)
-    return keras.Model(image, TemperatureScaling(temperature, name=CALIBRATION_LAYER)(mean), name=ENSEMBLE_NAME)
+    return keras.Model(image, _calibration(temperature)(mean), name=ENSEMBLE_NAME)
 
 
 def for_export(model: keras.Model) -> keras.Model:
@@ -86,7 +94,9 @@ def for_export(model: keras.Model) -> keras.Model:
     if CALIBRATION_LAYER not in [layer.name for layer in model.layers] or \
             "predictions" not in [layer.name for layer in model.layers]:
         return model
-    temperature = model.get_layer(CALIBRATION_LAYER).temperature
+    calibration = model.get_layer(CALIBRATION_LAYER)
+    # sigmoid(z) -> sigmoid(z / T_l) is the same division, column by column.
+    temperature = np.asarray(getattr(calibration, "temperatures", None) or calibration.temperature)
     flat = keras.Model(model.input, model.get_layer("predictions").output, name=model.name)
     folded = keras.models.clone_model(flat)
     folded.set_weights(flat.get_weights())
@@ -152,20 +162,27 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log, r
                         f"retrain with `cxr-tuner retrain {config.run_dir} --top-k {ensemble}`.")
     data = dataset.prepare(config, progress=False)
     config = data.config
-    chosen_point = operating_point.parse(point, config.class_names)  # before any work: bad input fails fast
+    if config.multilabel:
+        from search.evaluation import multilabel
+
+        chosen_point = multilabel.parse_points(_point_texts(point), config.class_names)
+    else:
+        chosen_point = operating_point.parse(point, config.class_names)  # before any work: bad input fails fast
     rows = data.indices(dataset.FIT if config.folds else "val")
     y_val = data.labels[rows]
-    weights = data.sample_weights(rows).astype(np.float64)
     members = [keras.saving.load_model(winners_dir / w["dir"] / WINNER_MODEL, compile=False) for w in winners]
     # The probabilities the retrain saved: on validation, or with --folds (the members trained on
     # validation too) out of fold.
     probs = [_saved_probabilities(config, winners_dir / w["dir"], rows) for w in winners]
-    losses = [weighted_loss(y_val, np.mean(probs[:k], axis=0), weights) for k in range(1, len(probs) + 1)]
+    losses = [data.objective_value(rows, np.mean(probs[:k], axis=0)) for k in range(1, len(probs) + 1)]
     k = ensemble or int(np.argmin(losses)) + 1
     basis = "out-of-fold" if config.folds else "validation"
     log(f"ensemble ({basis} " + ", ".join(f"top {i + 1}: weighted loss {v:.4f}" for i, v in enumerate(losses))
         + f"): averaging the top {k}" + ("" if ensemble else f" (lowest {basis} loss)"))
     raw = np.mean(probs[:k], axis=0)
+    if config.multilabel:
+        return _assemble_findings(config, data, winners, members, probs, k, losses, chosen_point, basis, log,
+                                  refit, clock, summary)
     decision = calibration.choose_temperature(y_val, raw, seed=config.seed)
     temperature = decision["temperature"]
     single = decision if k == 1 else calibration.choose_temperature(y_val, probs[0], seed=config.seed)
@@ -204,6 +221,59 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log, r
     return record
 
 
+def _point_texts(point: str | None) -> list[str] | None:
+    """``--operating-point`` for findings: several ``LABEL:sensitivity=X``, comma-separated; None: the defaults."""
+    return None if point is None else [part for part in point.split(",") if part.strip()]
+
+
+def _assemble_findings(config: RunConfig, data, winners, members, probs, k, losses, chosen_point, basis, log,
+                       refit, clock, summary) -> dict:
+    """The final model of a multi-label run: per-finding temperatures and thresholds, chosen on validation."""
+    from search.evaluation import multilabel
+
+    layout, rows = config.layout, data.indices(dataset.FIT if config.folds else "val")
+    y_val, raw = data.labels[rows], np.mean(probs[:k], axis=0)
+    decision = multilabel.choose_temperatures(y_val, raw, seed=config.seed)
+    temperatures = [float(t) for t in decision["temperatures"]]
+    frozen = [_frozen_part(config, layout.winners / w["dir"]) for w in winners[:k]]
+    if refit:
+        members[:k] = refit_members(data, winners[:k], summary["augment"], log, clock)
+    model = build_ensemble(members[:k], frozen, temperatures)
+    calibrated = multilabel.scale(raw, np.asarray(temperatures))  # what the model's FindingTemperature computes
+    points = multilabel.choose_thresholds(y_val, calibrated, config.class_names, chosen_point)
+    record = {
+        "kind": "ensemble" if k > 1 else "single", "task": "multilabel",
+        "members": [w["dir"] for w in winners[:k]], "ensemble_size": k,
+        "validation_weighted_loss_by_size": losses,
+        "shared_frozen_backbone": {b: cut_layer(get_backbone(b), max(d for bb, d in frozen if bb == b))
+                                   for b, d in frozen if d is not None} if k > 1 else None,
+        "temperature": temperatures, "calibration_check": _jsonable(decision),
+        "operating_point": None, "operating_points": _jsonable(points), "operating_point_refused": None,
+        "fitted_on": FITTED_ON_FOLDS if config.folds else "validation split only", SPLIT_STAMP: layout.split_digest(),
+        "refit": ({"on": "train+val", "epochs": {w["dir"]: w["best_epoch"] for w in winners[:k]}}
+                  if refit else None),
+    }
+    _save(layout, winners[0]["dir"], model, record)
+    log("temperatures " + decision["text"])
+    for name, chosen in points.items():
+        log(f"operating point {name}: threshold {chosen['threshold']:.4f} ({chosen['rule']}; {basis} sensitivity "
+            f"{number_text(chosen.get('sensitivity'))}, specificity {number_text(chosen.get('specificity'))})")
+    return record
+
+
+def _jsonable(value):
+    """NumPy scalars and arrays inside ``value`` as plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 def final_card(layout: RunLayout, model_dir: Path) -> dict:
     """The model card's ``model`` and ``operating_point`` entries for the exported model in ``model_dir``."""
     record_file = layout.final_record
@@ -211,6 +281,8 @@ def final_card(layout: RunLayout, model_dir: Path) -> dict:
         return {"model": {"kind": "single", "members": [Path(model_dir).name], "temperature": None,
                           "what": "the rank-1 retrained winner, uncalibrated"}, "operating_point": None}
     record = json.loads(record_file.read_text())
+    if record.get("task") == "multilabel":
+        return _findings_card(record)
     k = record["ensemble_size"]
     what = (f"the mean of the probabilities of the top {k} retrained winners ({', '.join(record['members'])})"
             if k > 1 else f"the rank-1 retrained winner ({record['members'][0]})")
@@ -234,6 +306,20 @@ def final_card(layout: RunLayout, model_dir: Path) -> dict:
     if record.get("operating_point_refused"):
         card["operating_point_refused"] = record["operating_point_refused"]
     return card
+
+
+def _findings_card(record: dict) -> dict:
+    """`final_card` of a multi-label final model: its temperatures and each finding's threshold."""
+    k = record["ensemble_size"]
+    what = (f"the mean of the sigmoid outputs of the top {k} retrained winners ({', '.join(record['members'])})"
+            if k > 1 else f"the rank-1 retrained winner ({record['members'][0]})")
+    what += ", " + record["calibration_check"]["text"]
+    model = {"kind": record["kind"], "members": record["members"], "temperature": record["temperature"], "what": what}
+    if k > 1:
+        model["gradcam"] = ("explain with a member: RUN_DIR/winners/" + record["members"][0] + "/model.keras")
+    thresholds = {name: point["threshold"] for name, point in record["operating_points"].items()}
+    return {"model": model, "operating_point": None, "operating_points": record["operating_points"],
+            "thresholds": thresholds}
 
 
 def _saved_probabilities(config: RunConfig, winner: Path, rows: np.ndarray) -> np.ndarray:

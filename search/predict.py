@@ -52,6 +52,25 @@ def operating_point(model_path: Path) -> dict | None:
     return None
 
 
+def finding_thresholds(model_path: Path) -> dict | None:
+    """A multi-label model's threshold per finding, chosen on validation (its card or final.json); None otherwise."""
+    card, record = model_path.parent / CARD_FILE, model_path.parent / FINAL_RECORD
+    if card.is_file():
+        return json.loads(card.read_text()).get("thresholds")
+    if record.is_file():
+        points = json.loads(record.read_text()).get("operating_points")
+        return {name: point["threshold"] for name, point in points.items()} if points else None
+    return None
+
+
+def _is_multilabel(model: keras.Model) -> bool:
+    """Whether the model ends in sigmoid outputs (findings) rather than a softmax."""
+    if any(type(layer).__name__ == "FindingTemperature" for layer in model.layers):
+        return True
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    return bool(dense) and dense[-1].activation is keras.activations.sigmoid
+
+
 def _class_names(model_path: Path) -> tuple[str, ...]:
     card = model_path.parent / CARD_FILE
     if card.is_file():
@@ -83,7 +102,9 @@ def predict_images(source, image_paths, gradcam_dir=None, target_class: str | No
     if target_class is not None and target_class not in names:
         raise UserError(f"Unknown class {target_class!r}; the model's classes are {', '.join(names)}.")
     size = model.inputs[0].shape[1]
-    point = operating_point(_model_path(source))
+    path = _model_path(source)
+    thresholds = finding_thresholds(path) if _is_multilabel(model) else None
+    point = None if _is_multilabel(model) else operating_point(path)
     if gradcam_dir is not None and model.name == ENSEMBLE_NAME and layer is None:
         raise UserError("The model is an ensemble; Grad-CAM explains one model: pass one member's "
                         "model.keras (RUN_DIR/winners/1-*/model.keras), or --layer.")
@@ -100,14 +121,24 @@ def predict_images(source, image_paths, gradcam_dir=None, target_class: str | No
         probs = model.predict(batch, verbose=0)
         for entry, row in zip(good, probs):
             entry["probabilities"] = {name: float(p) for name, p in zip(names, row)}
+            if _is_multilabel(model):
+                # Findings are answered one by one: each its probability, threshold and call.
+                cut = thresholds or {name: 0.5 for name in names}
+                entry["findings"] = {name: {"probability": float(p), "threshold": float(cut[name]),
+                                            "called": bool(p >= cut[name])} for name, p in zip(names, row)}
+                entry["called"] = [name for name in names if entry["findings"][name]["called"]]
+                entry["thresholds_from"] = "validation" if thresholds else "0.5 (no thresholds were chosen)"
+                continue
             entry["predicted"] = names[int(row.argmax())]
             if point:
                 called = bool(row[names.index(point["class"])] >= point["threshold"])
                 entry["operating_point"] = {"class": point["class"], "threshold": point["threshold"],
                                             "called": called, "rule": point["how_to_apply"]}
         if gradcam_dir is not None:
-            _write_overlays(model, layer, batch, good, names.index(target_class) if target_class else None,
-                            Path(gradcam_dir))
+            explained = names.index(target_class) if target_class else None
+            if explained is None and _is_multilabel(model):  # each film's likeliest finding
+                explained = np.asarray(probs).argmax(axis=1)
+            _write_overlays(model, layer, batch, good, explained, Path(gradcam_dir))
     return entries
 
 

@@ -14,6 +14,7 @@ times faster.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -27,7 +28,7 @@ import numpy as np
 from data import files
 from data.errors import UserError
 from hypermodels.classifier import OBJECTIVE, XrayClassifier
-from search import console, dataset, ensemble, hparams, timing, variants
+from search import console, dataset, hparams, timing, variants
 from search.config import RunConfig
 from search.devices import deterministic_ops
 from search.layout import (SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL, WINNER_OUT_OF_FOLD,
@@ -53,7 +54,7 @@ def trial_hyperparameters(config: RunConfig, trial_id: str) -> keras_tuner.Hyper
 def build_model(config: RunConfig, hp: keras_tuner.HyperParameters) -> keras.Model:
     """A fresh, compiled model of the run's HyperModel for ``hp``."""
     hypermodel = XrayClassifier(len(config.class_names), config.image_size, config.backbones, config.weights,
-                                config.precision, config.search_space())
+                                config.precision, config.search_space(), findings=config.findings())
     return hypermodel.build(hp)
 
 
@@ -111,11 +112,11 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
         def fit(hp, callbacks):
             staging = winners_dir / f"variant_{len(fits)}"
             fits[staging] = _fit_and_keep(cached, hp, config.seed, epochs, staging, lambda: callbacks, clock=clock,
-                                          rows=val_rows)
+                                          rows=val_rows, objective=config.objective)
             return fits[staging][OBJECTIVE]
 
         top_hp = trial_hyperparameters(config, top[0]["trial_id"])
-        variant, tried = variants.choose(fit, top_hp, config.weights, log, allowed)
+        variant, tried = variants.choose(fit, top_hp, config.weights, log, allowed, config.objective)
         chosen = variants.candidates(top_hp, config.weights, allowed).index(variant)
         for i, (staging, score) in enumerate(fits.items()):  # fits ran in the candidates' order
             if i == chosen and not augment:
@@ -131,12 +132,13 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
         staging = winners_dir / f"trial_{entry['trial_id']}"
         log(f"retrain {rank}/{len(top)}: trial {entry['trial_id']} ({console.hyperparameter_text(entry['hyperparameters'])})")
         kept = [reused] if reused and entry is top[0] else []
-        scores = kept + [_fit_and_keep(training, hp, config.seed + i, epochs, staging, variant.callbacks,
+        scores = kept + [_fit_and_keep(training, hp, config.seed + i, epochs, staging,
+                                       functools.partial(variant.callbacks, config.objective),
                                        console.epoch_lines(log, f"  seed {config.seed + i}", epochs), clock,
-                                       rows=val_rows)
+                                       rows=val_rows, objective=config.objective)
                          for i in range(len(kept), seeds)]
-        results.append(_result(entry, scores))
-        log(f"retrained trial {entry['trial_id']}: {OBJECTIVE} {_mean_std_text(results[-1])}")
+        results.append(_result(entry, scores, config.objective))
+        log(f"retrained trial {entry['trial_id']}: {config.objective} {_mean_std_text(results[-1])}")
     return _rank_and_save(config, results, augment, epochs, {"chosen": variant.name, "tried": tried})
 
 
@@ -152,7 +154,6 @@ def _retrain_on_folds(config: RunConfig, data: dataset.RunData, training, top: l
     """
     rows = data.indices(dataset.FIT)
     position = {row: i for i, row in enumerate(rows)}
-    weights = data.sample_weights(rows).astype(np.float64)
     log(f"retrain with --folds {config.folds}: on train+val ({len(rows)} images), as searched; ranked on "
         "out-of-fold predictions")
     results = []
@@ -173,9 +174,9 @@ def _retrain_on_folds(config: RunConfig, data: dataset.RunData, training, top: l
             for fold, (_, held_out) in enumerate(data.folds()):
                 _fit_fixed(training, hp, model, start, epochs, fold, clock)
                 out_of_fold[[position[r] for r in held_out]] = training.predict_validation(hp, model, fold)
-            loss = ensemble.weighted_loss(data.labels[rows], out_of_fold, weights)
+            loss = data.objective_value(rows, out_of_fold)
             score = {"seed": seed, OBJECTIVE: loss, "best_epoch": epochs, "epochs_run": epochs,
-                     "val_accuracy": float((out_of_fold.argmax(1) == data.labels[rows]).mean())}
+                     "val_accuracy": _accuracy(data.labels[rows], out_of_fold)}
             scores.append(score)
             saved = staging / _SCORE
             if not saved.is_file() or loss < json.loads(saved.read_text())[OBJECTIVE]:
@@ -187,8 +188,8 @@ def _retrain_on_folds(config: RunConfig, data: dataset.RunData, training, top: l
                 files.write_json(staging / WINNER_HYPERPARAMETERS, hp.get_config())
                 files.write_npz(staging / WINNER_OUT_OF_FOLD, rows=rows, probabilities=out_of_fold)
                 files.write_json(saved, score)
-        results.append(_result(entry, scores))
-        log(f"retrained trial {entry['trial_id']}: out-of-fold {OBJECTIVE} {_mean_std_text(results[-1])}")
+        results.append(_result(entry, scores, config.objective))
+        log(f"retrained trial {entry['trial_id']}: out-of-fold {config.objective} {_mean_std_text(results[-1])}")
     summary = _rank_and_save(config, results, augment, None, {"chosen": variants.AS_SEARCHED.name, "tried": {}})
     return summary
 
@@ -255,26 +256,35 @@ class ImageTraining:
         return model.predict(self.data.dataset(rows), verbose=0)
 
 
-def _fit(training, hp, seed, epochs, callbacks=(), clock: timing.EpochClock | None = None) -> tuple:
-    """One training with early stopping (best epoch's weights kept): the model and its history."""
+def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Argmax accuracy, or for findings the share of unmasked entries called right at 0.5."""
+    if labels.ndim == 1:
+        return float((probs.argmax(1) == labels).mean())
+    known = labels != -1
+    return float(((probs >= 0.5) == (labels == 1))[known].mean())
+
+
+def _fit(training, hp, seed, epochs, callbacks=(), clock: timing.EpochClock | None = None,
+         objective: str = OBJECTIVE) -> tuple:
+    """One training with early stopping on ``objective`` (best epoch's weights kept): the model and its history."""
     fresh_keras_state(seed)
     model = training.build(hp)
-    stop = keras.callbacks.EarlyStopping(OBJECTIVE, patience=PATIENCE, mode="min", restore_best_weights=True)
+    stop = keras.callbacks.EarlyStopping(objective, patience=PATIENCE, mode="min", restore_best_weights=True)
     timed = [clock.callback()] if clock else []
     history = training.fit(hp, model, epochs=epochs, callbacks=[stop, *callbacks, *timed], verbose=0).history
     return model, {k: [float(v) for v in values] for k, values in history.items()}
 
 
 def _fit_and_keep(training, hp, seed, epochs, staging: Path, callbacks=list, progress=None, clock=None, *,
-                  rows: np.ndarray) -> dict:
+                  rows: np.ndarray, objective: str = OBJECTIVE) -> dict:
     """Trains one seed; saves the model if it beats the seeds saved before it (``progress``: a callback).
 
     ``rows``: the validation split's rows, which the saved probabilities are of.
     """
-    model, history = _fit(training, hp, seed, epochs, [*callbacks(), *filter(None, [progress])], clock)
-    best_epoch = int(np.nanargmin(history[OBJECTIVE]))
-    score = {"seed": seed, OBJECTIVE: history[OBJECTIVE][best_epoch], "best_epoch": best_epoch + 1,
-             "epochs_run": len(history[OBJECTIVE]), "val_accuracy": history["val_accuracy"][best_epoch]}
+    model, history = _fit(training, hp, seed, epochs, [*callbacks(), *filter(None, [progress])], clock, objective)
+    best_epoch = int(np.nanargmin(history[objective]))
+    score = {"seed": seed, OBJECTIVE: history[objective][best_epoch], "best_epoch": best_epoch + 1,
+             "epochs_run": len(history[objective]), "val_accuracy": history["val_accuracy"][best_epoch]}
     saved = staging / _SCORE
     if not saved.is_file() or score[OBJECTIVE] < json.loads(saved.read_text())[OBJECTIVE]:
         staging.mkdir(parents=True, exist_ok=True)
@@ -288,10 +298,10 @@ def _fit_and_keep(training, hp, seed, epochs, staging: Path, callbacks=list, pro
     return score
 
 
-def _result(entry: dict, scores: list[dict]) -> dict:
+def _result(entry: dict, scores: list[dict], objective: str = OBJECTIVE) -> dict:
     losses = np.array([s[OBJECTIVE] for s in scores])
     best = scores[int(losses.argmin())]
-    return {"trial_id": entry["trial_id"], "search_" + OBJECTIVE: entry[OBJECTIVE],
+    return {"trial_id": entry["trial_id"], "search_" + OBJECTIVE: entry[objective],
             OBJECTIVE: {"mean": float(losses.mean()), "std": float(losses.std(ddof=1)) if len(losses) > 1 else 0.0,
                         "best": float(losses.min())},
             "best_seed": best["seed"], "best_epoch": best["best_epoch"], "val_accuracy": best["val_accuracy"],
@@ -306,7 +316,7 @@ def _rank_and_save(config: RunConfig, results: list[dict], augment: bool, epochs
         (winners_dir / f"trial_{result['trial_id']}" / _SCORE).unlink()
         (winners_dir / f"trial_{result['trial_id']}").rename(winners_dir / result["dir"])
     ranked_on = ("out-of-fold predictions on train+val (--folds)" if config.folds else "validation split only")
-    summary = {"ranked_by": f"mean {OBJECTIVE} over seeds, {ranked_on} (lower is better)",
+    summary = {"ranked_by": f"mean {config.objective} over seeds, {ranked_on} (lower is better)",
                "augment": augment, "variant": variant, "max_epochs": epochs, "patience": PATIENCE,
                "winners": results, SPLIT_STAMP: config.layout.split_digest()}
     files.write_json(config.layout.winners_summary, summary)

@@ -14,7 +14,6 @@ from data import files, manifest
 from data.split import SPLITS
 from data.errors import UserError
 from hypermodels import precision
-from hypermodels.classifier import OBJECTIVE
 from hypermodels.registry import get_backbone
 from hypermodels.weights import resolve_weights
 from search import cache_plan, console, dataset, lock, timing
@@ -225,17 +224,18 @@ def best_trials(tuner, top: int = 5) -> dict:
     holds each searched backbone's best, for the pretrained/from-scratch comparison.
     """
     ranked, seen, per_backbone = [], set(), {}
+    objective = tuner.oracle.objective.name
     for trial in tuner.oracle.get_best_trials(num_trials=len(tuner.oracle.trials)):
         values = searched_values(trial.hyperparameters.values)
         key = json.dumps(values, sort_keys=True)
         if key not in seen and trial.score is not None:
             seen.add(key)
-            ranked.append({"trial_id": trial.trial_id, OBJECTIVE: trial.score,
+            ranked.append({"trial_id": trial.trial_id, objective: trial.score,
                            "epochs": trial.hyperparameters.values.get("tuner/epochs"),
                            "hyperparameters": values})
             if "backbone" in values:
                 per_backbone.setdefault(values["backbone"], ranked[-1])
-    return {"objective": {"name": OBJECTIVE, "direction": "min"},
+    return {"objective": {"name": objective, "direction": "min"},
             "trials": len(tuner.oracle.trials), "best": ranked[0] if ranked else None,
             "top": ranked[:top], "best_per_backbone": per_backbone}
 
@@ -245,8 +245,12 @@ def _log_data(data: dataset.RunData, log: Callable[[str], None]) -> None:
     counts = data.findings.counts
     log(f"images: {counts['found']} found, {counts['used']} used, {counts['skipped']} skipped "
         f"(see {config.layout.skipped})")
-    raw_names = manifest.class_mapping(data.examples)
-    for i, name in enumerate(config.class_names):
+    for line in data.findings.labels.get("lines", []):
+        log(line)
+    if config.multilabel:
+        _log_findings(data, log)
+    raw_names = {} if config.multilabel else manifest.class_mapping(data.examples)
+    for i, name in enumerate(() if config.multilabel else config.class_names):
         source = ", ".join(repr(r) for r in raw_names.get(name, [name]))
         per_split = " / ".join(f"{s} {int(((data.labels == i) & (data.splits == s)).sum())}"
                                for s in SPLITS)
@@ -259,3 +263,17 @@ def _log_data(data: dataset.RunData, log: Callable[[str], None]) -> None:
         log(line)
     if data.findings.fractions.get("warning"):
         log(data.findings.fractions["warning"])
+
+
+def _log_findings(data: dataset.RunData, log: Callable[[str], None]) -> None:
+    """Each finding's positives per split (films, and patient groups), its loss weights; the dropped ones."""
+    labels = data.findings.labels
+    for line in labels.get("dropped", []):
+        log(line)
+    for i, name in enumerate(data.config.class_names):
+        films, groups = labels["positives"][name], labels["positive_groups"][name]
+        masked = int((data.labels[:, i] == -1).sum())
+        weight = data.config.class_weights[name]
+        log(f"finding {i} = {name}: positives " + " / ".join(f"{s} {films[s]} ({groups[s]} groups)" for s in SPLITS)
+            + (f", {masked} masked" if masked else "")
+            + f"; weights positive {weight['positive']:.3f}, negative {weight['negative']:.3f}")

@@ -84,6 +84,11 @@ class _XrayTunerMixin:
         self.clock = timing.EpochClock()  # the trials' floor: their epochs at each one's fastest
 
     @property
+    def metric_names(self) -> tuple[str, ...]:
+        """The run's HParams metrics, its objective first."""
+        return tuple(hparams.run_metrics(self.run_config))
+
+    @property
     def tensorboard_dir(self):
         return self.run_config.layout.tensorboard
 
@@ -144,14 +149,14 @@ class _XrayTunerMixin:
                                                    str(layout.fold_checkpoint(trial.trial_id, fold)))]
             start.reset(layout.fold_checkpoint(parent, fold) if parent else None)
             history = self.hypermodel.fit(hp, model, **{**kwargs, "callbacks": callbacks}, fold=fold)
-            scores.append(hparams.fold_score(history))
-        return hparams.fold_metrics(scores)
+            scores.append(hparams.fold_score(history, self.metric_names))
+        return hparams.fold_metrics(scores, self.metric_names)
 
     def on_trial_end(self, trial):
         _forget_custom_gradients(getattr(self, "_gradients_before", set()))
         super().on_trial_end(trial)
         finished = self.oracle.get_trial(trial.trial_id)
-        hparams.write_trial(self.tensorboard_dir, finished)
+        hparams.write_trial(self.tensorboard_dir, finished, self.metric_names)
         peak, now, anonymous = peak_rss_mb(), rss_mb(), _proc_status_mb("RssAnon")
         with open(self.run_config.layout.memory, "a") as log:
             log.write(f"{trial.trial_id},{peak:.1f},{now:.1f},{anonymous:.1f}\n")
@@ -161,7 +166,8 @@ class _XrayTunerMixin:
         super().on_search_end()
         gc.unfreeze()
         if not self._is_worker():  # a distributed search's chief writes it, once
-            hparams.write_experiment(self.tensorboard_dir, self.oracle.get_space(), self.run_config.folds)
+            hparams.write_experiment(self.tensorboard_dir, self.oracle.get_space(), self.run_config.folds,
+                                     hparams.run_metrics(self.run_config))
 
 
 class XrayHyperband(_XrayTunerMixin, keras_tuner.Hyperband):
@@ -276,7 +282,7 @@ def make_tuner(config: RunConfig, hypermodel: keras_tuner.HyperModel,
     common = dict(
         distribution_strategy=distribution_strategy,
         hypermodel=hypermodel,
-        objective=keras_tuner.Objective(OBJECTIVE, direction="min"),
+        objective=keras_tuner.Objective(config.objective, direction="min"),
         seed=oracle_seed(config.seed),
         directory=str(config.layout.tuner.parent),
         project_name=config.layout.tuner.name,
@@ -329,10 +335,18 @@ def fresh_keras_state(seed: int) -> None:
 def trial_line(trial) -> str:
     """One line for a finished trial: id, Hyperband bracket and round, score or why it failed."""
     values = trial.hyperparameters.values
-    score = "failed: " + _reason(trial.message) if trial.score is None else f"{OBJECTIVE}={trial.score:.4f}"
+    objective = _objective_name(trial)
+    score = "failed: " + _reason(trial.message) if trial.score is None else f"{objective}={trial.score:.4f}"
     bracket = f" bracket {values['tuner/bracket']} round {values['tuner/round']}" if "tuner/bracket" in values else ""
     shown = {k: v for k, v in hparams.trial_hparams(trial).items() if not k.startswith("tuner/")}
     return f"trial {trial.trial_id}{bracket}: {score}  {console.hyperparameter_text(shown)}"
+
+
+def _objective_name(trial) -> str:
+    """The objective a trial was scored on: the multi-label one when its metrics hold it."""
+    from hypermodels.classifier import OBJECTIVE_MULTILABEL
+
+    return OBJECTIVE_MULTILABEL if trial.metrics.exists(OBJECTIVE_MULTILABEL) else OBJECTIVE
 
 
 def _reason(message: str | None) -> str:

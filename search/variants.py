@@ -52,10 +52,11 @@ class Variant:
             hp.values["learning_rate"] = hp.values["learning_rate"] * EXTRA_BLOCK_LR_FACTOR
         return hp
 
-    def callbacks(self) -> list:
+    def callbacks(self, objective: str = OBJECTIVE) -> list:
+        """What the variant adds to a fit: the learning-rate decay on the run's ``objective``."""
         if not self.lr_decay:
             return []
-        return [keras.callbacks.ReduceLROnPlateau(OBJECTIVE, factor=LR_DECAY_FACTOR, patience=1, mode="min",
+        return [keras.callbacks.ReduceLROnPlateau(objective, factor=LR_DECAY_FACTOR, patience=1, mode="min",
                                                   min_lr=1e-6, verbose=0)]
 
 
@@ -85,7 +86,8 @@ def candidates(hp: keras_tuner.HyperParameters, weights: str, allowed=None) -> l
 
 
 def choose(fit: Callable[[keras_tuner.HyperParameters, list], float], hp: keras_tuner.HyperParameters,
-           weights: str, log: Callable[[str], None] = print, allowed=None) -> tuple[Variant, dict]:
+           weights: str, log: Callable[[str], None] = print, allowed=None,
+           objective: str = OBJECTIVE) -> tuple[Variant, dict]:
     """Trains each candidate variant of ``hp`` with ``fit(hp, callbacks) -> best validation loss``; the lowest wins.
 
     Returns:
@@ -94,8 +96,8 @@ def choose(fit: Callable[[keras_tuner.HyperParameters, list], float], hp: keras_
     variants = candidates(hp, weights, allowed)
     if len(variants) == 1:
         return variants[0], {}
-    scores = {v.name: fit(v.hyperparameters(hp), v.callbacks()) for v in variants}
+    scores = {v.name: fit(v.hyperparameters(hp), v.callbacks(objective)) for v in variants}
     chosen = min(variants, key=lambda v: scores[v.name])
-    log("retrain choice, on validation (" + ", ".join(f"{n}: {OBJECTIVE} {number_text(s, '.4f')}" for n, s in scores.items())
+    log("retrain choice, on validation (" + ", ".join(f"{n}: {objective} {number_text(s, '.4f')}" for n, s in scores.items())
         + f"): {chosen.name}")
     return chosen, scores

@@ -44,7 +44,7 @@ def run_chief(config, hypermodel, address: str, worker_timeout: float, log: Call
         tuner = make_tuner(config, hypermodel)
         serve(tuner, address, worker_timeout, log, check)
     # on_search_end runs on workers only; the chief writes the summary, once.
-    hparams.write_experiment(tuner.tensorboard_dir, tuner.oracle.get_space())
+    hparams.write_experiment(tuner.tensorboard_dir, tuner.oracle.get_space(), config.folds, hparams.run_metrics(config))
     trials = tuner.oracle.trials.values()
     log(f"chief: the search is done: {len(trials)} trials, "
         f"{sum(t.status == 'COMPLETED' for t in trials)} completed")
@@ -237,7 +237,7 @@ def _release_worker(tuner, worker: str, reissued: set, timeout: float, log) -> N
         except RuntimeError:
             _unlock_after_error(oracle)
             raise
-        hparams.write_trial(tuner.tensorboard_dir, oracle.get_trial(trial.trial_id))
+        hparams.write_trial(tuner.tensorboard_dir, oracle.get_trial(trial.trial_id), tuner.metric_names)
         log(f"worker {worker}: no sign of life for {timeout:.0f} s; {trial_line(oracle.get_trial(trial.trial_id))}")
 
 

@@ -55,6 +55,10 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
 
 
 def _evaluate(config: RunConfig, data, out, layer, log) -> tuple[dict, dict]:
+    if config.multilabel:
+        from search.evaluation.evaluate_findings import evaluate_findings
+
+        return evaluate_findings(config, data, out, layer, log, _outputs)
     winner = config.layout.best_winner()
     final = config.layout.final_model()  # the calibrated (ensemble) model when assembled, else the winner
     # compile=False: predicted with only; a winner's saved optimizer would be restored for nothing (and warn).

@@ -37,9 +37,9 @@ def default_layer(model: keras.Model) -> str:
 def gradcam_model(model: keras.Model, layer_name: str) -> keras.Model:
     """A model mapping the input to ``[layer activations, class scores]``.
 
-    The class scores are the logits before the softmax when the model ends in a
-    softmax ``Dense`` (as the Grad-CAM paper prescribes: a saturated softmax has
-    vanishing gradients), else the model's outputs. A backbone nested as a
+    The class scores are the logits before the softmax (or a finding's sigmoid) when
+    the model ends in such a ``Dense`` (as the Grad-CAM paper prescribes: a saturated
+    output has vanishing gradients), else the model's outputs. A backbone nested as a
     sub-model one level deep is handled by replaying the model as a chain.
 
     Raises:
@@ -56,7 +56,8 @@ def gradcam_model(model: keras.Model, layer_name: str) -> keras.Model:
 
 
 def _scores(head, head_input, output):
-    if isinstance(head, keras.layers.Dense) and head.activation is keras.activations.softmax:
+    if isinstance(head, keras.layers.Dense) and head.activation in (keras.activations.softmax,
+                                                                     keras.activations.sigmoid):
         logits = keras.layers.Dense(head.units, name="gradcam_logits")
         tensor = logits(head_input)
         logits.set_weights(head.get_weights())  # a weightless copy of the head, without softmax
@@ -178,6 +179,37 @@ def write_galleries(explainer: keras.Model, images: np.ndarray, labels: np.ndarr
                 titles = [f"true {name}\npred {class_names[predicted[r]]} {confidence[r]:.2f}" for r in rows]
                 figure = _gallery(images[rows], shown, titles, f"{name}: {kind}ly classified ({len(rows)} shown)")
                 pages[f"{name} {kind}"] = _save_figure(figure, Path(out_dir) / f"{name}-{kind}.png")
+    return pages
+
+
+def write_finding_galleries(explainer: keras.Model, images: np.ndarray, targets: np.ndarray, probs: np.ndarray,
+                            thresholds: dict, names, out_dir, per_gallery: int = 12,
+                            log=lambda line: None) -> dict[str, Path]:
+    """Per finding, a page of films called positive that have it and one of its misses and false alarms.
+
+    Each heatmap is the map of that finding's logit (not of the likeliest finding), most
+    confident first; masked films are left out.
+
+    Returns:
+        ``{"<finding> found" | "<finding> missed or false alarm": PNG path}`` for non-empty pages.
+    """
+    pages = {}
+    for index, name in enumerate(names):
+        called = probs[:, index] >= thresholds[name]
+        present, absent = targets[:, index] == 1, targets[:, index] == 0
+        wrong = (present & ~called) | (absent & called)
+        for kind, chosen, order in (("found", present & called, -probs[:, index]),
+                                    ("missed or false alarm", wrong, -np.abs(probs[:, index] - thresholds[name]))):
+            rows = np.flatnonzero(chosen)
+            rows = rows[np.argsort(order[rows], kind="stable")][:per_gallery]
+            if len(rows):
+                log(f"grad-cam: {name} {kind} ({len(rows)} images)")
+                shown = heatmaps(explainer, images[rows], index)
+                titles = [f"{'has' if present[r] else 'no'} {name}\np {probs[r, index]:.2f} "
+                          f"(threshold {thresholds[name]:.2f})" for r in rows]
+                figure = _gallery(images[rows], shown, titles, f"{name}: {kind} ({len(rows)} shown)")
+                file = f"{name}-{'found' if kind == 'found' else 'errors'}.png"
+                pages[f"{name} {kind}"] = _save_figure(figure, Path(out_dir) / file)
     return pages
 
 
