@@ -162,3 +162,17 @@ def test_nih_label_file_takes_names_and_may_skip_films(tmp_path):
     assert not list(tmp_path.glob("images_*"))
     with pytest.raises(ValueError, match="image names"):
         write_nih_label_file(tmp_path, n_rows=2, image_names=names)
+
+
+def test_a_split_by_image_leaks_patients_and_the_leak_is_counted():
+    from bench.multilabel_reference import leaked_patients, split_by_image
+
+    _, patients = multilabel_findings(600, seed=0)
+    leak = leaked_patients(patients, split_by_image(len(patients), seed=0))
+    assert leak["patients"] == patients.max() + 1 and leak["leaked_patients"] > 0.3 * leak["patients"]
+    assert 0 < leak["test_films_with_patient_in_train"] <= leak["test_films"]
+    by_patient = np.where(patients % 7 == 0, "test", np.where(patients % 7 == 1, "val", "train"))
+    assert leaked_patients(patients, by_patient)["leaked_patients"] == 0
+    assert leaked_patients(["a", "a", "b"], ["train", "test", "test"]) == {
+        "patients": 2, "leaked_patients": 1, "leaked_share": 0.5, "test_films": 2,
+        "test_films_with_patient_in_train": 1}
