@@ -151,3 +151,66 @@ def test_bad_inputs_raise():
         ml.label_metrics(y + 0.5, probs, NAMES, _half())
     with pytest.raises(ValueError, match="shape"):
         ml.label_metrics(y[:, :2], probs, NAMES, _half())
+
+
+def _miscalibrated(n, temperatures, seed, masked=0.1):
+    """Films whose labels follow sigmoid(z) while the model says sigmoid(z * T): T > 1 over-confident."""
+    rng = np.random.default_rng(seed)
+    temperatures = np.asarray(temperatures, float)
+    z = rng.normal(size=(n, len(temperatures))) * 1.5 + np.linspace(-2, 0, len(temperatures))
+    y = (rng.random(z.shape) < 1 / (1 + np.exp(-z))).astype(float)
+    y[rng.random(z.shape) < masked] = ml.MASKED
+    return y, 1 / (1 + np.exp(-z * temperatures))
+
+
+def _mean_ece(y, probs):
+    return np.mean([ml._binary_ece(y[y[:, j] != ml.MASKED, j] == 1, probs[y[:, j] != ml.MASKED, j])
+                    for j in range(y.shape[1])])
+
+
+def test_temperatures_recover_known_ones_and_ignore_masked_entries():
+    y, probs = _miscalibrated(4000, [0.5, 1.0, 2.5], seed=0)
+    own = ml.fit_temperatures(y, probs, shared=False)
+    np.testing.assert_allclose(own, [0.5, 1.0, 2.5], rtol=0.1)
+    y2, probs2 = _miscalibrated(4000, [2.0, 2.0, 2.0], seed=1)
+    shared = ml.fit_temperatures(y2, probs2, shared=True)
+    assert shared.shape == (3,) and len(set(shared)) == 1 and shared[0] == pytest.approx(2.0, rel=0.1)
+    scrambled = probs.copy()
+    scrambled[y == ml.MASKED] = 0.999
+    np.testing.assert_array_equal(ml.fit_temperatures(y, scrambled, shared=False), own)
+    np.testing.assert_allclose(ml.scale(probs, np.ones(3)), probs, atol=1e-12)
+    softer = ml.scale(probs, own)
+    assert (np.argsort(softer[:, 2]) == np.argsort(probs[:, 2])).all()
+    assert np.abs(softer[:, 2] - 0.5).mean() < np.abs(probs[:, 2] - 0.5).mean()
+
+
+def test_a_label_with_one_kind_of_film_keeps_temperature_one():
+    y, probs = _miscalibrated(300, [3.0, 3.0], seed=2)
+    y[:, 1] = np.where(y[:, 1] == ml.MASKED, ml.MASKED, 0)
+    assert ml.fit_temperatures(y, probs, shared=False)[1] == 1.0
+    choice = ml.choose_temperatures(y, probs, seed=0, names=["A", "B"])
+    assert choice["modes"][1] == "none" and choice["check"]["per_label"]["B"]["reason"] == "one_kind_of_film"
+    too_few = ml.choose_temperatures(y[:1], probs[:1], names=["A", "B"])
+    assert too_few["check"] is None and (too_few["temperatures"] == 1).all() and "too few" in too_few["text"]
+
+
+def test_choice_per_label_lowers_the_ece_of_new_films_and_says_so_in_one_line():
+    temperatures = [0.6, 1.5, 4.0]
+    y_val, p_val = _miscalibrated(1500, temperatures, seed=3)
+    y_test, p_test = _miscalibrated(4000, temperatures, seed=4)
+    choice = ml.choose_temperatures(y_val, p_val, seed=0, names=NAMES)
+    assert choice["modes"][0] == choice["modes"][2] == "per_label"  # one shared T cannot fit 0.6 and 4
+    np.testing.assert_allclose(choice["temperatures"][[0, 2]], [0.6, 4.0], rtol=0.15)
+    assert _mean_ece(y_test, ml.scale(p_test, choice["temperatures"])) < 0.5 * _mean_ece(y_test, p_test)
+    assert "\n" not in choice["text"] and "own T for Effusion (0.5" in choice["text"] and "5-fold" in choice["text"]
+    assert ml.choose_temperatures(y_val, p_val, seed=0, names=NAMES)["modes"] == choice["modes"]
+    by_nll = ml.choose_temperatures(y_val, p_val, seed=0, names=NAMES, criterion="nll")
+    assert by_nll["check"]["criterion"] == "nll" and "cross-entropy" in by_nll["text"]
+
+
+def test_a_calibrated_label_gets_no_temperature_when_none_helps():
+    # Probabilities that are exactly the labels' frequencies: nothing lowers the held-out ECE.
+    y = np.array([[1], [0], [0], [0]] * 50, float)
+    probs = np.full((200, 1), 0.25)
+    choice = ml.choose_temperatures(y, probs, seed=0, names=["A"])
+    assert choice["modes"] == ["none"] and choice["mode"] == "none" and choice["temperatures"][0] == 1.0
