@@ -214,3 +214,94 @@ def test_a_calibrated_label_gets_no_temperature_when_none_helps():
     probs = np.full((200, 1), 0.25)
     choice = ml.choose_temperatures(y, probs, seed=0, names=["A"])
     assert choice["modes"] == ["none"] and choice["mode"] == "none" and choice["temperatures"][0] == 1.0
+
+
+def test_points_parse_comma_separated_and_repeated_and_refuse_in_one_line_listing_the_labels():
+    assert ml.parse_points(None, NAMES) == {} and ml.parse_points([], NAMES) == {}
+    points = ml.parse_points(["Effusion:sensitivity=0.9, Nodule:specificity=0.95", "Cardiomegaly:sensitivity=1"],
+                             NAMES)
+    assert points == {"Effusion": ("sensitivity", 0.9), "Nodule": ("specificity", 0.95),
+                      "Cardiomegaly": ("sensitivity", 1.0)}
+    for bad in ("Efusion:sensitivity=0.9", "Effusion:recall=0.9", "Effusion:sensitivity=1.5",
+                "Effusion:sensitivity=0", "Effusion:sensitivity=0.9.1", "Effusion=0.9",
+                "Effusion:sensitivity=0.9,Effusion:specificity=0.9"):
+        with pytest.raises(UserError) as error:
+            ml.parse_points([bad], NAMES)
+        message = str(error.value)
+        assert "\n" not in message and "Effusion, Nodule, Cardiomegaly" in message, message
+
+
+def _scores(n, seed):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 3)) < [0.3, 0.1, 0.5]).astype(float)
+    probs = np.clip(rng.normal(np.where(y == 1, 0.65, 0.35), 0.2), 0, 1)
+    y[rng.random((n, 3)) < 0.1] = ml.MASKED
+    return y, probs
+
+
+def test_asked_points_meet_their_target_on_validation_with_operating_points_rule():
+    y, probs = _scores(600, 0)
+    points = {"Effusion": ("sensitivity", 0.9), "Nodule": ("specificity", 0.8)}
+    chosen = ml.choose_thresholds(y, probs, NAMES, points)
+    for j, (name, (metric, target)) in enumerate(points.items()):
+        rows = y[:, j] != ml.MASKED
+        truth, scores = y[rows, j] == 1, probs[rows, j]
+        record = chosen[name]
+        assert record["rule"] == "asked" and record["metric"] == metric and record["target"] == target
+        assert record["threshold"] == operating_point.choose_threshold(truth, scores, metric, target)
+        called = scores >= record["threshold"]
+        achieved = called[truth].mean() if metric == "sensitivity" else (~called[~truth]).mean()
+        assert achieved >= target and record["validation"][metric] == pytest.approx(achieved)
+        assert f"{metric} >= {target:g}" in record["rule_text"] and record["guarantee"]["cases"] > 0
+    assert chosen["Cardiomegaly"]["rule"] == "youden"
+
+
+def test_the_default_threshold_maximises_youdens_j_on_validation():
+    # Positives 0.9, 0.8, 0.4; negatives 0.7, 0.3, 0.2, 0.1: J is 0.75 at 0.4 (every positive, 3 of 4
+    # negatives), above 0.667 at 0.8; the threshold sits just below 0.4, above the negative at 0.3.
+    y = np.array([[1], [1], [1], [0], [0], [0], [0], [ml.MASKED]])
+    probs = np.array([[0.9], [0.8], [0.4], [0.7], [0.3], [0.2], [0.1], [0.35]])
+    record = ml.choose_thresholds(y, probs, ["A"], {})["A"]
+    assert record["rule"] == "youden" and record["youden_j"] == pytest.approx(0.75)
+    assert 0.4 - 1.001e-6 <= record["threshold"] < 0.4
+    assert record["validation"] == {"sensitivity": 1.0, "specificity": 0.75, "positives": 3, "negatives": 4}
+    assert "Youden" in record["rule_text"]
+    # On random films: no threshold on validation has a larger J.
+    y, probs = _scores(500, 1)
+    for j, name in enumerate(NAMES):
+        record = ml.choose_thresholds(y, probs, NAMES, {})[name]
+        rows = y[:, j] != ml.MASKED
+        truth, scores = y[rows, j] == 1, probs[rows, j]
+        best = max((scores[truth] >= t).mean() + (scores[~truth] < t).mean() - 1 for t in np.unique(scores))
+        assert record["youden_j"] == pytest.approx(best)
+
+
+def test_a_label_without_validation_positives_gets_one_half_with_a_reason():
+    y, probs = _scores(200, 2)
+    y[:, 1] = np.where(y[:, 1] == 1, ml.MASKED, y[:, 1])
+    chosen = ml.choose_thresholds(y, probs, NAMES, {"Nodule": ("sensitivity", 0.9)})
+    assert chosen["Nodule"]["threshold"] == 0.5 and chosen["Nodule"]["rule"] == "fallback"
+    assert "no positive Nodule validation film" in chosen["Nodule"]["reason"]
+    assert "asked sensitivity >= 0.9" in chosen["Nodule"]["rule_text"]
+    default = ml.choose_thresholds(y, probs, NAMES, {})["Nodule"]
+    assert default["threshold"] == 0.5 and default["validation"]["sensitivity"] is None
+    # A specificity target needs only negatives, which there are.
+    assert ml.choose_thresholds(y, probs, NAMES, {"Nodule": ("specificity", 0.9)})["Nodule"]["rule"] == "asked"
+
+
+def test_table_and_roc_picture(tmp_path):
+    y, probs = _scores(300, 3)
+    y[:, 1] = np.where(y[:, 1] == 1, 0, y[:, 1])  # no Nodule positive: no AUC, no curve
+    points = ml.choose_thresholds(y, probs, NAMES, {"Effusion": ("sensitivity", 0.9)})
+    metrics = ml.label_metrics(y, probs, NAMES, {n: r["threshold"] for n, r in points.items()}, n_bootstrap=50)
+    table = ml.table_markdown(metrics, points)
+    headline, _, body = table.partition("\n\n")
+    assert headline.startswith("Macro ROC AUC ") and "micro ROC AUC" in headline and "over 2 of 3 labels" in headline
+    rows = body.splitlines()
+    assert len(rows) == 2 + 3 and all(row.count("|") == 14 for row in rows)
+    effusion = next(row for row in rows if row.startswith("| Effusion "))
+    e = metrics["per_label"]["Effusion"]
+    assert f"| {e['tp']} | {e['fp']} | {e['tn']} | {e['fn']} |" in effusion and "asked sensitivity >= 0.9" in effusion
+    assert "n/a (no positive film for this label)" in next(row for row in rows if row.startswith("| Nodule "))
+    path = ml.plot_roc(y, probs, NAMES, tmp_path / "roc" / "findings.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
