@@ -39,7 +39,6 @@ _SPEC = re.compile(r"^(?P<label>[^:=]+):(?P<metric>[a-z]+)=(?P<target>.+)$")
 MODES = ("none", "shared", "per_label")  # calibration choices of a label; on a tie, the earlier wins
 
 
-
 def label_metrics(y: np.ndarray, probs: np.ndarray, names: Sequence[str], thresholds: dict,
                   groups: Sequence[str] | None = None, n_bootstrap: int = 1000, seed: int = 0) -> dict:
     """Per-label and pooled figures, with 95% patient-level bootstrap intervals.
@@ -277,7 +276,6 @@ def _validated(y, probs, names):
     return y, probs, names
 
 
-
 def scale(probs: np.ndarray, temperatures) -> np.ndarray:
     """``sigmoid(logit(p) / T)``, column j by ``temperatures[j]`` (or one scalar for all)."""
     return _sigmoid(_logits(probs) / np.asarray(temperatures, np.float64))
@@ -411,7 +409,7 @@ def parse_points(texts: Sequence[str] | None, names: Sequence[str]) -> dict:
     labels = f"the labels are {', '.join(names)}"
     points = {}
     for text in texts or []:
-        for spec in (part.strip() for part in str(text).split(",")):
+        for spec in (part.strip() for part in str(text).split(",") if part.strip()):
             match = _SPEC.match(spec)
             if not match or match["metric"] not in operating_point.METRICS:
                 raise UserError(f"{FLAG} {spec!r} is not LABEL:sensitivity=X or LABEL:specificity=X "
@@ -501,7 +499,6 @@ def _threshold_record(is_pos, scores, threshold, rule, rule_text, metric, target
             "validation": {"sensitivity": sens, "specificity": spec, "positives": int(is_pos.sum()),
                            "negatives": int((~is_pos).sum())},
             "youden_j": sens + spec - 1 if sens is not None and spec is not None else None}
-
 
 
 def plot_roc(y: np.ndarray, probs: np.ndarray, names: Sequence[str], path) -> Path:

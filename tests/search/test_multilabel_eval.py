@@ -217,7 +217,7 @@ def test_a_calibrated_label_gets_no_temperature_when_none_helps():
 
 
 def test_points_parse_comma_separated_and_repeated_and_refuse_in_one_line_listing_the_labels():
-    assert ml.parse_points(None, NAMES) == {} and ml.parse_points([], NAMES) == {}
+    assert ml.parse_points(None, NAMES) == {} == ml.parse_points([], NAMES) == ml.parse_points([" , "], NAMES)
     points = ml.parse_points(["Effusion:sensitivity=0.9, Nodule:specificity=0.95", "Cardiomegaly:sensitivity=1"],
                              NAMES)
     assert points == {"Effusion": ("sensitivity", 0.9), "Nodule": ("specificity", 0.95),
