@@ -171,6 +171,7 @@ def run_reference(csv_path, run_dir, image_size: int = 224, max_epochs: int = 9,
     stop = keras.callbacks.EarlyStopping("val_loss", patience=3, restore_best_weights=True)
     model.fit(train, validation_data=val, epochs=2 * max_epochs, callbacks=[stop], verbose=0)
     retrain_seconds = time.perf_counter() - start
+    model.save(run_dir / "model.keras")  # for scoring on films neither model saw
     probs = model.predict(test, verbose=0)
     y_true = labels[part["test"]]
     test_auc = {name: (float(roc_auc_score(y_true[:, k], probs[:, k])) if len(set(y_true[:, k])) == 2 else None)

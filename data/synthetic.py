@@ -329,7 +329,8 @@ MULTILABEL_SEVERITY = (0.5, 1.0)
 DEMO_FILMS = 600
 DEMO_MIN_POSITIVE_PATIENTS = 60
 
-_LABELS_NAME = "labels.csv"
+MULTILABEL_CSV = "labels.csv"
+_LABELS_NAME = MULTILABEL_CSV
 _FILMS_FOLDER = "images"
 _FILMS_PER_PATIENT = (1, 4)
 _PERSISTENCE = 0.8  # chance that a film shows its patient's state of a finding, else a fresh draw

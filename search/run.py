@@ -10,7 +10,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from data import files, manifest
+from data import files, labels, manifest
 from data.split import SPLITS
 from data.errors import UserError
 from hypermodels import precision
@@ -32,6 +32,9 @@ def check_inputs(config: RunConfig) -> None:
     if config.data is not None and not Path(config.data).exists():
         # Before the weights: a wrong path is the first thing to fix, and costs no download.
         raise UserError(f"Data path {config.data} does not exist: pass a folder of images or a CSV.")
+    if config.data is not None and (config.overwrite or not config.layout.split.is_file()):
+        # A refused label file (bad column, value or path, no label) is said before the run directory exists.
+        labels.read(config.data, config.task, config.uncertain, config.views or None)
     for name in config.backbones:
         resolve_weights(get_backbone(name), config.weights, config.image_size)
 

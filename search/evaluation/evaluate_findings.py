@@ -53,7 +53,7 @@ def evaluate_findings(config, data, out, layer, log, outputs) -> tuple[dict, dic
     else:
         probs = model.predict(images, batch_size=config.batch_size, verbose=0)
         raw = single = None
-        points = {name: {"threshold": 0.5, "rule": NO_THRESHOLD_RULE} for name in names}
+        points = {name: {"threshold": 0.5, "rule": "fallback", "rule_text": NO_THRESHOLD_RULE} for name in names}
     forward_pass = {"seconds": time.perf_counter() - started,
                     "what": f"one forward pass of the final model over the {len(images)} test films"}
     probs = np.asarray(probs, dtype=np.float64)
