@@ -171,11 +171,10 @@ def prepare(config: RunConfig, progress: bool = True) -> RunData:
         config = config.replace(task=table.task)
         examples = table.examples
         decoded = cache.load_decoded(examples, config.image_size, layout.cache, progress)
+        cache.write_skipped_csv(layout.skipped, decoded.skipped)
         if not config.multilabel:
             _check_every_class_readable(examples, decoded, layout.skipped)
         splits, report, label_record = _leak_free_split(config, decoded, table)
-        # Written once every check has passed: a refused label file leaves the run directory as it was.
-        cache.write_skipped_csv(layout.skipped, decoded.skipped)
         split.save_split(split_csv, decoded.examples, splits)
         audit.write_audit_csv(layout.audit, report)
         found, audit_counts = len(examples), report.counts()

@@ -158,8 +158,9 @@ def csv_root(tmp_path):
 
 def test_manifest_without_path_and_label_columns(csv_root, tmp_path):
     path = _manifest(csv_root, "file,diagnosis", ["COVID/COVID-1.png,COVID"])
-    error_line(_search(path, tmp_path / "run"), "lacks column(s) path, label",
-                "it has file, diagnosis", "rename the columns")
+    # Said for every layout a label file can have: single-label, NIH, CheXpert and multi-hot.
+    error_line(_search(path, tmp_path / "run"), "has no path column", "it has file, diagnosis",
+               "path,label (single-label)", "Finding Labels (NIH)", "rename the columns")
 
 
 def test_manifest_extra_columns_are_ignored_and_patient_id_spellings_accepted(csv_root, tmp_path):
