@@ -363,8 +363,10 @@ def gradcam(run_dir, images, out, class_name, layer):
     entries = predict_images(run_dir, images, gradcam_dir=out or _run_config(run_dir).layout.gradcam_images,
                              target_class=class_name, layer=layer)
     for entry in entries:
+        # A class, or for findings those called at their thresholds.
+        answer = entry.get("predicted") or ", ".join(entry.get("called", [])) or "no finding called"
         click.echo(f"{entry['path']}: " + (f"error: {entry['error']}" if "error" in entry else
-                                           f"{entry.get('predicted') or ', '.join(entry.get('called', [])) or 'no finding called'} -> {entry['gradcam']}"))
+                                           f"{answer} -> {entry['gradcam']}"))
 
 
 @cli.command()

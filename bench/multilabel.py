@@ -46,15 +46,22 @@ def collections(work: Path, films: int, heldout: int, size: int, seed: int, rare
     return pool / synthetic.MULTILABEL_CSV, held / synthetic.MULTILABEL_CSV
 
 
-def score(model_file: Path, csv_path: Path, size: int, seed: int) -> dict:
-    """Per-finding AUC with patient-level CIs of a saved model on a multi-hot collection."""
+def score(model_file: Path, csv_path: Path, size: int, seed: int, outputs=None) -> dict:
+    """Per-finding AUC with patient-level CIs of a saved model on a multi-hot collection.
+
+    ``outputs``: the findings the model answers, in its output order (the project's model
+    card: a finding it dropped is not among them); None: every finding of the collection.
+    """
     import keras
 
+    import hypermodels.layers  # noqa: F401  (an ensemble's FindingTemperature, as the model card says)
     from bench.multilabel_reference import read_multihot
     from data.images import decode_image
     from search.evaluation import multilabel
 
     paths, labels, patients, names = read_multihot(csv_path)
+    if outputs is not None:
+        labels, names = labels[:, [names.index(n) for n in outputs]], list(outputs)
     images = np.stack([decode_image(p, size)[..., None] for p in paths])
     model = keras.saving.load_model(model_file, compile=False)
     probs = np.asarray(model.predict(images, batch_size=64, verbose=0), dtype=np.float64)
@@ -97,6 +104,8 @@ def main(argv=None) -> dict:
     work = Path(args.work)
     if work.exists() and not args.keep:
         shutil.rmtree(work)
+    elif args.keep:  # the project's job again, from the start (the collections are reused as they are)
+        shutil.rmtree(work / "project", ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     results = {"settings": vars(args)}
     pool, held = collections(work, args.films, args.heldout, args.image_size, args.seed, args.rare_patients)
@@ -106,7 +115,9 @@ def main(argv=None) -> dict:
     job = run_step("project", [sys.executable, "cli.py", "search", "--data", str(pool), "--run-dir", str(project_dir),
                                *flags], work / "project.log")
     results["project"] = {"seconds": job["seconds"], "peak_rss_mb": job["peak_rss_mb"],
-                          "heldout": score(project_dir / "export" / "model.keras", held, args.image_size, args.seed),
+                          "heldout": score(project_dir / "export" / "model.keras", held, args.image_size, args.seed,
+                                           json.loads((project_dir / "export" / "model_card.json").read_text())
+                                           ["class_names"]),
                           "summary": json.loads((project_dir / "summary.json").read_text())
                           if (project_dir / "summary.json").is_file() else None}
     reference_dir = work / "reference"
@@ -118,11 +129,31 @@ def main(argv=None) -> dict:
     saved = json.loads((work / "reference.json").read_text())
     results["reference"] = {"seconds": ref["seconds"], "peak_rss_mb": ref["peak_rss_mb"], "leak": saved["leak"],
                             "heldout": score(reference_dir / "model.keras", held, args.image_size, args.seed)}
+    kept = results["project"]["heldout"]["names"]
+    if kept != results["reference"]["heldout"]["names"]:  # the macro AUC over the findings both answer
+        results["reference"]["macro_auc_same_findings"] = _macro_of(reference_dir / "model.keras", held, args, kept)
     if args.nih_rows:
         results["data_stage"] = data_stage(work, args.nih_rows, args.seed)
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     _print(results)
     return results
+
+
+def _macro_of(model_file: Path, held: Path, args, kept) -> dict:
+    """The macro AUC (with its CI) of the plain user's model over only the findings the project kept."""
+    import keras
+
+    from bench.multilabel_reference import read_multihot
+    from data.images import decode_image
+    from search.evaluation import multilabel
+
+    paths, labels, patients, names = read_multihot(held)
+    images = np.stack([decode_image(p, args.image_size)[..., None] for p in paths])
+    probs = np.asarray(keras.saving.load_model(model_file, compile=False).predict(images, batch_size=64, verbose=0))
+    columns = [names.index(n) for n in kept]
+    metrics = multilabel.label_metrics(labels[:, columns].astype(np.float64), probs[:, columns].astype(np.float64),
+                                       kept, {n: 0.5 for n in kept}, groups=patients, seed=args.seed)
+    return metrics["macro_auc"]
 
 
 def _ci(figure: dict | None) -> str:
@@ -135,12 +166,14 @@ def _ci(figure: dict | None) -> str:
 def _print(results: dict) -> None:
     ours, theirs = results["project"]["heldout"], results["reference"]["heldout"]
     print(f"{'finding':<15} {'prevalence':>10}  {'project AUC [95% CI]':<26} {'plain user AUC [95% CI]':<26} gap")
-    for name in ours["names"]:
-        a, b = ours["per_label"][name], theirs["per_label"][name]
+    for name in theirs["names"]:
+        a, b = ours["per_label"].get(name, {"reason": "dropped by the project"}), theirs["per_label"][name]
         gap = (a["value"] - b["value"]) if a.get("value") is not None and b.get("value") is not None else None
-        print(f"{name:<15} {ours['prevalence'][name]:>10.3f}  {_ci(a):<26} {_ci(b):<26} "
+        print(f"{name:<15} {theirs['prevalence'][name]:>10.3f}  {_ci(a):<26} {_ci(b):<26} "
               + (f"{gap:+.3f}" if gap is not None else "n/a"))
     print(f"{'macro AUC':<26}  {_ci(ours['macro_auc']):<26} {_ci(theirs['macro_auc']):<26}")
+    if "macro_auc_same_findings" in results["reference"]:
+        print(f"{'  same findings':<26}  {'':<26} {_ci(results['reference']['macro_auc_same_findings']):<26}")
     p, r = results["project"]["seconds"], results["reference"]["seconds"]
     print(f"whole job: project {p:.0f} s, plain user {r:.0f} s ({r / p:.2f}x)")
     leak = results["reference"]["leak"]
@@ -157,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--work", default="bench-runs/multilabel", help="output folder (emptied first)")
     parser.add_argument("--films", type=int, default=3000)
     parser.add_argument("--heldout", type=int, default=1500)
-    parser.add_argument("--rare-patients", type=int, default=25,
+    parser.add_argument("--rare-patients", type=int, default=40,
                         help="positive patients each finding gets at least, in each collection")
     parser.add_argument("--backbones", default="mobilenet_025")
     parser.add_argument("--weights", default="imagenet")

@@ -124,8 +124,9 @@ class XrayClassifier(keras_tuner.HyperModel):
             x = keras.layers.Dropout(dropout, name=f"head_dropout_{i}", seed=seed + 2 * i + 1)(x)
         if depth == 0:
             x = keras.layers.Dropout(dropout, name="head_dropout", seed=seed + 1)(x)
-        # float32 under a mixed policy too: softmax and the loss need its range and precision.
-        return keras.layers.Dense(self.num_classes, activation="softmax" if self.findings is None else "sigmoid", name="predictions", dtype="float32",
+        # float32 under a mixed policy too: softmax (or sigmoid) and the loss need its range and precision.
+        activation = "softmax" if self.findings is None else "sigmoid"  # findings: each its own yes/no
+        return keras.layers.Dense(self.num_classes, activation=activation, name="predictions", dtype="float32",
                                   kernel_initializer=keras.initializers.GlorotUniform(seed + 2 * max(MAX_HEAD_DEPTH, deepest)))(x)
 
 

@@ -259,8 +259,8 @@ def shuffle_seed(seed: int, initial_epoch: int) -> int:
 def trial_hypermodel(data, progress: bool = True):
     """The search's hypermodel for ``data`` and the activation cache it trains on."""
     config = data.config
-    classifier = XrayClassifier(len(config.class_names), config.image_size,
-                                config.backbones, config.weights, config.precision, config.search_space(), findings=config.findings())
+    classifier = XrayClassifier(len(config.class_names), config.image_size, config.backbones, config.weights,
+                                config.precision, config.search_space(), findings=config.findings())
     # Trials of pretrained backbones train only what is above the freeze boundary,
     # on activations computed once; the hypermodel's fit picks each trial's data.
     cache = ActivationCache(classifier, data.images, config.layout.activations, progress,

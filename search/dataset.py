@@ -191,7 +191,7 @@ def _source_audit(examples, ignored: list[str], config: RunConfig, label_record:
         found = sources.source_audit(examples)
         return {"ignored_columns": ignored, "audit": found.to_dict() if found else None,
                 "lines": sources.summary_lines(found)}
-    # Per finding: does the source (site, or the view for NIH/CheXpert) already tell whether it is present?
+    # Per finding: does the source (a site column, or the view for NIH and CheXpert) tell whether it is present?
     names = label_record["kept"]
     targets = label_files.multi_hot([e.label for e in examples], names)
     audits, lines = {}, []
@@ -201,8 +201,13 @@ def _source_audit(examples, ignored: list[str], config: RunConfig, label_record:
                        for j, e in enumerate(examples) if known[j]]
         found = sources.source_audit(per_finding)
         audits[name] = found.to_dict() if found else None
-        lines += [f"{name}: {line.strip()}" for line in sources.summary_lines(found)
-                  if "WARNING" in line or "V " in line] if found else []
+        if found is not None:
+            v = "n/a" if found.cramers_v is None else f"{found.cramers_v:.3f}"
+            lines.append(f"source audit, {name}: Cramér's V {v}; presence from the source alone: accuracy "
+                         f"{found.source_accuracy:.3f} (chance {found.chance:.3f})")
+            lines += [f"{name}: {warning}" for warning in found.warnings]
+    if all(audit is None for audit in audits.values()):
+        lines = sources.summary_lines(None)
     return {"ignored_columns": ignored, "audit": None, "per_finding": audits, "lines": lines}
 
 

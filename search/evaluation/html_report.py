@@ -72,7 +72,10 @@ def _data_uri(path: Path) -> str:
 
 
 def _card_section(card: dict) -> str:
-    rows = [("Classes", ", ".join(card["class_names"])),
+    thresholds = card.get("thresholds") or {}
+    rows = [("Findings" if thresholds else "Classes", ", ".join(card["class_names"])),
+            *([("Thresholds (chosen on validation)", ", ".join(f"{n} {t:.4f}" for n, t in thresholds.items()))]
+              if thresholds else []),
             ("Input", f"{card['input']['shape']} {card['input']['dtype']}: {card['input']['meaning']}"),
             ("Output", card["output"]["meaning"]),
             ("Preprocessing inside the model", str(card["preprocessing"]["inside_model"])),

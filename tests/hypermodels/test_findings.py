@@ -66,3 +66,14 @@ def test_the_multilabel_head_is_one_sigmoid_per_finding_ranked_on_val_weighted_b
     assert "val_" + next(k for k in logs if k == "weighted_bce") == OBJECTIVE_MULTILABEL
     assert logs["weighted_bce"] == pytest.approx(weighted_bce(TARGETS, probs, findings), rel=1e-4)
     assert {"auc_A", "auc_B"} <= set(logs)
+
+
+def test_hparams_shows_the_multilabel_objective_first_then_each_findings_validation_auc():
+    from search.config import RunConfig
+    from search.hparams import run_metrics
+
+    config = RunConfig(run_dir="r", task="multilabel", class_names=("Effusion", "Pleural_Other"))
+    assert list(run_metrics(config)) == [OBJECTIVE_MULTILABEL, "val_accuracy", "val_auc_Effusion",
+                                         "val_auc_Pleural_Other"]
+    assert config.objective == OBJECTIVE_MULTILABEL
+    assert list(run_metrics(RunConfig(run_dir="r")))[0] == "val_weighted_loss"
