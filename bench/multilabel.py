@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.run import run_step  # noqa: E402
+from bench.run import _weights_in_keras_cache, run_step  # noqa: E402
 
 
 def collections(work: Path, films: int, heldout: int, size: int, seed: int, rare_patients: int) -> tuple[Path, Path]:
@@ -46,25 +46,35 @@ def collections(work: Path, films: int, heldout: int, size: int, seed: int, rare
     return pool / synthetic.MULTILABEL_CSV, held / synthetic.MULTILABEL_CSV
 
 
-def score(model_file: Path, csv_path: Path, size: int, seed: int, outputs=None) -> dict:
+def score(model_file: Path, csv_path: Path, size: int, seed: int, outputs=None, reference: bool = False) -> dict:
     """Per-finding AUC with patient-level CIs of a saved model on a multi-hot collection.
 
     ``outputs``: the findings the model answers, in its output order (the project's model
     card: a finding it dropped is not among them); None: every finding of the collection.
+    ``reference``: the plain user's model, which reads films through its own tf.data loader
+    (RGB floats, bilinear resize); the project's takes uint8 grey films as decoded here.
     """
     import keras
 
-    import hypermodels.layers  # noqa: F401  (an ensemble's FindingTemperature, as the model card says)
-    from bench.multilabel_reference import read_multihot
+    import importlib
+
+    importlib.import_module("hypermodels.layers")  # registers an ensemble's FindingTemperature, as the card says
+    from bench.multilabel_reference import _dataset, read_multihot
     from data.images import decode_image
     from search.evaluation import multilabel
 
     paths, labels, patients, names = read_multihot(csv_path)
-    if outputs is not None:
-        labels, names = labels[:, [names.index(n) for n in outputs]], list(outputs)
-    images = np.stack([decode_image(p, size)[..., None] for p in paths])
     model = keras.saving.load_model(model_file, compile=False)
-    probs = np.asarray(model.predict(images, batch_size=64, verbose=0), dtype=np.float64)
+    if reference:
+        probs = model.predict(_dataset(paths, labels, size, 64, None), verbose=0)
+    else:
+        probs = model.predict(np.stack([decode_image(p, size)[..., None] for p in paths]), batch_size=64, verbose=0)
+    probs = np.asarray(probs, dtype=np.float64)
+    if outputs is not None:
+        columns = [names.index(n) for n in outputs]
+        labels, names = labels[:, columns], list(outputs)
+        if probs.shape[1] != len(outputs):  # the plain user's model answers every finding: keep the same ones
+            probs = probs[:, columns]
     metrics = multilabel.label_metrics(labels.astype(np.float64), probs, names, {n: 0.5 for n in names},
                                        groups=patients, seed=seed)
     return {"names": names, "per_label": {n: metrics["per_label"][n]["roc_auc"] for n in names},
@@ -104,34 +114,25 @@ def main(argv=None) -> dict:
     work = Path(args.work)
     if work.exists() and not args.keep:
         shutil.rmtree(work)
-    elif args.keep:  # the project's job again, from the start (the collections are reused as they are)
-        shutil.rmtree(work / "project", ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     results = {"settings": vars(args)}
     pool, held = collections(work, args.films, args.heldout, args.image_size, args.seed, args.rare_patients)
     flags = ["--backbones", args.backbones, "--weights", args.weights, "--image-size", str(args.image_size),
              "--max-epochs", str(args.max_epochs), "--factor", str(args.factor), "--seed", str(args.seed)]
-    project_dir = work / "project"
-    job = run_step("project", [sys.executable, "cli.py", "search", "--data", str(pool), "--run-dir", str(project_dir),
-                               *flags], work / "project.log")
-    results["project"] = {"seconds": job["seconds"], "peak_rss_mb": job["peak_rss_mb"],
+    project_dir, reference_dir = work / "project", work / "reference"
+    steps = _steps(work, args, pool, project_dir, reference_dir, flags)
+    card = json.loads((project_dir / "export" / "model_card.json").read_text())
+    results["project"] = {**steps["project"], "summary": json.loads((project_dir / "summary.json").read_text()),
                           "heldout": score(project_dir / "export" / "model.keras", held, args.image_size, args.seed,
-                                           json.loads((project_dir / "export" / "model_card.json").read_text())
-                                           ["class_names"]),
-                          "summary": json.loads((project_dir / "summary.json").read_text())
-                          if (project_dir / "summary.json").is_file() else None}
-    reference_dir = work / "reference"
-    ref = run_step("reference", [sys.executable, "bench/multilabel_reference.py", "--csv", str(pool), "--work",
-                                 str(reference_dir), "--image-size", str(args.image_size), "--max-epochs",
-                                 str(args.max_epochs), "--factor", str(args.factor), "--seed", str(args.seed),
-                                 "--backbones", args.backbones, "--weights", args.weights,
-                                 "--out", str(work / "reference.json")], work / "reference.log")
+                                           card["class_names"])}
     saved = json.loads((work / "reference.json").read_text())
-    results["reference"] = {"seconds": ref["seconds"], "peak_rss_mb": ref["peak_rss_mb"], "leak": saved["leak"],
-                            "heldout": score(reference_dir / "model.keras", held, args.image_size, args.seed)}
+    results["reference"] = {**steps["reference"], "leak": saved["leak"],
+                            "heldout": score(reference_dir / "model.keras", held, args.image_size, args.seed,
+                                             reference=True)}
     kept = results["project"]["heldout"]["names"]
     if kept != results["reference"]["heldout"]["names"]:  # the macro AUC over the findings both answer
-        results["reference"]["macro_auc_same_findings"] = _macro_of(reference_dir / "model.keras", held, args, kept)
+        results["reference"]["macro_auc_same_findings"] = score(reference_dir / "model.keras", held, args.image_size,
+                                                                args.seed, kept, reference=True)["macro_auc"]
     if args.nih_rows:
         results["data_stage"] = data_stage(work, args.nih_rows, args.seed)
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -139,21 +140,26 @@ def main(argv=None) -> dict:
     return results
 
 
-def _macro_of(model_file: Path, held: Path, args, kept) -> dict:
-    """The macro AUC (with its CI) of the plain user's model over only the findings the project kept."""
-    import keras
-
-    from bench.multilabel_reference import read_multihot
-    from data.images import decode_image
-    from search.evaluation import multilabel
-
-    paths, labels, patients, names = read_multihot(held)
-    images = np.stack([decode_image(p, args.image_size)[..., None] for p in paths])
-    probs = np.asarray(keras.saving.load_model(model_file, compile=False).predict(images, batch_size=64, verbose=0))
-    columns = [names.index(n) for n in kept]
-    metrics = multilabel.label_metrics(labels[:, columns].astype(np.float64), probs[:, columns].astype(np.float64),
-                                       kept, {n: 0.5 for n in kept}, groups=patients, seed=args.seed)
-    return metrics["macro_auc"]
+def _steps(work: Path, args, pool: Path, project_dir: Path, reference_dir: Path, flags) -> dict:
+    """Runs both jobs (or with ``--score-only`` reads what they took); their seconds and peak RSS, in ``steps.json``."""
+    saved = work / "steps.json"
+    if args.score_only:
+        return json.loads(saved.read_text())
+    steps = {}
+    shutil.rmtree(project_dir, ignore_errors=True)
+    job = run_step("project", [sys.executable, "cli.py", "search", "--data", str(pool), "--run-dir", str(project_dir),
+                               *flags], work / "project.log")
+    steps["project"] = {"seconds": job["seconds"], "peak_rss_mb": job["peak_rss_mb"]}
+    saved.write_text(json.dumps(steps, indent=2) + "\n")
+    _weights_in_keras_cache()  # plain Keras looks for ImageNet weights there, and there is no network
+    job = run_step("reference", [sys.executable, "bench/multilabel_reference.py", "--csv", str(pool), "--work",
+                                 str(reference_dir), "--image-size", str(args.image_size), "--max-epochs",
+                                 str(args.max_epochs), "--factor", str(args.factor), "--seed", str(args.seed),
+                                 "--backbones", args.backbones, "--weights", args.weights,
+                                 "--out", str(work / "reference.json")], work / "reference.log")
+    steps["reference"] = {"seconds": job["seconds"], "peak_rss_mb": job["peak_rss_mb"]}
+    saved.write_text(json.dumps(steps, indent=2) + "\n")
+    return steps
 
 
 def _ci(figure: dict | None) -> str:
@@ -199,7 +205,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--factor", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nih-rows", type=int, default=100_000, help="0: skip the data-stage timing")
-    parser.add_argument("--keep", action="store_true", help="do not empty --work first")
+    parser.add_argument("--keep", action="store_true", help="do not empty --work first (reuse the collections)")
+    parser.add_argument("--score-only", action="store_true",
+                        help="with --keep: score the jobs of an earlier run of this bench again (steps.json)")
     return parser
 
 

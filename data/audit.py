@@ -24,7 +24,7 @@ from PIL import Image
 
 from data import files, sources
 from data.errors import DecodeFailure, UserError
-from data.manifest import discover, ignored_columns
+from data.manifest import ignored_columns
 from data.split import splits_of
 
 HASH_SIZE = 16  # phash of a 16x16 DCT block: 256 bits
@@ -176,7 +176,12 @@ def audit_collection(path, split_csv=None, out="audit.csv", log=print) -> AuditR
         out: The CSV of groups found.
         log: Where the summary lines go.
     """
-    examples = discover(path)
+    from data.labels import read  # a multi-label file too (its films' label sets are their labels here)
+
+    table = read(path)
+    for line in table.lines:
+        log(line)
+    examples = table.examples
     splits = None
     if split_csv is not None:
         splits = splits_of(examples, split_csv)
