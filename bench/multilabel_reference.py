@@ -31,46 +31,19 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.reference import BACKBONES  # noqa: E402  (the single-label reference's; nothing of the project)
+from bench.reference import TransferHyperModel  # noqa: E402  (the single-label reference's; nothing of the project)
 
 SPLITS = ("train", "val", "test")
 
 
-class MultiLabelHyperModel(keras_tuner.HyperModel):
-    """``bench/reference.py``'s space (backbone, unfreeze depth, head, dropout, learning
-    rate) with one sigmoid output per finding and ``binary_crossentropy``."""
+class MultiLabelHyperModel(TransferHyperModel):
+    """``bench/reference.py``'s model and space (backbone, unfreeze depth, head, dropout,
+    learning rate) with one sigmoid output per finding and ``binary_crossentropy``."""
 
-    def __init__(self, backbones, weights, size, num_findings):
-        super().__init__()
-        self.backbones, self.weights, self.size, self.num_findings = backbones, weights, size, num_findings
+    activation, loss = "sigmoid", "binary_crossentropy"
 
-    def build(self, hp):
-        name = hp.Choice("backbone", list(self.backbones))
-        constructor, to_unit_range, cuts = BACKBONES[name]
-        inputs = keras.Input((self.size, self.size, 3))
-        x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs) if to_unit_range else inputs
-        base = constructor(include_top=False, weights=self.weights, input_shape=(self.size, self.size, 3))
-        depth = hp.Int("unfreeze_depth", 0, len(cuts))
-        base.trainable = depth > 0
-        if depth:
-            trainable = False
-            for layer in base.layers:
-                layer.trainable = trainable and not isinstance(layer, keras.layers.BatchNormalization)
-                trainable = trainable or layer.name == cuts[depth - 1]
-        x = base(x, training=False)
-        x = keras.layers.GlobalAveragePooling2D()(x)
-        head_depth = hp.Int("head_depth", 0, 3)
-        dropout = hp.Float("dropout", 0.0, 0.5, step=0.1)
-        for i in range(head_depth):
-            x = keras.layers.Dense(hp.Choice(f"head_units_{i}", [64, 128, 256, 512]), activation="relu")(x)
-            x = keras.layers.Dropout(dropout)(x)
-        if head_depth == 0:
-            x = keras.layers.Dropout(dropout)(x)
-        outputs = keras.layers.Dense(self.num_findings, activation="sigmoid")(x)
-        model = keras.Model(inputs, outputs)
-        model.compile(keras.optimizers.Adam(hp.Float("learning_rate", 1e-4, 1e-2, sampling="log")),
-                      "binary_crossentropy", metrics=[keras.metrics.AUC(multi_label=True, name="auc")])
-        return model
+    def metrics(self) -> list:
+        return [keras.metrics.AUC(multi_label=True, name="auc")]
 
 
 def read_multihot(csv_path) -> tuple[list[str], np.ndarray, list[str], list[str]]:

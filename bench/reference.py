@@ -46,6 +46,11 @@ BACKBONES = {
 class TransferHyperModel(keras_tuner.HyperModel):
     """Backbone + GAP + dense head; the top ``unfreeze_depth`` blocks train."""
 
+    activation, loss = "softmax", "categorical_crossentropy"  # a multi-label user's: sigmoid, binary
+
+    def metrics(self) -> list:
+        return ["accuracy"]
+
     def __init__(self, backbones, weights, size, num_classes):
         super().__init__()
         self.backbones, self.weights, self.size, self.num_classes = backbones, weights, size, num_classes
@@ -72,10 +77,10 @@ class TransferHyperModel(keras_tuner.HyperModel):
             x = keras.layers.Dropout(dropout)(x)
         if head_depth == 0:
             x = keras.layers.Dropout(dropout)(x)
-        outputs = keras.layers.Dense(self.num_classes, activation="softmax")(x)
+        outputs = keras.layers.Dense(self.num_classes, activation=self.activation)(x)
         model = keras.Model(inputs, outputs)
         model.compile(keras.optimizers.Adam(hp.Float("learning_rate", 1e-4, 1e-2, sampling="log")),
-                      "categorical_crossentropy", metrics=["accuracy"])
+                      self.loss, metrics=self.metrics())
         return model
 
 

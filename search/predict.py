@@ -103,8 +103,9 @@ def predict_images(source, image_paths, gradcam_dir=None, target_class: str | No
         raise UserError(f"Unknown class {target_class!r}; the model's classes are {', '.join(names)}.")
     size = model.inputs[0].shape[1]
     path = _model_path(source)
-    thresholds = finding_thresholds(path) if _is_multilabel(model) else None
-    point = None if _is_multilabel(model) else operating_point(path)
+    multilabel = _is_multilabel(model)
+    thresholds = finding_thresholds(path) if multilabel else None
+    point = None if multilabel else operating_point(path)
     if gradcam_dir is not None and model.name == ENSEMBLE_NAME and layer is None:
         raise UserError("The model is an ensemble; Grad-CAM explains one model: pass one member's "
                         "model.keras (RUN_DIR/winners/1-*/model.keras), or --layer.")
@@ -121,7 +122,7 @@ def predict_images(source, image_paths, gradcam_dir=None, target_class: str | No
         probs = model.predict(batch, verbose=0)
         for entry, row in zip(good, probs):
             entry["probabilities"] = {name: float(p) for name, p in zip(names, row)}
-            if _is_multilabel(model):
+            if multilabel:
                 # Findings are answered one by one: each its probability, threshold and call.
                 cut = thresholds or {name: 0.5 for name in names}
                 entry["findings"] = {name: {"probability": float(p), "threshold": float(cut[name]),
@@ -136,7 +137,7 @@ def predict_images(source, image_paths, gradcam_dir=None, target_class: str | No
                                             "called": called, "rule": point["how_to_apply"]}
         if gradcam_dir is not None:
             explained = names.index(target_class) if target_class else None
-            if explained is None and _is_multilabel(model):  # each film's likeliest finding
+            if explained is None and multilabel:  # each film's likeliest finding
                 explained = np.asarray(probs).argmax(axis=1)
             _write_overlays(model, layer, batch, good, explained, Path(gradcam_dir))
     return entries

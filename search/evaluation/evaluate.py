@@ -96,7 +96,7 @@ def _evaluate(config: RunConfig, data, out, layer, log) -> tuple[dict, dict]:
     maps = gradcam.all_heatmaps(explainer, np.asarray(images), probs.argmax(axis=1))
     pages = gradcam.write_galleries(explainer, np.asarray(images), labels, probs, config.class_names, out / "gradcam",
                                     log=log, maps=maps)
-    sections = {"Grad-CAM galleries": _gallery_index(pages, out),
+    sections = {"Grad-CAM galleries": gallery_index(pages, out),
                 "Shortcut checks": _shortcut_checks(config, model, explainer, (images, labels, probs, sources, maps),
                                                     out, data is None, log),
                 "Model": _model_section(winner), **extra_sections}
@@ -210,10 +210,13 @@ def _pictures(winner: Path, metrics: dict, labels, probs, class_names, out: Path
     }
 
 
-def _gallery_index(pages: dict, out: Path) -> str:
+def gallery_index(pages: dict, out: Path,
+                  lead: str = "The heatmap shows where the model looked for the class it predicted "
+                              "(most confident first).") -> str:
+    """The report's list of Grad-CAM pages, linked relative to ``out``, under ``lead``."""
     if not pages:
         return "No images to show."
-    lines = ["The heatmap shows where the model looked for the class it predicted (most confident first)."]
+    lines = [lead]
     lines += [f"- [{caption}]({path.relative_to(out).as_posix()})" for caption, path in pages.items()]
     return "\n".join(lines)
 

@@ -26,6 +26,7 @@ from data.errors import UserError
 from search import dataset
 from search.console import number_text
 from search.evaluation import gradcam, html_report, multilabel, probe, report
+from search.evaluation.evaluate import gallery_index
 from search.hparams import searched_values
 from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
 
@@ -38,7 +39,9 @@ def evaluate_findings(config, data, out, layer, log, outputs) -> tuple[dict, dic
     layout = config.layout
     winner, final = layout.best_winner(), layout.final_model()
     model = keras.saving.load_model(final / WINNER_MODEL, compile=False)
-    images, targets, paths, sources, groups = _test_split(config) if data is None else _external(config, data, log)
+    # Once: the test split's films, and the training films the probe learns from.
+    run_data = dataset.prepare(config, progress=False) if data is None else None
+    images, targets, paths, sources, groups = _test_split(run_data) if data is None else _external(config, data, log)
     names = list(config.class_names)
     out = Path(out or (layout.report if data is None else layout.external_report(data)))
     log(f"evaluate: {winner.name} on {len(images)} {'test' if data is None else 'external'} films, "
@@ -81,9 +84,11 @@ def evaluate_findings(config, data, out, layer, log, outputs) -> tuple[dict, dic
     member_probs = probs if final == winner else np.asarray(single, np.float64)
     pages = gradcam.write_finding_galleries(explainer, np.asarray(images), targets, member_probs, thresholds, names,
                                             out / "gradcam", log=log)
-    checks = _shortcut_checks(config, member, images, targets, member_probs, sources, data is None, names, log)
+    checks = _shortcut_checks(config, run_data, member, images, targets, member_probs,
+                              sources, names, log)
     files.write_json(out / "shortcuts.json", checks)
-    sections = {"Grad-CAM galleries per finding": _gallery_index(pages, out),
+    lead = "Each heatmap is the map of that finding's logit: where the model looked for that finding."
+    sections = {"Grad-CAM galleries per finding": gallery_index(pages, out, lead),
                 "Shortcut checks per finding": _checks_markdown(checks),
                 "Labels": _labels_markdown(config),
                 "Model": "\n".join(f"- {k}: {v}" for k, v in searched_values(
@@ -109,8 +114,7 @@ def result_line(metrics: dict, out: Path) -> str:
             + f"; report: {Path(out) / 'report.html'} (and report.md)")
 
 
-def _test_split(config):
-    run_data = dataset.prepare(config, progress=False)
+def _test_split(run_data):
     rows = run_data.indices("test")
     examples = [run_data.examples[i] for i in rows]
     return (run_data.images[rows], run_data.labels[rows], [e.path for e in examples], [e.source for e in examples],
@@ -153,16 +157,15 @@ def _auc(y, scores):
     return float(roc_auc_score(y, scores)) if 0 < y.sum() < len(y) else None
 
 
-def _shortcut_checks(config, model, images, targets, probs, sources, test_split, names, log) -> dict:
+def _shortcut_checks(config, run_data, model, images, targets, probs, sources, names, log) -> dict:
     """Per finding: AUC per source; on the test split the chest-hidden probe (winner and a fresh head)."""
     sources = np.asarray(sources)
     record = {"per_source": {}}
     for value in sorted(set(sources.tolist()) - {""}):
         rows = sources == value
         record["per_source"][value] = {n: _auc(targets[rows, i], probs[rows, i]) for i, n in enumerate(names)}
-    if not test_split:
+    if run_data is None:  # an external set: no training films to probe with
         return record
-    run_data = dataset.prepare(config, progress=False)
     train = run_data.indices("train")
     if len(train) > PROBE_TRAIN_IMAGES:
         train = np.sort(np.random.default_rng(config.seed).choice(train, PROBE_TRAIN_IMAGES, replace=False))
@@ -229,14 +232,6 @@ def _final_markdown(record: dict, metrics: dict) -> str:
     if metrics.get("uncalibrated_macro_auc"):
         lines.append(f"- macro AUC of the rank-1 winner alone: "
                      f"{number_text((metrics.get('single_best_macro_auc') or {}).get('value'))}")
-    return "\n".join(lines)
-
-
-def _gallery_index(pages: dict, out: Path) -> str:
-    if not pages:
-        return "No films to show."
-    lines = ["Each heatmap is the map of that finding's logit: where the model looked for that finding."]
-    lines += [f"- [{caption}]({path.relative_to(out).as_posix()})" for caption, path in pages.items()]
     return "\n".join(lines)
 
 
