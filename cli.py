@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from data.errors import UserError
-from search.config import (DATA_DEFAULTS, DEMO_DEFAULTS, MIN_POSITIVE_GROUPS, PRECISIONS, TASKS, TUNERS,
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.search.engine.config import (DATA_DEFAULTS, DEMO_DEFAULTS, MIN_POSITIVE_GROUPS, PRECISIONS, TASKS, TUNERS,
                            UNCERTAIN)
 
 
@@ -29,7 +29,7 @@ class _Group(click.Group):
 @click.option("--verbose", is_flag=True, help="Show TensorFlow's and absl's start-up messages and warnings.")
 def cli(verbose):
     """Search transfer-learning classifiers for chest X-rays with KerasTuner."""
-    from search import console
+    from cxr_tuner.search.engine import console
 
     console.quiet_start(verbose)  # here, not at import: every command (and CliRunner) gets it, importers do not
 
@@ -123,7 +123,7 @@ def search_options(function, names=None):
 
 
 def _config(options: dict):
-    from search.config import new_config
+    from cxr_tuner.search.engine.config import new_config
 
     data = options.pop("data")
     if data is not None:
@@ -134,7 +134,7 @@ def _config(options: dict):
 def _duration(ctx, param, value):
     if value is None:
         return None
-    from search.budget import parse_duration
+    from cxr_tuner.search.engine.text import parse_duration
 
     try:
         return parse_duration(value)
@@ -210,7 +210,7 @@ def search(no_retrain, augment, chief, worker_timeout, workers, strategy, ensemb
     --no-retrain.
     """
     started = time.monotonic()  # a --time-budget counts from here, TensorFlow's import included
-    from search.job import run_job
+    from cxr_tuner.search.job import run_job
 
     config = _config(options)
     if chief and strategy != "none":
@@ -238,7 +238,7 @@ def worker(chief, run_dir, worker_id, wait, threads, strategy):
     The search's settings come from the run directory's config.json, which the
     chief writes before it serves; the split and the caches there are shared.
     """
-    from search.run import run_worker
+    from cxr_tuner.search.run import run_worker
 
     name = run_worker(run_dir, chief, worker_id=worker_id, strategy=strategy, wait=wait, threads=threads,
                       log=click.echo)
@@ -255,8 +255,8 @@ def space(run_dir, **options):
     `cxr-tuner space > space.toml`, edit it, then `cxr-tuner search --space space.toml`;
     `cxr-tuner space --run-dir RUN` starts from what an earlier run searched.
     """
-    from search import space_file
-    from search.config import load_config, new_config
+    from cxr_tuner.search.engine import space_file
+    from cxr_tuner.search.engine.config import load_config, new_config
 
     if run_dir is not None:
         given = sorted("--" + k.replace("_", "-") for k, v in options.items() if v is not None)
@@ -279,7 +279,7 @@ def backbones(keras_names):
     Any keras.applications model works too, as keras:NAME (e.g. keras:ConvNeXtTiny);
     --keras lists them.
     """
-    from hypermodels.registry import BACKBONES, KERAS_PREFIX, keras_application_names
+    from cxr_tuner.hypermodels.registry import BACKBONES, KERAS_PREFIX, keras_application_names
 
     if keras_names:
         for name in keras_application_names():
@@ -294,7 +294,7 @@ def backbones(keras_names):
 
 
 def _run_config(run_dir):
-    from search.config import load_config
+    from cxr_tuner.search.engine.config import load_config
 
     return load_config(run_dir)
 
@@ -317,7 +317,7 @@ _run_dir_argument = click.argument("run_dir", type=click.Path(exists=True, file_
               help="Choose on validation how to retrain (as searched, lr decay, one block more) first.")
 def retrain(run_dir, top_k, seeds, max_epochs, augment, variants):
     """Retrain the search's top configurations from scratch and rank them on validation."""
-    from search.retrain import retrain as retrain_winners
+    from cxr_tuner.search.final.retrain import retrain as retrain_winners
 
     summary = retrain_winners(_run_config(run_dir), top_k=top_k, seeds=seeds, max_epochs=max_epochs,
                               augment=augment, choose_variant=variants, log=click.echo)
@@ -339,8 +339,8 @@ def evaluate(run_dir, data, out, layer, ensemble, point, refit):
     the validation split, when the run has none yet or when --ensemble or
     --operating-point is given.
     """
-    from search.ensemble import assemble
-    from search.evaluation.evaluate import evaluate as evaluate_winner
+    from cxr_tuner.search.final.assemble import assemble
+    from cxr_tuner.search.evaluation.evaluate import evaluate as evaluate_winner
 
     config = _run_config(run_dir)
     given = click.get_current_context().get_parameter_source
@@ -358,7 +358,7 @@ def evaluate(run_dir, data, out, layer, ensemble, point, refit):
 @click.option("--layer", default=None, help="Grad-CAM layer. Default: the backbone's from the registry.")
 def gradcam(run_dir, images, out, class_name, layer):
     """Write Grad-CAM overlays for images, explained by the run's model."""
-    from search.predict import predict_images
+    from cxr_tuner.search.delivery.predict import predict_images
 
     entries = predict_images(run_dir, images, gradcam_dir=out or _run_config(run_dir).layout.gradcam_images,
                              target_class=class_name, layer=layer)
@@ -377,8 +377,8 @@ def gradcam(run_dir, images, out, class_name, layer):
               help="Output folder. Default: RUN_DIR/export.")
 def export(run_dir, formats, out):
     """Export the best winner with a model card (class names, input, metrics, hashes)."""
-    from search.console import number_text
-    from search.export import export_model
+    from cxr_tuner.search.engine.text import number_text
+    from cxr_tuner.search.delivery.export import export_model
 
     card = export_model(_run_config(run_dir), formats=formats, out=out, log=click.echo)
     for name, difference in card.get("agreement", {}).get("max_abs_probability_difference", {}).items():
@@ -400,7 +400,7 @@ def predict(model, images, gradcam_dir):
     """Print JSON class probabilities for images. MODEL: a run directory or a .keras file."""
     import json
 
-    from search.predict import predict_images
+    from cxr_tuner.search.delivery.predict import predict_images
 
     click.echo(json.dumps(predict_images(model, images, gradcam_dir=gradcam_dir), indent=2))
 
@@ -421,7 +421,7 @@ def audit(path, split_csv, out):
 
     PATH is a folder of labelled X-rays or a CSV manifest, as for `search --data`.
     """
-    from data.audit import audit_collection
+    from cxr_tuner.data.audit import audit_collection
 
     audit_collection(path, split_csv=split_csv, out=out, log=click.echo)
 

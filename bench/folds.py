@@ -71,14 +71,15 @@ def score(run_dir: Path, heldout: list[dict], work: Path) -> dict:
     import keras
     from sklearn.metrics import f1_score
 
-    from data import cache
-    from data.manifest import Example, normalise_label
-    from search import ensemble
-    from search.config import load_config
-    from search.layout import WINNER_MODEL
+    from cxr_tuner.data import cache
+    from cxr_tuner.data.manifest import Example, normalise_label
+    from cxr_tuner.search.final import assemble
+    from cxr_tuner.hypermodels import ensemble
+    from cxr_tuner.search.engine.config import load_config
+    from cxr_tuner.search.engine.layout import WINNER_MODEL
 
     config = load_config(run_dir)
-    record = ensemble.assemble(config, log=lambda line: None)
+    record = assemble.assemble(config, log=lambda line: None)
     examples = [Example(row["path"], normalise_label(row["label"]), row["patient_id"], source=row["source"])
                 for row in heldout]
     decoded = cache.load_decoded(examples, config.image_size, work / "heldout-cache", progress=False)

@@ -23,12 +23,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import f1_score, recall_score  # noqa: E402
 
-from hypermodels.cutting import frozen_image_model, frozen_model  # noqa: E402
-from hypermodels.classifier import POOLED, XrayClassifier  # noqa: E402
-from search import dataset  # noqa: E402
-from search.config import load_config  # noqa: E402
-from search.layout import RunLayout  # noqa: E402
-from search.retrain import retrain as retrain_winners  # noqa: E402
+from cxr_tuner.hypermodels.cutting import frozen_image_model, frozen_model  # noqa: E402
+from cxr_tuner.hypermodels.classifier import POOLED, XrayClassifier  # noqa: E402
+from cxr_tuner.search import dataset  # noqa: E402
+from cxr_tuner.search.engine.config import load_config  # noqa: E402
+from cxr_tuner.search.engine.layout import RunLayout  # noqa: E402
+from cxr_tuner.search.final.retrain import retrain as retrain_winners  # noqa: E402
 
 BATCH = 64
 
@@ -80,11 +80,11 @@ def heldout(run_dir: str, csv_file: str) -> dict:
     """
     import csv
 
-    from data import cache
-    from data.manifest import Example, normalise_label
-    from search import ensemble
-    from search.evaluation import operating_point
-    from search.evaluation.metrics import classification_metrics
+    from cxr_tuner.data import cache
+    from cxr_tuner.data.manifest import Example, normalise_label
+    from cxr_tuner.hypermodels import ensemble
+    from cxr_tuner.search.evaluation import operating_point
+    from cxr_tuner.search.evaluation.metrics import classification_metrics
 
     config = load_config(run_dir)
     layout = RunLayout(run_dir)

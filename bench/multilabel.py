@@ -37,7 +37,7 @@ from bench.run import _weights_in_keras_cache, run_step  # noqa: E402
 
 def collections(work: Path, films: int, heldout: int, size: int, seed: int, rare_patients: int) -> tuple[Path, Path]:
     """The searched collection and the held-out one (other patients), as multi-hot CSVs."""
-    from data import synthetic
+    from cxr_tuner.data import synthetic
 
     pool = synthetic.write_multilabel_demo(work / "pool", n_films=films, size=size, seed=seed,
                                            min_positive_patients=rare_patients)
@@ -58,10 +58,10 @@ def score(model_file: Path, csv_path: Path, size: int, seed: int, outputs=None, 
 
     import importlib
 
-    importlib.import_module("hypermodels.layers")  # registers an ensemble's FindingTemperature, as the card says
+    importlib.import_module("cxr_tuner.hypermodels.layers")  # registers an ensemble's FindingTemperature, as the card says
     from bench.multilabel_reference import _dataset, read_multihot
-    from data.images import decode_image
-    from search.evaluation import multilabel
+    from cxr_tuner.data.images import decode_image
+    from cxr_tuner.search.evaluation import multilabel
 
     paths, labels, patients, names = read_multihot(csv_path)
     model = keras.saving.load_model(model_file, compile=False)
@@ -85,9 +85,9 @@ def data_stage(work: Path, rows: int, seed: int) -> dict:
     """Seconds of the data stage on an NIH-format label file of ``rows`` distinct generated films."""
     from PIL import Image
 
-    from data import synthetic
-    from search import dataset
-    from search.config import new_config
+    from cxr_tuner.data import synthetic
+    from cxr_tuner.search.engine import dataset
+    from cxr_tuner.search.engine.config import new_config
 
     root = work / "nih"
     csv_path = synthetic.write_nih_label_file(root, rows, seed=seed, write_films=False)

@@ -25,10 +25,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.python.framework import config as tf_config  # noqa: E402
 
-from hypermodels import precision  # noqa: E402
-from hypermodels.classifier import XrayClassifier  # noqa: E402
-from hypermodels.cutting import ActivationClassifier, cut_layer, frozen_image_model, frozen_model  # noqa: E402
-from hypermodels.registry import get_backbone  # noqa: E402
+from cxr_tuner.hypermodels import precision  # noqa: E402
+from cxr_tuner.hypermodels.classifier import XrayClassifier  # noqa: E402
+from cxr_tuner.hypermodels.cutting import ActivationClassifier, cut_layer, frozen_image_model, frozen_model  # noqa: E402
+from cxr_tuner.hypermodels.registry import get_backbone  # noqa: E402
 
 BATCH = 32
 POLICIES = ("float32", "mixed_bfloat16")

@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.folds import write_subset  # noqa: E402
-from search.evaluation.metrics import figure_text  # noqa: E402  (no TensorFlow: the runner stays light)
-from search.layout import RunLayout  # noqa: E402
+from cxr_tuner.search.evaluation.metrics import figure_text  # noqa: E402  (no TensorFlow: the runner stays light)
+from cxr_tuner.search.engine.layout import RunLayout  # noqa: E402
 
 
 def run_step(name: str, command: list[str], log: Path) -> dict:
@@ -111,7 +111,7 @@ def limited_copy(data: str, limit: int, seed: int, folder: Path) -> str:
     """A folder per class of symlinks to ``limit`` images of ``data``, stratified by class."""
     from sklearn.model_selection import train_test_split
 
-    from data import manifest
+    from cxr_tuner.data import manifest
 
     examples = manifest.discover(Path(data))
     if limit < len(examples):
@@ -190,8 +190,8 @@ def memory_trend(python: str, data: str, budget: list[str], trials: int, work: P
 
 
 def _results(args, ours: dict, reference_step: dict, floor: dict, reference: dict, heldout: bool) -> dict:
-    from search.evaluation.metrics import classification_metrics
-    from search import timing
+    from cxr_tuner.search.evaluation.metrics import classification_metrics
+    from cxr_tuner.search.engine import timing
 
     for entry in ours.values():
         layout = RunLayout(entry["run_dir"])
@@ -229,7 +229,7 @@ def table(results: dict) -> str:
 
     row("whole job (s)", f"{ref_total:.0f} (search {ref['search_seconds']:.0f} + retrain {ref['retrain_seconds']:.0f})",
         lambda o: f"{o['seconds']:.0f} ({ref_total / o['seconds']:.1f}x faster)")
-    from search.timing import STAGES
+    from cxr_tuner.search.engine.timing import STAGES
     for stage in STAGES:
         row(f"  {stage} (s; floor, ratio)", "",
             lambda o, stage=stage: _stage_cell(o["stages"].get(stage)))
@@ -265,7 +265,7 @@ def table(results: dict) -> str:
 
 def _weights_in_keras_cache() -> None:
     """Copies the package's own ImageNet files into the Keras cache where it has none (no network here)."""
-    from hypermodels.weights import SHIPPED_DIR, keras_cache_dir
+    from cxr_tuner.hypermodels.weights import SHIPPED_DIR, keras_cache_dir
 
     keras_cache_dir().mkdir(parents=True, exist_ok=True)
     for shipped in SHIPPED_DIR.glob("*.h5"):

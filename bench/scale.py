@@ -38,7 +38,7 @@ _BASES = 240  # distinct phantoms; every image is a modified copy of one
 
 def _variants(count: int, size: int = 224, seed: int = 0):
     """``count`` (label, uint8 image) pairs: a base phantom shifted, re-exposed and noised."""
-    from data.synthetic import CLASS_NAMES, phantom
+    from cxr_tuner.data.synthetic import CLASS_NAMES, phantom
 
     rng = np.random.default_rng(seed)
     bases = [(CLASS_NAMES[i % 3], phantom(CLASS_NAMES[i % 3], np.random.default_rng([seed, i]), size)[0])
@@ -83,12 +83,12 @@ def one_size(data: str, run_dir: str, max_epochs: int, workers: int, search: boo
 
     import tensorflow as tf
 
-    from data import cache as decoded_cache, manifest
-    from search import dataset
-    from search.config import new_config
-    from search.activations import trial_hypermodel
-    from search.run import run_search
-    from search.tuner import make_tuner
+    from cxr_tuner.data import cache as decoded_cache, manifest
+    from cxr_tuner.search.engine import dataset
+    from cxr_tuner.search.engine.config import new_config
+    from cxr_tuner.search.tuning.activations import trial_hypermodel
+    from cxr_tuner.search.run import run_search
+    from cxr_tuner.search.tuning.tuner import make_tuner
 
     shutil.rmtree(run_dir, ignore_errors=True)
     config = new_config(run_dir, data, backbones=("mobilenet_025",), image_size=224, weights="imagenet",
@@ -145,7 +145,7 @@ def one_size(data: str, run_dir: str, max_epochs: int, workers: int, search: boo
 
 def audit_time(count: int) -> dict:
     """Seconds to pHash ``count`` images (measured on up to 2,000, per image) and to find their near pairs."""
-    from data import audit
+    from cxr_tuner.data import audit
 
     sample = min(count, 2000)
     images = list(_variants(sample, seed=1))

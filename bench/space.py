@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.time_budget import read_json, test_figures  # noqa: E402
-from search.layout import RunLayout  # noqa: E402  (light: no TensorFlow)
+from cxr_tuner.search.engine.layout import RunLayout  # noqa: E402  (light: no TensorFlow)
 
 
 def main(argv=None) -> dict:

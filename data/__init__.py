@@ -3,6 +3,6 @@
 This package knows nothing of Keras models.
 """
 
-from data.errors import UserError
+from cxr_tuner.data.errors import UserError
 
 __all__ = ["UserError"]

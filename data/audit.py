@@ -22,10 +22,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from data import files, sources
-from data.errors import DecodeFailure, UserError
-from data.manifest import ignored_columns
-from data.split import splits_of
+from cxr_tuner.data import files, sources
+from cxr_tuner.data.errors import DecodeFailure, UserError
+from cxr_tuner.data.manifest import ignored_columns
+from cxr_tuner.data.split import splits_of
 
 HASH_SIZE = 16  # phash of a 16x16 DCT block: 256 bits
 NEAR_DUPLICATE_THRESHOLD = 44
@@ -176,7 +176,7 @@ def audit_collection(path, split_csv=None, out="audit.csv", log=print) -> AuditR
         out: The CSV of groups found.
         log: Where the summary lines go.
     """
-    from data.labels import read  # a multi-label file too (its films' label sets are their labels here)
+    from cxr_tuner.data.labels import read  # a multi-label file too (its films' label sets are their labels here)
 
     table = read(path)
     for line in table.lines:
@@ -236,7 +236,7 @@ def _sha256(path) -> str | None:
 
 
 def _decoded(path) -> np.ndarray | None:
-    from data.images import decode_image
+    from cxr_tuner.data.images import decode_image
 
     try:
         return decode_image(path, _DECODE_SIZE)

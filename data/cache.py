@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data import files, images as image_io
-from data.errors import DecodeFailure, UserError
+from cxr_tuner.data import files, images as image_io
+from cxr_tuner.data.errors import DecodeFailure, UserError
 
 # Bump when decode_image's output for the same file changes, so old caches are rebuilt.
 _FORMAT = 1

@@ -5,7 +5,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 
-from data.errors import UserError
+from cxr_tuner.data.errors import UserError
 
 
 def class_weights(labels: Sequence[str], class_names: Sequence[str]) -> dict[str, float]:

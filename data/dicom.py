@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DecodeFailure
+from cxr_tuner.data.errors import DecodeFailure
 
 _RGB_TO_GREY = np.array([0.299, 0.587, 0.114])
 # Inputs far outside any window, to read back the output range a window maps to.

@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from data.errors import UserError
+from cxr_tuner.data.errors import UserError
 
 
 def sha256_file(path) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from data.errors import DecodeFailure
+from cxr_tuner.data.errors import DecodeFailure
 
 # LANCZOS: Pillow scales its support with the reduction factor, so downscaling a
 # 3000-px radiograph to 224 px is properly anti-aliased (no moire from ribs) and keeps
@@ -45,7 +45,7 @@ def decode_image(path, size: int) -> np.ndarray:
 
 
 def _read_dicom(path: Path) -> np.ndarray:
-    from data.dicom import read_dicom  # lazy: pydicom is only needed for DICOM data
+    from cxr_tuner.data.dicom import read_dicom  # lazy: pydicom is only needed for DICOM data
 
     try:
         pixels, _patient_id = read_dicom(path)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data import manifest
-from data.errors import UserError
-from data.manifest import Example, normalise_label
+from cxr_tuner.data import manifest
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.data.manifest import Example, normalise_label
 
 MASKED = -1.0
 TASKS = ("auto", "multiclass", "multilabel")

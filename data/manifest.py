@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.errors import DecodeFailure, UserError
+from cxr_tuner.data.errors import DecodeFailure, UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm")
 CSV_NAMES = ("metadata.csv", "manifest.csv")
@@ -169,7 +169,7 @@ def _dicom_patient(path: Path) -> str:
     """A DICOM file's header Patient ID ("" for other files or an unreadable header)."""
     if path.suffix.lower() != ".dcm":
         return ""
-    from data.dicom import dicom_patient_id  # lazy: pydicom only for DICOM data
+    from cxr_tuner.data.dicom import dicom_patient_id  # lazy: pydicom only for DICOM data
 
     try:
         return dicom_patient_id(path) or ""

@@ -14,9 +14,9 @@ from typing import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from data import files
-from data.errors import UserError
-from data.manifest import Example
+from cxr_tuner.data import files
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.data.manifest import Example
 
 SPLITS = ("train", "val", "test")
 # A split share further than this from the one asked for (absolute, 0.05 = 5 points) is warned about:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data.errors import UserError
+from cxr_tuner.data.errors import UserError
 
 CLASS_NAMES = ("COVID", "Normal", "Viral_Pneumonia")
 

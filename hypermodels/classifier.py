@@ -7,13 +7,14 @@ from typing import Sequence
 
 import keras
 import keras_tuner
+import numpy as np
 
-from hypermodels import precision as precisions
-from hypermodels.findings import Findings, compile_findings
-from hypermodels.preprocess import preprocess
-from hypermodels.registry import BackboneSpec, file_safe, get_backbone
-from hypermodels.space import DEFAULT_ENTRIES, Space
-from hypermodels.weights import resolve_weights
+from cxr_tuner.hypermodels import precision as precisions
+from cxr_tuner.hypermodels.findings import Findings, compile_findings
+from cxr_tuner.hypermodels.preprocess import preprocess
+from cxr_tuner.hypermodels.registry import BackboneSpec, file_safe, get_backbone
+from cxr_tuner.hypermodels.space import DEFAULT_ENTRIES, Space
+from cxr_tuner.hypermodels.weights import resolve_weights
 
 OBJECTIVE = "val_weighted_loss"
 """Name of the class-weighted validation loss that ranks trials."""
@@ -178,3 +179,9 @@ def compile_model(model: keras.Model, learning_rate: float, steps_per_execution:
         weighted_metrics=[keras.metrics.CategoricalCrossentropy(name="weighted_loss")],
         steps_per_execution=steps_per_execution,
     )
+
+
+def weighted_loss(y, probs, weights) -> float:
+    """The class-weighted cross-entropy sum(w·l)/sum(w) of probabilities ``probs`` for labels ``y``."""
+    picked = np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)
+    return float((weights * -np.log(picked)).sum() / weights.sum())

@@ -18,9 +18,9 @@ import keras
 import keras_tuner
 import tensorflow as tf
 
-from hypermodels import precision
-from hypermodels.classifier import POOLED, XrayClassifier, head_seed
-from hypermodels.registry import BackboneSpec, file_safe, get_backbone
+from cxr_tuner.hypermodels import precision
+from cxr_tuner.hypermodels.classifier import POOLED, XrayClassifier, head_seed
+from cxr_tuner.hypermodels.registry import BackboneSpec, file_safe, get_backbone
 
 STEPS_PER_EXECUTION = 16
 """Training steps per call into TensorFlow: a trial's small steps are dominated by

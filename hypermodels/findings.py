@@ -174,7 +174,7 @@ class FindingAUC(keras.metrics.AUC):
 
 def auc_metric_name(name: str) -> str:
     """The Keras metric name of a finding's AUC (``val_`` + this on validation)."""
-    from hypermodels.registry import file_safe
+    from cxr_tuner.hypermodels.registry import file_safe
 
     return f"auc_{file_safe(name)}"
 

@@ -21,9 +21,9 @@ from typing import Callable
 import keras
 import numpy as np
 
-from data.errors import UserError
-from hypermodels import discovery, vanilla
-from hypermodels.preprocess import MODES, affine
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.hypermodels import discovery, vanilla
+from cxr_tuner.hypermodels.preprocess import MODES, affine
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from data.errors import UserError
-from hypermodels.registry import BackboneSpec
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.hypermodels.registry import BackboneSpec
 
 
 SHIPPED_DIR = Path(__file__).parent / "assets"

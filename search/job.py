@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from search import console, timing
-from search.config import RunConfig, load_config
-from search.lock import run_lock
-from search.run import check_inputs, run_search
+from cxr_tuner.search.engine import console, timing
+from cxr_tuner.search.engine.config import RunConfig, load_config
+from cxr_tuner.search.engine.lock import run_lock
+from cxr_tuner.search.run import check_inputs, run_search
+from cxr_tuner.search.engine.text import number_text, value_text
 
 
 def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ensemble: int | None = None,
@@ -48,10 +49,10 @@ def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, l
         log(line)
     if retrain:
         # Imported here: a search-only run (or a chief) needs none of the later stages.
-        from search.ensemble import assemble
-        from search.evaluation.evaluate import evaluate
-        from search.export import export_model
-        from search.retrain import retrain as retrain_winners
+        from cxr_tuner.search.final.assemble import assemble
+        from cxr_tuner.search.evaluation.evaluate import evaluate
+        from cxr_tuner.search.delivery.export import export_model
+        from cxr_tuner.search.final.retrain import retrain as retrain_winners
 
         saved = load_config(config.run_dir)  # with the class names the data stage found
         cut = budget.retrain_options(saved, best["trials"], log) if budget else {}
@@ -72,7 +73,7 @@ def _budget(config: RunConfig, retrain: bool, augment: bool, started: float | No
     """The job's `search.budget.Budget` with ``--time-budget``, refusing what it cannot plan (one line)."""
     if config.time_budget is None:
         return None
-    from search.budget import Budget, check_plannable
+    from cxr_tuner.search.tuning.budget import Budget, check_plannable
 
     check_plannable(config, retrain, augment, **search_options)
     return Budget(config.time_budget, started, retrain=retrain)
@@ -83,12 +84,12 @@ def best_lines(best: dict, config: RunConfig) -> list[str]:
     objective = (best.get("objective") or {}).get("name", "val_weighted_loss")
     top, trials = best.get("best") or {}, best.get("trials", "?")
     if top:
-        score = console.number_text(top.get(objective), ".4f", "not recorded")
+        score = number_text(top.get(objective), ".4f", "not recorded")
         lines = [f"best trial {top.get('trial_id', '?')} of {trials}: {objective} = {score}"]
     else:
         why = f"none of {trials} trial(s) completed" if isinstance(trials, int) else "no trial completed"
-        lines = [f"best trial: {console.number_text(None, reason=why)}"]
-    lines += [f"  {name} {console.value_text(value)}" for name, value in (top.get("hyperparameters") or {}).items()]
+        lines = [f"best trial: {number_text(None, reason=why)}"]
+    lines += [f"  {name} {value_text(value)}" for name, value in (top.get("hyperparameters") or {}).items()]
     # The data stage saved the class names (for the chance level) in config.json, not in this config.
     named = config if config.class_names or not config.layout.config.is_file() else load_config(config.run_dir)
     transfer = console.transfer_line(best, named)

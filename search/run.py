@@ -10,21 +10,22 @@ from typing import Callable
 
 import tensorflow as tf
 
-from data import files, labels, manifest
-from data.split import SPLITS
-from data.errors import UserError
-from hypermodels import precision
-from hypermodels.registry import get_backbone
-from hypermodels.weights import resolve_weights
-from search import cache_plan, console, dataset, lock, timing
-from search.activations import trial_hypermodel
-from search.devices import deterministic_ops, devices_line
-from search.distributed import local, protocol as distributed, worker
-from search.distributed.chief import run_chief
-from search.config import RunConfig, load_config
-from search.hparams import searched_values
-from search.layout import SPLIT_STAMP, RunLayout
-from search.tuner import make_tuner
+from cxr_tuner.data import files, labels, manifest
+from cxr_tuner.data.split import SPLITS
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.hypermodels import precision
+from cxr_tuner.hypermodels.registry import get_backbone
+from cxr_tuner.hypermodels.weights import resolve_weights
+from cxr_tuner.search.tuning import cache_plan
+from cxr_tuner.search.engine import console, dataset, lock, timing
+from cxr_tuner.search.tuning.activations import trial_hypermodel
+from cxr_tuner.search.engine.devices import deterministic_ops, devices_line
+from cxr_tuner.search.distributed import local, protocol as distributed, worker
+from cxr_tuner.search.distributed.chief import run_chief
+from cxr_tuner.search.engine.config import RunConfig, load_config
+from cxr_tuner.search.tuning.hparams import searched_values
+from cxr_tuner.search.engine.layout import SPLIT_STAMP, RunLayout
+from cxr_tuner.search.tuning.tuner import make_tuner
 
 
 def check_inputs(config: RunConfig) -> None:

@@ -14,8 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is impor
 import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-from data import synthetic  # noqa: E402
-from search.layout import RunLayout  # noqa: E402
+from cxr_tuner.data import synthetic  # noqa: E402
+from cxr_tuner.search.engine.layout import RunLayout  # noqa: E402
 
 # The fastest real search: one small from-scratch backbone, 32 px, one epoch per model.
 FAST_SEARCH = ("--backbones", "vanilla_cnn", "--weights", "none", "--image-size", "32",
@@ -102,7 +102,7 @@ def demo_data(tmp_path_factory):
 
 def run_cli(*args):
     """Runs the command line in-process, as a user would type it (arguments made strings)."""
-    from cli import cli
+    from cxr_tuner.cli import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args])
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import cache, synthetic
-from data.images import decode_image
-from search.layout import RunLayout
+from cxr_tuner.data import cache, synthetic
+from cxr_tuner.data.images import decode_image
+from cxr_tuner.search.engine.layout import RunLayout
 from tests.conftest import FAST_SEARCH, error_line, phantom_folders, run_cli, tree_digest
 
 def _search(data, run_dir, *extra, flags=FAST_SEARCH):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hypermodels.registry import BACKBONES
-from search.config import DATA_DEFAULTS, DEMO_DEFAULTS, new_config
-from search.layout import RunLayout
+from cxr_tuner.hypermodels.registry import BACKBONES
+from cxr_tuner.search.engine.config import DATA_DEFAULTS, DEMO_DEFAULTS, new_config
+from cxr_tuner.search.engine.layout import RunLayout
 from tests.conftest import error_line, plain_keras_output, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,17 +57,16 @@ def test_search_prints_best_trial_and_tensorboard_command(tmp_path, demo_data):
 
 
 def test_search_no_augment_reaches_the_retrain_it_runs(tmp_path, demo_data, monkeypatch):
-    import search.ensemble
-    import search.evaluation.evaluate
-    import search.export
-    import search.retrain
+    from cxr_tuner.search.delivery import export
+    from cxr_tuner.search.evaluation import evaluate
+    from cxr_tuner.search.final import assemble, retrain
 
     calls = []
-    monkeypatch.setattr(search.retrain, "retrain", lambda config, **kw: calls.append(("retrain", kw["augment"])))
-    monkeypatch.setattr(search.ensemble, "assemble",
+    monkeypatch.setattr(retrain, "retrain", lambda config, **kw: calls.append(("retrain", kw["augment"])))
+    monkeypatch.setattr(assemble, "assemble",
                         lambda config, **kw: calls.append(("assemble", kw["ensemble"], kw["point"])))
-    monkeypatch.setattr(search.evaluation.evaluate, "evaluate", lambda config, **kw: calls.append(("evaluate",)))
-    monkeypatch.setattr(search.export, "export_model", lambda config, **kw: calls.append(("export",)))
+    monkeypatch.setattr(evaluate, "evaluate", lambda config, **kw: calls.append(("evaluate",)))
+    monkeypatch.setattr(export, "export_model", lambda config, **kw: calls.append(("export",)))
     flags = ["--data", demo_data, "--backbones", "vanilla_cnn", "--weights", "none", "--image-size", 32,
              "--max-epochs", 1, "--factor", 2]
     assert run_cli("search", "--run-dir", tmp_path / "a", *flags, "--no-augment").exit_code == 0
@@ -117,15 +116,15 @@ def test_search_help_shows_the_defaults_the_code_uses(tmp_path):
 
 
 def test_demo_search_opens_with_where_its_weights_come_from(tmp_path, monkeypatch):
-    import search.dataset
-    from data.errors import UserError
+    from cxr_tuner.search.engine import dataset
+    from cxr_tuner.data.errors import UserError
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))  # the shipped copy serves
 
     def stop(*args, **kwargs):
         raise UserError("stopped after the opening lines")
 
-    monkeypatch.setattr(search.dataset, "prepare", stop)
+    monkeypatch.setattr(dataset, "prepare", stop)
     result = run_cli("search", "--run-dir", tmp_path / "run")  # the demo, with its defaults
     error_line(result, "stopped after the opening lines")
     opening = result.output.splitlines()[:3]

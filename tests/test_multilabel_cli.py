@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import synthetic
-from search.layout import RunLayout
+from cxr_tuner.data import synthetic
+from cxr_tuner.search.engine.layout import RunLayout
 from tests.conftest import error_line, plain_keras_output, run_cli
 
 

@@ -20,11 +20,11 @@ from keras_tuner.src.distribute import oracle_chief
 from keras_tuner.src.engine import oracle as oracle_module
 from keras_tuner.src.engine import trial as trial_module
 
-from data.errors import UserError
-from search import hparams
-from search.distributed.protocol import (CHIEF_ID, INSTANCE_KEY, WORKER_KEY, kerastuner_env, parse_address,
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.search.tuning import hparams
+from cxr_tuner.search.distributed.protocol import (CHIEF_ID, INSTANCE_KEY, WORKER_KEY, kerastuner_env, parse_address,
                                 resume_across_modes)
-from search.tuner import make_tuner, trial_line
+from cxr_tuner.search.tuning.tuner import make_tuner, trial_line
 
 _SERVER_THREAD = "oracle-server"
 

@@ -26,21 +26,14 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
-from data.errors import UserError
-from search.distributed import pinning
-from search.layout import RunLayout
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.search.distributed import pinning
+from cxr_tuner.search.engine.devices import available_cores
+from cxr_tuner.search.engine.layout import RunLayout
 
 """Under the run directory: one log per local worker (its trial lines and errors)."""
 
-_CLI = Path(__file__).resolve().parents[2] / "cli.py"
 
-
-def available_cores() -> int:
-    """The cores this process may run on (its affinity, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class LocalWorkers:
@@ -92,7 +85,7 @@ def local_workers(run_dir: Path, count: int, log: Callable[[str], None],
     try:
         for i in range(count):
             name = layout.worker_log(i + 1).stem
-            command = [sys.executable, "-u", str(_CLI), "worker", "--chief", address, "--run-dir", str(run_dir),
+            command = [sys.executable, "-u", "-m", "cxr_tuner", "worker", "--chief", address, "--run-dir", str(run_dir),
                        "--worker-id", name, "--threads", str(threads)]
             if strategy not in (None, "none"):
                 command += ["--strategy", strategy]

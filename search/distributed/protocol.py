@@ -36,7 +36,7 @@ import socket
 from pathlib import Path
 from typing import Callable
 
-from data.errors import UserError
+from cxr_tuner.data.errors import UserError
 
 CHIEF_ID = "chief"
 """The chief's tuner id: KerasTuner treats any id containing "chief" as the chief."""

@@ -18,9 +18,9 @@ import grpc
 from keras_tuner.src import protos
 from keras_tuner.src.engine import trial as trial_module
 
-from data.errors import UserError
-from search.distributed.protocol import INSTANCE_KEY, WORKER_KEY, distribution_strategy, kerastuner_env, parse_address
-from search.tuner import make_tuner
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.search.distributed.protocol import INSTANCE_KEY, WORKER_KEY, distribution_strategy, kerastuner_env, parse_address
+from cxr_tuner.search.tuning.tuner import make_tuner
 
 HEARTBEAT_SECONDS = 2.0
 CHIEF_LOST_SECONDS = 120.0

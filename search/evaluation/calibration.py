@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from scipy.optimize import minimize_scalar
 from sklearn.model_selection import StratifiedKFold
 
-from search.evaluation.metrics import ECE_BINS, expected_calibration_error
+from cxr_tuner.search.evaluation.metrics import ECE_BINS, expected_calibration_error
 
 _LOG_T_BOUNDS = (-3.0, 3.0)  # T in [0.05, 20]: wider never helped a softmax classifier
 CHECK_FOLDS = 5  # parts of the fitting rows in the out-of-sample check of the temperature

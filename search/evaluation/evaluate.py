@@ -17,18 +17,21 @@ from typing import Callable
 import keras
 import numpy as np
 
-from data import cache, files, manifest
-from data.errors import UserError
-from search import dataset, timing
-from search.hparams import searched_values
-from search.evaluation import gradcam, html_report, probe, report, shortcuts
-from search.config import RunConfig
-from search.console import number_text
-from search.evaluation.metrics import classification_metrics, figure_text, roc_curves
-from search.lock import run_lock
-from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
-from search.ensemble import CALIBRATION_LAYER, ENSEMBLE_MEAN
-from search.evaluation.final import final_figures, section_markdown
+from cxr_tuner.data import cache, files, manifest
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.search.engine import dataset, timing
+from cxr_tuner.search.tuning.hparams import searched_values
+from cxr_tuner.search.evaluation import gradcam, html_report, probe, report, shortcuts
+from cxr_tuner.search.engine.config import RunConfig
+from cxr_tuner.search.engine.text import number_text
+from cxr_tuner.search.evaluation.metrics import classification_metrics, roc_curves
+from cxr_tuner.search.engine.text import figure_text
+from cxr_tuner.search.engine.lock import run_lock
+from cxr_tuner.search.engine.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
+from cxr_tuner.hypermodels.ensemble import CALIBRATION_LAYER, ENSEMBLE_MEAN
+from cxr_tuner.search.evaluation.evaluate_findings import evaluate_findings
+from cxr_tuner.search.evaluation.report import gallery_index
+from cxr_tuner.search.evaluation.final import final_figures, section_markdown
 
 
 def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | None = None,
@@ -56,8 +59,6 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
 
 def _evaluate(config: RunConfig, data, out, layer, log) -> tuple[dict, dict]:
     if config.multilabel:
-        from search.evaluation.evaluate_findings import evaluate_findings
-
         return evaluate_findings(config, data, out, layer, log, _outputs)
     winner = config.layout.best_winner()
     final = config.layout.final_model()  # the calibrated (ensemble) model when assembled, else the winner
@@ -208,17 +209,6 @@ def _pictures(winner: Path, metrics: dict, labels, probs, class_names, out: Path
             metrics["confusion_matrix"]["matrix"], class_names, out / "confusion_matrix.png"),
         "ROC curves": report.plot_roc(roc_curves(labels, probs, class_names), aucs, out / "roc.png"),
     }
-
-
-def gallery_index(pages: dict, out: Path,
-                  lead: str = "The heatmap shows where the model looked for the class it predicted "
-                              "(most confident first).") -> str:
-    """The report's list of Grad-CAM pages, linked relative to ``out``, under ``lead``."""
-    if not pages:
-        return "No images to show."
-    lines = [lead]
-    lines += [f"- [{caption}]({path.relative_to(out).as_posix()})" for caption, path in pages.items()]
-    return "\n".join(lines)
 
 
 def _model_section(winner: Path) -> str:

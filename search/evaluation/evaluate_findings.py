@@ -21,14 +21,14 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from data import cache, files, labels as label_files
-from data.errors import UserError
-from search import dataset
-from search.console import number_text
-from search.evaluation import gradcam, html_report, multilabel, probe, report
-from search.evaluation.evaluate import gallery_index
-from search.hparams import searched_values
-from search.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
+from cxr_tuner.data import cache, files, labels as label_files
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.search.engine import dataset
+from cxr_tuner.search.engine.text import number_text
+from cxr_tuner.search.evaluation import gradcam, html_report, multilabel, probe, report
+from cxr_tuner.search.evaluation.report import gallery_index
+from cxr_tuner.search.tuning.hparams import searched_values
+from cxr_tuner.search.engine.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
 
 NO_THRESHOLD_RULE = "0.5: no final model was assembled, so no threshold was chosen on validation"
 PROBE_TRAIN_IMAGES = probe.PROBE_TRAIN_IMAGES

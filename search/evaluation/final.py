@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from search.console import number_text
-from search.evaluation import calibration, operating_point
-from search.evaluation.metrics import classification_metrics, figure_text
+from cxr_tuner.search.engine.text import number_text
+from cxr_tuner.search.evaluation import calibration, operating_point
+from cxr_tuner.search.evaluation.metrics import classification_metrics
+from cxr_tuner.search.engine.text import figure_text
 
 _COMPARED = ("accuracy", "macro_f1", "covid_sensitivity", "covid_specificity")
 

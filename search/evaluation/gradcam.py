@@ -17,8 +17,8 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 from PIL import Image
 
-from data.errors import UserError
-from hypermodels.registry import backbone_of_model, get_backbone
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.hypermodels.registry import backbone_of_model, get_backbone
 
 ALPHA = 0.45  # share of the colour map in an overlay
 

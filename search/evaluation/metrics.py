@@ -20,7 +20,6 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from search.console import number_text
 
 ECE_BINS = 15
 CI_LEVEL = 95
@@ -275,17 +274,3 @@ def _nanmean_rows(values):
     counts = np.isfinite(values).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, np.nansum(values, axis=1) / np.maximum(counts, 1), np.nan)
-
-
-def figure_text(figure: dict | None, reason: str = "not computed") -> str:
-    """A ``{"value", "ci95"}`` figure as ``0.912 [0.880, 0.941]``; ``n/a (reason)`` without a value.
-
-    The reason is the figure's own (``"reason"``, e.g. no COVID case in the set), else ``reason``;
-    a missing figure (None) reads the same way.
-    """
-    figure = figure if isinstance(figure, dict) else {}
-    text = number_text(figure.get("value"), reason=figure.get("reason") or reason)
-    ci = figure.get("ci95")
-    if figure.get("value") is None or not ci or len(ci) != 2:
-        return text
-    return f"{text} [{number_text(ci[0])}, {number_text(ci[1])}]"

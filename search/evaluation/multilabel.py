@@ -24,11 +24,12 @@ from scipy.optimize import minimize_scalar
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from sklearn.model_selection import KFold
 
-from data.errors import UserError
-from search.console import number_text
-from search.evaluation import operating_point
-from search.evaluation.calibration import _LOG_T_BOUNDS, CHECK_FOLDS
-from search.evaluation.metrics import CI_LEVEL, ECE_BINS, _nanmean_rows, _with_ci, figure_text
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.search.engine.text import number_text
+from cxr_tuner.search.evaluation import operating_point
+from cxr_tuner.search.evaluation.calibration import _LOG_T_BOUNDS, CHECK_FOLDS
+from cxr_tuner.search.evaluation.metrics import CI_LEVEL, ECE_BINS, _nanmean_rows, _with_ci
+from cxr_tuner.search.engine.text import figure_text
 
 MASKED = -1.0
 DEFAULT_THRESHOLD = 0.5  # of a label whose validation films cannot set one (no positive or no negative)

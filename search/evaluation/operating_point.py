@@ -19,8 +19,8 @@ import re
 import numpy as np
 from scipy import stats
 
-from data.errors import UserError
-from search.evaluation.metrics import CI_LEVEL
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.search.evaluation.metrics import CI_LEVEL
 
 METRICS = ("sensitivity", "specificity")
 DEFAULT_CLASS, DEFAULT_METRIC, DEFAULT_TARGET = "COVID", "sensitivity", 0.95

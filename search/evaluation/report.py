@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from search.console import number_text
+from cxr_tuner.search.engine.text import number_text
 
 _HISTORY_PANELS = (("Loss", "loss"), ("Accuracy", "acc"))
 
@@ -204,3 +204,14 @@ def _per_class_table(metrics):
 
 def _number(value, reason: str = "undefined"):
     return number_text(value, ".3f", reason)
+
+
+def gallery_index(pages: dict, out: Path,
+                  lead: str = "The heatmap shows where the model looked for the class it predicted "
+                              "(most confident first).") -> str:
+    """The report's list of Grad-CAM pages, linked relative to ``out``, under ``lead``."""
+    if not pages:
+        return "No images to show."
+    lines = [lead]
+    lines += [f"- [{caption}]({path.relative_to(out).as_posix()})" for caption, path in pages.items()]
+    return "\n".join(lines)

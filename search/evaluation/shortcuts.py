@@ -16,12 +16,13 @@ import numpy as np
 import tensorflow as tf
 from matplotlib.patches import Rectangle
 
-from data import files
-from search.console import number_text
-from search.evaluation import gradcam
-from search.evaluation.metrics import classification_metrics, figure_text
-from search.evaluation.probe import CHEST_BOX, chest_area, chest_mask
-from search.layout import SPLIT_STAMP
+from cxr_tuner.data import files
+from cxr_tuner.search.engine.text import number_text
+from cxr_tuner.search.evaluation import gradcam
+from cxr_tuner.search.evaluation.metrics import classification_metrics
+from cxr_tuner.search.engine.text import figure_text
+from cxr_tuner.search.evaluation.probe import CHEST_BOX, chest_area, chest_mask
+from cxr_tuner.search.engine.layout import SPLIT_STAMP
 
 SHORTCUTS_FILE = "shortcuts.json"
 VERDICT_START, VERDICT_END = "<!-- verdict -->", "<!-- /verdict -->"

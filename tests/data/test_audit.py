@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.audit import audit, duplicate_groups, merge_groups, summary_lines, write_audit_csv
-from data.manifest import Example
-from data.synthetic import phantom
+from cxr_tuner.data.audit import audit, duplicate_groups, merge_groups, summary_lines, write_audit_csv
+from cxr_tuner.data.manifest import Example
+from cxr_tuner.data.synthetic import phantom
 
 
 def _phantom(seed, label="COVID"):
@@ -146,7 +146,7 @@ def test_an_image_in_no_split_is_not_counted_as_leaking(files):
 
 
 def test_unwritable_audit_csv_is_a_user_error(files, tmp_path):
-    from data.errors import UserError
+    from cxr_tuner.data.errors import UserError
 
     report = audit([Example(files["original"], "COVID")])
     with pytest.raises(UserError, match="Cannot write the audit CSV"):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import cache, images
-from data.errors import UserError
-from data.manifest import Example
+from cxr_tuner.data import cache, images
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.data.manifest import Example
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from data.errors import UserError
-from data.class_weights import class_weights
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.data.class_weights import class_weights
 
 
 def test_balanced_weights_match_sklearn_and_favour_the_rare_class():

@@ -10,9 +10,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from data.dicom import dicom_patient_id, read_dicom
-from data.errors import DecodeFailure
-from data.images import decode_image
+from cxr_tuner.data.dicom import dicom_patient_id, read_dicom
+from cxr_tuner.data.errors import DecodeFailure
+from cxr_tuner.data.images import decode_image
 
 
 def _dataset(pixels=None, photometric="MONOCHROME2", patient_id="PAT-7", **header):

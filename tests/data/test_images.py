@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.errors import DecodeFailure
-from data.images import decode_image
+from cxr_tuner.data.errors import DecodeFailure
+from cxr_tuner.data.images import decode_image
 
 
 def _save(tmp_path, name, image):
@@ -90,8 +90,8 @@ def test_decompression_bomb_is_a_failure(tmp_path, monkeypatch):
 def test_dicom_goes_to_the_dicom_reader(tmp_path, monkeypatch):
     path = tmp_path / "scan.DCM"
     path.write_bytes(b"DICM")
-    fake = types.ModuleType("data.dicom")
+    fake = types.ModuleType("cxr_tuner.data.dicom")
     fake.read_dicom = lambda p: (np.full((100, 80), 200, np.uint8), "patient7")
-    monkeypatch.setitem(sys.modules, "data.dicom", fake)
+    monkeypatch.setitem(sys.modules, "cxr_tuner.data.dicom", fake)
     pixels = decode_image(path, 20)
     assert pixels.shape == (20, 20) and pixels.dtype == np.uint8 and pixels.mean() == 200

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.errors import UserError
-from data.labels import MASKED, decode, encode, multi_hot, read
-from data.manifest import discover
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.data.labels import MASKED, decode, encode, multi_hot, read
+from cxr_tuner.data.manifest import discover
 
 # (patient, view, findings): the same seven films written in each layout.
 FILMS = [

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from data.errors import UserError
-from data.manifest import class_mapping, class_names, discover, ignored_columns, normalise_label
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.data.manifest import class_mapping, class_names, discover, ignored_columns, normalise_label
 
 
 def _touch(root: Path, *relative: str) -> None:
@@ -132,9 +132,9 @@ def test_missing_path_no_images_and_one_class_are_user_errors(tmp_path):
 
 
 def test_dicom_patient_id_from_the_header_when_nothing_else_says(tmp_path, monkeypatch):
-    import data.dicom
+    from cxr_tuner.data import dicom
 
-    monkeypatch.setattr(data.dicom, "dicom_patient_id", lambda path: f"pid-{Path(path).stem}")
+    monkeypatch.setattr(dicom, "dicom_patient_id", lambda path: f"pid-{Path(path).stem}")
     _touch(tmp_path, "COVID/a.dcm", "Normal/b.DCM", "Normal/c.png")
     (tmp_path / "manifest.csv").write_text(
         "path,label,patient_id\nCOVID/a.dcm,COVID,\nNormal/b.DCM,Normal,p2\n"

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from data.pipeline import make_dataset
+from cxr_tuner.data.pipeline import make_dataset
 
 
 def _images(count, size=16):

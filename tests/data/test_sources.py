@@ -4,10 +4,10 @@ import csv
 
 from click.testing import CliRunner
 
-from cli import cli
-from data import synthetic
-from data.manifest import Example
-from data.sources import source_audit, summary_lines
+from cxr_tuner.cli import cli
+from cxr_tuner.data import synthetic
+from cxr_tuner.data.manifest import Example
+from cxr_tuner.data.sources import source_audit, summary_lines
 
 
 def _examples(pairs):

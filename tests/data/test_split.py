@@ -4,9 +4,9 @@ from collections import defaultdict
 
 import pytest
 
-from data.errors import UserError
-from data.manifest import Example
-from data.split import FRACTION_MARGIN, fraction_check, load_split, save_split, split_by_group
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.data.manifest import Example
+from cxr_tuner.data.split import FRACTION_MARGIN, fraction_check, load_split, save_split, split_by_group
 
 
 def _dataset():

@@ -5,9 +5,9 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from data.errors import UserError
-from data.labels import MASKED
-from data.split import (
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.data.labels import MASKED
+from cxr_tuner.data.split import (
     SPLITS, fold_split_multilabel, fraction_check, positive_groups_per_split, positives_per_split,
     split_multilabel,
 )

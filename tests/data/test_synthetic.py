@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.errors import UserError
-from data.synthetic import CLASS_NAMES, phantom, write_demo_dataset
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.data.synthetic import CLASS_NAMES, phantom, write_demo_dataset
 
 
 def _rows_with_mask(mask):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.errors import UserError
-from data.synthetic import (
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.data.synthetic import (
     MULTILABEL_FINDINGS, MULTILABEL_PREVALENCES, NIH_FINDINGS, NIH_HEADER, NIH_NO_FINDING, multilabel_findings,
     multilabel_phantom, write_demo_dataset, write_multilabel_demo, write_nih_label_file,
 )

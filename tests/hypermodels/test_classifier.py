@@ -8,11 +8,11 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from data.errors import UserError
-from hypermodels.classifier import OBJECTIVE, XrayClassifier
-from hypermodels.preprocess import preprocess
-from hypermodels.registry import get_backbone
-from hypermodels.weights import resolve_weights, weights_origin
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.hypermodels.classifier import OBJECTIVE, XrayClassifier
+from cxr_tuner.hypermodels.preprocess import preprocess
+from cxr_tuner.hypermodels.registry import get_backbone
+from cxr_tuner.hypermodels.weights import resolve_weights, weights_origin
 
 
 def _build(backbones, weights="none", hp=None, size=32):

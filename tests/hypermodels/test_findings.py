@@ -7,8 +7,8 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from hypermodels.classifier import OBJECTIVE_MULTILABEL, XrayClassifier
-from hypermodels.findings import (MASKED, Findings, WeightedBCEMetric, WeightedBinaryCrossentropy, balanced_weights,
+from cxr_tuner.hypermodels.classifier import OBJECTIVE_MULTILABEL, XrayClassifier
+from cxr_tuner.hypermodels.findings import (MASKED, Findings, WeightedBCEMetric, WeightedBinaryCrossentropy, balanced_weights,
                                   weighted_bce)
 
 TARGETS = np.array([[1, 0], [0, MASKED], [0, 1], [1, 0]], dtype="float32")
@@ -69,8 +69,8 @@ def test_the_multilabel_head_is_one_sigmoid_per_finding_ranked_on_val_weighted_b
 
 
 def test_hparams_shows_the_multilabel_objective_first_then_each_findings_validation_auc():
-    from search.config import RunConfig
-    from search.hparams import run_metrics
+    from cxr_tuner.search.engine.config import RunConfig
+    from cxr_tuner.search.tuning.hparams import run_metrics
 
     config = RunConfig(run_dir="r", task="multilabel", class_names=("Effusion", "Pleural_Other"))
     assert list(run_metrics(config)) == [OBJECTIVE_MULTILABEL, "val_accuracy", "val_auc_Effusion",

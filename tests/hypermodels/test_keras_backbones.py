@@ -5,13 +5,13 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from data.errors import UserError
-from hypermodels import discovery
-from hypermodels.classifier import XrayClassifier
-from hypermodels.preprocess import preprocess
-from hypermodels.registry import (BACKBONES, KERAS_PREFIX, backbone_of_model, file_safe, get_backbone,
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.hypermodels import discovery
+from cxr_tuner.hypermodels.classifier import XrayClassifier
+from cxr_tuner.hypermodels.preprocess import preprocess
+from cxr_tuner.hypermodels.registry import (BACKBONES, KERAS_PREFIX, backbone_of_model, file_safe, get_backbone,
                                   keras_application_names, preprocess_mode_of)
-from search.evaluation import gradcam
+from cxr_tuner.search.evaluation import gradcam
 
 # The seven registry backbones that are keras.applications models.
 APPLICATIONS = ["resnet50", "inception_v3", "densenet121", "efficientnet_b0", "mobilenet_v2", "mobilenet",
@@ -122,7 +122,7 @@ def test_keras_weight_file_is_the_one_keras_looks_for(name, size, monkeypatch):
 def test_offline_keras_backbone_says_which_file_to_put_where(tmp_path, monkeypatch):
     from keras.src.utils import file_utils
 
-    from hypermodels.weights import resolve_weights
+    from cxr_tuner.hypermodels.weights import resolve_weights
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     spec = get_backbone("keras:MobileNetV3Small")
@@ -154,7 +154,7 @@ def test_file_safe_names_keep_registry_names():
 def test_pretrained_keras_backbone_cuts_for_the_activation_cache(tmp_path):
     # --weights PATH stands in for ImageNet (offline): the values load, and a trial above a cut
     # starts from them, as for a registry backbone.
-    from hypermodels.cutting import ActivationClassifier, frozen_image_model
+    from cxr_tuner.hypermodels.cutting import ActivationClassifier, frozen_image_model
 
     name = "keras:MobileNetV3Small"
     path = tmp_path / "mnv3.weights.h5"

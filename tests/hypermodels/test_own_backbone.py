@@ -5,12 +5,12 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from data.errors import UserError
-from hypermodels.classifier import XrayClassifier
-from hypermodels.cutting import ActivationClassifier, frozen_image_model, is_cacheable
-from hypermodels.registry import get_backbone, own_backbone, register
-from hypermodels.weights import resolve_weights, weights_origin
-from search.evaluation import gradcam
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.hypermodels.classifier import XrayClassifier
+from cxr_tuner.hypermodels.cutting import ActivationClassifier, frozen_image_model, is_cacheable
+from cxr_tuner.hypermodels.registry import get_backbone, own_backbone, register
+from cxr_tuner.hypermodels.weights import resolve_weights, weights_origin
+from cxr_tuner.search.evaluation import gradcam
 
 CUTS = ["block2_out", "block1_out"]
 

@@ -5,9 +5,9 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from data.errors import UserError
-from hypermodels.classifier import XrayClassifier
-from hypermodels.registry import BACKBONES, backbone_names, get_backbone
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.hypermodels.classifier import XrayClassifier
+from cxr_tuner.hypermodels.registry import BACKBONES, backbone_names, get_backbone
 
 
 @pytest.mark.parametrize("name", backbone_names())

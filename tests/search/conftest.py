@@ -4,11 +4,11 @@ import shutil
 
 import pytest
 
-from search.config import load_config, new_config
-from search.evaluation.evaluate import evaluate
-from search.export import export_model
-from search.retrain import retrain
-from search.run import run_search
+from cxr_tuner.search.engine.config import load_config, new_config
+from cxr_tuner.search.evaluation.evaluate import evaluate
+from cxr_tuner.search.delivery.export import export_model
+from cxr_tuner.search.final.retrain import retrain
+from cxr_tuner.search.run import run_search
 
 
 def _quiet(line):

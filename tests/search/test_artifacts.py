@@ -4,11 +4,11 @@ import os
 
 import pytest
 
-from data import audit, cache, files, split
-from data.manifest import Example
-from search.config import load_config
-from search.dataset import DataFindings
-from search.layout import RunLayout
+from cxr_tuner.data import audit, cache, files, split
+from cxr_tuner.data.manifest import Example
+from cxr_tuner.search.engine.config import load_config
+from cxr_tuner.search.engine.dataset import DataFindings
+from cxr_tuner.search.engine.layout import RunLayout
 from tests.conftest import error_line, run_cli, tree_digest
 
 

@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
-from data import synthetic
-from search.layout import RunLayout
-from search.config import new_config
-from search import tuner as tuner_module
-from search.tuner import make_tuner
+from cxr_tuner.cli import cli
+from cxr_tuner.data import synthetic
+from cxr_tuner.search.engine.layout import RunLayout
+from cxr_tuner.search.engine.config import new_config
+from cxr_tuner.search.tuning import tuner as tuner_module
+from cxr_tuner.search.tuning.tuner import make_tuner
 from tests.conftest import saved_trials
 
 REPO = Path(__file__).resolve().parents[2]

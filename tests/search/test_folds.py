@@ -7,14 +7,16 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from tests.conftest import FAST_SEARCH, error_line, run_cli, saved_trials
-from data import pipeline
-from data.errors import UserError
-from data.split import fold_split
-from hypermodels.classifier import OBJECTIVE
-from search import dataset, ensemble, hparams
-from search.config import load_config, new_config
-from search.layout import WINNER_HISTORY, WINNER_OUT_OF_FOLD, RunLayout
-from search.retrain import retrain
+from cxr_tuner.data import pipeline
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.data.split import fold_split
+from cxr_tuner.hypermodels.classifier import OBJECTIVE
+from cxr_tuner.search.engine import dataset
+from cxr_tuner.search.final import assemble
+from cxr_tuner.search.tuning import hparams
+from cxr_tuner.search.engine.config import load_config, new_config
+from cxr_tuner.search.engine.layout import WINNER_HISTORY, WINNER_OUT_OF_FOLD, RunLayout
+from cxr_tuner.search.final.retrain import retrain
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -114,8 +116,8 @@ def test_retrain_with_folds_trains_on_train_and_val_for_the_folds_epochs_and_nev
     assert summary["winners"][0]["best_epoch"] == epochs == len(history["loss"])
     with np.load(winner / WINNER_OUT_OF_FOLD) as saved:
         assert set(saved["rows"].tolist()) == fit
-    record = ensemble.assemble(config, point="off", log=lambda line: None)
-    assert record["fitted_on"] == ensemble.FITTED_ON_FOLDS  # ensemble choice and temperature: out of fold
+    record = assemble.assemble(config, point="off", log=lambda line: None)
+    assert record["fitted_on"] == assemble.FITTED_ON_FOLDS  # ensemble choice and temperature: out of fold
     assert record["validation_weighted_loss_by_size"][0] == pytest.approx(summary["winners"][0][OBJECTIVE]["mean"])
 
 
@@ -141,8 +143,8 @@ def test_a_folds_trial_traces_its_training_step_once_not_once_per_fold(folded_se
 def test_a_restarted_model_trains_as_a_fresh_build_does_without_tracing_again(tmp_path, demo_data, monkeypatch):
     import keras_tuner
 
-    from search.retrain import build_model
-    from search.tuner import Restart, fresh_keras_state
+    from cxr_tuner.search.final.retrain import build_model
+    from cxr_tuner.search.tuning.tuner import Restart, fresh_keras_state
 
     config = new_config(str(tmp_path / "run"), str(demo_data), backbones=("vanilla_cnn",), image_size=32,
                         weights="none")

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from search.distributed.local import free_local_address
+from cxr_tuner.search.distributed.local import free_local_address
 
 HEADERS = {"Content-Type": "application/json", "X-XSRF-Protected": "1"}
 

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 from tensorflow.python.framework import config as tf_config
 
-from hypermodels import precision
-from search import dataset, tuner
-from search.activations import ActivationCache, trial_hypermodel
-from search.config import load_config, new_config
-from search.export import export_model, predict_exported
-from search.layout import RunLayout
-from search.retrain import retrain
-from search.run import run_search
+from cxr_tuner.hypermodels import precision
+from cxr_tuner.search.engine import dataset
+from cxr_tuner.search.tuning import tuner
+from cxr_tuner.search.tuning.activations import ActivationCache, trial_hypermodel
+from cxr_tuner.search.engine.config import load_config, new_config
+from cxr_tuner.search.delivery.export import export_model, predict_exported
+from cxr_tuner.search.engine.layout import RunLayout
+from cxr_tuner.search.final.retrain import retrain
+from cxr_tuner.search.run import run_search
 from tests.conftest import FAST_SEARCH, run_cli
 from tests.search.conftest import _quiet
 

@@ -8,11 +8,11 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from hypermodels.classifier import OBJECTIVE, XrayClassifier
-from search.config import new_config
-from search.layout import RunLayout
-from search.run import run_search
-from search.tuner import XrayHyperband
+from cxr_tuner.hypermodels.classifier import OBJECTIVE, XrayClassifier
+from cxr_tuner.search.engine.config import new_config
+from cxr_tuner.search.engine.layout import RunLayout
+from cxr_tuner.search.run import run_search
+from cxr_tuner.search.tuning.tuner import XrayHyperband
 
 
 def _config(run_dir, data, **changes):

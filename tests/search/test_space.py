@@ -9,10 +9,10 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from search import variants
-from search.activations import searched_depths
-from search.config import load_config, new_config
-from search.layout import RunLayout
+from cxr_tuner.hypermodels import variants
+from cxr_tuner.search.tuning.activations import searched_depths
+from cxr_tuner.search.engine.config import load_config, new_config
+from cxr_tuner.search.engine.layout import RunLayout
 from tests.conftest import error_line, plain_keras_output, run_cli, saved_trials, tree_digest
 
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from search import budget
-from search.layout import RunLayout
+from cxr_tuner.search.tuning import budget
+from cxr_tuner.search.engine.layout import RunLayout
 from tests.conftest import error_line, run_cli, tree_digest
 
 FLAGS = ("--backbones", "vanilla_cnn", "--weights", "none", "--image-size", 32, "--max-epochs", 8, "--factor", 3)

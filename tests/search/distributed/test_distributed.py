@@ -15,13 +15,13 @@ from click.testing import CliRunner
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from cli import cli
-from data.errors import UserError
-from hypermodels.classifier import OBJECTIVE
-from search.distributed import local
-from search.config import new_config
-from search.layout import RunLayout
-from search.run import run_search
+from cxr_tuner.cli import cli
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.hypermodels.classifier import OBJECTIVE
+from cxr_tuner.search.distributed import local
+from cxr_tuner.search.engine.config import new_config
+from cxr_tuner.search.engine.layout import RunLayout
+from cxr_tuner.search.run import run_search
 from tests.conftest import error_line, saved_trials
 from tests.search.test_search import _session_hparams
 

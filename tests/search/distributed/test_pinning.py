@@ -1,6 +1,6 @@
 """--workers N on a GPU machine: the environment each local worker starts with."""
 
-from search.distributed import local, pinning
+from cxr_tuner.search.distributed import local, pinning
 
 
 def test_each_worker_gets_its_own_gpu_while_there_are_enough():

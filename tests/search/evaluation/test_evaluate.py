@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from data.errors import UserError
-from search.layout import RunLayout
-from search.config import load_config
-from search.evaluation.evaluate import evaluate
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.search.engine.layout import RunLayout
+from cxr_tuner.search.engine.config import load_config
+from cxr_tuner.search.evaluation.evaluate import evaluate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -5,11 +5,11 @@ import keras_tuner
 import numpy as np
 import pytest
 
-from data.errors import UserError
-from data.synthetic import CLASS_NAMES, phantom
-from hypermodels.classifier import XrayClassifier
-from hypermodels.registry import BACKBONES
-from search.evaluation import gradcam
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.data.synthetic import CLASS_NAMES, phantom
+from cxr_tuner.hypermodels.classifier import XrayClassifier
+from cxr_tuner.hypermodels.registry import BACKBONES
+from cxr_tuner.search.evaluation import gradcam
 
 SIZE = 64
 REQUIRED_SHARE = 0.8

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from data.errors import UserError
-from search.evaluation import multilabel as ml
-from search.evaluation import operating_point
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.search.evaluation import multilabel as ml
+from cxr_tuner.search.evaluation import operating_point
 
 NAMES = ["Effusion", "Nodule", "Cardiomegaly"]
 

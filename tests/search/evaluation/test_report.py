@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from search.evaluation.metrics import classification_metrics, roc_curves
-from search.evaluation.report import plot_confusion_matrix, plot_history, plot_roc, write_report_md
+from cxr_tuner.search.evaluation.metrics import classification_metrics, roc_curves
+from cxr_tuner.search.evaluation.report import plot_confusion_matrix, plot_history, plot_roc, write_report_md
 
 NAMES = ["COVID", "Normal", "Viral_Pneumonia"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

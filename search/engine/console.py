@@ -1,0 +1,242 @@
+"""What a user sees on the terminal: quiet start-up, rounded values, progress, the closing summary.
+
+The entry point calls :func:`quiet_start` once; the stages format their lines
+with :func:`hyperparameter_text` and report epochs through :func:`epoch_lines`;
+the job ends with :func:`summary_lines`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from cxr_tuner.data.errors import UserError
+from cxr_tuner.search.engine.config import load_config
+from cxr_tuner.search.engine.text import figure_text, number_text, value_text
+
+
+def quiet_start(verbose: bool = False) -> None:
+    """A command's process-wide output settings, made once when it runs (never at import).
+
+    Unless ``verbose``, TensorFlow's and absl's start-up messages are silenced:
+    TensorFlow's C++ side writes its oneDNN and CPU-feature notices to file
+    descriptor 2 while it loads, before absl's logging is set up and whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says; so the import runs with descriptor 2 pointed at
+    /dev/null, and is restored right after (errors raised by the import still show).
+    Known, harmless library warnings are hidden either way.
+    """
+    if verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        with _stderr_to_devnull():
+            importlib.import_module("tensorflow")  # loaded here, silently, once
+            importlib.import_module("keras_tuner")
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        logging.getLogger("absl").setLevel(logging.ERROR)
+    _hide_known_warnings()
+
+
+def _hide_known_warnings() -> None:
+    # Warnings that would bury the trial lines: Keras loads the 224-pixel MobileNet weights
+    # for other sizes (conv weights do not depend on size), and KerasTuner's Hyperband
+    # continues a trial from weights without optimizer state.
+    warnings.filterwarnings("ignore", message="`input_shape` is undefined or non-square")
+    warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+    # Our tf.data pipelines shuffle themselves; Keras warns that fit's own shuffle=True is ignored.
+    warnings.filterwarnings("ignore", message="`shuffle=True` was passed, but will be ignored")
+    # Every trial traces its own new training step; TensorFlow counts those first traces
+    # of new functions as "retracing" and suggests fixes for a loop that is not there.
+    logger = logging.getLogger("tensorflow")
+    if _not_retracing not in logger.filters:
+        logger.addFilter(_not_retracing)
+
+
+def _not_retracing(record) -> bool:
+    return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def hyperparameter_text(values: dict, separator: str = ", ") -> str:
+    """``name value`` pairs, rounded, e.g. ``backbone mobilenet_025, dropout 0.3, learning_rate 5.3e-04``."""
+    return separator.join(f"{name} {value_text(value)}" for name, value in values.items())
+
+
+def epoch_lines(log: Callable[[str], None], prefix: str, epochs: int):
+    """A Keras callback logging one line per epoch: ``PREFIX epoch 3/16: weighted_loss 0.41, ... (2.1 s)``."""
+    import keras  # here, not at the top: quiet_start must import TensorFlow first
+
+    started = []
+
+    def end(epoch, logs):
+        logs = logs or {}
+        figures = ", ".join(f"{name} {number_text(logs[name])}" for name in _EPOCH_FIGURES if name in logs)
+        figures = figures or number_text(None, reason="no figures logged")
+        took = f"({time.perf_counter() - started[-1]:.1f} s)" if started else \
+            f"time {number_text(None, reason='not timed')}"
+        log(f"{prefix} epoch {epoch + 1}/{epochs}: {figures} {took}")
+
+    return keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: started.append(time.perf_counter()),
+                                          on_epoch_end=end)
+
+
+_EPOCH_FIGURES = ("weighted_loss", "accuracy", "val_weighted_loss", "val_accuracy")
+
+
+def weights_lines(config) -> list[str]:
+    """The search's opening lines: where each backbone's starting weights come from, one line each.
+
+    E.g. ``pretrained: mobilenet_025 ImageNet weights, shipped with the package
+    (hypermodels/assets/mobilenet_2_5_224_tf_no_top.h5)`` and ``from scratch: vanilla_cnn
+    (no pretrained weights exist for it)``, pretrained ones first. Called after ``search.run.check_inputs``, so
+    nothing is downloaded here.
+
+    Args:
+        config: The run's ``search.config.RunConfig``.
+    """
+    from cxr_tuner.hypermodels.registry import get_backbone  # here: importing Keras must wait for quiet_start
+    from cxr_tuner.hypermodels.weights import starts_pretrained, weights_origin
+
+    pretrained, scratch = [], []
+    for name in config.backbones:
+        spec = get_backbone(name)
+        origin = weights_origin(spec, config.weights, config.image_size)
+        if starts_pretrained(spec, config.weights):
+            pretrained.append(f"pretrained: {name} {origin}")
+        else:
+            scratch.append(f"from scratch: {name} ({origin})")
+    return pretrained + scratch
+
+
+def transfer_line(best: dict, config) -> str | None:
+    """The best pretrained trial against the best from-scratch one, on the class-weighted validation loss.
+
+    E.g. ``pretrained vs from scratch: val_weighted_loss 0.4580 (trial 0003, mobilenet_025) vs 0.7130
+    (trial 0007, vanilla_cnn): pretrained lower by 0.2550; chance ln 3 = 1.0986``. None when only one
+    kind of backbone was searched; ``n/a (why)`` when one kind has no completed trial.
+
+    Args:
+        best: The content of ``best_hyperparameters.json`` (``search.run.best_trials``).
+        config: The run's ``search.config.RunConfig``.
+    """
+    from cxr_tuner.hypermodels.registry import get_backbone
+    from cxr_tuner.hypermodels.weights import starts_pretrained
+
+    def pretrained(backbone) -> bool:
+        return starts_pretrained(get_backbone(backbone), config.weights)
+
+    kinds = {pretrained(name) for name in config.backbones}
+    if len(kinds) < 2:
+        return None
+    objective = (best.get("objective") or {}).get("name", "val_weighted_loss")
+    trials = list((best.get("best_per_backbone") or {}).values()) or best.get("top") or []
+    scored = [t for t in trials if isinstance(t, dict) and isinstance(t.get(objective), (int, float))]
+    found = {}
+    for kind in (True, False):
+        of_kind = [t for t in scored if pretrained((t.get("hyperparameters") or {}).get("backbone")) == kind]
+        found[kind] = min(of_kind, key=lambda t: t[objective]) if of_kind else None
+    head = "pretrained vs from scratch:"
+    missing = [word for kind, word in ((True, "pretrained"), (False, "from-scratch")) if found[kind] is None]
+    if missing:
+        return f"{head} {number_text(None, reason='no ' + ' or '.join(missing) + ' trial completed')}"
+    ours, theirs = (f"{number_text(t[objective], '.4f')} (trial {t.get('trial_id', '?')}, "
+                    f"{t['hyperparameters']['backbone']})" for t in (found[True], found[False]))
+    gap = found[False][objective] - found[True][objective]
+    verdict = (f"pretrained lower by {gap:.4f}" if gap > 0 else
+               f"from scratch lower by {-gap:.4f}" if gap < 0 else "the same")
+    classes = len(config.class_names)
+    chance = f"; chance ln {classes} = {math.log(classes):.4f}" if classes > 1 else ""
+    if config.multilabel:  # balanced weights: every finding answered 0.5 scores ln 2
+        chance = f"; chance ln 2 = {math.log(2):.4f}"
+    return f"{head} {objective} {ours} vs {theirs}: {verdict}{chance}"
+
+
+def summary_lines(layout, started: float | None = None) -> list[str]:
+    """Where everything of a finished job is, with the headline test figures and their 95% CIs.
+
+    With both kinds of backbone searched, also the best pretrained trial against the best
+    from-scratch one. Whatever the run did not produce reads ``n/a (why)`` or is left out.
+
+    Args:
+        layout: The run's ``search.layout.RunLayout``.
+        started: ``time.perf_counter()`` when the job started, for its duration.
+    """
+    lines = ["done" + (f" in {_duration(time.perf_counter() - started)}" if started else "") + ". Results:"]
+    page = layout.report / "report.html"
+    if page.is_file():
+        lines.append(f"  report:       {page} (open in a browser; also report.md)")
+    lines.append(f"  tensorboard:  tensorboard --logdir {layout.tensorboard}")
+    if layout.winners_summary.is_file():
+        lines.append(f"  winners:      {layout.winners} (summary.json)")
+    card = _read(layout.export / "model_card.json")
+    if card is not None:
+        groups = card.get("files") if isinstance(card.get("files"), dict) else {}
+        files = ", ".join(sorted({Path(f).parts[0] for group in groups.values() for f in group}))
+        lines.append(f"  exported:     {layout.export}/ {files + ', ' if files else ''}model_card.json")
+    line = _transfer_summary(layout)
+    if line:
+        lines.append(f"  {line}")
+    metrics = _read(layout.metrics)
+    if metrics is not None:
+        lines += headline_lines(metrics)
+    return lines
+
+
+def headline_lines(metrics: dict) -> list[str]:
+    """The headline test figures of ``metrics.json``: ``accuracy 0.942 [0.885, 1.000]`` or ``n/a (why)``."""
+
+    if metrics.get("task") == "multilabel":  # per finding: its AUC
+        lines = [f"  test split, {number_text(metrics.get('n'), 'd', 'count not recorded')} films (95% bootstrap "
+                 "CI over patients):", f"    {'macro ROC AUC':<20} {figure_text(metrics.get('macro_auc'))}",
+                 f"    {'micro ROC AUC':<20} {figure_text(metrics.get('micro_auc'))}"]
+        return lines + [f"    {name + ' AUC':<20} {figure_text(row.get('roc_auc'))}"
+                        for name, row in (metrics.get("per_label") or {}).items()]
+    positive = metrics.get("positive_class", "COVID")
+    figures = (("accuracy", metrics.get("accuracy")), ("macro F1", metrics.get("macro_f1")),
+               ("macro ROC AUC", (metrics.get("roc_auc") or {}).get("macro")),
+               (f"{positive} sensitivity", metrics.get("covid_sensitivity")),
+               (f"{positive} specificity", metrics.get("covid_specificity")))
+
+    lines = [f"  test split, {number_text(metrics.get('n'), 'd', 'count not recorded')} images (95% bootstrap CI):"]
+    lines += [f"    {name:<20} {figure_text(figure)}" for name, figure in figures]
+    return lines
+
+
+def _transfer_summary(layout) -> str | None:
+    best = _read(layout.best)
+    try:
+        return transfer_line(best, load_config(layout.root)) if best is not None else None
+    except UserError:  # no config.json, or a damaged one: the summary goes without the comparison
+        return None
+
+
+def _read(path: Path):
+    """A JSON file's content, or None when it is missing or damaged (the summary leaves it out)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"

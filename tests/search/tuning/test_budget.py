@@ -1,0 +1,124 @@
+"""--time-budget's planner: Hyperband's arithmetic, the plan on given figures, the oracle's deadline.
+
+No model trains here: the oracle is KerasTuner's own, fed made-up scores.
+"""
+
+import keras_tuner
+import pytest
+
+from cxr_tuner.search.tuning import budget
+from cxr_tuner.search.tuning.budget import Calibration, Deadline, plan
+from cxr_tuner.search.engine.text import parse_duration
+
+FIGURES = Calibration(epoch=2.0, overhead=3.0, epoch_max=4.0, overhead_max=6.0, forward=5.0)
+
+
+def _oracle(max_epochs, factor, tmp_path):
+    hp = keras_tuner.HyperParameters()
+    hp.Float("x", 0.0, 1.0)
+    oracle = keras_tuner.oracles.HyperbandOracle(
+        keras_tuner.Objective("score", "min"), max_epochs=max_epochs, factor=factor, seed=1, hyperparameters=hp)
+    oracle._set_project_dir(str(tmp_path), "tuner")
+    return oracle
+
+
+def _run(oracle, tick=None) -> list:
+    """Runs trials until the oracle stops; each scores its x. ``tick()`` after each trial (a fake clock)."""
+    ran = []
+    while True:
+        trial = oracle.create_trial("tuner0")
+        if trial.status == "STOPPED":
+            return ran
+        values = trial.hyperparameters.values
+        ran.append((values["tuner/bracket"], values["tuner/round"], values["tuner/epochs"],
+                    values["tuner/initial_epoch"]))
+        oracle.update_trial(trial.trial_id, {"score": values["x"]})
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+        if tick:
+            tick()
+
+
+@pytest.mark.parametrize("max_epochs, factor", [(1, 3), (3, 3), (8, 3), (9, 3), (4, 2)])
+def test_hyperband_arithmetic_matches_keras_tuners_oracle(tmp_path, max_epochs, factor):
+    ran = _run(_oracle(max_epochs, factor, tmp_path))
+    rounds = budget.hyperband_rounds(max_epochs, factor)
+    assert len(ran) == sum(r["trials"] for r in rounds)
+    assert sum(e - start for _, _, e, start in ran) == sum(r["trials"] * r["epochs"] for r in rounds)
+
+
+def test_plan_picks_the_largest_max_epochs_whose_job_fits_the_budget():
+    chosen = plan(budget=600, spent=60, calibration=FIGURES, max_epochs=9, factor=3)
+    assert chosen.fits and chosen.retrain.top_k == 3 and chosen.retrain.variants
+    assert chosen.finish <= 600 * (1 - budget.MARGIN)
+    assert 1 <= chosen.max_epochs < 9
+    # One epoch more would not fit: with the same full retrain, its prediction passes the budget's usable part.
+    bigger = plan(budget=10**6, spent=60, calibration=FIGURES, max_epochs=chosen.max_epochs + 1, factor=3)
+    assert bigger.max_epochs == chosen.max_epochs + 1 and bigger.finish > 600 * (1 - budget.MARGIN)
+    # A generous budget runs what the flags ask, never more.
+    assert plan(budget=10**6, spent=60, calibration=FIGURES, max_epochs=9, factor=3).max_epochs == 9
+
+
+def test_plan_cuts_the_retrain_before_giving_up_and_says_when_nothing_fits():
+    tight = plan(budget=350, spent=60, calibration=FIGURES, max_epochs=9, factor=3)
+    assert tight.fits and tight.finish <= 350 * (1 - budget.MARGIN)
+    # The search kept at least 6 trials; the retrain gave up its variants first.
+    assert tight.max_epochs >= budget.MIN_SEARCH_EPOCHS and not tight.retrain.variants
+    assert tight.retrain.top_k == 3
+    hopeless = plan(budget=30, spent=60, calibration=FIGURES, max_epochs=9, factor=3)
+    assert not hopeless.fits and hopeless.max_epochs == 1 and hopeless.retrain.top_k == 1
+    assert "over budget" in hopeless.lines(FIGURES)[-1]
+
+
+def test_a_search_without_retrain_has_the_whole_budget():
+    with_retrain = plan(budget=600, spent=60, calibration=FIGURES, max_epochs=9, factor=3)
+    alone = plan(budget=600, spent=60, calibration=FIGURES, max_epochs=9, factor=3, retrain=False)
+    assert alone.max_epochs > with_retrain.max_epochs and alone.retrain_seconds == alone.tail == 0
+
+
+def test_the_deadline_learns_how_long_trials_really_take():
+    now = [0.0]
+    deadline = Deadline(at=100.0, seconds_for=lambda epochs: 10.0 * epochs, clock=lambda: now[0])
+    assert deadline.allows(1)
+    now[0] = 40.0  # the trial predicted at 10 s took 40 s: a 1-epoch trial now ends at 80 s, a 2-epoch one at 120 s
+    assert not deadline.allows(2) and deadline.stopped
+
+
+def test_a_run_that_measured_its_final_stages_plans_with_them():
+    import dataclasses
+
+    measured = dataclasses.replace(FIGURES, tail=200.0)
+    assert budget.tail_cost(measured) == 200.0 + budget.PROCESS_RESERVE
+    assert plan(600, 60, measured, 9, 3).max_epochs < plan(600, 60, FIGURES, 9, 3).max_epochs
+
+
+def test_a_resumed_search_keeps_its_hyperband_and_only_the_retrain_is_planned():
+    assert plan(budget=200, spent=60, calibration=FIGURES, max_epochs=9, factor=3, fixed_max_epochs=True).max_epochs == 9
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("15m", 900), ("1h30m", 5400), ("2m30s", 150), ("300", 300)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "5x", "m", "1h-3m", "-5m"])
+def test_bad_durations_say_what_to_write(text):
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_the_oracle_stops_at_the_deadline_and_its_saved_state_resumes_the_same_search(tmp_path):
+    full = _run(_oracle(9, 3, tmp_path / "full"))
+    now = [0.0]
+    oracle = _oracle(9, 3, tmp_path / "cut")
+    oracle.deadline = Deadline(at=10.0, seconds_for=lambda epochs: 0.5 * epochs, clock=lambda: now[0])
+    budget.stop_at_deadline(oracle)
+    cut = _run(oracle, tick=lambda: now.__setitem__(0, now[0] + 1.0))
+    assert 1 <= len(cut) < len(full) and oracle.deadline.stopped
+    assert cut == full[:len(cut)]
+    # What KerasTuner saved holds no trial it refused: reloaded without a deadline, the search goes on as the
+    # unbudgeted one would have.
+    oracle.save()
+    resumed = _oracle(9, 3, tmp_path / "cut")
+    resumed.reload()
+    assert cut + _run(resumed) == full
