@@ -19,11 +19,10 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from scipy.stats import spearmanr  # noqa: E402
+from scipy.stats import spearmanr
 
-from bench.run import limited_copy, run_step  # noqa: E402
+from run import limited_copy, run_step
 
 COMPARED = {"cache-dtype": ("float32", "float16"), "precision": ("float32", "mixed_bfloat16")}
 

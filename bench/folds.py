@@ -27,7 +27,6 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def write_subset(data: Path, subset: int, work: Path) -> tuple[Path, list[dict]]:

@@ -16,19 +16,18 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import f1_score, recall_score  # noqa: E402
+import keras
+import numpy as np
+from sklearn.metrics import f1_score, recall_score
 
-from cxr_tuner.hypermodels.cutting import frozen_image_model, frozen_model  # noqa: E402
-from cxr_tuner.hypermodels.classifier import POOLED, XrayClassifier  # noqa: E402
-from cxr_tuner.search import dataset  # noqa: E402
-from cxr_tuner.search.engine.config import load_config  # noqa: E402
-from cxr_tuner.search.engine.layout import RunLayout  # noqa: E402
-from cxr_tuner.search.final.retrain import retrain as retrain_winners  # noqa: E402
+from cxr_tuner.hypermodels.cutting import frozen_image_model, frozen_model
+from cxr_tuner.hypermodels.classifier import POOLED, XrayClassifier
+from cxr_tuner.search import dataset
+from cxr_tuner.search.engine.config import load_config
+from cxr_tuner.search.engine.layout import RunLayout
+from cxr_tuner.search.final.retrain import retrain as retrain_winners
 
 BATCH = 64
 

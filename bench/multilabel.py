@@ -30,9 +30,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from bench.run import _weights_in_keras_cache, run_step  # noqa: E402
+from run import _weights_in_keras_cache, run_step
 
 
 def collections(work: Path, films: int, heldout: int, size: int, seed: int, rare_patients: int) -> tuple[Path, Path]:
@@ -59,7 +58,7 @@ def score(model_file: Path, csv_path: Path, size: int, seed: int, outputs=None, 
     import importlib
 
     importlib.import_module("cxr_tuner.hypermodels.layers")  # registers an ensemble's FindingTemperature, as the card says
-    from bench.multilabel_reference import _dataset, read_multihot
+    from multilabel_reference import _dataset, read_multihot
     from cxr_tuner.data.images import decode_image
     from cxr_tuner.search.evaluation import multilabel
 

@@ -23,15 +23,14 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import keras_tuner  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+import keras
+import keras_tuner
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.reference import TransferHyperModel  # noqa: E402  (the single-label reference's; nothing of the project)
+from reference import TransferHyperModel  #the single-label reference's; nothing of the project)
 
 SPLITS = ("train", "val", "test")
 

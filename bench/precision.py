@@ -17,18 +17,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import keras  # noqa: E402
-import keras_tuner  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow.python.framework import config as tf_config  # noqa: E402
+import keras
+import keras_tuner
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
 
-from cxr_tuner.hypermodels import precision  # noqa: E402
-from cxr_tuner.hypermodels.classifier import XrayClassifier  # noqa: E402
-from cxr_tuner.hypermodels.cutting import ActivationClassifier, cut_layer, frozen_image_model, frozen_model  # noqa: E402
-from cxr_tuner.hypermodels.registry import get_backbone  # noqa: E402
+from cxr_tuner.hypermodels import precision
+from cxr_tuner.hypermodels.classifier import XrayClassifier
+from cxr_tuner.hypermodels.cutting import ActivationClassifier, cut_layer, frozen_image_model, frozen_model
+from cxr_tuner.hypermodels.registry import get_backbone
 
 BATCH = 32
 POLICIES = ("float32", "mixed_bfloat16")

@@ -19,19 +19,19 @@ import time
 
 STARTED = time.perf_counter()  # the search's wall time counts imports, as a CLI run's does
 
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import csv
+import json
+import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import keras_tuner  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import f1_score, recall_score  # noqa: E402
-from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
+import keras
+import keras_tuner
+import numpy as np
+from sklearn.metrics import f1_score, recall_score
+from sklearn.utils.class_weight import compute_class_weight
 
 # name: (constructor, [-1, 1] input?, cut layers from the top down), as a user would write it.
 BACKBONES = {

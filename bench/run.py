@@ -30,11 +30,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from bench.folds import write_subset  # noqa: E402
-from cxr_tuner.search.evaluation.metrics import figure_text  # noqa: E402  (no TensorFlow: the runner stays light)
-from cxr_tuner.search.engine.layout import RunLayout  # noqa: E402
+from folds import write_subset
+from cxr_tuner.search.engine.text import figure_text  #no TensorFlow: the runner stays light)
+from cxr_tuner.search.engine.layout import RunLayout
 
 
 def run_step(name: str, command: list[str], log: Path) -> dict:

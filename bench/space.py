@@ -28,10 +28,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from bench.time_budget import read_json, test_figures  # noqa: E402
-from cxr_tuner.search.engine.layout import RunLayout  # noqa: E402  (light: no TensorFlow)
+from time_budget import read_json, test_figures
+from cxr_tuner.search.engine.layout import RunLayout  #light: no TensorFlow)
 
 
 def main(argv=None) -> dict:

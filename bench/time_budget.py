@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from cxr_tuner.search.engine.text import duration_text
-from cxr_tuner.search.tuning.budget import parse_duration  # noqa: E402  (light: no TensorFlow
-from cxr_tuner.search.engine.layout import RunLayout  # noqa: E402
+from cxr_tuner.search.engine.text import parse_duration  # noqa: E402  (light: no TensorFlow
+from cxr_tuner.search.engine.layout import RunLayout
 
 
 def main(argv=None) -> dict:

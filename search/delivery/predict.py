@@ -13,7 +13,7 @@ from cxr_tuner.data.errors import DecodeFailure
 from cxr_tuner.data.images import decode_image
 from cxr_tuner.search.evaluation import gradcam
 from cxr_tuner.search.engine.config import load_config
-from cxr_tuner.search.final.assemble import ENSEMBLE_NAME  # imports hypermodels.layers, whose layers ensembles and older files need
+from cxr_tuner.hypermodels.ensemble import ENSEMBLE_NAME  # imports hypermodels.layers, whose layers ensembles and older files need
 from cxr_tuner.search.delivery.export import CARD_FILE, FILES
 from cxr_tuner.search.engine.layout import FINAL_RECORD, WINNER_MODEL, RunLayout
 
