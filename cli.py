@@ -134,7 +134,7 @@ def _config(options: dict):
 def _duration(ctx, param, value):
     if value is None:
         return None
-    from cxr_tuner.search.engine.text import parse_duration
+    from cxr_tuner.search.figures.text import parse_duration
 
     try:
         return parse_duration(value)
@@ -377,7 +377,7 @@ def gradcam(run_dir, images, out, class_name, layer):
               help="Output folder. Default: RUN_DIR/export.")
 def export(run_dir, formats, out):
     """Export the best winner with a model card (class names, input, metrics, hashes)."""
-    from cxr_tuner.search.engine.text import number_text
+    from cxr_tuner.search.figures.text import number_text
     from cxr_tuner.search.delivery.export import export_model
 
     card = export_model(_run_config(run_dir), formats=formats, out=out, log=click.echo)

@@ -28,6 +28,7 @@ from cxr_tuner.search import dataset
 from cxr_tuner.search.engine.config import load_config
 from cxr_tuner.search.engine.layout import RunLayout
 from cxr_tuner.search.final.retrain import retrain as retrain_winners
+from cxr_tuner.search.engine.task import task_of
 
 BATCH = 64
 
@@ -37,7 +38,7 @@ def floor(run_dir: str, backbone: str) -> dict:
     config = load_config(run_dir)
     data = dataset.prepare(config, progress=False)
     classifier = XrayClassifier(len(config.class_names), config.image_size, (backbone,), config.weights,
-                                space=config.search_space(), findings=config.findings())
+                                space=config.search_space(), findings=task_of(config).findings(config))
     model = frozen_model(frozen_image_model(classifier, backbone), None, [POOLED])
     model.predict_on_batch(np.asarray(data.images[:BATCH]))  # trace once, not timed
     start = time.perf_counter()
@@ -82,8 +83,8 @@ def heldout(run_dir: str, csv_file: str) -> dict:
     from cxr_tuner.data import cache
     from cxr_tuner.data.manifest import Example, normalise_label
     from cxr_tuner.hypermodels import ensemble
-    from cxr_tuner.search.evaluation import operating_point
-    from cxr_tuner.search.evaluation.metrics import classification_metrics
+    from cxr_tuner.search.figures import operating_point
+    from cxr_tuner.search.figures.metrics import classification_metrics
 
     config = load_config(run_dir)
     layout = RunLayout(run_dir)

@@ -60,7 +60,7 @@ def score(model_file: Path, csv_path: Path, size: int, seed: int, outputs=None, 
     importlib.import_module("cxr_tuner.hypermodels.layers")  # registers an ensemble's FindingTemperature, as the card says
     from multilabel_reference import _dataset, read_multihot
     from cxr_tuner.data.images import decode_image
-    from cxr_tuner.search.evaluation import multilabel
+    from cxr_tuner.search.figures import findings as multilabel
 
     paths, labels, patients, names = read_multihot(csv_path)
     model = keras.saving.load_model(model_file, compile=False)

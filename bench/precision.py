@@ -13,7 +13,6 @@ inputs: the arithmetic, not the values, sets the speed. Prints the CPU's bfloat1
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 

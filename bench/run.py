@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 from folds import write_subset
-from cxr_tuner.search.engine.text import figure_text  #no TensorFlow: the runner stays light)
+from cxr_tuner.search.figures.text import figure_text  #no TensorFlow: the runner stays light)
 from cxr_tuner.search.engine.layout import RunLayout
 
 
@@ -189,7 +189,7 @@ def memory_trend(python: str, data: str, budget: list[str], trials: int, work: P
 
 
 def _results(args, ours: dict, reference_step: dict, floor: dict, reference: dict, heldout: bool) -> dict:
-    from cxr_tuner.search.evaluation.metrics import classification_metrics
+    from cxr_tuner.search.figures.metrics import classification_metrics
     from cxr_tuner.search.engine import timing
 
     for entry in ours.values():

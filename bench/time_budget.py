@@ -22,8 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-from cxr_tuner.search.engine.text import duration_text
-from cxr_tuner.search.engine.text import parse_duration  # noqa: E402  (light: no TensorFlow
+from cxr_tuner.search.figures.text import duration_text
+from cxr_tuner.search.figures.text import parse_duration  # noqa: E402  (light: no TensorFlow
 from cxr_tuner.search.engine.layout import RunLayout
 
 

@@ -9,7 +9,7 @@ from cxr_tuner.search.engine import console, timing
 from cxr_tuner.search.engine.config import RunConfig, load_config
 from cxr_tuner.search.engine.lock import run_lock
 from cxr_tuner.search.run import check_inputs, run_search
-from cxr_tuner.search.engine.text import number_text, value_text
+from cxr_tuner.search.figures.text import number_text, value_text
 
 
 def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ensemble: int | None = None,

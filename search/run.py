@@ -10,8 +10,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from cxr_tuner.data import files, labels, manifest
-from cxr_tuner.data.split import SPLITS
+from cxr_tuner.data import files, labels
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels import precision
 from cxr_tuner.hypermodels.registry import get_backbone
@@ -249,16 +248,8 @@ def _log_data(data: dataset.RunData, log: Callable[[str], None]) -> None:
     counts = data.findings.counts
     log(f"images: {counts['found']} found, {counts['used']} used, {counts['skipped']} skipped "
         f"(see {config.layout.skipped})")
-    for line in data.findings.labels.get("lines", []):
+    for line in data.findings.labels.get("lines", []) + data.task.data_lines(data):
         log(line)
-    if config.multilabel:
-        _log_findings(data, log)
-    raw_names = {} if config.multilabel else manifest.class_mapping(data.examples)
-    for i, name in enumerate(() if config.multilabel else config.class_names):
-        source = ", ".join(repr(r) for r in raw_names.get(name, [name]))
-        per_split = " / ".join(f"{s} {int(((data.labels == i) & (data.splits == s)).sum())}"
-                               for s in SPLITS)
-        log(f"class {i} = {name} (from {source}): {per_split}; weight {config.class_weights[name]:.3f}")
     if data.findings.audit:
         log("leakage audit of the split: " + ", ".join(f"{k} {v}" for k, v in data.findings.audit.items())
             + f" (groups in {config.layout.audit})")
@@ -268,16 +259,3 @@ def _log_data(data: dataset.RunData, log: Callable[[str], None]) -> None:
     if data.findings.fractions.get("warning"):
         log(data.findings.fractions["warning"])
 
-
-def _log_findings(data: dataset.RunData, log: Callable[[str], None]) -> None:
-    """Each finding's positives per split (films, and patient groups), its loss weights; the dropped ones."""
-    labels = data.findings.labels
-    for line in labels.get("dropped", []):
-        log(line)
-    for i, name in enumerate(data.config.class_names):
-        films, groups = labels["positives"][name], labels["positive_groups"][name]
-        masked = int((data.labels[:, i] == -1).sum())
-        weight = data.config.class_weights[name]
-        log(f"finding {i} = {name}: positives " + " / ".join(f"{s} {films[s]} ({groups[s]} groups)" for s in SPLITS)
-            + (f", {masked} masked" if masked else "")
-            + f"; weights positive {weight['positive']:.3f}, negative {weight['negative']:.3f}")

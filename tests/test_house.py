@@ -19,11 +19,12 @@ PACKAGE = "cxr_tuner"
 RANK = (
     ("data",),
     ("hypermodels",),
+    ("search.figures",),  # figures from labels and probabilities: metrics, calibration, thresholds, their text
     ("search.engine",),
     ("search.tuning",),
     ("search.distributed",),
-    ("search.evaluation",),
     ("search.final",),
+    ("search.evaluation",),
     ("search.delivery",),
     ("search",),  # the search stage and the whole job: search/run.py, search/job.py
     ("cli", "__main__"),
@@ -121,5 +122,5 @@ def test_no_import_circles():
 
 def test_the_rule_catches_an_upward_import(tmp_path):
     """The check itself can fail: an engine module importing the final stage is upward."""
-    assert _room("search.final.assemble") > _room("search.engine.config")
+    assert _room("search.evaluation.evaluate") > _room("search.final.assemble") > _room("search.engine.config")
     assert _room("search.engine.config") > _room("hypermodels.registry") > _room("data.errors")

@@ -29,6 +29,7 @@ from cxr_tuner.hypermodels import precision, preprocess
 from cxr_tuner.search.engine import dataset, timing
 from cxr_tuner.search.evaluation import gradcam, html_report
 from cxr_tuner.search.engine.config import RunConfig
+from cxr_tuner.search.engine.task import task_named, task_of
 from cxr_tuner.hypermodels.ensemble import ENSEMBLE_NAME, for_export
 from cxr_tuner.search.final.assemble import final_card
 from cxr_tuner.search.tuning.hparams import searched_values
@@ -39,7 +40,6 @@ FORMATS = ("keras", "savedmodel", "tflite")
 FILES = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite"}
 CARD_FILE = "model_card.json"  # beside the exported files, wherever --out puts them
 AGREEMENT_IMAGES = 64  # test films every exported format is checked on against the model in memory
-_HEADLINE = ("accuracy", "macro_f1", "covid_sensitivity", "covid_specificity")
 
 
 def export_model(config: RunConfig, formats=FORMATS, out=None, log: Callable[[str], None] = print) -> dict:
@@ -188,15 +188,13 @@ def _predict_tflite(path: Path, images: np.ndarray) -> np.ndarray:
 def model_card(config: RunConfig, winner: Path, model: keras.Model, written: dict, out: Path) -> dict:
     """What a user of the exported files needs to know, and how to check they are the ones."""
     size = config.image_size
-    meaning = ("sigmoid probability of each finding, in class_names order (several may be present)"
-               if config.multilabel else "softmax probabilities in class_names order")
     return {
         "task": config.task,
         "class_names": list(config.class_names),
         "input": {"name": model.inputs[0].name, "shape": [None, size, size, 1], "dtype": "uint8",
                   "meaning": f"grayscale X-ray resized to {size}x{size}, values 0-255"},
         "output": {"name": "predictions", "shape": [None, len(config.class_names)],
-                   "meaning": meaning},
+                   "meaning": task_of(config).output_meaning()},
         "preprocessing": {"inside_model": preprocess.mode_of(model),
                           "caller": "decode to 8-bit grayscale and resize to the input size"},
         "loading": {"keras": "keras.saving.load_model(path, safe_mode=True); built-in Keras layers only, "
@@ -221,13 +219,7 @@ def _headline_metrics(layout: RunLayout) -> dict | None:
     if not layout.metrics.is_file():
         return None
     metrics = layout.read_current(layout.metrics, f"run `cxr-tuner evaluate {layout.root}`")
-    if metrics.get("task") == "multilabel":
-        return {"n": metrics["n"], "macro_roc_auc": metrics["macro_auc"], "micro_roc_auc": metrics["micro_auc"],
-                "per_finding_roc_auc": {name: row["roc_auc"] for name, row in metrics["per_label"].items()},
-                "ci_method": metrics.get("ci_method")}
-    headline = {name: metrics[name] for name in _HEADLINE}
-    headline["macro_roc_auc"] = metrics["roc_auc"]["macro"]
-    return {"n": metrics["n"], **headline, "ece": metrics["ece"], "ci_method": metrics["ci_method"]}
+    return task_named(metrics.get("task")).headline_metrics(metrics)
 
 
 def _hashes(path: Path, out: Path) -> dict:

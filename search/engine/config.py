@@ -106,26 +106,6 @@ class RunConfig:
         """The run directory's files and folders."""
         return RunLayout(self.run_dir)
 
-    @property
-    def multilabel(self) -> bool:
-        """Whether the run's models answer per finding (sigmoid outputs) rather than with one class."""
-        return self.task == "multilabel"
-
-    @property
-    def objective(self) -> str:
-        """The Keras metric the search ranks on and the retrain stops on: the run's class-weighted validation loss."""
-        from cxr_tuner.hypermodels.classifier import OBJECTIVE, OBJECTIVE_MULTILABEL
-
-        return OBJECTIVE_MULTILABEL if self.multilabel else OBJECTIVE
-
-    def findings(self):
-        """A multi-label run's `hypermodels.findings.Findings` (names and loss weights); None otherwise."""
-        if not self.multilabel:
-            return None
-        from cxr_tuner.hypermodels.findings import Findings
-
-        return Findings.from_weights(self.class_names, self.class_weights)
-
     def search_space(self):
         """The `hypermodels.space.Space` of the hyperparameters the search declares."""
         from cxr_tuner.hypermodels.space import Space

@@ -11,7 +11,6 @@ import contextlib
 import importlib
 import json
 import logging
-import math
 import os
 import time
 import warnings
@@ -20,7 +19,7 @@ from typing import Callable
 
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.search.engine.config import load_config
-from cxr_tuner.search.engine.text import figure_text, number_text, value_text
+from cxr_tuner.search.figures.text import number_text, value_text
 
 
 def quiet_start(verbose: bool = False) -> None:
@@ -163,11 +162,9 @@ def transfer_line(best: dict, config) -> str | None:
     gap = found[False][objective] - found[True][objective]
     verdict = (f"pretrained lower by {gap:.4f}" if gap > 0 else
                f"from scratch lower by {-gap:.4f}" if gap < 0 else "the same")
-    classes = len(config.class_names)
-    chance = f"; chance ln {classes} = {math.log(classes):.4f}" if classes > 1 else ""
-    if config.multilabel:  # balanced weights: every finding answered 0.5 scores ln 2
-        chance = f"; chance ln 2 = {math.log(2):.4f}"
-    return f"{head} {objective} {ours} vs {theirs}: {verdict}{chance}"
+    from cxr_tuner.search.engine.task import task_of  # here: the task imports Keras, which must wait for quiet_start
+
+    return f"{head} {objective} {ours} vs {theirs}: {verdict}{task_of(config).chance_text(config)}"
 
 
 def summary_lines(layout, started: float | None = None) -> list[str]:
@@ -203,22 +200,9 @@ def summary_lines(layout, started: float | None = None) -> list[str]:
 
 def headline_lines(metrics: dict) -> list[str]:
     """The headline test figures of ``metrics.json``: ``accuracy 0.942 [0.885, 1.000]`` or ``n/a (why)``."""
+    from cxr_tuner.search.engine.task import task_named  # here: the task imports Keras, which must wait for quiet_start
 
-    if metrics.get("task") == "multilabel":  # per finding: its AUC
-        lines = [f"  test split, {number_text(metrics.get('n'), 'd', 'count not recorded')} films (95% bootstrap "
-                 "CI over patients):", f"    {'macro ROC AUC':<20} {figure_text(metrics.get('macro_auc'))}",
-                 f"    {'micro ROC AUC':<20} {figure_text(metrics.get('micro_auc'))}"]
-        return lines + [f"    {name + ' AUC':<20} {figure_text(row.get('roc_auc'))}"
-                        for name, row in (metrics.get("per_label") or {}).items()]
-    positive = metrics.get("positive_class", "COVID")
-    figures = (("accuracy", metrics.get("accuracy")), ("macro F1", metrics.get("macro_f1")),
-               ("macro ROC AUC", (metrics.get("roc_auc") or {}).get("macro")),
-               (f"{positive} sensitivity", metrics.get("covid_sensitivity")),
-               (f"{positive} specificity", metrics.get("covid_specificity")))
-
-    lines = [f"  test split, {number_text(metrics.get('n'), 'd', 'count not recorded')} images (95% bootstrap CI):"]
-    lines += [f"    {name:<20} {figure_text(figure)}" for name, figure in figures]
-    return lines
+    return task_named(metrics.get("task")).headline_lines(metrics)
 
 
 def _transfer_summary(layout) -> str | None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tuner.data import audit, cache, files, labels as label_files, manifest, pipeline, sources, split, synthetic
+from cxr_tuner.data import audit, cache, files, labels as label_files, pipeline, split
 from cxr_tuner.data.errors import UserError
-from cxr_tuner.data.class_weights import class_weights
 from cxr_tuner.search.engine.config import RunConfig
+from cxr_tuner.search.engine.task import Task, task_named, task_of
 
 FIT = "fit"  # train and val together: what --folds divides, and what a final model with folds trains on
 
@@ -80,6 +80,11 @@ class RunData:
 
     _folds: list | None = dataclasses.field(default=None, init=False, repr=False)
 
+    @property
+    def task(self) -> Task:
+        """The run's task (`search.engine.task`)."""
+        return task_of(self.config)
+
     def indices(self, name: str) -> np.ndarray:
         """Row indices of split ``name``; ``"fit"``: train and val together (what folds divide)."""
         if name == FIT:
@@ -92,20 +97,11 @@ class RunData:
         Findings weigh each (film, finding) entry inside the loss instead: ones here.
         """
         rows = self.indices(name) if isinstance(name, str) else name
-        if self.config.multilabel:
-            return np.ones(len(rows), "float32")
-        names = self.config.class_names
-        return np.array([self.config.class_weights[names[i]] for i in self.labels[rows]], "float32")
+        return self.task.sample_weights(self.config, self.labels[rows])
 
     def objective_value(self, rows, probs: np.ndarray) -> float:
         """The run's class-weighted loss of ``probs`` on ``rows``: what the search ranks on, from saved probabilities."""
-        if self.config.multilabel:
-            from cxr_tuner.hypermodels.findings import weighted_bce
-
-            return weighted_bce(self.labels[rows], probs, self.config.findings())
-        from cxr_tuner.hypermodels.classifier import weighted_loss
-
-        return weighted_loss(self.labels[rows], probs, self.sample_weights(rows).astype(np.float64))
+        return self.task.objective_value(self.config, self.labels[rows], probs, self.sample_weights(rows))
 
     def folds(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """``config.folds`` (train rows, validation rows) of train+val, grouped as the split is; test is not in them.
@@ -116,11 +112,7 @@ class RunData:
         if self._folds is None:
             rows = self.indices(FIT)
             groups = leak_groups([self.examples[i] for i in rows], self.images[rows])
-            if self.config.multilabel:
-                pairs = split.fold_split_multilabel(self.labels[rows], groups, self.config.folds, self.config.seed,
-                                                    names=self.config.class_names)
-            else:
-                pairs = split.fold_split(self.labels[rows], groups, self.config.folds, self.config.seed)
+            pairs = self.task.fold_split(self.config, self.labels[rows], groups)
             self._folds = [(rows[kept], rows[held_out]) for kept, held_out in pairs]
         return self._folds
 
@@ -138,9 +130,7 @@ def data_root(config: RunConfig) -> Path:
     """The user's data, or the synthetic demo set (findings with ``--task multilabel``) written into the run directory."""
     if config.data is not None:
         return Path(config.data)
-    if config.multilabel:
-        return synthetic.write_multilabel_demo(config.layout.demo_data) / synthetic.MULTILABEL_CSV
-    return synthetic.write_demo_dataset(config.layout.demo_data)
+    return task_of(config).demo_root(config.layout)
 
 
 def prepare(config: RunConfig, progress: bool = True) -> RunData:
@@ -169,59 +159,20 @@ def prepare(config: RunConfig, progress: bool = True) -> RunData:
     else:
         table = label_files.read(data_root(config), config.task, config.uncertain, config.views or None)
         config = config.replace(task=table.task)
+        task = task_of(config)
         examples = table.examples
         decoded = cache.load_decoded(examples, config.image_size, layout.cache, progress)
         cache.write_skipped_csv(layout.skipped, decoded.skipped)
-        if not config.multilabel:
-            _check_every_class_readable(examples, decoded, layout.skipped)
+        task.check_decoded(examples, decoded, layout.skipped)
         splits, report, label_record = _leak_free_split(config, decoded, table)
         split.save_split(split_csv, decoded.examples, splits)
         audit.write_audit_csv(layout.audit, report)
         found, audit_counts = len(examples), report.counts()
-        ignored = [] if config.multilabel else manifest.ignored_columns(data_root(config))
-        source_record = _source_audit(decoded.examples, ignored, config, label_record)
+        source_record = task.source_audit(decoded.examples, task.ignored_columns(data_root(config)), label_record)
     data = _run_data(config, decoded, np.asarray(splits), found, audit_counts, source_record, label_record)
     if new_split:
         data.findings.save(layout)
     return data
-
-
-def _source_audit(examples, ignored: list[str], config: RunConfig, label_record: dict) -> dict:
-    if not config.multilabel:
-        found = sources.source_audit(examples)
-        return {"ignored_columns": ignored, "audit": found.to_dict() if found else None,
-                "lines": sources.summary_lines(found)}
-    # Per finding: does the source (a site column, or the view for NIH and CheXpert) tell whether it is present?
-    names = label_record["kept"]
-    targets = label_files.multi_hot([e.label for e in examples], names)
-    audits, lines = {}, []
-    for i, name in enumerate(names):
-        known = targets[:, i] != label_files.MASKED
-        per_finding = [dataclasses.replace(e, label=name if targets[j, i] == 1 else f"no {name}")
-                       for j, e in enumerate(examples) if known[j]]
-        found = sources.source_audit(per_finding)
-        audits[name] = found.to_dict() if found else None
-        if found is not None:
-            v = "n/a" if found.cramers_v is None else f"{found.cramers_v:.3f}"
-            lines.append(f"source audit, {name}: Cramér's V {v}; presence from the source alone: accuracy "
-                         f"{found.source_accuracy:.3f} (chance {found.chance:.3f})")
-            lines += [f"{name}: {warning}" for warning in found.warnings]
-    if all(audit is None for audit in audits.values()):
-        lines = sources.summary_lines(None)
-    return {"ignored_columns": ignored, "audit": None, "per_finding": audits, "lines": lines}
-
-
-def _check_every_class_readable(examples, decoded, skipped_csv: Path) -> None:
-    """A class whose files all failed to decode would silently vanish from the model."""
-    readable = set(manifest.class_names(decoded.examples))
-    label_of = {example.path: example.label for example in examples}
-    for name in manifest.class_names(examples):
-        if name not in readable:
-            failed = [item for item in decoded.skipped if label_of[item.path] == name]
-            raise UserError(
-                f"Class {name} has no readable image: all {len(failed)} of its files were skipped "
-                f"(e.g. {failed[0].path}: {failed[0].reason}; all in {skipped_csv}). Replace them "
-                "with PNG, JPEG or DICOM files that open, or remove that class folder.")
 
 
 def _leak_free_split(config: RunConfig, decoded, table):
@@ -238,16 +189,8 @@ def _leak_free_split(config: RunConfig, decoded, table):
     prints = audit.fingerprints([e.path for e in examples], decoded.images)  # once for both uses
     groups = leak_groups(examples, decoded.images, prints)
     record = {"task": table.task, "layout": table.layout, "found": list(table.names), "lines": list(table.lines)}
-    if config.multilabel:
-        targets = label_files.multi_hot([e.label for e in examples], table.names)
-        splits, kept, dropped = split.split_multilabel(targets, groups, table.names, config.fractions, config.seed,
-                                                       config.min_positive_groups)
-        kept_targets = label_files.multi_hot([e.label for e in examples], kept)
-        record.update(kept=list(kept), dropped=list(dropped),
-                      positives=split.positives_per_split(kept_targets, splits, kept),
-                      positive_groups=split.positive_groups_per_split(kept_targets, groups, splits, kept))
-    else:
-        splits = split.split_by_group([e.label for e in examples], groups, config.fractions, config.seed)
+    splits, found = task_of(config).split(config, examples, groups, table)
+    record.update(found)
     return splits, audit.audit(examples, splits=splits, prints=prints), record
 
 
@@ -264,31 +207,10 @@ def _run_data(config: RunConfig, decoded, splits: np.ndarray, found: int, audit_
     counts.update({s: int((splits == s).sum()) for s in split.SPLITS})
     fractions = split.fraction_check(splits, config.fractions)
     findings = DataFindings(counts, audit_counts, source_record, fractions, label_record)
-    task = label_record.get("task", config.task if config.task != "auto" else "multiclass")
-    if task == "multilabel":
-        return _findings_data(config.replace(task=task), decoded, splits, findings)
-    names = tuple(manifest.class_names(decoded.examples))
-    if config.class_names and names != tuple(config.class_names):
-        raise UserError(f"{config.layout.split} no longer matches {config.layout.config} (classes "
-                        f"{', '.join(names)} against {', '.join(config.class_names)}); start over with "
-                        f"`cxr-tuner search --run-dir {config.run_dir} --overwrite` and the run's flags.")
-    labels = np.array([names.index(e.label) for e in decoded.examples])
-    train_labels = [e.label for e, s in zip(decoded.examples, splits) if s == "train"]
-    config = config.replace(task="multiclass", class_names=names, class_weights=class_weights(train_labels, names))
+    # The labels' record names the task the data stage chose (a run's data.json may predate it).
+    task = task_named(label_record.get("task", config.task))
     # Worked out from the split each time (a resumed run's data.json may predate it).
+    config, labels = task.encode(config, decoded.examples, splits, label_record)
     return RunData(config, decoded.images, decoded.examples, splits, labels, findings)
 
 
-def _findings_data(config: RunConfig, decoded, splits: np.ndarray, findings: DataFindings) -> RunData:
-    """A multi-label run's data: multi-hot rows over the kept findings, weights balanced per finding on train."""
-    from cxr_tuner.hypermodels.findings import balanced_weights
-
-    names = tuple(findings.labels.get("kept") or ())
-    if config.class_names and names != tuple(config.class_names):
-        raise UserError(f"{config.layout.findings} no longer matches {config.layout.config} (findings "
-                        f"{', '.join(names)} against {', '.join(config.class_names)}); start over with "
-                        f"`cxr-tuner search --run-dir {config.run_dir} --overwrite` and the run's flags.")
-    labels = label_files.multi_hot([e.label for e in decoded.examples], names)
-    weights = balanced_weights(labels[splits == "train"], names)
-    config = config.replace(class_names=names, class_weights=weights)
-    return RunData(config, decoded.images, decoded.examples, splits, labels, findings)

@@ -23,14 +23,15 @@ from cxr_tuner.search.engine import dataset, timing
 from cxr_tuner.search.tuning.hparams import searched_values
 from cxr_tuner.search.evaluation import gradcam, html_report, probe, report, shortcuts
 from cxr_tuner.search.engine.config import RunConfig
-from cxr_tuner.search.engine.text import number_text
-from cxr_tuner.search.evaluation.metrics import classification_metrics, roc_curves
-from cxr_tuner.search.engine.text import figure_text
+from cxr_tuner.search.figures.text import number_text
+from cxr_tuner.search.figures.metrics import classification_metrics, roc_curves
+from cxr_tuner.search.figures.text import figure_text
 from cxr_tuner.search.engine.lock import run_lock
 from cxr_tuner.search.engine.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
 from cxr_tuner.hypermodels.ensemble import CALIBRATION_LAYER, ENSEMBLE_MEAN
 from cxr_tuner.search.evaluation.evaluate_findings import evaluate_findings
 from cxr_tuner.search.evaluation.report import gallery_index
+from cxr_tuner.search.engine.task import task_of
 from cxr_tuner.search.evaluation.final import final_figures, section_markdown
 
 
@@ -58,7 +59,7 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
 
 
 def _evaluate(config: RunConfig, data, out, layer, log) -> tuple[dict, dict]:
-    if config.multilabel:
+    if task_of(config).name == "multilabel":  # one evaluation for both: next step
         return evaluate_findings(config, data, out, layer, log, _outputs)
     winner = config.layout.best_winner()
     final = config.layout.final_model()  # the calibrated (ensemble) model when assembled, else the winner

@@ -24,8 +24,9 @@ from sklearn.preprocessing import StandardScaler
 from cxr_tuner.data import cache, files, labels as label_files
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.search.engine import dataset
-from cxr_tuner.search.engine.text import number_text
-from cxr_tuner.search.evaluation import gradcam, html_report, multilabel, probe, report
+from cxr_tuner.search.figures.text import number_text
+from cxr_tuner.search.evaluation import gradcam, html_report, probe, report
+from cxr_tuner.search.figures import findings as multilabel
 from cxr_tuner.search.evaluation.report import gallery_index
 from cxr_tuner.search.tuning.hparams import searched_values
 from cxr_tuner.search.engine.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
@@ -78,7 +79,7 @@ def evaluate_findings(config, data, out, layer, log, outputs) -> tuple[dict, dic
     _write_predictions(out / "predictions.csv", paths, targets, probs, names, thresholds)
     pictures = {"Training curves (retrained winner)": report.plot_history(
                     json.loads((winner / WINNER_HISTORY).read_text()), out / "training_curves.png"),
-                "ROC curves per finding": multilabel.plot_roc(targets, probs, names, out / "roc.png")}
+                "ROC curves per finding": report.plot_finding_roc(targets, probs, names, out / "roc.png")}
     member = keras.saving.load_model(winner / WINNER_MODEL, compile=False) if final != winner else model
     explainer = gradcam.gradcam_model(member, layer or gradcam.default_layer(member))
     member_probs = probs if final == winner else np.asarray(single, np.float64)
@@ -237,7 +238,7 @@ def _final_markdown(record: dict, metrics: dict) -> str:
 
 def _write_report(path: Path, metrics: dict, points: dict, pictures: dict, title: str, sections: dict) -> Path:
     parts = [f"# {title}", f"{metrics['n']} test films; findings: {', '.join(metrics['class_names'])}.",
-             "## Per finding", multilabel.table_markdown(metrics, points),
+             "## Per finding", report.findings_table(metrics, points),
              "Thresholds were chosen on validation (the rule is in each row); TP: films with the finding called "
              "positive, FP: films without it called positive, TN / FN likewise. Masked (uncertain, ignored) "
              "labels are left out of that finding's figures. CIs resample patients, not films."]

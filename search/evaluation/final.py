@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tuner.search.engine.text import number_text
-from cxr_tuner.search.evaluation import calibration, operating_point
-from cxr_tuner.search.evaluation.metrics import classification_metrics
-from cxr_tuner.search.engine.text import figure_text
+from cxr_tuner.search.figures.text import number_text
+from cxr_tuner.search.evaluation import report
+from cxr_tuner.search.figures import calibration, operating_point
+from cxr_tuner.search.figures.metrics import classification_metrics
+from cxr_tuner.search.figures.text import figure_text
 
 _COMPARED = ("accuracy", "macro_f1", "covid_sensitivity", "covid_specificity")
 
@@ -56,7 +57,7 @@ def final_figures(record: dict, labels: np.ndarray, final_probs: np.ndarray, raw
         }
     if record.get("operating_point_refused"):
         sections["operating_point_refused"] = record["operating_point_refused"]
-    picture = calibration.plot_reliability(labels, raw_probs, final_probs if applied else None,
+    picture = report.plot_reliability(labels, raw_probs, final_probs if applied else None,
                                            out / "reliability.png")
     fitted = "out-of-fold predictions" if _on_folds(record) else "validation"
     caption = f"temperature fitted on {fitted}" if applied else "no temperature applied"

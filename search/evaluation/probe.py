@@ -32,7 +32,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cxr_tuner.search.evaluation.metrics import classification_metrics
+from cxr_tuner.search.figures.metrics import classification_metrics
 
 CHEST_BOX = (0.10, 0.88, 0.10, 0.90)  # top, bottom, left, right as fractions of the image
 _BATCH = 32

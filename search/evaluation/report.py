@@ -5,13 +5,20 @@ touches matplotlib's global state or needs a display.
 """
 
 import os
+from typing import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from cxr_tuner.search.engine.text import number_text
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from cxr_tuner.search.figures.calibration import reliability
+from cxr_tuner.search.figures.findings import MASKED
+from cxr_tuner.search.figures.metrics import ECE_BINS, expected_calibration_error
+from cxr_tuner.search.figures.text import figure_text, number_text
 
 _HISTORY_PANELS = (("Loss", "loss"), ("Accuracy", "acc"))
 
@@ -215,3 +222,95 @@ def gallery_index(pages: dict, out: Path,
     lines = [lead]
     lines += [f"- [{caption}]({path.relative_to(out).as_posix()})" for caption, path in pages.items()]
     return "\n".join(lines)
+
+
+def plot_reliability(y_true: np.ndarray, before: np.ndarray, after: np.ndarray | None, path) -> Path:
+    """Reliability diagram: accuracy against confidence per bin, before and after scaling.
+
+    ``after`` None: no temperature was applied, one curve.
+    """
+    figure = Figure(figsize=(5, 5), layout="constrained")
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    curves = ((before, "before", "o"), (after, "after temperature scaling", "s")) if after is not None else \
+        ((before, "no temperature applied", "o"),)
+    for probs, label, marker in curves:
+        bins = reliability(y_true, probs)
+        used = bins["counts"] > 0
+        ece = expected_calibration_error(np.asarray(y_true), np.asarray(probs, np.float64))
+        ax.plot(bins["confidence"][used], bins["accuracy"][used], marker=marker, label=f"{label} (ECE {ece:.3f})")
+    ax.set(xlabel="mean top probability in bin", ylabel="accuracy in bin", xlim=(0, 1.02), ylim=(0, 1.02),
+           title=f"Reliability ({len(y_true)} cases, {ECE_BINS} bins)")
+    ax.legend(loc="upper left", fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def plot_finding_roc(y: np.ndarray, probs: np.ndarray, names: Sequence[str], path) -> Path:
+    """One ROC curve per label on its unmasked films (AUC in the legend), with the chance diagonal.
+
+    A label without both a positive and a negative film has no curve; the legend says so.
+    """
+    y, probs = np.asarray(y, np.float64), np.asarray(probs, np.float64)
+    fig = Figure(figsize=(6.5, 6), layout="constrained")
+    ax = fig.subplots()
+    without = []
+    for j, name in enumerate(names):
+        rows = y[:, j] != MASKED
+        is_pos = y[rows, j] == 1
+        if not is_pos.any() or is_pos.all():
+            without.append(name)
+            continue
+        fpr, tpr, _ = roc_curve(is_pos, probs[rows, j])
+        auc = roc_auc_score(is_pos, probs[rows, j])
+        ax.plot(fpr, tpr, color=_colour(j), linestyle="-" if j < 10 else "--",
+                label=f"{name} (AUC {auc:.3f}, {int(is_pos.sum())} pos.)")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+    if without:
+        ax.plot([], [], " ", label=f"no curve (one kind of film): {', '.join(without)}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (1 - specificity)",
+           ylabel="true positive rate (sensitivity)", title="ROC per finding (masked films left out)")
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize="x-small")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _colour(j):
+    """tab20's dark shades for the first ten labels, its light ones after (14 findings need more than 10)."""
+    return colormaps["tab20"]((2 * j + j // 10) % 20)
+
+
+def findings_table(metrics: dict, points: dict) -> str:
+    """A headline line (macro and micro ROC AUC, macro AP) and the per-label markdown table.
+
+    Args:
+        metrics: the dict from `search.figures.findings.label_metrics` (figures on the test films).
+        points: the dict from `search.figures.findings.choose_thresholds` (the rule that chose each threshold).
+    """
+    headline = (f"Macro ROC AUC {figure_text(metrics['macro_auc'])} over "
+                f"{len(metrics['macro_auc'].get('labels', []))} of {len(metrics['labels'])} labels; "
+                f"micro ROC AUC {figure_text(metrics['micro_auc'])} "
+                f"({metrics['micro_auc'].get('entries', 0)} unmasked entries); "
+                f"macro AP {figure_text(metrics['macro_ap'])} ({metrics['ci_method']}, "
+                f"{metrics['n_bootstrap']} resamples).")
+    lines = ["| Label | Positives | ROC AUC [95% CI] | AP [95% CI] | Threshold | Rule | Sensitivity "
+             "| Specificity | TP | FP | TN | FN | ECE |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in metrics["per_label"].items():
+        point = points.get(name, {})
+        rule = point.get("rule_text", "not recorded")
+        ece = row["ece"]
+        cells = [name, f"{row['positives']} of {row['positives'] + row['negatives']}",
+                 figure_text(row["roc_auc"]), figure_text(row["average_precision"]),
+                 number_text(row["threshold"], ".4f"), rule,
+                 figure_text(row["sensitivity"]), figure_text(row["specificity"]),
+                 str(row["tp"]), str(row["fp"]), str(row["tn"]), str(row["fn"]),
+                 number_text(ece["value"], ".3f", ece.get("reason", "undefined"))]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return headline + "\n\n" + "\n".join(lines)

@@ -17,10 +17,10 @@ import tensorflow as tf
 from matplotlib.patches import Rectangle
 
 from cxr_tuner.data import files
-from cxr_tuner.search.engine.text import number_text
+from cxr_tuner.search.figures.text import number_text
 from cxr_tuner.search.evaluation import gradcam
-from cxr_tuner.search.evaluation.metrics import classification_metrics
-from cxr_tuner.search.engine.text import figure_text
+from cxr_tuner.search.figures.metrics import classification_metrics
+from cxr_tuner.search.figures.text import figure_text
 from cxr_tuner.search.evaluation.probe import CHEST_BOX, chest_area, chest_mask
 from cxr_tuner.search.engine.layout import SPLIT_STAMP
 

@@ -38,7 +38,8 @@ from cxr_tuner.search.engine.layout import (SPLIT_STAMP, WINNER_HISTORY, WINNER_
 from cxr_tuner.search.tuning.activations import trial_hypermodel
 from cxr_tuner.search.engine.lock import run_lock
 from cxr_tuner.search.tuning.tuner import Restart, fresh_keras_state
-from cxr_tuner.search.engine.text import number_text
+from cxr_tuner.search.figures.text import number_text
+from cxr_tuner.search.engine.task import task_of
 
 PATIENCE = 3
 _SCORE = "score.json"  # the best seed's score so far, while a winner trains
@@ -57,7 +58,7 @@ def trial_hyperparameters(config: RunConfig, trial_id: str) -> keras_tuner.Hyper
 def build_model(config: RunConfig, hp: keras_tuner.HyperParameters) -> keras.Model:
     """A fresh, compiled model of the run's HyperModel for ``hp``."""
     hypermodel = XrayClassifier(len(config.class_names), config.image_size, config.backbones, config.weights,
-                                config.precision, config.search_space(), findings=config.findings())
+                                config.precision, config.search_space(), findings=task_of(config).findings(config))
     return hypermodel.build(hp)
 
 
@@ -115,11 +116,11 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
         def fit(hp, callbacks):
             staging = winners_dir / f"variant_{len(fits)}"
             fits[staging] = _fit_and_keep(cached, hp, config.seed, epochs, staging, lambda: callbacks, clock=clock,
-                                          rows=val_rows, objective=config.objective)
+                                          rows=val_rows, objective=task_of(config).objective)
             return fits[staging][OBJECTIVE]
 
         top_hp = trial_hyperparameters(config, top[0]["trial_id"])
-        variant, tried = pick_variant(fit, top_hp, config.weights, log, allowed, config.objective)
+        variant, tried = pick_variant(fit, top_hp, config.weights, log, allowed, task_of(config).objective)
         chosen = variants.candidates(top_hp, config.weights, allowed).index(variant)
         for i, (staging, score) in enumerate(fits.items()):  # fits ran in the candidates' order
             if i == chosen and not augment:
@@ -136,12 +137,12 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
         log(f"retrain {rank}/{len(top)}: trial {entry['trial_id']} ({console.hyperparameter_text(entry['hyperparameters'])})")
         kept = [reused] if reused and entry is top[0] else []
         scores = kept + [_fit_and_keep(training, hp, config.seed + i, epochs, staging,
-                                       functools.partial(variant.callbacks, config.objective),
+                                       functools.partial(variant.callbacks, task_of(config).objective),
                                        console.epoch_lines(log, f"  seed {config.seed + i}", epochs), clock,
-                                       rows=val_rows, objective=config.objective)
+                                       rows=val_rows, objective=task_of(config).objective)
                          for i in range(len(kept), seeds)]
-        results.append(_result(entry, scores, config.objective))
-        log(f"retrained trial {entry['trial_id']}: {config.objective} {_mean_std_text(results[-1])}")
+        results.append(_result(entry, scores, task_of(config).objective))
+        log(f"retrained trial {entry['trial_id']}: {task_of(config).objective} {_mean_std_text(results[-1])}")
     return _rank_and_save(config, results, augment, epochs, {"chosen": variant.name, "tried": tried})
 
 
@@ -191,8 +192,8 @@ def _retrain_on_folds(config: RunConfig, data: dataset.RunData, training, top: l
                 files.write_json(staging / WINNER_HYPERPARAMETERS, hp.get_config())
                 files.write_npz(staging / WINNER_OUT_OF_FOLD, rows=rows, probabilities=out_of_fold)
                 files.write_json(saved, score)
-        results.append(_result(entry, scores, config.objective))
-        log(f"retrained trial {entry['trial_id']}: out-of-fold {config.objective} {_mean_std_text(results[-1])}")
+        results.append(_result(entry, scores, task_of(config).objective))
+        log(f"retrained trial {entry['trial_id']}: out-of-fold {task_of(config).objective} {_mean_std_text(results[-1])}")
     summary = _rank_and_save(config, results, augment, None, {"chosen": variants.AS_SEARCHED.name, "tried": {}})
     return summary
 
@@ -319,7 +320,7 @@ def _rank_and_save(config: RunConfig, results: list[dict], augment: bool, epochs
         (winners_dir / f"trial_{result['trial_id']}" / _SCORE).unlink()
         (winners_dir / f"trial_{result['trial_id']}").rename(winners_dir / result["dir"])
     ranked_on = ("out-of-fold predictions on train+val (--folds)" if config.folds else "validation split only")
-    summary = {"ranked_by": f"mean {config.objective} over seeds, {ranked_on} (lower is better)",
+    summary = {"ranked_by": f"mean {task_of(config).objective} over seeds, {ranked_on} (lower is better)",
                "augment": augment, "variant": variant, "max_epochs": epochs, "patience": PATIENCE,
                "winners": results, SPLIT_STAMP: config.layout.split_digest()}
     files.write_json(config.layout.winners_summary, summary)

@@ -35,6 +35,7 @@ from cxr_tuner.hypermodels.registry import file_safe, get_backbone
 from cxr_tuner.hypermodels.weights import keras_cache_dir, resolve_weights
 from cxr_tuner.search.tuning import cache_plan, extraction
 from cxr_tuner.search.engine.dataset import FIT
+from cxr_tuner.search.engine.task import task_of
 
 CACHE_DTYPES = ("float32", "float16")
 _BATCH = 64
@@ -260,7 +261,7 @@ def trial_hypermodel(data, progress: bool = True):
     """The search's hypermodel for ``data`` and the activation cache it trains on."""
     config = data.config
     classifier = XrayClassifier(len(config.class_names), config.image_size, config.backbones, config.weights,
-                                config.precision, config.search_space(), findings=config.findings())
+                                config.precision, config.search_space(), findings=task_of(config).findings(config))
     # Trials of pretrained backbones train only what is above the freeze boundary,
     # on activations computed once; the hypermodel's fit picks each trial's data.
     cache = ActivationCache(classifier, data.images, config.layout.activations, progress,

@@ -28,7 +28,7 @@ import math
 import time
 from typing import Callable
 
-from cxr_tuner.search.engine.text import duration_text
+from cxr_tuner.search.figures.text import duration_text
 
 MARGIN = 0.15
 """Share of the budget kept free for what the prediction misses (process exit, saving)."""

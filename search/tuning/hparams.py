@@ -16,24 +16,15 @@ from keras_tuner.src.engine import tuner_utils
 from tensorboard.plugins.hparams import api as hparams_api
 
 from cxr_tuner.hypermodels.classifier import OBJECTIVE
+from cxr_tuner.search.engine.task import task_of
 
 HYPERBAND_KEYS = ("tuner/bracket", "tuner/round", "tuner/epochs")
 METRICS = (OBJECTIVE, "val_accuracy")
-_DISPLAY = {OBJECTIVE: "class-weighted validation loss", "val_accuracy": "validation accuracy"}
 
 
 def run_metrics(config) -> dict[str, str]:
-    """The metrics HParams shows for ``config``'s run, the objective first: ``{name: display name}``.
-
-    Findings: the weighted bce, the per-entry accuracy at 0.5, then each finding's validation AUC.
-    """
-    if not config.multilabel:
-        return dict(_DISPLAY)
-    from cxr_tuner.hypermodels.findings import auc_metric_name
-
-    return {config.objective: "class-weighted validation binary cross-entropy",
-            "val_accuracy": "validation accuracy (each finding at 0.5)",
-            **{f"val_{auc_metric_name(n)}": f"validation AUC of {n}" for n in config.class_names}}
+    """The metrics HParams shows for ``config``'s run, the objective first: ``{name: display name}``."""
+    return task_of(config).run_metrics(config)
 
 
 def searched_values(values: dict) -> dict:
@@ -101,7 +92,7 @@ def write_trial(logdir: str | Path, trial, metrics=METRICS) -> None:
     writer.close()
 
 
-def write_experiment(logdir: str | Path, hyperparameters, folds: int | None = None, metrics: dict | None = None) -> None:
+def write_experiment(logdir: str | Path, hyperparameters, folds: int | None, metrics: dict) -> None:
     """Writes the experiment summary: every hyperparameter's domain and the metrics (each fold's with ``folds``).
 
     Rewritten at the end of each search; earlier copies are removed so the
@@ -113,10 +104,9 @@ def write_experiment(logdir: str | Path, hyperparameters, folds: int | None = No
     domains = tuner_utils.convert_hyperparams_to_hparams(
         _unconditional(hyperparameters), hparams_api)
     hparams = list(domains) + [hparams_api.HParam(k) for k in HYPERBAND_KEYS]
-    shown = metrics or _DISPLAY
-    objective = next(iter(shown))
-    listed = [hparams_api.Metric(m, display_name=display) for m, display in shown.items()]
-    listed += [hparams_api.Metric(fold_metric(f, objective), display_name=f"fold {f + 1} {shown[objective]}")
+    objective = next(iter(metrics))
+    listed = [hparams_api.Metric(m, display_name=display) for m, display in metrics.items()]
+    listed += [hparams_api.Metric(fold_metric(f, objective), display_name=f"fold {f + 1} {metrics[objective]}")
                for f in range(folds or 0)]
     writer = tf.summary.create_file_writer(str(logdir))
     with writer.as_default():

@@ -18,6 +18,7 @@ from cxr_tuner.hypermodels.classifier import OBJECTIVE
 from cxr_tuner.search.engine import console, timing
 from cxr_tuner.search.tuning import hparams
 from cxr_tuner.search.engine.config import RunConfig
+from cxr_tuner.search.engine.task import task_of
 
 
 """Per finished trial: ``trial_id,peak RSS,RSS at its end,anonymous RSS at its end`` (MB).
@@ -283,7 +284,7 @@ def make_tuner(config: RunConfig, hypermodel: keras_tuner.HyperModel,
     common = dict(
         distribution_strategy=distribution_strategy,
         hypermodel=hypermodel,
-        objective=keras_tuner.Objective(config.objective, direction="min"),
+        objective=keras_tuner.Objective(task_of(config).objective, direction="min"),
         seed=oracle_seed(config.seed),
         directory=str(config.layout.tuner.parent),
         project_name=config.layout.tuner.name,

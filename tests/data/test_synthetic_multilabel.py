@@ -1,5 +1,7 @@
 import csv
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -164,8 +166,9 @@ def test_nih_label_file_takes_names_and_may_skip_films(tmp_path):
         write_nih_label_file(tmp_path, n_rows=2, image_names=names)
 
 
-def test_a_split_by_image_leaks_patients_and_the_leak_is_counted():
-    from bench.multilabel_reference import leaked_patients, split_by_image
+def test_a_split_by_image_leaks_patients_and_the_leak_is_counted(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))  # as `python bench/...` runs
+    from multilabel_reference import leaked_patients, split_by_image
 
     _, patients = multilabel_findings(600, seed=0)
     leak = leaked_patients(patients, split_by_image(len(patients), seed=0))

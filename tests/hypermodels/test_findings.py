@@ -10,6 +10,7 @@ import pytest
 from cxr_tuner.hypermodels.classifier import OBJECTIVE_MULTILABEL, XrayClassifier
 from cxr_tuner.hypermodels.findings import (MASKED, Findings, WeightedBCEMetric, WeightedBinaryCrossentropy, balanced_weights,
                                   weighted_bce)
+from cxr_tuner.search.engine.task import task_of
 
 TARGETS = np.array([[1, 0], [0, MASKED], [0, 1], [1, 0]], dtype="float32")
 PROBS = np.array([[0.8, 0.3], [0.4, 0.9], [0.1, 0.6], [0.5, 0.2]], dtype="float32")
@@ -75,5 +76,5 @@ def test_hparams_shows_the_multilabel_objective_first_then_each_findings_validat
     config = RunConfig(run_dir="r", task="multilabel", class_names=("Effusion", "Pleural_Other"))
     assert list(run_metrics(config)) == [OBJECTIVE_MULTILABEL, "val_accuracy", "val_auc_Effusion",
                                          "val_auc_Pleural_Other"]
-    assert config.objective == OBJECTIVE_MULTILABEL
+    assert task_of(config).objective == OBJECTIVE_MULTILABEL
     assert list(run_metrics(RunConfig(run_dir="r")))[0] == "val_weighted_loss"

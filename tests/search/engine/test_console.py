@@ -16,10 +16,10 @@ from cxr_tuner.search import job
 from cxr_tuner.search.final import retrain
 from cxr_tuner.search.engine.config import new_config
 from cxr_tuner.search.evaluation import evaluate, final, shortcuts
-from cxr_tuner.search.engine.text import figure_text
+from cxr_tuner.search.figures.text import figure_text
 from cxr_tuner.search.engine.layout import RunLayout
 from cxr_tuner.search.tuning.tuner import trial_line
-from cxr_tuner.search.engine.text import number_text, value_text
+from cxr_tuner.search.figures.text import number_text, value_text
 
 ROOT = Path(__file__).resolve().parents[3]
 

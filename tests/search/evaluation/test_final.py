@@ -11,10 +11,10 @@ from cxr_tuner.hypermodels.classifier import compile_model
 from cxr_tuner.search.engine import dataset
 from cxr_tuner.search.engine.config import load_config
 from cxr_tuner.search.final.assemble import assemble
-from cxr_tuner.search.evaluation import calibration, operating_point
+from cxr_tuner.search.figures import calibration, operating_point
 from cxr_tuner.search.evaluation.evaluate import evaluate
 from cxr_tuner.search.evaluation.final import final_figures, section_markdown
-from cxr_tuner.search.evaluation.metrics import classification_metrics
+from cxr_tuner.search.figures.metrics import classification_metrics
 from cxr_tuner.search.delivery.export import export_model, predict_exported
 from cxr_tuner.search.delivery.predict import predict_images
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cxr_tuner.search.evaluation.metrics import classification_metrics, roc_curves
+from cxr_tuner.search.figures.metrics import classification_metrics, roc_curves
 from cxr_tuner.search.evaluation.report import plot_confusion_matrix, plot_history, plot_roc, write_report_md
 
 NAMES = ["COVID", "Normal", "Viral_Pneumonia"]

@@ -10,7 +10,7 @@ import pytest
 from cxr_tuner.data import synthetic
 from cxr_tuner.hypermodels.classifier import XrayClassifier
 from cxr_tuner.search.evaluation import gradcam, probe, shortcuts
-from cxr_tuner.search.evaluation.metrics import classification_metrics
+from cxr_tuner.search.figures.metrics import classification_metrics
 
 SIZE = 64
 CLASSES = list(synthetic.CLASS_NAMES)

@@ -13,7 +13,7 @@ from cxr_tuner.search.engine import dataset
 from cxr_tuner.search.engine.config import load_config
 from cxr_tuner.search.final.assemble import assemble, final_card
 from cxr_tuner.hypermodels.ensemble import build_ensemble, for_export, predict
-from cxr_tuner.search.evaluation import calibration, operating_point
+from cxr_tuner.search.figures import calibration, operating_point
 from cxr_tuner.search.delivery.export import _write_formats, predict_exported
 
 SIZE = 32

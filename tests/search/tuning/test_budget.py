@@ -8,7 +8,7 @@ import pytest
 
 from cxr_tuner.search.tuning import budget
 from cxr_tuner.search.tuning.budget import Calibration, Deadline, plan
-from cxr_tuner.search.engine.text import parse_duration
+from cxr_tuner.search.figures.text import parse_duration
 
 FIGURES = Calibration(epoch=2.0, overhead=3.0, epoch_max=4.0, overhead_max=6.0, forward=5.0)
 

@@ -14,7 +14,7 @@ from cxr_tuner.search.engine import dataset
 from cxr_tuner.search.engine.config import new_config
 from cxr_tuner.search.tuning.activations import trial_hypermodel
 from cxr_tuner.search.run import run_search
-from tests.search.test_activations import BACKBONE, SIZE, _weights_file
+from tests.search.tuning.test_activations import BACKBONE, SIZE, _weights_file
 
 DEPTHS = len(get_backbone(BACKBONE).unfreeze_points) + 1
 

@@ -27,7 +27,7 @@ from cxr_tuner.search import run
 from cxr_tuner.search.tuning.activations import trial_hypermodel
 from cxr_tuner.search.engine.config import load_config, new_config
 from cxr_tuner.search.distributed import local
-from tests.search.test_activations import BACKBONE, SIZE, _weights_file
+from tests.search.tuning.test_activations import BACKBONE, SIZE, _weights_file
 
 REPO = Path(__file__).resolve().parents[3]
 DEPTHS = range(len(get_backbone(BACKBONE).unfreeze_points) + 1)

@@ -13,23 +13,18 @@ nothing of models or files (pictures are written where they are told).
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.figure import Figure
 from scipy import sparse
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from sklearn.model_selection import KFold
 
 from cxr_tuner.data.errors import UserError
-from cxr_tuner.search.engine.text import number_text
-from cxr_tuner.search.evaluation import operating_point
-from cxr_tuner.search.evaluation.calibration import _LOG_T_BOUNDS, CHECK_FOLDS
-from cxr_tuner.search.evaluation.metrics import CI_LEVEL, ECE_BINS, _nanmean_rows, _with_ci
-from cxr_tuner.search.engine.text import figure_text
+from cxr_tuner.search.figures import operating_point
+from cxr_tuner.search.figures.calibration import _LOG_T_BOUNDS, CHECK_FOLDS
+from cxr_tuner.search.figures.metrics import CI_LEVEL, ECE_BINS, _nanmean_rows, _with_ci
 
 MASKED = -1.0
 DEFAULT_THRESHOLD = 0.5  # of a label whose validation films cannot set one (no positive or no negative)
@@ -500,71 +495,3 @@ def _threshold_record(is_pos, scores, threshold, rule, rule_text, metric, target
             "validation": {"sensitivity": sens, "specificity": spec, "positives": int(is_pos.sum()),
                            "negatives": int((~is_pos).sum())},
             "youden_j": sens + spec - 1 if sens is not None and spec is not None else None}
-
-
-def plot_roc(y: np.ndarray, probs: np.ndarray, names: Sequence[str], path) -> Path:
-    """One ROC curve per label on its unmasked films (AUC in the legend), with the chance diagonal.
-
-    A label without both a positive and a negative film has no curve; the legend says so.
-    """
-    y, probs, names = _validated(y, probs, names)
-    fig = Figure(figsize=(6.5, 6), layout="constrained")
-    ax = fig.subplots()
-    without = []
-    for j, name in enumerate(names):
-        rows = y[:, j] != MASKED
-        is_pos = y[rows, j] == 1
-        if not is_pos.any() or is_pos.all():
-            without.append(name)
-            continue
-        fpr, tpr, _ = roc_curve(is_pos, probs[rows, j])
-        auc = roc_auc_score(is_pos, probs[rows, j])
-        ax.plot(fpr, tpr, color=_colour(j), linestyle="-" if j < 10 else "--",
-                label=f"{name} (AUC {auc:.3f}, {int(is_pos.sum())} pos.)")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
-    if without:
-        ax.plot([], [], " ", label=f"no curve (one kind of film): {', '.join(without)}")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (1 - specificity)",
-           ylabel="true positive rate (sensitivity)", title="ROC per finding (masked films left out)")
-    ax.set_aspect("equal")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="x-small")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def _colour(j):
-    """tab20's dark shades for the first ten labels, its light ones after (14 findings need more than 10)."""
-    return colormaps["tab20"]((2 * j + j // 10) % 20)
-
-
-def table_markdown(metrics: dict, points: dict) -> str:
-    """A headline line (macro and micro ROC AUC, macro AP) and the per-label markdown table.
-
-    Args:
-        metrics: the dict from :func:`label_metrics` (figures on the test films).
-        points: the dict from :func:`choose_thresholds` (the rule that chose each threshold).
-    """
-    headline = (f"Macro ROC AUC {figure_text(metrics['macro_auc'])} over "
-                f"{len(metrics['macro_auc'].get('labels', []))} of {len(metrics['labels'])} labels; "
-                f"micro ROC AUC {figure_text(metrics['micro_auc'])} "
-                f"({metrics['micro_auc'].get('entries', 0)} unmasked entries); "
-                f"macro AP {figure_text(metrics['macro_ap'])} ({metrics['ci_method']}, "
-                f"{metrics['n_bootstrap']} resamples).")
-    lines = ["| Label | Positives | ROC AUC [95% CI] | AP [95% CI] | Threshold | Rule | Sensitivity "
-             "| Specificity | TP | FP | TN | FN | ECE |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, row in metrics["per_label"].items():
-        point = points.get(name, {})
-        rule = point.get("rule_text", "not recorded")
-        ece = row["ece"]
-        cells = [name, f"{row['positives']} of {row['positives'] + row['negatives']}",
-                 figure_text(row["roc_auc"]), figure_text(row["average_precision"]),
-                 number_text(row["threshold"], ".4f"), rule,
-                 figure_text(row["sensitivity"]), figure_text(row["specificity"]),
-                 str(row["tp"]), str(row["fp"]), str(row["tn"]), str(row["fn"]),
-                 number_text(ece["value"], ".3f", ece.get("reason", "undefined"))]
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    return headline + "\n\n" + "\n".join(lines)

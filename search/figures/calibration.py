@@ -11,14 +11,12 @@ files (the picture is written where it is told).
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 from scipy.optimize import minimize_scalar
 from sklearn.model_selection import StratifiedKFold
 
-from cxr_tuner.search.evaluation.metrics import ECE_BINS, expected_calibration_error
+from cxr_tuner.search.figures.metrics import ECE_BINS, expected_calibration_error
 
 _LOG_T_BOUNDS = (-3.0, 3.0)  # T in [0.05, 20]: wider never helped a softmax classifier
 CHECK_FOLDS = 5  # parts of the fitting rows in the out-of-sample check of the temperature
@@ -139,27 +137,3 @@ def reliability(y_true: np.ndarray, probs: np.ndarray, n_bins: int = ECE_BINS) -
         return {"counts": counts,
                 "confidence": np.bincount(bins, confidence, n_bins) / counts,
                 "accuracy": np.bincount(bins, correct, n_bins) / counts}
-
-
-def plot_reliability(y_true: np.ndarray, before: np.ndarray, after: np.ndarray | None, path) -> Path:
-    """Reliability diagram: accuracy against confidence per bin, before and after scaling.
-
-    ``after`` None: no temperature was applied, one curve.
-    """
-    figure = Figure(figsize=(5, 5), layout="constrained")
-    ax = figure.subplots()
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
-    curves = ((before, "before", "o"), (after, "after temperature scaling", "s")) if after is not None else \
-        ((before, "no temperature applied", "o"),)
-    for probs, label, marker in curves:
-        bins = reliability(y_true, probs)
-        used = bins["counts"] > 0
-        ece = expected_calibration_error(np.asarray(y_true), np.asarray(probs, np.float64))
-        ax.plot(bins["confidence"][used], bins["accuracy"][used], marker=marker, label=f"{label} (ECE {ece:.3f})")
-    ax.set(xlabel="mean top probability in bin", ylabel="accuracy in bin", xlim=(0, 1.02), ylim=(0, 1.02),
-           title=f"Reliability ({len(y_true)} cases, {ECE_BINS} bins)")
-    ax.legend(loc="upper left", fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    return path

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from cxr_tuner.data.errors import UserError
-from cxr_tuner.search.evaluation import calibration, operating_point
-from cxr_tuner.search.evaluation.metrics import expected_calibration_error
+from cxr_tuner.search.figures import calibration, operating_point
+from cxr_tuner.search.figures.metrics import expected_calibration_error
 
 
 def _overconfident(n, seed):

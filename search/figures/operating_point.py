@@ -20,7 +20,7 @@ import numpy as np
 from scipy import stats
 
 from cxr_tuner.data.errors import UserError
-from cxr_tuner.search.evaluation.metrics import CI_LEVEL
+from cxr_tuner.search.figures.metrics import CI_LEVEL
 
 METRICS = ("sensitivity", "specificity")
 DEFAULT_CLASS, DEFAULT_METRIC, DEFAULT_TARGET = "COVID", "sensitivity", 0.95

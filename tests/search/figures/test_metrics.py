@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from cxr_tuner.search.evaluation.metrics import classification_metrics, expected_calibration_error, roc_curves
+from cxr_tuner.search.figures.metrics import classification_metrics, expected_calibration_error, roc_curves
 
 NAMES = ["COVID", "Normal", "Viral_Pneumonia"]
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from cxr_tuner.search.evaluation.report import findings_table, plot_finding_roc
 from cxr_tuner.data.errors import UserError
-from cxr_tuner.search.evaluation import multilabel as ml
-from cxr_tuner.search.evaluation import operating_point
+from cxr_tuner.search.figures import findings as ml
+from cxr_tuner.search.figures import operating_point
 
 NAMES = ["Effusion", "Nodule", "Cardiomegaly"]
 
@@ -294,7 +295,7 @@ def test_table_and_roc_picture(tmp_path):
     y[:, 1] = np.where(y[:, 1] == 1, 0, y[:, 1])  # no Nodule positive: no AUC, no curve
     points = ml.choose_thresholds(y, probs, NAMES, {"Effusion": ("sensitivity", 0.9)})
     metrics = ml.label_metrics(y, probs, NAMES, {n: r["threshold"] for n, r in points.items()}, n_bootstrap=50)
-    table = ml.table_markdown(metrics, points)
+    table = findings_table(metrics, points)
     headline, _, body = table.partition("\n\n")
     assert headline.startswith("Macro ROC AUC ") and "micro ROC AUC" in headline and "over 2 of 3 labels" in headline
     rows = body.splitlines()
@@ -303,5 +304,5 @@ def test_table_and_roc_picture(tmp_path):
     e = metrics["per_label"]["Effusion"]
     assert f"| {e['tp']} | {e['fp']} | {e['tn']} | {e['fn']} |" in effusion and "asked sensitivity >= 0.9" in effusion
     assert "n/a (no positive film for this label)" in next(row for row in rows if row.startswith("| Nodule "))
-    path = ml.plot_roc(y, probs, NAMES, tmp_path / "roc" / "findings.png")
+    path = plot_finding_roc(y, probs, NAMES, tmp_path / "roc" / "findings.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

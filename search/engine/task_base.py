@@ -1,0 +1,126 @@
+"""What a task answers: everything that differs between single-label classes and multi-label findings.
+
+A task is chosen once from the run's config (`search.engine.task.task_of`); the stages
+ask it and never test which task they run. A new task (a severity score, ordinal
+grades) is one more subclass, not a branch in each stage.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+FITTED_ON_FOLDS = "out-of-fold predictions on train+val (--folds), never the test split"
+
+
+class Task(abc.ABC):
+    """The questions a stage asks about the run's labels and outputs.
+
+    Attributes:
+        name: The task as ``config.json`` and ``metrics.json`` name it.
+        objective: The Keras metric the search ranks on and the retrain stops on.
+        unit: What one labelled thing is called in lines a user reads (``class``, ``finding``).
+    """
+
+    name: str
+    objective: str
+    unit: str
+
+    # The data stage.
+    @abc.abstractmethod
+    def demo_root(self, layout) -> Path:
+        """Writes the task's synthetic demo set into the run directory; returns what ``--data`` would be."""
+
+    @abc.abstractmethod
+    def check_decoded(self, examples, decoded, skipped_csv: Path) -> None:
+        """Raises `UserError` when decoding lost what the task cannot do without."""
+
+    @abc.abstractmethod
+    def ignored_columns(self, root: Path) -> list[str]:
+        """The label file's columns the run does not read (said once, kept in ``data.json``)."""
+
+    @abc.abstractmethod
+    def split(self, config, examples, groups, table) -> tuple[np.ndarray, dict]:
+        """The split per film (no group in two splits) and what to add to the labels' record."""
+
+    @abc.abstractmethod
+    def source_audit(self, examples, ignored: list[str], label_record: dict) -> dict:
+        """Whether the source (site, view) tells the label: ``data.json``'s ``sources``."""
+
+    @abc.abstractmethod
+    def encode(self, config, examples, splits: np.ndarray, label_record: dict):
+        """``(config with class names and loss weights, labels)`` for the used films."""
+
+    @abc.abstractmethod
+    def sample_weights(self, config, labels: np.ndarray) -> np.ndarray:
+        """Each film's weight in the loss, float32 (ones where the loss weighs entries itself)."""
+
+    @abc.abstractmethod
+    def objective_value(self, config, labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> float:
+        """The objective of saved probabilities: what the search ranks on, in NumPy."""
+
+    @abc.abstractmethod
+    def fold_split(self, config, labels: np.ndarray, groups) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``config.folds`` grouped (kept, held out) index pairs into ``labels``."""
+
+    @abc.abstractmethod
+    def data_lines(self, data) -> list[str]:
+        """The data stage's lines about each class or finding: counts per split and loss weights."""
+
+    # The search.
+    @abc.abstractmethod
+    def findings(self, config):
+        """The head's `hypermodels.findings.Findings`, or None for a softmax head."""
+
+    @abc.abstractmethod
+    def run_metrics(self, config) -> dict[str, str]:
+        """The metrics HParams shows, the objective first: ``{name: display name}``."""
+
+    @abc.abstractmethod
+    def chance_text(self, config) -> str:
+        """The objective of a model that knows nothing, as said beside a trial's score."""
+
+    # The final model.
+    @abc.abstractmethod
+    def parse_points(self, text: str | None, names):
+        """``--operating-point`` read for this task; bad input raises `UserError` before any work."""
+
+    @abc.abstractmethod
+    def calibrate(self, y: np.ndarray, raw: np.ndarray, first: np.ndarray, names, points, seed: int,
+                  basis: str):
+        """Temperature(s) and thresholds chosen on ``basis`` probabilities: a `Calibrated`."""
+
+    @abc.abstractmethod
+    def final_card(self, record: dict) -> dict:
+        """The model card's entries for a final model from its ``final.json`` record."""
+
+    # Delivery.
+    @abc.abstractmethod
+    def output_meaning(self) -> str:
+        """What the exported model's output holds, for the model card."""
+
+    @abc.abstractmethod
+    def headline_metrics(self, metrics: dict) -> dict:
+        """The test figures a model card carries, from ``metrics.json``."""
+
+    @abc.abstractmethod
+    def headline_lines(self, metrics: dict) -> list[str]:
+        """The job summary's lines of test figures, from ``metrics.json``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibrated:
+    """What a task chose on validation for the final model.
+
+    Attributes:
+        temperature: What the model's calibration layer applies (a float, or one per finding).
+        record: Entries of ``final.json`` the task adds (temperature check, operating points).
+        lines: What the final stage prints about the choice, once the model is saved.
+    """
+
+    temperature: object
+    record: dict
+    lines: list[str]
