@@ -8,14 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tuner.data import labels as label_files, sources, split, synthetic
+from cxr_tuner.data import cache, labels as label_files, sources, split, synthetic
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.data.split import SPLITS
 from cxr_tuner.hypermodels.classifier import OBJECTIVE_MULTILABEL
 from cxr_tuner.hypermodels.findings import Findings, auc_metric_name, balanced_weights, weighted_bce
-from cxr_tuner.search.engine.task_base import Calibrated, Task
-from cxr_tuner.search.figures import findings as figures
+from cxr_tuner.search.engine.task_base import Calibrated, Films, Page, Task
+from cxr_tuner.search.figures import finding_report, findings as figures
 from cxr_tuner.search.figures.text import figure_text, number_text
+
+NO_THRESHOLD_RULE = "0.5: no final model was assembled, so no threshold was chosen on validation"
 
 
 class MultiLabel(Task):
@@ -147,6 +149,124 @@ class MultiLabel(Task):
         thresholds = {name: point["threshold"] for name, point in record["operating_points"].items()}
         return {"model": model, "operating_point": None, "operating_points": record["operating_points"],
                 "thresholds": thresholds}
+
+    def external_films(self, config, data: str, log) -> Films:
+        """An external label file read as the run's findings; a finding it does not label is masked there."""
+        table = label_files.read(data, "multilabel", config.uncertain, config.views or None)
+        shared = [n for n in config.class_names if n in table.names]
+        if not shared:
+            raise UserError(f"{data} labels none of the model's findings ({', '.join(config.class_names)}; it has "
+                            f"{', '.join(table.names)}); pass a label file with the same finding names.")
+        missing = [n for n in config.class_names if n not in table.names]
+        if missing:
+            log(f"external set: {', '.join(missing)} not labelled there, left out of its figures")
+        decoded = cache.load_decoded(table.examples, config.image_size, config.layout.external_cache, progress=False)
+        for skipped in decoded.skipped:
+            log(f"skipped {skipped.path}: {skipped.reason}")
+        targets = label_files.multi_hot([e.label for e in decoded.examples], config.class_names)
+        for name in missing:
+            targets[:, list(config.class_names).index(name)] = label_files.MASKED
+        return Films(decoded.images, targets, [e.path for e in decoded.examples],
+                     [e.source for e in decoded.examples], [e.group or e.path for e in decoded.examples])
+
+    def test_metrics(self, films: Films, probs, names, record, seed: int) -> dict:
+        """Per finding AUC, AP and the figures at its threshold (chosen on validation; 0.5 before a final model)."""
+        names = list(names)
+        points = record["operating_points"] if record else {
+            name: {"threshold": 0.5, "rule": "fallback", "rule_text": NO_THRESHOLD_RULE} for name in names}
+        thresholds = {name: float(points[name]["threshold"]) for name in names}
+        metrics = figures.label_metrics(films.labels, probs, names, thresholds, groups=films.groups, seed=seed)
+        metrics.update(task=self.name, n=int(len(films.labels)), class_names=names, thresholds=thresholds,
+                       operating_points=points)
+        return metrics
+
+    def final_figures(self, record, films: Films, probs, raw, single, names, metrics):
+        """The members' plain average and the rank-1 winner alone, beside the final model."""
+        found = {key: figures.label_metrics(films.labels, np.asarray(values, np.float64), list(names),
+                                            metrics["thresholds"], groups=films.groups, n_bootstrap=0).get("macro_auc")
+                 for key, values in (("uncalibrated_macro_auc", raw), ("single_best_macro_auc", single))}
+        return found, {"Final model": finding_report.final_markdown(record, {**metrics, **found})}, {}
+
+    def prediction_table(self, films: Films, probs, names, metrics) -> tuple[list, list]:
+        thresholds = metrics["thresholds"]
+
+        def text(row):
+            return "|".join(n for n, v in zip(names, row) if v == 1)
+
+        called = np.column_stack([probs[:, i] >= thresholds[n] for i, n in enumerate(names)])
+        rows = [[file, text(t), text(c.astype(float)), *(f"{p:.6f}" for p in row)]
+                for file, t, c, row in zip(films.paths, films.labels, called, probs)]
+        return ["path", "true", "called", *(f"p_{n}" for n in names)], rows
+
+    def pictures(self, films: Films, probs, names, metrics) -> dict:
+        return {"ROC curves per finding": {"kind": "finding_roc", "file": "roc.png", "targets": films.labels,
+                                           "probs": probs, "names": list(names)}}
+
+    def gallery_pages(self, films: Films, probs, names, metrics, per_page: int = 12) -> list[Page]:
+        """Per finding, a page of films called positive that have it and one of its misses and false alarms;
+        each heatmap is the map of that finding's logit, most confident first; masked films are left out."""
+        thresholds, pages = metrics["thresholds"], []
+        for index, name in enumerate(names):
+            called = probs[:, index] >= thresholds[name]
+            present, absent = films.labels[:, index] == 1, films.labels[:, index] == 0
+            wrong = (present & ~called) | (absent & called)
+            for kind, chosen, order, file in (
+                    ("found", present & called, -probs[:, index], "found"),
+                    ("missed or false alarm", wrong, -np.abs(probs[:, index] - thresholds[name]), "errors")):
+                rows = np.flatnonzero(chosen)
+                rows = rows[np.argsort(order[rows], kind="stable")][:per_page]
+                if len(rows):
+                    pages.append(Page(f"{name} {kind}", f"{name}-{file}.png", f"{name}: {kind} ({len(rows)} shown)",
+                                      rows, np.full(len(rows), index),
+                                      [f"{'has' if present[r] else 'no'} {name}\np {probs[r, index]:.2f} "
+                                       f"(threshold {thresholds[name]:.2f})" for r in rows]))
+        return pages
+
+    def energy_outputs(self, probs):
+        """None: a film's findings have no one output to measure, so findings have no chest-energy check."""
+        return None
+
+    def energy_figures(self, shares, films: Films, probs, names, uniform: float):
+        raise NotImplementedError("findings have no chest-energy check (energy_outputs is None)")
+
+    def probe_rows(self, labels, seed: int, most: int):
+        rows = np.arange(len(labels))
+        if len(rows) <= most:
+            return rows
+        return np.sort(np.random.default_rng(seed).choice(rows, most, replace=False))
+
+    def probe_figures(self, films: Films, hidden, only, features, train_features, train_labels, names, seed: int):
+        return finding_report.probe_figures(films.labels, hidden, only, features, train_features, train_labels,
+                                            names)
+
+    def per_source(self, films: Films, probs, names) -> dict:
+        return finding_report.per_source(films.labels, probs, films.sources, names)
+
+    def report_parts(self, metrics: dict) -> list[str]:
+        return finding_report.report_parts(metrics)
+
+    def report_sections(self, checks: dict, out: Path, labels: dict, config) -> dict[str, str]:
+        return {"Shortcut checks per finding": finding_report.checks_markdown(checks),
+                "Labels": finding_report.labels_markdown(labels, config.uncertain, config.min_positive_groups)}
+
+    def verdict(self, sets, checks) -> str:
+        """"": the verdict's figures (accuracy, macro-F1, COVID sensitivity) are single-label ones."""
+        return ""
+
+    def report_title(self, winner: str) -> str:
+        return f"Evaluation of {winner} (findings)"
+
+    def gallery_text(self) -> tuple[str, str]:
+        return ("Grad-CAM galleries per finding",
+                "Each heatmap is the map of that finding's logit: where the model looked for that finding.")
+
+    def opening_line(self, winner: str, films: Films, external: bool, names) -> str:
+        return (f"evaluate: {winner} on {len(films.images)} {'external' if external else 'test'} films, "
+                f"{len(names)} findings")
+
+    def closing_lines(self, metrics: dict, checks: dict, out: Path) -> list[str]:
+        probe = [finding_report.probe_line(checks["probe"])] if checks.get("probe") else []
+        return probe + [finding_report.result_line(metrics, out)]
 
     def output_meaning(self) -> str:
         return "sigmoid probability of each finding, in class_names order (several may be present)"

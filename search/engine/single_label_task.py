@@ -6,14 +6,19 @@ import math
 from pathlib import Path
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from cxr_tuner.data import manifest, sources, split, synthetic
+from cxr_tuner.data import cache, manifest, sources, split, synthetic
 from cxr_tuner.data.class_weights import class_weights
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.data.split import SPLITS
 from cxr_tuner.hypermodels.classifier import OBJECTIVE, weighted_loss
-from cxr_tuner.search.engine.task_base import FITTED_ON_FOLDS, Calibrated, Task
-from cxr_tuner.search.figures import calibration, operating_point
+from cxr_tuner.search.engine.task_base import FITTED_ON_FOLDS, Calibrated, Films, Page, Task
+from cxr_tuner.search.figures import calibration, class_report, operating_point
+from cxr_tuner.search.figures.metrics import classification_metrics, roc_curves
 from cxr_tuner.search.figures.text import figure_text, number_text
 
 _CARD_HEADLINE = ("accuracy", "macro_f1", "covid_sensitivity", "covid_specificity")
@@ -144,6 +149,113 @@ class SingleLabel(Task):
         if record.get("operating_point_refused"):
             card["operating_point_refused"] = record["operating_point_refused"]
         return card
+
+    def external_films(self, config, data: str, log) -> Films:
+        """Decodes an external labelled set and maps its classes onto the run's by name."""
+        examples = manifest.discover(data)
+        unknown = sorted({e.label for e in examples} - set(config.class_names))
+        if unknown:
+            raise UserError(f"{data} holds classes the model does not know: {', '.join(unknown)} (it knows "
+                            f"{', '.join(config.class_names)}); remove or rename those folders/labels.")
+        # A cache of its own: sharing the run's would reorder it and force the test split to re-decode.
+        decoded = cache.load_decoded(examples, config.image_size, config.layout.external_cache, progress=False)
+        for skipped in decoded.skipped:
+            log(f"skipped {skipped.path}: {skipped.reason}")
+        labels = np.array([config.class_names.index(e.label) for e in decoded.examples])
+        return Films(decoded.images, labels, [e.path for e in decoded.examples],
+                     [e.source for e in decoded.examples], [e.group or e.path for e in decoded.examples])
+
+    def test_metrics(self, films: Films, probs, names, record, seed: int) -> dict:
+        return classification_metrics(films.labels, probs, names)
+
+    def final_figures(self, record, films: Films, probs, raw, single, names, metrics):
+        sections, pictures = class_report.final_figures(record, films.labels, probs, raw, single, names, metrics)
+        return sections, {"Calibration, operating point, single best and final model":
+                          class_report.final_markdown(sections)}, pictures
+
+    def prediction_table(self, films: Films, probs, names, metrics) -> tuple[list, list]:
+        rows = [[file, names[label], names[row.argmax()], *(f"{p:.6f}" for p in row)]
+                for file, label, row in zip(films.paths, films.labels, probs)]
+        return ["path", "true", "predicted", *(f"p_{name}" for name in names)], rows
+
+    def pictures(self, films: Films, probs, names, metrics) -> dict:
+        return {"Confusion matrix": {"kind": "confusion", "file": "confusion_matrix.png",
+                                     "matrix": metrics["confusion_matrix"]["matrix"], "names": names},
+                "ROC curves": {"kind": "roc", "file": "roc.png", "curves": roc_curves(films.labels, probs, names),
+                               "aucs": metrics["roc_auc"]["per_class"]}}
+
+    def gallery_pages(self, films: Films, probs, names, metrics, per_page: int = 12) -> list[Page]:
+        """Per class, a page of correctly and one of incorrectly classified films, most confident first (a
+        confident mistake is the one worth looking at); each heatmap explains the predicted class."""
+        predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
+        pages = []
+        for index, name in enumerate(names):
+            for kind, chosen in (("correct", predicted == index), ("incorrect", predicted != index)):
+                rows = np.flatnonzero((films.labels == index) & chosen)
+                rows = rows[np.argsort(-confidence[rows], kind="stable")][:per_page]
+                if len(rows):
+                    pages.append(Page(f"{name} {kind}", f"{name}-{kind}.png",
+                                      f"{name}: {kind}ly classified ({len(rows)} shown)", rows, predicted[rows],
+                                      [f"true {name}\npred {names[predicted[r]]} {confidence[r]:.2f}" for r in rows]))
+        return pages
+
+    def energy_outputs(self, probs):
+        return probs.argmax(axis=1)
+
+    def energy_figures(self, shares, films: Films, probs, names, uniform: float, count: int = 12):
+        """The share of each film's heatmap inside the chest box per true class, and the films with the least."""
+        energy = class_report.energy_summary(shares, films.labels, names, uniform)
+        order = np.argsort(np.where(np.isfinite(shares), shares, np.inf), kind="stable")[:count]
+        predicted = probs.argmax(axis=1)
+        page = Page("least energy inside the chest box", "least-in-chest.png",
+                    "Least Grad-CAM energy inside the chest box (dashed)", order, predicted[order],
+                    [f"true {names[films.labels[r]]}\npred {names[predicted[r]]} in box {shares[r]:.2f}"
+                     for r in order], box=True, listed=False) if len(order) else None
+        return energy, page
+
+    def probe_rows(self, labels, seed: int, most: int):
+        """All, or ``most`` stratified by class: a linear head on a few hundred features per class is as good
+        as on thousands, and each film is a forward pass."""
+        rows = np.arange(len(labels))
+        if len(rows) <= most:
+            return rows
+        kept, _ = train_test_split(rows, train_size=most, stratify=labels, random_state=seed)
+        return np.sort(kept)
+
+    def probe_figures(self, films: Films, hidden, only, features, train_features, train_labels, names, seed: int):
+        head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
+        head.fit(train_features, train_labels)
+        fresh = np.zeros((len(films.labels), len(names)))
+        fresh[:, head.classes_] = head.predict_proba(features)
+        return {name: class_report.probe_scores(films.labels, probs, names, seed)
+                for name, probs in (("winner_chest_hidden", hidden), ("winner_chest_only", only),
+                                    ("fresh_head_chest_hidden", fresh))}
+
+    def per_source(self, films: Films, probs, names) -> dict:
+        return class_report.per_source(films.labels, probs, films.sources, names)
+
+    def report_parts(self, metrics: dict) -> list[str]:
+        return class_report.report_parts(metrics)
+
+    def report_sections(self, checks: dict, out: Path, labels: dict, config) -> dict[str, str]:
+        return {"Shortcut checks": class_report.checks_markdown(checks, out)}
+
+    def verdict(self, sets, checks) -> str:
+        return class_report.verdict_markdown(sets, checks)
+
+    def report_title(self, winner: str) -> str:
+        return f"Evaluation of {winner}"
+
+    def gallery_text(self) -> tuple[str, str]:
+        return "Grad-CAM galleries", "The heatmap shows where the model looked for the class it predicted " \
+                                     "(most confident first)."
+
+    def opening_line(self, winner: str, films: Films, external: bool, names) -> str:
+        return f"evaluate: {winner} on {len(films.images)} {'external' if external else 'test'} images"
+
+    def closing_lines(self, metrics: dict, checks: dict, out: Path) -> list[str]:
+        probe = [class_report.probe_line(checks)] if checks.get("probe") else []
+        return probe + [class_report.result_line(metrics, out)]
 
     def output_meaning(self) -> str:
         return "softmax probabilities in class_names order"

@@ -97,6 +97,80 @@ class Task(abc.ABC):
     def final_card(self, record: dict) -> dict:
         """The model card's entries for a final model from its ``final.json`` record."""
 
+    # Evaluation: figures, pictures to draw, Grad-CAM pages and report text, from the test (or an external) set.
+    @abc.abstractmethod
+    def external_films(self, config, data: str, log) -> "Films":
+        """An external labelled set read as the run's classes or findings."""
+
+    @abc.abstractmethod
+    def test_metrics(self, films: "Films", probs: np.ndarray, names, record: dict | None, seed: int) -> dict:
+        """``metrics.json``'s figures of ``probs`` on ``films`` (``record``: ``final.json``, None before one)."""
+
+    @abc.abstractmethod
+    def final_figures(self, record: dict, films: "Films", probs, raw, single, names, metrics: dict):
+        """``(metrics entries, {heading: markdown}, {caption: picture})`` of an assembled final model."""
+
+    @abc.abstractmethod
+    def prediction_table(self, films: "Films", probs: np.ndarray, names, metrics: dict) -> tuple[list, list]:
+        """``predictions.csv``: its header and one row per film."""
+
+    @abc.abstractmethod
+    def pictures(self, films: "Films", probs: np.ndarray, names, metrics: dict) -> dict:
+        """``{caption: picture}`` of the figures (see `search.evaluation.report` for the kinds)."""
+
+    @abc.abstractmethod
+    def gallery_pages(self, films: "Films", probs: np.ndarray, names, metrics: dict) -> list["Page"]:
+        """The Grad-CAM pages: which films, explaining which output, titled how."""
+
+    @abc.abstractmethod
+    def energy_outputs(self, probs: np.ndarray) -> np.ndarray | None:
+        """Per film, the output whose heatmap the chest-energy check measures; None: no such check."""
+
+    @abc.abstractmethod
+    def energy_figures(self, shares: np.ndarray, films: "Films", probs: np.ndarray, names, uniform: float):
+        """``(shortcuts.json's energy entry, the page of the films with least energy in the chest)``."""
+
+    @abc.abstractmethod
+    def probe_rows(self, labels: np.ndarray, seed: int, most: int) -> np.ndarray:
+        """The training films (indices into ``labels``) a fresh probe head learns from, at most ``most``."""
+
+    @abc.abstractmethod
+    def probe_figures(self, films: "Films", hidden, only, features, train_features, train_labels, names,
+                      seed: int) -> dict:
+        """The chest-hidden probe's figures from the model's outputs and features (`search.evaluation.probe`)."""
+
+    @abc.abstractmethod
+    def per_source(self, films: "Films", probs: np.ndarray, names) -> dict:
+        """Figures per source (site, view); {} without sources."""
+
+    @abc.abstractmethod
+    def report_parts(self, metrics: dict) -> list[str]:
+        """report.md's opening parts under the title: the figures' tables and how to read them."""
+
+    @abc.abstractmethod
+    def report_sections(self, checks: dict, out: Path, labels: dict, config) -> dict[str, str]:
+        """report.md's sections of the shortcut checks (and the labels' record): ``{heading: markdown}``."""
+
+    @abc.abstractmethod
+    def verdict(self, sets: list[tuple[str, dict]], checks: dict) -> str:
+        """The verdict opening the run's report (test split beside external sets); "" for none."""
+
+    @abc.abstractmethod
+    def report_title(self, winner: str) -> str:
+        """report.md's title."""
+
+    @abc.abstractmethod
+    def gallery_text(self) -> tuple[str, str]:
+        """The Grad-CAM section's heading and the sentence under it."""
+
+    @abc.abstractmethod
+    def opening_line(self, winner: str, films: "Films", external: bool, names) -> str:
+        """The evaluate stage's first line: what is evaluated on what."""
+
+    @abc.abstractmethod
+    def closing_lines(self, metrics: dict, checks: dict, out: Path) -> list[str]:
+        """The evaluate stage's last lines: the probe's figures when run, the headline figures, the report."""
+
     # Delivery.
     @abc.abstractmethod
     def output_meaning(self) -> str:
@@ -109,6 +183,38 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def headline_lines(self, metrics: dict) -> list[str]:
         """The job summary's lines of test figures, from ``metrics.json``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Films:
+    """A labelled set to evaluate on: decoded films, their labels (class index or multi-hot row), where from.
+
+    ``groups``: each film's patient / near-duplicate group, what a bootstrap resamples.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    sources: list[str]
+    groups: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """One Grad-CAM page of the report: ``rows`` of the films, each explained for ``outputs[i]``.
+
+    ``file`` is under the report's ``gradcam/`` folder; ``box`` draws the chest box; ``listed``: the
+    Grad-CAM section links it (the shortcut checks link the others).
+    """
+
+    caption: str
+    file: str
+    heading: str
+    rows: np.ndarray
+    outputs: np.ndarray
+    titles: list[str]
+    box: bool = False
+    listed: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

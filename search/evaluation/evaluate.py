@@ -1,10 +1,11 @@
-"""Evaluate the final model once on the test split (or an external labelled folder).
+"""Evaluate the final model once on the test split (or an external labelled set).
 
-Writes ``metrics.json``, ``predictions.csv``, training curves, confusion matrix and
-ROC pictures, Grad-CAM galleries under ``gradcam/`` and a ``report.md`` tying them
-together, and for an assembled final model its calibration, operating point and the
-single best beside it (search.evaluation.final). This is the only stage that reads the
-test split's labels.
+One forward pass gives the final model's answer and, when assembled, its plain average
+and its rank-1 member's; the run's task turns them into figures, pictures to draw,
+Grad-CAM pages and report text; the shortcut checks add the probe, the chest energy
+and the figures per source. All of it is one record (`search.evaluation.record`),
+which `search.evaluation.report.write` writes into the output folder. This is the
+only stage that reads the test split's labels.
 """
 
 from __future__ import annotations
@@ -17,22 +18,16 @@ from typing import Callable
 import keras
 import numpy as np
 
-from cxr_tuner.data import cache, files, manifest
-from cxr_tuner.data.errors import UserError
-from cxr_tuner.search.engine import dataset, timing
-from cxr_tuner.search.tuning.hparams import searched_values
-from cxr_tuner.search.evaluation import gradcam, html_report, probe, report, shortcuts
-from cxr_tuner.search.engine.config import RunConfig
-from cxr_tuner.search.figures.text import number_text
-from cxr_tuner.search.figures.metrics import classification_metrics, roc_curves
-from cxr_tuner.search.figures.text import figure_text
-from cxr_tuner.search.engine.lock import run_lock
-from cxr_tuner.search.engine.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
 from cxr_tuner.hypermodels.ensemble import CALIBRATION_LAYER, ENSEMBLE_MEAN
-from cxr_tuner.search.evaluation.evaluate_findings import evaluate_findings
-from cxr_tuner.search.evaluation.report import gallery_index
-from cxr_tuner.search.engine.task import task_of
-from cxr_tuner.search.evaluation.final import final_figures, section_markdown
+from cxr_tuner.search.engine import dataset, timing
+from cxr_tuner.search.engine.config import RunConfig
+from cxr_tuner.search.engine.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
+from cxr_tuner.search.engine.lock import run_lock
+from cxr_tuner.search.engine.task import Task, task_of
+from cxr_tuner.search.engine.task_base import Films
+from cxr_tuner.search.evaluation import gradcam, probe, report, shortcuts
+from cxr_tuner.search.evaluation.record import Evaluation
+from cxr_tuner.search.tuning.hparams import searched_values
 
 
 def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | None = None,
@@ -41,7 +36,7 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
 
     Args:
         config: The run's config (from ``load_config``).
-        data: Another labelled folder or CSV with the run's class names; ``None``
+        data: Another labelled folder or label file with the run's classes (findings); ``None``
             uses the run's test split.
         out: Output folder; default ``RUN_DIR/report`` (``RUN_DIR/report/external-<name>``
             for ``data``).
@@ -52,66 +47,66 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
     """
     with run_lock(config.run_dir, "evaluate", log):
         started = time.perf_counter()
-        metrics, forward_pass = _evaluate(config, data, out, layer, log)
+        task = task_of(config)
+        layout = config.layout
+        out = Path(out or (layout.report if data is None else layout.external_report(data)))
+        evaluation, forward_pass = _evaluate(config, task, data, out, layer, log)
+        metrics = report.write(out, evaluation, layout)
+        for line in task.closing_lines(metrics, evaluation.checks, out):
+            log(line)
         if data is None:  # an external set is not a stage of the run
-            timing.record(config.layout, "evaluate", time.perf_counter() - started, forward_pass)
+            timing.record(layout, "evaluate", time.perf_counter() - started, forward_pass)
         return metrics
 
 
-def _evaluate(config: RunConfig, data, out, layer, log) -> tuple[dict, dict]:
-    if task_of(config).name == "multilabel":  # one evaluation for both: next step
-        return evaluate_findings(config, data, out, layer, log, _outputs)
-    winner = config.layout.best_winner()
-    final = config.layout.final_model()  # the calibrated (ensemble) model when assembled, else the winner
+def _evaluate(config: RunConfig, task: Task, data, out: Path, layer, log) -> tuple[Evaluation, dict]:
+    layout = config.layout
+    winner = layout.best_winner()
+    final = layout.final_model()  # the calibrated (ensemble) model when assembled, else the winner
     # compile=False: predicted with only; a winner's saved optimizer would be restored for nothing (and warn).
     model = keras.saving.load_model(final / WINNER_MODEL, compile=False)
-    images, labels, paths, sources = _test_split(config) if data is None else _external(config, data, log)
-    out = Path(out or _default_out(config, data))
-    log(f"evaluate: {winner.name} on {len(images)} {'test' if data is None else 'external'} images")
-    # One pass gives what the final model answers and, when assembled, its plain average and
-    # its rank-1 member's answer (the single best beside it).
+    # Once: the test split's films, and the training films the probe learns from.
+    run_data = dataset.prepare(config, progress=False) if data is None else None
+    films = _test_split(run_data) if data is None else task.external_films(config, data, log)
+    names = list(config.class_names)
+    log(task.opening_line(winner.name, films, data is not None, names))
     started = time.perf_counter()
+    record = None
     if final != winner:
-        probs, raw, single = keras.Model(model.input, _outputs(model)).predict(
-            images, batch_size=config.batch_size, verbose=0)
+        probs, raw, single = (np.asarray(p, np.float64) for p in keras.Model(model.input, _outputs(model)).predict(
+            films.images, batch_size=config.batch_size, verbose=0))
+        record = layout.read_current(layout.final_record, f"run `cxr-tuner evaluate {config.run_dir}`")
     else:
-        probs = model.predict(images, batch_size=config.batch_size, verbose=0)
+        probs = np.asarray(model.predict(films.images, batch_size=config.batch_size, verbose=0), np.float64)
+        single = probs
     forward_pass = {"seconds": time.perf_counter() - started,
-                    "what": f"one forward pass of the final model over the {len(images)} test films"}
-    metrics = classification_metrics(labels, probs, config.class_names)
+                    "what": f"one forward pass of the final model over the {len(films.images)} test films"}
+    metrics = task.test_metrics(films, probs, names, record, config.seed)
     metrics["source"] = {"model": str(final / WINNER_MODEL), "data": data or "test split of split.csv"}
-    metrics[SPLIT_STAMP] = config.layout.split_digest()
-    out.mkdir(parents=True, exist_ok=True)
-    # metrics.json comes last and says the report is whole: an interrupted evaluate leaves none.
-    (out / config.layout.metrics.name).unlink(missing_ok=True)
-    extra_pictures, extra_sections = {}, {}
-    if final != winner:
-        record = config.layout.read_current(config.layout.final_record, f"run `cxr-tuner evaluate {config.run_dir}`")
-        model = keras.saving.load_model(winner / WINNER_MODEL, compile=False)  # Grad-CAM explains the rank-1 member
-        sections, extra_pictures = final_figures(record, labels, probs, raw, single, config.class_names, metrics, out)
-        metrics.update(sections)
-        extra_sections["Calibration, operating point, single best and final model"] = section_markdown(sections)
-    _write_predictions(out / "predictions.csv", paths, labels, probs, config.class_names)
-    pictures = {**_pictures(winner, metrics, labels, probs, config.class_names, out), **extra_pictures}
-    explainer = gradcam.gradcam_model(model, layer or gradcam.default_layer(model))
-    # Every image's heatmap of its predicted class, once: the galleries and the shortcut checks show them.
-    maps = gradcam.all_heatmaps(explainer, np.asarray(images), probs.argmax(axis=1))
-    pages = gradcam.write_galleries(explainer, np.asarray(images), labels, probs, config.class_names, out / "gradcam",
-                                    log=log, maps=maps)
-    sections = {"Grad-CAM galleries": gallery_index(pages, out),
-                "Shortcut checks": _shortcut_checks(config, model, explainer, (images, labels, probs, sources, maps),
-                                                    out, data is None, log),
-                "Model": _model_section(winner), **extra_sections}
-    verdict = shortcuts.verdict_block(out, metrics) if data is None else ""
-    report.write_report_md(out / "report.md", metrics, pictures, f"Evaluation of {winner.name}", sections,
-                           verdict=verdict)
-    html_report.write_report_html(out)
-    files.write_json(out / config.layout.metrics.name, metrics)
-    if out.parent == config.layout.report:
-        shortcuts.refresh_verdict(out.parent)  # fold this external set into the run's report
-        html_report.refresh(config.layout)  # and into its report.html
-    log(result_line(metrics, out))
-    return metrics, forward_pass
+    metrics[SPLIT_STAMP] = layout.split_digest()
+    pictures, sections = {}, {}
+    if record is not None:
+        found, sections, pictures = task.final_figures(record, films, probs, raw, single, names, metrics)
+        metrics.update(found)
+    # Grad-CAM explains the rank-1 member, with its own probabilities.
+    member = keras.saving.load_model(winner / WINNER_MODEL, compile=False) if final != winner else model
+    explainer = gradcam.gradcam_model(member, layer or gradcam.default_layer(member))
+    pages = task.gallery_pages(films, single, names, metrics)
+    checks, answers = _shortcut_checks(task, run_data, member, explainer, films, probs, single, names, out,
+                                       config.seed)
+    pages += [checks.pop(_LEAST_INSIDE)] if _LEAST_INSIDE in checks else []
+    maps = {page.file: _heatmaps(explainer, films.images, page, answers, log) for page in pages}
+    labels = dataset.DataFindings.load(layout)
+    return Evaluation(
+        title=task.report_title(winner.name), metrics=metrics,
+        predictions=task.prediction_table(films, probs, names, metrics),
+        history=json.loads((winner / WINNER_HISTORY).read_text()),
+        pictures={**task.pictures(films, probs, names, metrics), **pictures},
+        images=np.asarray(films.images), pages=pages, maps=maps, gallery=task.gallery_text(), checks=checks,
+        parts=task.report_parts(metrics),
+        sections={**task.report_sections(checks, out, labels.labels if labels else {}, config),
+                  "Model": _model_section(winner), **sections},
+        test_split=data is None), forward_pass
 
 
 def _outputs(model: keras.Model) -> list:
@@ -124,92 +119,60 @@ def _outputs(model: keras.Model) -> list:
     return [model.output, raw, first[0]]
 
 
-def result_line(metrics: dict, out: Path) -> str:
-    """The line evaluate ends with: headline figures and where the report is (``n/a (why)`` for a missing figure)."""
-    return (f"accuracy {figure_text(metrics.get('accuracy'))}, macro F1 {figure_text(metrics.get('macro_f1'))} "
-            f"on {number_text(metrics.get('n'), 'd', 'count not recorded')} images; "
-            f"report: {Path(out) / 'report.html'} (and report.md)")
-
-
-def probe_line(record: dict) -> str:
-    """The shortcut checks' line: the chest-hidden probe's fresh head and the Grad-CAM energy in the chest."""
-    head = (record.get("probe") or {}).get("fresh_head_chest_hidden") or {}
-    energy = (record.get("energy") or {}).get("all") or {}
-    return (f"chest-hidden probe: fresh head accuracy {figure_text(head.get('accuracy'))} (chance "
-            f"{number_text(head.get('chance'))}); Grad-CAM energy in the chest "
-            f"{number_text(energy.get('mean'), reason=energy.get('reason', 'not measured'))}")
-
-
-def _default_out(config: RunConfig, data) -> Path:
-    return config.layout.report if data is None else config.layout.external_report(data)
-
-
-def _test_split(config: RunConfig):
+def _test_split(run_data: dataset.RunData) -> Films:
     # config.json always saves overwrite=False, so this reads the split the search saved.
-    run_data = dataset.prepare(config, progress=False)
     rows = run_data.indices("test")
-    return (run_data.images[rows], run_data.labels[rows], [run_data.examples[i].path for i in rows],
-            [run_data.examples[i].source for i in rows])
+    examples = [run_data.examples[i] for i in rows]
+    return Films(run_data.images[rows], run_data.labels[rows], [e.path for e in examples],
+                 [e.source for e in examples], [e.group or e.path for e in examples])
 
 
-def _external(config: RunConfig, data: str, log):
-    """Decodes an external labelled set and maps its classes onto the run's by name."""
-    examples = manifest.discover(data)
-    unknown = sorted({e.label for e in examples} - set(config.class_names))
-    if unknown:
-        raise UserError(f"{data} holds classes the model does not know: {', '.join(unknown)} (it knows "
-                        f"{', '.join(config.class_names)}); remove or rename those folders/labels.")
-    # A cache of its own: sharing the run's would reorder it and force the test split to re-decode.
-    decoded = cache.load_decoded(examples, config.image_size, config.layout.external_cache, progress=False)
-    for skipped in decoded.skipped:
-        log(f"skipped {skipped.path}: {skipped.reason}")
-    labels = np.array([config.class_names.index(e.label) for e in decoded.examples])
-    return (decoded.images, labels, [e.path for e in decoded.examples],
-            [e.source for e in decoded.examples])
+def _shortcut_checks(task: Task, run_data, member, explainer, films: Films, probs, single, names, out: Path,
+                     seed: int) -> tuple[dict, tuple | None]:
+    """``shortcuts.json``: figures per source; on the test split also the probe and the chest energy.
+
+    Returns:
+        The checks (the page of the films least inside the chest under ``_LEAST_INSIDE``, to take out
+        before writing) and, where the task measures the chest energy, every film's explained output
+        with its heatmap: ``(outputs, heatmaps)``, which the Grad-CAM pages reuse.
+    """
+    checks = {"per_source": task.per_source(films, probs, names)}
+    if run_data is None:  # an external set: no training films to probe with
+        return checks, None
+    train = run_data.indices("train")
+    checks["probe"] = probe.chest_hidden_probe(member, task, run_data.images[train], run_data.labels[train], films,
+                                               names, seed=seed)
+    checks["chest_box"] = probe.chest_box()
+    outputs = task.energy_outputs(single)
+    if outputs is None:
+        return checks, None
+    # Every film's heatmap of its answer, once: the energy and the pages of those answers reuse them.
+    images = np.asarray(films.images)
+    every = gradcam.all_heatmaps(explainer, images, outputs)
+    checks["energy"], page = task.energy_figures(shortcuts.energy_shares(explainer, images, maps=every), films,
+                                                 single, names, probe.chest_area())
+    if page is not None:
+        checks["least_inside_gallery"] = str(out / "gradcam" / page.file)
+        checks[_LEAST_INSIDE] = page
+    checks["source_warnings"] = _source_warnings(run_data)
+    return checks, (outputs, every)
 
 
-def _shortcut_checks(config: RunConfig, model, explainer, scored, out: Path, test_split: bool, log) -> str:
-    """Writes shortcuts.json (per source; on the test split also the probe and Grad-CAM energy)."""
-    images, labels, probs, sources, maps = scored
-    images = np.asarray(images)
-    record = {"per_source": shortcuts.per_source(labels, probs, sources, config.class_names)}
-    if test_split:
-        run_data = dataset.prepare(config, progress=False)
-        train = run_data.indices("train")
-        record["probe"] = probe.chest_hidden_probe(model, run_data.images[train], run_data.labels[train],
-                                                   images, labels, config.class_names, seed=config.seed)
-        shares = shortcuts.energy_shares(explainer, images, probs.argmax(axis=1), maps=maps)
-        record["energy"] = shortcuts.energy_summary(shares, labels, config.class_names)
-        record["least_inside_gallery"] = str(shortcuts.least_inside_gallery(
-            explainer, images, labels, probs, shares, config.class_names, out / "gradcam" / "least-in-chest.png",
-            maps=maps))
-        record["source_warnings"] = _source_warnings(config)
-        log(probe_line(record))
-    shortcuts.write_shortcuts(out / shortcuts.SHORTCUTS_FILE, record)
-    return shortcuts.checks_section(record, out)
+_LEAST_INSIDE = "least_inside_page"
 
 
-def _source_warnings(config: RunConfig) -> list[str]:
-    findings = dataset.DataFindings.load(config.layout)
-    audit = findings.sources.get("audit") if findings else None
+def _heatmaps(explainer, images, page, answers: tuple | None, log) -> np.ndarray:
+    """A page's heatmaps, taken from every film's heatmap of its answer where the page explains the same outputs."""
+    if page.listed:
+        log(f"grad-cam: {page.caption} ({len(page.rows)} images)")
+    if answers is not None and np.array_equal(answers[0][page.rows], page.outputs):
+        return answers[1][page.rows]
+    return gradcam.heatmaps(explainer, np.asarray(images)[page.rows], page.outputs)
+
+
+def _source_warnings(run_data) -> list[str]:
+    audit = run_data.findings.sources.get("audit")
     return audit["warnings"] if audit else []
-
-
-def _write_predictions(path: Path, paths, labels, probs, class_names) -> None:
-    files.write_csv(path, ["path", "true", "predicted", *(f"p_{name}" for name in class_names)],
-                    ([file, class_names[label], class_names[row.argmax()], *(f"{p:.6f}" for p in row)]
-                     for file, label, row in zip(paths, labels, probs)))
-
-
-def _pictures(winner: Path, metrics: dict, labels, probs, class_names, out: Path) -> dict:
-    history = json.loads((winner / WINNER_HISTORY).read_text())
-    aucs = metrics["roc_auc"]["per_class"]
-    return {
-        "Training curves (retrained winner)": report.plot_history(history, out / "training_curves.png"),
-        "Confusion matrix": report.plot_confusion_matrix(
-            metrics["confusion_matrix"]["matrix"], class_names, out / "confusion_matrix.png"),
-        "ROC curves": report.plot_roc(roc_curves(labels, probs, class_names), aucs, out / "roc.png"),
-    }
 
 
 def _model_section(winner: Path) -> str:

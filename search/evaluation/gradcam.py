@@ -153,66 +153,6 @@ def save_overlay(image: np.ndarray, heatmap: np.ndarray, path) -> Path:
     return path
 
 
-def write_galleries(explainer: keras.Model, images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
-                    class_names, out_dir, per_gallery: int = 12, log=lambda line: None,
-                    maps: np.ndarray | None = None) -> dict[str, Path]:
-    """Per class, a page of correctly and one of incorrectly classified images with heatmaps.
-
-    Each page shows the most confident cases first (a confident mistake is the
-    one worth looking at), titled with true and predicted class and probability;
-    the heatmap explains the predicted class.
-
-    ``maps``: the predicted class's heatmap of every image when already computed.
-
-    Returns:
-        ``{"<class> correct" | "<class> incorrect": PNG path}`` for non-empty pages.
-    """
-    predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
-    pages = {}
-    for index, name in enumerate(class_names):
-        for kind, chosen in (("correct", predicted == index), ("incorrect", predicted != index)):
-            rows = np.flatnonzero((labels == index) & chosen)
-            rows = rows[np.argsort(-confidence[rows], kind="stable")][:per_gallery]
-            if len(rows):
-                log(f"grad-cam: {name} {kind} ({len(rows)} images)")
-                shown = heatmaps(explainer, images[rows], predicted[rows]) if maps is None else maps[rows]
-                titles = [f"true {name}\npred {class_names[predicted[r]]} {confidence[r]:.2f}" for r in rows]
-                figure = _gallery(images[rows], shown, titles, f"{name}: {kind}ly classified ({len(rows)} shown)")
-                pages[f"{name} {kind}"] = _save_figure(figure, Path(out_dir) / f"{name}-{kind}.png")
-    return pages
-
-
-def write_finding_galleries(explainer: keras.Model, images: np.ndarray, targets: np.ndarray, probs: np.ndarray,
-                            thresholds: dict, names, out_dir, per_gallery: int = 12,
-                            log=lambda line: None) -> dict[str, Path]:
-    """Per finding, a page of films called positive that have it and one of its misses and false alarms.
-
-    Each heatmap is the map of that finding's logit (not of the likeliest finding), most
-    confident first; masked films are left out.
-
-    Returns:
-        ``{"<finding> found" | "<finding> missed or false alarm": PNG path}`` for non-empty pages.
-    """
-    pages = {}
-    for index, name in enumerate(names):
-        called = probs[:, index] >= thresholds[name]
-        present, absent = targets[:, index] == 1, targets[:, index] == 0
-        wrong = (present & ~called) | (absent & called)
-        for kind, chosen, order in (("found", present & called, -probs[:, index]),
-                                    ("missed or false alarm", wrong, -np.abs(probs[:, index] - thresholds[name]))):
-            rows = np.flatnonzero(chosen)
-            rows = rows[np.argsort(order[rows], kind="stable")][:per_gallery]
-            if len(rows):
-                log(f"grad-cam: {name} {kind} ({len(rows)} images)")
-                shown = heatmaps(explainer, images[rows], index)
-                titles = [f"{'has' if present[r] else 'no'} {name}\np {probs[r, index]:.2f} "
-                          f"(threshold {thresholds[name]:.2f})" for r in rows]
-                figure = _gallery(images[rows], shown, titles, f"{name}: {kind} ({len(rows)} shown)")
-                file = f"{name}-{'found' if kind == 'found' else 'errors'}.png"
-                pages[f"{name} {kind}"] = _save_figure(figure, Path(out_dir) / file)
-    return pages
-
-
 def grid_figure(count: int, heading: str) -> tuple[Figure, np.ndarray]:
     """A figure of ``count`` image panels, 4 a row, each with a two-line title, and the panels' axes.
 
@@ -227,19 +167,3 @@ def grid_figure(count: int, heading: str) -> tuple[Figure, np.ndarray]:
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.1 / height, top=1 - 0.75 / height,
                            wspace=0.05, hspace=0.55 / 2.2)
     return figure, figure.subplots(rows, columns, squeeze=False).ravel()
-
-
-def _gallery(images, maps, titles, heading) -> Figure:
-    figure, axes = grid_figure(len(images), heading)
-    for ax, image, heatmap, title in zip(axes, images, maps, titles):
-        ax.imshow(overlay(image, heatmap))
-        ax.set_title(title, fontsize=8)
-    for ax in axes:
-        ax.axis("off")
-    return figure
-
-
-def _save_figure(figure: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    return path

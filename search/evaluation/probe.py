@@ -27,12 +27,6 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-
-from cxr_tuner.search.figures.metrics import classification_metrics
 
 CHEST_BOX = (0.10, 0.88, 0.10, 0.90)  # top, bottom, left, right as fractions of the image
 _BATCH = 32
@@ -71,40 +65,27 @@ def _fill(images: np.ndarray, hidden: np.ndarray) -> np.ndarray:
     return out
 
 
-def chest_hidden_probe(model: keras.Model, train_images, train_labels, test_images, test_labels,
-                       class_names, seed: int = 0) -> dict:
-    """The three scores of the module docstring: {name: figures}, plus ``chance`` and ``chest_box``.
+def chest_hidden_probe(model: keras.Model, task, train_images, train_labels, films, names, seed: int = 0) -> dict:
+    """The three scores of the module docstring, as the run's task figures them (`Task.probe_figures`).
 
-    Each figure is ``{"accuracy": {"value", "ci95"}, "macro_f1": {...}, "chance": float, "n": int}``.
+    ``films``: the scored set (a `search.engine.task_base.Films`); the fresh head learns from at most
+    ``PROBE_TRAIN_IMAGES`` of the training films (`Task.probe_rows`).
     """
-    test_labels = np.asarray(test_labels)
-    rows = _probe_rows(np.asarray(train_labels), seed)
+    train_labels = np.asarray(train_labels)
+    rows = task.probe_rows(train_labels, seed, PROBE_TRAIN_IMAGES)
     # One pass (one traced predict) over every altered image gives the winner's output and its features.
     both = keras.Model(model.inputs, [model.output, model.layers[-1].input])
-    n = len(test_images)
-    probs, features = _predict(both, np.concatenate([hide_chest(test_images), keep_chest(test_images),
-                                                     hide_chest(np.asarray(train_images[rows]))]))
-    hidden_features = features[:n]
-    result = {
-        "winner_chest_hidden": _scored(test_labels, probs[:n], class_names, seed),
-        "winner_chest_only": _scored(test_labels, probs[n:2 * n], class_names, seed),
-    }
-    head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
-    head.fit(features[2 * n:], np.asarray(train_labels)[rows])
-    probs = np.zeros((len(test_labels), len(class_names)))
-    probs[:, head.classes_] = head.predict_proba(hidden_features)
-    result["fresh_head_chest_hidden"] = _scored(test_labels, probs, class_names, seed)
-    result["chest_box"] = dict(zip(("top", "bottom", "left", "right"), CHEST_BOX))
-    return result
+    images = np.asarray(films.images)
+    n = len(images)
+    outputs, features = _predict(both, np.concatenate([hide_chest(images), keep_chest(images),
+                                                       hide_chest(np.asarray(train_images[rows]))]))
+    return task.probe_figures(films, outputs[:n], outputs[n:2 * n], features[:n], features[2 * n:],
+                              train_labels[rows], names, seed)
 
 
-def _probe_rows(labels: np.ndarray, seed: int) -> np.ndarray:
-    """The training rows the fresh head learns from: all, or ``PROBE_TRAIN_IMAGES`` stratified by class."""
-    rows = np.arange(len(labels))
-    if len(rows) <= PROBE_TRAIN_IMAGES:
-        return rows
-    kept, _ = train_test_split(rows, train_size=PROBE_TRAIN_IMAGES, stratify=labels, random_state=seed)
-    return np.sort(kept)
+def chest_box() -> dict:
+    """`CHEST_BOX` as ``shortcuts.json`` records it."""
+    return dict(zip(("top", "bottom", "left", "right"), CHEST_BOX))
 
 
 def _predict(model, images):
@@ -113,10 +94,3 @@ def _predict(model, images):
     if isinstance(outputs, (list, tuple)):
         return [np.asarray(o, dtype=np.float64) for o in outputs]
     return np.asarray(outputs, dtype=np.float64)
-
-
-def _scored(labels, probs, class_names, seed) -> dict:
-    metrics = classification_metrics(labels, probs, class_names, seed=seed)
-    chance = float(np.bincount(labels, minlength=len(class_names)).max() / len(labels))
-    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "chance": chance,
-            "n": metrics["n"]}

@@ -1,24 +1,32 @@
-"""Pictures and report.md for `evaluate`: training curves, confusion matrix, ROC curves.
+"""The report: one evaluation record rendered into metrics.json, predictions, pictures, report.md and report.html.
 
 Figures are built on `matplotlib.figure.Figure` directly (no pyplot), so nothing
 touches matplotlib's global state or needs a display.
 """
 
+import json
 import os
-from typing import Sequence
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from cxr_tuner.data import files
+from cxr_tuner.search.engine.layout import SPLIT_STAMP
+from cxr_tuner.search.engine.task import task_named
+from cxr_tuner.search.engine.task_base import Page
+from cxr_tuner.search.evaluation import gradcam, html_report
+from cxr_tuner.search.evaluation.probe import CHEST_BOX
+from cxr_tuner.search.evaluation.record import Evaluation
 from cxr_tuner.search.figures.calibration import reliability
 from cxr_tuner.search.figures.findings import MASKED
 from cxr_tuner.search.figures.metrics import ECE_BINS, expected_calibration_error
-from cxr_tuner.search.figures.text import figure_text, number_text
 
 _HISTORY_PANELS = (("Loss", "loss"), ("Accuracy", "acc"))
 
@@ -125,92 +133,33 @@ def _save(fig, path):
     return path
 
 
-def write_report_md(
-    path, metrics: dict, images: dict, title: str, extra_sections: dict | None = None, verdict: str = ""
-) -> Path:
-    """Write report.md: headline figures with CIs, per-class table, the pictures.
+def write_report_md(path, title: str, parts: list[str], images: dict, sections: dict | None = None,
+                    verdict: str = "") -> Path:
+    """Write report.md: the title, the verdict, the task's tables, the pictures, the sections.
 
     Args:
         path: where to write the markdown file.
-        metrics: the dict from `search.evaluation.metrics.classification_metrics`.
+        title: the report's top heading.
+        parts: the task's opening parts (its tables and how to read them, `Task.report_parts`).
         images: ``{caption: image path}``, shown in this order; paths are linked
             relative to the report's folder so the folder can be moved as a whole.
-        title: the report's top heading.
-        extra_sections: ``{heading: markdown body}`` appended at the end
+        sections: ``{heading: markdown body}`` appended at the end
             (e.g. the run's hyperparameters or a Grad-CAM gallery index).
-        verdict: markdown shown right under the title (see `search.evaluation.shortcuts`).
+        verdict: markdown shown right under the title (`verdict_block`).
 
     Returns:
         The path written.
     """
     path = Path(path)
-    parts = [
-        f"# {title}",
-        *([verdict] if verdict else []),
-        f"{metrics['n']} test cases; classes: {', '.join(metrics['class_names'])}.",
-        "## Headline figures",
-        _headline_table(metrics),
-        _HOW_TO_READ.format(n_bootstrap=metrics.get("n_bootstrap", "?"), n_bins=metrics["ece"]["n_bins"]),
-        "## Per class (one class against the rest)",
-        _per_class_table(metrics),
-        "TP: cases of the class called that class; FP: other cases called that class; "
-        "TN: other cases called something else; FN: cases of the class called something else.",
-    ]
+    blocks = [f"# {title}", *([verdict] if verdict else []), *parts]
     for caption, image in images.items():
         link = Path(os.path.relpath(Path(image).resolve(), path.parent.resolve())).as_posix()
-        parts += [f"## {caption}", f"![{caption}]({link})"]
-    for heading, body in (extra_sections or {}).items():
-        parts += [f"## {heading}", body.strip()]
+        blocks += [f"## {caption}", f"![{caption}]({link})"]
+    for heading, body in (sections or {}).items():
+        blocks += [f"## {heading}", body.strip()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    files.write_text(path, "\n\n".join(blocks) + "\n")
     return path
-
-
-_HOW_TO_READ = (
-    "How to read this: the 95% CI is the range the figure would plausibly take on another "
-    "test set like this one (2.5th-97.5th percentile over {n_bootstrap} bootstrap resamples "
-    "of the test cases); a wide interval means the test set is too small to tell models "
-    "apart. ECE (expected calibration error, {n_bins} equal-width bins of the top "
-    "probability) is the average gap between how sure the model says it is and how often "
-    "it is right: 0 is perfectly calibrated, 0.10 means 10 points off on average."
-)
-
-
-def _headline_table(metrics):
-    positive = metrics.get("positive_class", "COVID")
-    rows = [
-        ("Accuracy", metrics["accuracy"]),
-        ("Macro F1", metrics["macro_f1"]),
-        ("Macro ROC AUC (one-vs-rest)", metrics["roc_auc"]["macro"]),
-        (f"{positive} sensitivity (vs all other classes)", metrics["covid_sensitivity"]),
-        (f"{positive} specificity (vs all other classes)", metrics["covid_specificity"]),
-        ("Expected calibration error", {"value": metrics["ece"]["value"], "ci95": None}),
-    ]
-    lines = ["| Figure | Value | 95% CI |", "|---|---|---|"]
-    for label, figure in rows:
-        value = _number(figure.get("value"), figure.get("reason", "undefined"))
-        ci = figure.get("ci95") if figure.get("value") is not None else None
-        lines.append(f"| {label} | {value} | {f'[{_number(ci[0])}, {_number(ci[1])}]' if ci else ''} |")
-    return "\n".join(lines)
-
-
-def _per_class_table(metrics):
-    aucs = metrics["roc_auc"]["per_class"]
-    lines = [
-        "| Class | Support | Precision | Recall | F1 | ROC AUC | TP | FP | TN | FN |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, row in metrics["per_class"].items():
-        auc = _number(aucs.get(name), metrics["roc_auc"].get("undefined", {}).get(name, "undefined"))
-        lines.append(
-            f"| {name} | {row['support']} | {_number(row['precision'])} | {_number(row['recall'])} "
-            f"| {_number(row['f1'])} | {auc} | {row['tp']} | {row['fp']} | {row['tn']} | {row['fn']} |"
-        )
-    return "\n".join(lines)
-
-
-def _number(value, reason: str = "undefined"):
-    return number_text(value, ".3f", reason)
 
 
 def gallery_index(pages: dict, out: Path,
@@ -286,31 +235,107 @@ def _colour(j):
     return colormaps["tab20"]((2 * j + j // 10) % 20)
 
 
-def findings_table(metrics: dict, points: dict) -> str:
-    """A headline line (macro and micro ROC AUC, macro AP) and the per-label markdown table.
+SHORTCUTS_FILE = "shortcuts.json"
+VERDICT_START, VERDICT_END = "<!-- verdict -->", "<!-- /verdict -->"
 
-    Args:
-        metrics: the dict from `search.figures.findings.label_metrics` (figures on the test films).
-        points: the dict from `search.figures.findings.choose_thresholds` (the rule that chose each threshold).
+
+def write(out, evaluation: Evaluation, layout) -> dict:
+    """Writes the whole report of ``evaluation`` into ``out``; ``metrics.json`` last, saying the report is whole.
+
+    Also folds an external set of the run (``out`` under the run's report folder) into the run's verdict.
+
+    Returns:
+        The metrics written.
     """
-    headline = (f"Macro ROC AUC {figure_text(metrics['macro_auc'])} over "
-                f"{len(metrics['macro_auc'].get('labels', []))} of {len(metrics['labels'])} labels; "
-                f"micro ROC AUC {figure_text(metrics['micro_auc'])} "
-                f"({metrics['micro_auc'].get('entries', 0)} unmasked entries); "
-                f"macro AP {figure_text(metrics['macro_ap'])} ({metrics['ci_method']}, "
-                f"{metrics['n_bootstrap']} resamples).")
-    lines = ["| Label | Positives | ROC AUC [95% CI] | AP [95% CI] | Threshold | Rule | Sensitivity "
-             "| Specificity | TP | FP | TN | FN | ECE |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, row in metrics["per_label"].items():
-        point = points.get(name, {})
-        rule = point.get("rule_text", "not recorded")
-        ece = row["ece"]
-        cells = [name, f"{row['positives']} of {row['positives'] + row['negatives']}",
-                 figure_text(row["roc_auc"]), figure_text(row["average_precision"]),
-                 number_text(row["threshold"], ".4f"), rule,
-                 figure_text(row["sensitivity"]), figure_text(row["specificity"]),
-                 str(row["tp"]), str(row["fp"]), str(row["tn"]), str(row["fn"]),
-                 number_text(ece["value"], ".3f", ece.get("reason", "undefined"))]
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    return headline + "\n\n" + "\n".join(lines)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_file = out / layout.metrics.name
+    metrics_file.unlink(missing_ok=True)  # an interrupted evaluate leaves none
+    files.write_csv(out / "predictions.csv", *evaluation.predictions)
+    pictures = {"Training curves (retrained winner)": plot_history(evaluation.history, out / "training_curves.png")}
+    pictures.update({caption: _draw(picture, out) for caption, picture in evaluation.pictures.items()})
+    drawn = {page.caption: draw_page(evaluation.images, evaluation.maps[page.file], page, out / "gradcam")
+             for page in evaluation.pages}
+    listed = {page.caption for page in evaluation.pages if page.listed}
+    files.write_json(out / SHORTCUTS_FILE, evaluation.checks)
+    heading, lead = evaluation.gallery
+    galleries = {caption: path for caption, path in drawn.items() if caption in listed}
+    sections = {heading: gallery_index(galleries, out, lead), **evaluation.sections}
+    verdict = verdict_block(out, evaluation.metrics) if evaluation.test_split else ""
+    write_report_md(out / "report.md", evaluation.title, evaluation.parts, pictures, sections, verdict=verdict)
+    html_report.write_report_html(out)
+    files.write_json(metrics_file, evaluation.metrics)
+    if out.parent == layout.report:
+        refresh_verdict(out.parent)  # fold this external set into the run's report
+        html_report.refresh(layout)  # and into its report.html
+    return evaluation.metrics
+
+
+def verdict_block(report_dir, test_metrics: dict | None = None) -> str:
+    """The verdict opening the run's report, from the files in ``report_dir``; "" when the task has none.
+
+    Rebuilt from ``metrics.json``, ``shortcuts.json`` and ``external-*/metrics.json``, so an
+    ``evaluate --data`` run later folds its set into the same report.md. ``test_metrics``: the
+    test split's figures when its ``metrics.json`` is not written yet. External sets evaluated
+    on another split than the test figures' are left out.
+    """
+    report_dir = Path(report_dir)
+    test = test_metrics or _read(report_dir / "metrics.json")
+    if test is None:
+        return ""
+    sets = [("test split (same sources)", test)]
+    for path in sorted(report_dir.glob("external-*/metrics.json")):
+        external = _read(path)
+        if external.get(SPLIT_STAMP) == test.get(SPLIT_STAMP):
+            sets.append((path.parent.name.removeprefix("external-"), external))
+    text = task_named(test.get("task")).verdict(sets, _read(report_dir / SHORTCUTS_FILE) or {})
+    return "\n".join([VERDICT_START, text, VERDICT_END]) if text else ""
+
+
+def refresh_verdict(report_dir) -> None:
+    """Rewrites the verdict block of ``report_dir/report.md`` in place, if the report has one."""
+    path = Path(report_dir) / "report.md"
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    if VERDICT_START in text and VERDICT_END in text:
+        before, rest = text.split(VERDICT_START, 1)
+        files.write_text(path, before + verdict_block(report_dir) + rest.split(VERDICT_END, 1)[1])
+
+
+def _read(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _draw(picture: dict, out: Path) -> Path:
+    """Draws one picture of the record into ``out / picture["file"]``."""
+    path = out / picture["file"]
+    kind = picture["kind"]
+    if kind == "confusion":
+        return plot_confusion_matrix(picture["matrix"], picture["names"], path)
+    if kind == "roc":
+        return plot_roc(picture["curves"], picture["aucs"], path)
+    if kind == "finding_roc":
+        return plot_finding_roc(picture["targets"], picture["probs"], picture["names"], path)
+    if kind == "reliability":
+        return plot_reliability(picture["labels"], picture["before"], picture["after"], path)
+    raise ValueError(f"no drawing for pictures of kind {kind!r}")
+
+
+def draw_page(images: np.ndarray, maps: np.ndarray, page: Page, folder: Path) -> Path:
+    """One Grad-CAM page: the page's films with their heatmaps, titled, the chest box dashed where asked."""
+    figure, axes = gradcam.grid_figure(len(page.rows), page.heading)
+    size = images.shape[1]
+    top, bottom, left, right = (f * size for f in CHEST_BOX)
+    for ax, row, heatmap, title in zip(axes, page.rows, maps, page.titles):
+        ax.imshow(gradcam.overlay(images[row], heatmap))
+        if page.box:
+            ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, color="white",
+                                   linestyle="--", linewidth=1))
+        ax.set_title(title, fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    path = folder / page.file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    return path

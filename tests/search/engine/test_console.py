@@ -15,7 +15,9 @@ from cxr_tuner.search.engine import console
 from cxr_tuner.search import job
 from cxr_tuner.search.final import retrain
 from cxr_tuner.search.engine.config import new_config
-from cxr_tuner.search.evaluation import evaluate, final, shortcuts
+from cxr_tuner.data import files
+from cxr_tuner.search.evaluation import report
+from cxr_tuner.search.figures import class_report
 from cxr_tuner.search.figures.text import figure_text
 from cxr_tuner.search.engine.layout import RunLayout
 from cxr_tuner.search.tuning.tuner import trial_line
@@ -115,16 +117,16 @@ def _lines_fed_missing_values(tmp_path) -> list[str]:
     lines += console.summary_lines(layout, started=None)
     lines.append(retrain._mean_std_text({OBJECTIVE: {"mean": None, "std": None}, "seeds": [0]}))
     lines.append(retrain._mean_std_text({OBJECTIVE: {"mean": 0.5}, "seeds": [0, 1]}))
-    lines.append(evaluate.result_line({}, layout.report))
-    lines.append(evaluate.probe_line({}))
+    lines.append(class_report.result_line({}, layout.report))
+    lines.append(class_report.probe_line({}))
     no_energy = {"per_class": {"COVID": {"n": 0, "mean": None, "reason": "every Grad-CAM heatmap is all zero"}},
                  "all": {"n": 0, "mean": None, "reason": "every Grad-CAM heatmap is all zero"},
                  "uniform_reference": 0.62}
-    lines.append(evaluate.probe_line({"probe": {"fresh_head_chest_hidden": {"accuracy": _EMPTY_FIGURE,
+    lines.append(class_report.probe_line({"probe": {"fresh_head_chest_hidden": {"accuracy": _EMPTY_FIGURE,
                                                                             "chance": None}},
                                       "energy": no_energy}))
-    lines += shortcuts.checks_section({"energy": no_energy}, tmp_path).splitlines()
-    lines += final.section_markdown({
+    lines += class_report.checks_markdown({"energy": no_energy}, tmp_path).splitlines()
+    lines += class_report.final_markdown({
         "calibration": {"fitted_on": "validation", "temperature": None},
         "single_vs_final": {"final_kind": "single", "members": ["1-0001"], "single_best": {},
                             "final": {"ece": None}},
@@ -157,10 +159,10 @@ def test_every_console_line_copes_with_missing_figures(tmp_path):
 def test_the_verdict_says_why_the_grad_cam_energy_is_missing(tmp_path):
     metrics = {"n": 3, "accuracy": {"value": 0.5, "ci95": None}, "macro_f1": _EMPTY_FIGURE,
                "covid_sensitivity": _EMPTY_FIGURE, "covid_specificity": {"value": 1.0, "ci95": [1.0, 1.0]}}
-    shortcuts.write_shortcuts(tmp_path / shortcuts.SHORTCUTS_FILE, {"energy": {
+    files.write_json(tmp_path / report.SHORTCUTS_FILE, {"energy": {
         "per_class": {}, "all": {"n": 0, "mean": None, "reason": "every Grad-CAM heatmap is all zero"},
         "uniform_reference": 0.62}})
-    text = shortcuts.verdict_block(tmp_path, metrics)
+    text = report.verdict_block(tmp_path, metrics)
     assert "Grad-CAM energy inside the chest box: n/a (every Grad-CAM heatmap is all zero)." in text
     assert "| test split (same sources) | 3 | 0.500 | n/a (no 'COVID' cases in y_true) |" in text
 

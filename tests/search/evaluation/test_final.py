@@ -13,7 +13,7 @@ from cxr_tuner.search.engine.config import load_config
 from cxr_tuner.search.final.assemble import assemble
 from cxr_tuner.search.figures import calibration, operating_point
 from cxr_tuner.search.evaluation.evaluate import evaluate
-from cxr_tuner.search.evaluation.final import final_figures, section_markdown
+from cxr_tuner.search.figures.class_report import final_figures, final_markdown
 from cxr_tuner.search.figures.metrics import classification_metrics
 from cxr_tuner.search.delivery.export import export_model, predict_exported
 from cxr_tuner.search.delivery.predict import predict_images
@@ -123,11 +123,11 @@ def test_report_says_when_the_temperature_is_left_out_and_the_default_threshold_
               "operating_point": None, "operating_point_refused": refused, "fitted_on": "validation split only"}
     labels, test_probs = y_val[:90], probs[:90]
     metrics = classification_metrics(labels, test_probs, names)
-    sections, pictures = final_figures(record, labels, test_probs, test_probs, test_probs, names, metrics, tmp_path)
+    sections, pictures = final_figures(record, labels, test_probs, test_probs, test_probs, names, metrics)
     assert sections["calibration"]["applied"] is False
     assert sections["calibration"]["ece_before"] == sections["calibration"]["ece_after"]
     assert "operating_point" not in sections and sections["operating_point_refused"]["how_to_ask"]
     assert list(pictures) == ["Reliability diagram (test split; no temperature applied)"]
-    text = section_markdown(sections)
+    text = final_markdown(sections)
     assert "Temperature not applied (T = 1)" in text and "with it" in text and "without it" in text
     assert "Operating point: the default COVID:sensitivity=0.95 is not used" in text

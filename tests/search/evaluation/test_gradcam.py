@@ -9,7 +9,9 @@ from cxr_tuner.data.errors import UserError
 from cxr_tuner.data.synthetic import CLASS_NAMES, phantom
 from cxr_tuner.hypermodels.classifier import XrayClassifier
 from cxr_tuner.hypermodels.registry import BACKBONES
-from cxr_tuner.search.evaluation import gradcam
+from cxr_tuner.search.engine.single_label_task import SingleLabel
+from cxr_tuner.search.engine.task_base import Films
+from cxr_tuner.search.evaluation import gradcam, report
 
 SIZE = 64
 REQUIRED_SHARE = 0.8
@@ -104,13 +106,21 @@ def test_heatmap_is_warmer_on_the_lesion():
     assert _share_hotter_on_the_lesion(maps, masks) >= REQUIRED_SHARE
 
 
+def _galleries(explainer, images, labels, probs, out):
+    """The single-label task's Grad-CAM pages of these films, drawn as the report draws them."""
+    films = Films(images, labels, [""] * len(images), [""] * len(images), [""] * len(images))
+    return {page.caption: report.draw_page(images, gradcam.heatmaps(explainer, images[page.rows], page.outputs),
+                                           page, out)
+            for page in SingleLabel().gallery_pages(films, probs, CLASS_NAMES, {})}
+
+
 def test_galleries_are_pngs_showing_the_heatmaps(tmp_path, monkeypatch):
     model = XrayClassifier(3, 32, ("vanilla_cnn",), "none").build(keras_tuner.HyperParameters())
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1)).astype("uint8")
     probs = model.predict(images, verbose=0)
     labels = np.array([0, 1, 2, 0, 1, 2])
     explainer = gradcam.gradcam_model(model, gradcam.default_layer(model))
-    pages = gradcam.write_galleries(explainer, images, labels, probs, CLASS_NAMES, tmp_path)
+    pages = _galleries(explainer, images, labels, probs, tmp_path)
     predicted = probs.argmax(axis=1)
     expected = {f"{CLASS_NAMES[c]} {'correct' if ok else 'incorrect'}" for c, ok in zip(labels, predicted == labels)}
     assert set(pages) == expected
@@ -120,7 +130,7 @@ def test_galleries_are_pngs_showing_the_heatmaps(tmp_path, monkeypatch):
     real = {caption: path.read_bytes() for caption, path in pages.items()}
     cold = lambda explainer, batch, class_index=None: np.zeros((len(batch), 4, 4), np.float32)  # noqa: E731
     monkeypatch.setattr(gradcam, "heatmaps", cold)
-    blank = gradcam.write_galleries(explainer, images, labels, probs, CLASS_NAMES, tmp_path / "cold")
+    blank = _galleries(explainer, images, labels, probs, tmp_path / "cold")
     assert all(blank[caption].read_bytes() != real[caption] for caption in real)
 
 

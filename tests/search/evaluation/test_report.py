@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from cxr_tuner.search.figures.metrics import classification_metrics, roc_curves
+from cxr_tuner.search.figures import class_report
 from cxr_tuner.search.evaluation.report import plot_confusion_matrix, plot_history, plot_roc, write_report_md
 
 NAMES = ["COVID", "Normal", "Viral_Pneumonia"]
@@ -57,8 +58,8 @@ def test_report_md_holds_headline_figures_tables_and_relative_links(tmp_path, pr
     images = {"Confusion matrix": tmp_path / "report" / "confusion_matrix.png",
               "Training curves": tmp_path / "winners" / "0" / "training_curves.png"}
 
-    text = write_report_md(tmp_path / "report" / "report.md", metrics, images, "Test report",
-                           extra_sections={"Hyperparameters": "backbone: mobilenet_025"}).read_text()
+    text = write_report_md(tmp_path / "report" / "report.md", "Test report", class_report.report_parts(metrics), images,
+                           {"Hyperparameters": "backbone: mobilenet_025"}).read_text()
 
     accuracy = metrics["accuracy"]
     lo, hi = accuracy["ci95"]
@@ -77,5 +78,5 @@ def test_report_md_explains_undefined_figures(tmp_path):
     y_true = np.array([1, 1, 2, 2])
     probs = np.eye(3)[y_true] * 0.8 + 0.1 * (1 - np.eye(3)[y_true])
     metrics = classification_metrics(y_true, probs, NAMES, n_bootstrap=20)
-    text = write_report_md(tmp_path / "report.md", metrics, {}, "External set").read_text()
+    text = write_report_md(tmp_path / "report.md", "External set", class_report.report_parts(metrics), {}).read_text()
     assert "| COVID sensitivity (vs all other classes) | n/a (no 'COVID' cases in y_true) |" in text

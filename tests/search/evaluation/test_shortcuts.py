@@ -9,7 +9,10 @@ import pytest
 
 from cxr_tuner.data import synthetic
 from cxr_tuner.hypermodels.classifier import XrayClassifier
-from cxr_tuner.search.evaluation import gradcam, probe, shortcuts
+from cxr_tuner.search.engine.single_label_task import SingleLabel
+from cxr_tuner.search.engine.task_base import Films
+from cxr_tuner.search.evaluation import gradcam, probe, report, shortcuts
+from cxr_tuner.search.figures import class_report
 from cxr_tuner.search.figures.metrics import classification_metrics
 
 SIZE = 64
@@ -54,7 +57,8 @@ def test_chest_box_holds_the_lesions_and_not_the_label_markers():
 @pytest.mark.parametrize("signal", synthetic.SIGNALS)
 def test_chest_hidden_probe_far_above_chance_for_markers_near_chance_for_lesions(trained, signal):
     model, train_x, train_y, test_x, test_y = trained[signal]
-    result = probe.chest_hidden_probe(model, train_x, train_y, test_x, test_y, CLASSES)
+    films = Films(test_x, test_y, [""] * len(test_y), [""] * len(test_y), [""] * len(test_y))
+    result = probe.chest_hidden_probe(model, SingleLabel(), train_x, train_y, films, CLASSES)
     head = result["fresh_head_chest_hidden"]
     assert head["chance"] == pytest.approx(1 / 3)
     if signal == "marker":
@@ -70,7 +74,7 @@ def test_gradcam_energy_in_chest_higher_for_lesion_model_than_marker_model(train
     for signal, (model, _, _, test_x, test_y) in trained.items():
         explainer = gradcam.gradcam_model(model, gradcam.default_layer(model))
         shares = shortcuts.energy_shares(explainer, test_x)
-        means[signal] = shortcuts.energy_summary(shares, test_y, CLASSES)["all"]["mean"]
+        means[signal] = class_report.energy_summary(shares, test_y, CLASSES, probe.chest_area())["all"]["mean"]
     assert means["lesion"] > means["marker"] + 0.05
 
 
@@ -84,11 +88,11 @@ def _metrics(rng, n, accuracy):
 def test_external_sets_fold_into_the_reports_verdict(tmp_path):
     rng = np.random.default_rng(0)
     (tmp_path / "metrics.json").write_text(json.dumps(_metrics(rng, 200, 0.95)))
-    (tmp_path / "report.md").write_text(f"# Report\n\n{shortcuts.verdict_block(tmp_path)}\n\nrest\n")
+    (tmp_path / "report.md").write_text(f"# Report\n\n{report.verdict_block(tmp_path)}\n\nrest\n")
     assert "No sign of shortcuts" in (tmp_path / "report.md").read_text()
     (tmp_path / "external-nih").mkdir()
     (tmp_path / "external-nih" / "metrics.json").write_text(json.dumps(_metrics(rng, 100, 0.6)))
-    shortcuts.refresh_verdict(tmp_path)
+    report.refresh_verdict(tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert text.startswith("# Report") and text.rstrip().endswith("rest")
-    assert "| nih | 100 |" in text and "drops from" in text and text.count(shortcuts.VERDICT_START) == 1
+    assert "| nih | 100 |" in text and "drops from" in text and text.count(report.VERDICT_START) == 1

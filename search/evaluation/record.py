@@ -1,0 +1,44 @@
+"""The one record an evaluation computes; `search.evaluation.report.write` renders all of it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from cxr_tuner.search.engine.task_base import Page
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Everything the report shows about one evaluated set, computed before anything is written.
+
+    Attributes:
+        title: report.md's title.
+        metrics: ``metrics.json`` (the task's figures, the final model's, where they come from).
+        predictions: ``predictions.csv``'s header and rows.
+        history: The rank-1 winner's training history (the training curves).
+        pictures: ``{caption: picture}``: what to draw (``kind`` and its data) into which ``file``.
+        images: The films the Grad-CAM pages show.
+        pages: The Grad-CAM pages, each with ``maps[page.file]`` its heatmaps.
+        maps: ``{page file: heatmaps of its rows}``.
+        gallery: The Grad-CAM section's heading and lead sentence.
+        checks: ``shortcuts.json``: per-source figures, the probe, the chest energy.
+        parts: report.md's opening parts (the task's tables).
+        sections: report.md's closing sections after the Grad-CAM one, ``{heading: markdown}``.
+        test_split: Whether this is the run's test split (its report opens with the verdict).
+    """
+
+    title: str
+    metrics: dict
+    predictions: tuple[list, list]
+    history: dict
+    pictures: dict
+    images: np.ndarray
+    pages: list[Page]
+    maps: dict
+    gallery: tuple[str, str]
+    checks: dict
+    parts: list[str]
+    sections: dict
+    test_split: bool
