@@ -5,7 +5,8 @@ import pytest
 
 from cxr_tuner.search.figures.metrics import classification_metrics, roc_curves
 from cxr_tuner.search.figures import class_report
-from cxr_tuner.search.evaluation.report import plot_confusion_matrix, plot_history, plot_roc, write_report_md
+from cxr_tuner.search.evaluation.plots import plot_confusion_matrix, plot_history, plot_roc
+from cxr_tuner.search.evaluation.report import write_report_md
 
 NAMES = ["COVID", "Normal", "Viral_Pneumonia"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

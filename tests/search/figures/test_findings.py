@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxr_tuner.search.evaluation.report import findings_table, plot_finding_roc
+from cxr_tuner.search.evaluation.plots import plot_finding_roc
+from cxr_tuner.search.figures.finding_report import findings_table
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.search.figures import findings as ml
 from cxr_tuner.search.figures import operating_point
