@@ -37,7 +37,7 @@ def floor(run_dir: str, backbone: str) -> dict:
     config = load_config(run_dir)
     data = dataset.prepare(config, progress=False)
     classifier = XrayClassifier(len(config.class_names), config.image_size, (backbone,), config.weights,
-                                space=config.search_space(), findings=config.findings())
+                                space=config.search_space(), findings=config.findings(), specs=config.backbone_specs)
     model = frozen_model(frozen_image_model(classifier, backbone), None, [POOLED])
     model.predict_on_batch(np.asarray(data.images[:BATCH]))  # trace once, not timed
     start = time.perf_counter()

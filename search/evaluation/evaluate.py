@@ -28,6 +28,7 @@ from cxr_tuner.search.evaluation.metrics import classification_metrics, roc_curv
 from cxr_tuner.search.engine.text import figure_text
 from cxr_tuner.search.engine.lock import run_lock
 from cxr_tuner.search.engine.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
+from cxr_tuner.hypermodels.compat import keras_compat
 from cxr_tuner.hypermodels.ensemble import CALIBRATION_LAYER, ENSEMBLE_MEAN
 from cxr_tuner.search.evaluation.evaluate_findings import evaluate_findings
 from cxr_tuner.search.evaluation.report import gallery_index
@@ -92,7 +93,7 @@ def _evaluate(config: RunConfig, data, out, layer, log) -> tuple[dict, dict]:
         extra_sections["Calibration, operating point, single best and final model"] = section_markdown(sections)
     _write_predictions(out / "predictions.csv", paths, labels, probs, config.class_names)
     pictures = {**_pictures(winner, metrics, labels, probs, config.class_names, out), **extra_pictures}
-    explainer = gradcam.gradcam_model(model, layer or gradcam.default_layer(model))
+    explainer = gradcam.gradcam_model(model, layer or gradcam.default_layer(model, config.backbone_specs))
     # Every image's heatmap of its predicted class, once: the galleries and the shortcut checks show them.
     maps = gradcam.all_heatmaps(explainer, np.asarray(images), probs.argmax(axis=1))
     pages = gradcam.write_galleries(explainer, np.asarray(images), labels, probs, config.class_names, out / "gradcam",
@@ -119,7 +120,7 @@ def _outputs(model: keras.Model) -> list:
     if ENSEMBLE_MEAN not in [layer.name for layer in model.layers]:  # one member, kept flat
         return [model.output, raw, raw]
     # The mean's inputs are the members' outputs, not in rank order (from-scratch members come first).
-    first = [t for t in model.get_layer(ENSEMBLE_MEAN).input if t._keras_history.operation.name == "member_1"]
+    first = [t for t in model.get_layer(ENSEMBLE_MEAN).input if keras_compat.producer(t).name == "member_1"]
     return [model.output, raw, first[0]]
 
 

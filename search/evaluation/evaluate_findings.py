@@ -80,7 +80,7 @@ def evaluate_findings(config, data, out, layer, log, outputs) -> tuple[dict, dic
                     json.loads((winner / WINNER_HISTORY).read_text()), out / "training_curves.png"),
                 "ROC curves per finding": multilabel.plot_roc(targets, probs, names, out / "roc.png")}
     member = keras.saving.load_model(winner / WINNER_MODEL, compile=False) if final != winner else model
-    explainer = gradcam.gradcam_model(member, layer or gradcam.default_layer(member))
+    explainer = gradcam.gradcam_model(member, layer or gradcam.default_layer(member, config.backbone_specs))
     member_probs = probs if final == winner else np.asarray(single, np.float64)
     pages = gradcam.write_finding_galleries(explainer, np.asarray(images), targets, member_probs, thresholds, names,
                                             out / "gradcam", log=log)

@@ -27,7 +27,6 @@ from cxr_tuner.data import files
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels.cutting import cut_layer, is_cacheable
 from cxr_tuner.hypermodels.ensemble import build_ensemble
-from cxr_tuner.hypermodels.registry import get_backbone
 from cxr_tuner.search.engine import dataset, timing
 from cxr_tuner.search.engine.text import number_text
 from cxr_tuner.search.engine.config import RunConfig
@@ -102,14 +101,14 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log, r
     frozen = [_frozen_part(config, winners_dir / w["dir"]) for w in winners[:k]]
     if refit:
         members[:k] = refit_members(data, winners[:k], summary["augment"], log, clock)
-    model = build_ensemble(members[:k], frozen, temperature)
+    model = build_ensemble(members[:k], frozen, temperature, specs=config.backbone_specs)
     calibrated = calibration.scale(raw, temperature)  # what the model's TemperatureScaling layer computes
     point, refused = operating_point.choose(chosen_point, config.class_names, y_val, calibrated, basis)
     record = {
         "kind": "ensemble" if k > 1 else "single",
         "members": [w["dir"] for w in winners[:k]], "ensemble_size": k,
         "validation_weighted_loss_by_size": losses,
-        "shared_frozen_backbone": {b: cut_layer(get_backbone(b), max(d for bb, d in frozen if bb == b))
+        "shared_frozen_backbone": {b: cut_layer(config.backbone_specs.get(b), max(d for bb, d in frozen if bb == b))
                                    for b, d in frozen if d is not None} if k > 1 else None,
         "temperature": temperature, "single_temperature": single["temperature"],
         "calibration_check": {**decision, "text": calibration.decision_text(decision, basis)},
@@ -152,14 +151,14 @@ def _assemble_findings(config: RunConfig, data, winners, members, probs, k, loss
     frozen = [_frozen_part(config, layout.winners / w["dir"]) for w in winners[:k]]
     if refit:
         members[:k] = refit_members(data, winners[:k], summary["augment"], log, clock)
-    model = build_ensemble(members[:k], frozen, temperatures)
+    model = build_ensemble(members[:k], frozen, temperatures, specs=config.backbone_specs)
     calibrated = multilabel.scale(raw, np.asarray(temperatures))  # what the model's FindingTemperature computes
     points = multilabel.choose_thresholds(y_val, calibrated, config.class_names, chosen_point)
     record = {
         "kind": "ensemble" if k > 1 else "single", "task": "multilabel",
         "members": [w["dir"] for w in winners[:k]], "ensemble_size": k,
         "validation_weighted_loss_by_size": losses,
-        "shared_frozen_backbone": {b: cut_layer(get_backbone(b), max(d for bb, d in frozen if bb == b))
+        "shared_frozen_backbone": {b: cut_layer(config.backbone_specs.get(b), max(d for bb, d in frozen if bb == b))
                                    for b, d in frozen if d is not None} if k > 1 else None,
         "temperature": temperatures, "calibration_check": _jsonable(decision),
         "operating_point": None, "operating_points": _jsonable(points), "operating_point_refused": None,
@@ -252,7 +251,7 @@ def _saved_probabilities(config: RunConfig, winner: Path, rows: np.ndarray) -> n
 def _frozen_part(config: RunConfig, winner: Path) -> tuple[str, int | None]:
     values = json.loads((winner / WINNER_HYPERPARAMETERS).read_text())["values"]
     backbone = values["backbone"]
-    return backbone, values.get("unfreeze_depth", 0) if is_cacheable(backbone, config.weights) else None
+    return backbone, values.get("unfreeze_depth", 0) if is_cacheable(config.backbone_specs.get(backbone), config.weights) else None
 
 
 def _save(layout: RunLayout, best: str, model: keras.Model, record: dict) -> None:
