@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr_tuner.data import audit, cache, files, labels as label_files, manifest, pipeline, sources, split, synthetic
+from cxr_tuner.data import synthetic_findings
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.data.class_weights import class_weights
 from cxr_tuner.search.engine.config import RunConfig
@@ -139,7 +140,7 @@ def data_root(config: RunConfig) -> Path:
     if config.data is not None:
         return Path(config.data)
     if config.multilabel:
-        return synthetic.write_multilabel_demo(config.layout.demo_data) / synthetic.MULTILABEL_CSV
+        return synthetic_findings.write_multilabel_demo(config.layout.demo_data) / synthetic_findings.MULTILABEL_CSV
     return synthetic.write_demo_dataset(config.layout.demo_data)
 
 
