@@ -279,7 +279,8 @@ def backbones(keras_names):
     Any keras.applications model works too, as keras:NAME (e.g. keras:ConvNeXtTiny);
     --keras lists them.
     """
-    from cxr_tuner.hypermodels.registry import BACKBONES, KERAS_PREFIX, keras_application_names
+    from cxr_tuner.hypermodels.backbones.applications import KERAS_PREFIX, keras_application_names
+    from cxr_tuner.hypermodels.backbones.builtin import BACKBONES
 
     if keras_names:
         for name in keras_application_names():

@@ -38,7 +38,8 @@ def floor(run_dir: str, backbone: str) -> dict:
     config = load_config(run_dir)
     data = dataset.prepare(config, progress=False)
     classifier = XrayClassifier(len(config.class_names), config.image_size, (backbone,), config.weights,
-                                space=config.search_space(), findings=task_of(config).findings(config))
+                                space=config.search_space(), findings=task_of(config).findings(config),
+                                specs=config.backbone_specs)
     model = frozen_model(frozen_image_model(classifier, backbone), None, [POOLED])
     model.predict_on_batch(np.asarray(data.images[:BATCH]))  # trace once, not timed
     start = time.perf_counter()

@@ -3,7 +3,7 @@
     python bench/multilabel.py --work bench-runs/multilabel --films 3000 --heldout 1500 \\
         --image-size 96 --backbones mobilenet_025 --weights imagenet --max-epochs 9
 
-1. A multi-label phantom collection (`data.synthetic.write_multilabel_demo`: five findings
+1. A multi-label phantom collection (`data.synthetic_findings.write_multilabel_demo`: five findings
    at 30 / 15 / 8 / 3 / 1 % with co-occurrence, 1-4 films per patient) of ``--films``
    films, and a held-out one of ``--heldout`` films of other patients (another seed).
 2. This project's whole job, one ``cli.py search`` process as a user runs it.
@@ -36,13 +36,13 @@ from run import _weights_in_keras_cache, run_step
 
 def collections(work: Path, films: int, heldout: int, size: int, seed: int, rare_patients: int) -> tuple[Path, Path]:
     """The searched collection and the held-out one (other patients), as multi-hot CSVs."""
-    from cxr_tuner.data import synthetic
+    from cxr_tuner.data import synthetic_findings
 
-    pool = synthetic.write_multilabel_demo(work / "pool", n_films=films, size=size, seed=seed,
-                                           min_positive_patients=rare_patients)
-    held = synthetic.write_multilabel_demo(work / "heldout", n_films=heldout, size=size, seed=seed + 1000,
-                                           min_positive_patients=rare_patients)
-    return pool / synthetic.MULTILABEL_CSV, held / synthetic.MULTILABEL_CSV
+    pool = synthetic_findings.write_multilabel_demo(work / "pool", n_films=films, size=size, seed=seed,
+                                                    min_positive_patients=rare_patients)
+    held = synthetic_findings.write_multilabel_demo(work / "heldout", n_films=heldout, size=size, seed=seed + 1000,
+                                                    min_positive_patients=rare_patients)
+    return pool / synthetic_findings.MULTILABEL_CSV, held / synthetic_findings.MULTILABEL_CSV
 
 
 def score(model_file: Path, csv_path: Path, size: int, seed: int, outputs=None, reference: bool = False) -> dict:
@@ -84,12 +84,12 @@ def data_stage(work: Path, rows: int, seed: int) -> dict:
     """Seconds of the data stage on an NIH-format label file of ``rows`` distinct generated films."""
     from PIL import Image
 
-    from cxr_tuner.data import synthetic
+    from cxr_tuner.data import synthetic_nih
     from cxr_tuner.search.engine import dataset
     from cxr_tuner.search.engine.config import new_config
 
     root = work / "nih"
-    csv_path = synthetic.write_nih_label_file(root, rows, seed=seed, write_films=False)
+    csv_path = synthetic_nih.write_nih_label_file(root, rows, seed=seed, write_films=False)
     folder = root / "images_001" / "images"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

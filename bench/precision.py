@@ -21,10 +21,10 @@ import keras
 import keras_tuner
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework import config as tf_config
 
 from cxr_tuner.hypermodels import precision
 from cxr_tuner.hypermodels.classifier import XrayClassifier
+from cxr_tuner.hypermodels.compat import tf_compat
 from cxr_tuner.hypermodels.cutting import ActivationClassifier, cut_layer, frozen_image_model, frozen_model
 from cxr_tuner.hypermodels.registry import get_backbone
 
@@ -75,7 +75,7 @@ def main() -> None:
         classifier = XrayClassifier(3, args.size, (backbone,), _random_weights_file(backbone, args.size))
         tf.config.experimental.enable_op_determinism()
         rate = trial_rate(classifier, backbone, 1, 4 * args.images)
-        tf_config.disable_op_determinism()
+        tf_compat.disable_op_determinism()
         print(f"{backbone:<14} {'float32':<15} trial depth 1 with op determinism {rate:7.1f} samples/s", flush=True)
 
 

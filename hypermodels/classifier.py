@@ -12,7 +12,8 @@ import numpy as np
 from cxr_tuner.hypermodels import precision as precisions
 from cxr_tuner.hypermodels.findings import Findings, compile_findings
 from cxr_tuner.hypermodels.preprocess import preprocess
-from cxr_tuner.hypermodels.registry import BackboneSpec, file_safe, get_backbone
+from cxr_tuner.hypermodels.backbones.spec import BackboneSpec, file_safe
+from cxr_tuner.hypermodels.registry import BUILT_IN, Backbones
 from cxr_tuner.hypermodels.space import DEFAULT_ENTRIES, Space
 from cxr_tuner.hypermodels.weights import resolve_weights
 
@@ -39,18 +40,20 @@ class XrayClassifier(keras_tuner.HyperModel):
     Args:
         num_classes: Number of output classes.
         image_size: Side of the square grayscale input, in pixels.
-        backbones: Registry names the search chooses from.
+        backbones: Backbone names the search chooses from.
         weights: ``"imagenet"``, ``"none"`` or a weights-file path.
         precision: The Keras dtype policy its layers compute in (`hypermodels.precision`).
         space: The domains of the other hyperparameters; None: the default space.
         findings: For a multi-label run, the findings and their loss weights: the head ends
             in one sigmoid per finding and trains on the weighted bce. None: softmax classes.
+        specs: The run's backbones, which ``backbones`` name (`RunConfig.backbone_specs`);
+            None: the built-ins and ``keras:NAME``.
     """
 
     def __init__(self, num_classes: int, image_size: int,
                  backbones: Sequence[str] = ("mobilenet_025",), weights: str = "imagenet",
                  precision: str = "float32", space: Space | None = None, findings: Findings | None = None,
-                 **kwargs):
+                 specs: Backbones | None = None, **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.image_size = image_size
@@ -59,13 +62,14 @@ class XrayClassifier(keras_tuner.HyperModel):
         self.precision = precision
         self.space = space or Space()
         self.findings = findings
+        self.specs = specs or BUILT_IN
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         with precisions.policy(self.precision):
             return self._build_in_policy(hp)
 
     def _build_in_policy(self, hp: keras_tuner.HyperParameters) -> keras.Model:
-        spec = get_backbone(self.backbone(hp))
+        spec = self.specs.get(self.backbone(hp))
         weights = resolve_weights(spec, self.weights, self.image_size)
         depth = self.unfreeze_depth(hp, spec) if weights is not None else None
         seed = head_seed()
@@ -104,7 +108,7 @@ class XrayClassifier(keras_tuner.HyperModel):
     def _pretrained(self) -> list[str]:
         if self.weights == "none":
             return []
-        return [n for n in self.backbones if get_backbone(n).pretrainable]
+        return [n for n in self.backbones if self.specs.get(n).pretrainable]
 
     def head(self, features, hp: keras_tuner.HyperParameters, seed: int, pooled: bool = False):
         """The classification head on ``features`` (the backbone's output, or already pooled).

@@ -20,7 +20,8 @@ import tensorflow as tf
 
 from cxr_tuner.hypermodels import precision
 from cxr_tuner.hypermodels.classifier import POOLED, XrayClassifier, head_seed
-from cxr_tuner.hypermodels.registry import BackboneSpec, file_safe, get_backbone
+from cxr_tuner.hypermodels.backbones.spec import BackboneSpec, file_safe
+from cxr_tuner.hypermodels.weights import starts_pretrained
 
 STEPS_PER_EXECUTION = 16
 """Training steps per call into TensorFlow: a trial's small steps are dominated by
@@ -83,7 +84,7 @@ class ActivationClassifier(keras_tuner.HyperModel):
 
     def frozen_depth(self, hp: keras_tuner.HyperParameters) -> int | None:
         """The unfreeze depth of ``hp``'s backbone, or None when nothing of it is frozen."""
-        if not is_cacheable(hp.values["backbone"], self.classifier.weights):
+        if not is_cacheable(self.classifier.specs.get(hp.values["backbone"]), self.classifier.weights):
             return None
         depth = hp.values.get("unfreeze_depth", 0)
         return None if self.cached and not self.cached(hp.values["backbone"], depth) else depth
@@ -94,9 +95,9 @@ class ActivationClassifier(keras_tuner.HyperModel):
 
     def _build_in_policy(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         name = self.classifier.backbone(hp)
-        if not is_cacheable(name, self.classifier.weights):
+        spec = self.classifier.specs.get(name)
+        if not is_cacheable(spec, self.classifier.weights):
             return self.classifier.build(hp)
-        spec = get_backbone(name)
         depth = self.classifier.unfreeze_depth(hp, spec)
         if self.cached and not self.cached(name, depth):
             return self.classifier.build(hp)
@@ -167,6 +168,6 @@ def without_graph_rewrites():
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": before})
 
 
-def is_cacheable(backbone: str, weights: str) -> bool:
-    """Whether ``backbone`` has a frozen part under ``weights`` (pretrained, not from scratch)."""
-    return weights != "none" and get_backbone(backbone).pretrainable
+def is_cacheable(spec: BackboneSpec, weights: str) -> bool:
+    """Whether the backbone has a frozen part under ``weights``: it starts pretrained, not from scratch."""
+    return starts_pretrained(spec, weights)

@@ -22,7 +22,8 @@ import dataclasses
 import re
 
 import keras
-from keras.src.utils.naming import to_snake_case
+
+from cxr_tuner.hypermodels.compat import keras_compat
 
 CUTS = 3
 """How many cut points (unfreeze depths) a discovered backbone gets."""
@@ -33,10 +34,9 @@ def layer_graph(model: keras.Model) -> tuple[list, dict]:
     producers = {}
     operations = list(getattr(model, "operations", model.layers))  # keras.ops calls (``x + y``) too
     for layer in operations:
-        node = layer._inbound_nodes[0] if layer._inbound_nodes else None
         parents = []
-        for tensor in (node.input_tensors if node is not None else []):
-            parent = tensor._keras_history.operation
+        for tensor in keras_compat.call_inputs(layer):
+            parent = keras_compat.producer(tensor)
             if parent is not layer and parent not in parents:
                 parents.append(parent)
         producers[layer] = parents
@@ -54,11 +54,11 @@ def layer_graph(model: keras.Model) -> tuple[list, dict]:
 
 
 def _output_layer(model: keras.Model):
-    return model.outputs[0]._keras_history.operation
+    return keras_compat.producer(model.outputs[0])
 
 
 def single_4d(layer) -> bool:
-    outputs = layer._inbound_nodes[0].output_tensors if layer._inbound_nodes else []
+    outputs = keras_compat.call_outputs(layer)
     return len(outputs) == 1 and len(outputs[0].shape) == 4
 
 
@@ -87,7 +87,7 @@ def articulation_layers(model: keras.Model, output=None) -> list:
 
 def is_auto_named(layer) -> bool:
     """Whether Keras named ``layer`` from its class (``add``, ``conv2d_85``): such names depend on build order."""
-    return re.fullmatch(rf"{re.escape(to_snake_case(type(layer).__name__))}(_\d+)?", layer.name) is not None
+    return re.fullmatch(rf"{re.escape(keras_compat.auto_name(type(layer).__name__))}(_\d+)?", layer.name) is not None
 
 
 def usable(model: keras.Model, layer, stable_names: bool = False) -> bool:
@@ -138,7 +138,7 @@ def _is_join(layer, producers) -> bool:
 def _is_gate(layer, producers, steps: int = 8) -> bool:
     # Squeeze-and-excitation: pool -> (reshape) -> 1x1 convs -> multiply; the chain back meets a global pooling.
     for _ in range(steps):
-        outputs = layer._inbound_nodes[0].output_tensors if layer._inbound_nodes else []
+        outputs = keras_compat.call_outputs(layer)
         if type(layer).__name__.startswith("Global") or any(len(t.shape) != 4 for t in outputs):
             return True
         parents = producers.get(layer, [])
@@ -300,7 +300,7 @@ def with_named_outputs(model: keras.Model, renames: dict, input_tensor=None) -> 
         return keras.layers.Identity(name=tag)(outputs) if tag else outputs
 
     inputs = input_tensor if input_tensor is not None else keras.Input(model.inputs[0].shape[1:])
-    outputs = model._run_through_graph(inputs, operation_fn=fresh, call_fn=call)
+    outputs = keras_compat.run_through_graph(model, inputs, fresh, call)
     for op, clone in pairs:
         if getattr(op, "weights", None):
             clone.set_weights(op.get_weights())

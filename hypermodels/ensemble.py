@@ -11,7 +11,8 @@ import numpy as np
 
 from cxr_tuner.hypermodels.cutting import cut_layer
 from cxr_tuner.hypermodels.layers import FindingTemperature, TemperatureScaling
-from cxr_tuner.hypermodels.registry import file_safe, get_backbone
+from cxr_tuner.hypermodels.backbones.spec import file_safe
+from cxr_tuner.hypermodels.registry import Backbones
 
 CALIBRATION_LAYER = "calibration"
 ENSEMBLE_NAME = "cxr_ensemble"
@@ -26,7 +27,7 @@ def _calibration(temperature):
 
 
 def build_ensemble(members: list[keras.Model], frozen: list[tuple[str, int | None]],
-                   temperature=1.0) -> keras.Model:
+                   temperature=1.0, *, specs: Backbones) -> keras.Model:
     """One model averaging ``members``' probabilities, then ``TemperatureScaling(temperature)``.
 
     A list of temperatures (findings) calibrates each sigmoid output with its own.
@@ -36,6 +37,7 @@ def build_ensemble(members: list[keras.Model], frozen: list[tuple[str, int | Non
         frozen: Per member, ``(backbone, unfreeze depth)``; depth None when nothing of
             the backbone is frozen (trained from scratch), which then runs whole.
         temperature: Applied to the average; 1.0 leaves it as it is.
+        specs: The run's backbones, which ``frozen`` names.
     """
     if len(members) == 1:  # stays flat, so Grad-CAM and the registry's layer names still apply
         member = members[0]
@@ -49,7 +51,7 @@ def build_ensemble(members: list[keras.Model], frozen: list[tuple[str, int | Non
             groups.setdefault(backbone, []).append(i)
     for backbone, indices in groups.items():
         # The member that unfreezes most decides the deepest cut below which all are frozen alike.
-        cut = cut_layer(get_backbone(backbone), max(frozen[i][1] for i in indices))
+        cut = cut_layer(specs.get(backbone), max(frozen[i][1] for i in indices))
         first = members[indices[0]]
         shared = keras.Model(first.input, first.get_layer(cut).output, name=f"frozen_{file_safe(backbone)}")
         shared.trainable = False

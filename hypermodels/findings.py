@@ -18,6 +18,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from cxr_tuner.hypermodels.backbones.spec import file_safe
+
 MASKED = -1.0
 EPSILON = 1e-7  # Keras' own clip of probabilities in binary cross-entropy
 
@@ -174,8 +176,6 @@ class FindingAUC(keras.metrics.AUC):
 
 def auc_metric_name(name: str) -> str:
     """The Keras metric name of a finding's AUC (``val_`` + this on validation)."""
-    from cxr_tuner.hypermodels.registry import file_safe
-
     return f"auc_{file_safe(name)}"
 
 

@@ -18,7 +18,7 @@ import keras_tuner
 
 from cxr_tuner.hypermodels.cutting import is_cacheable
 from cxr_tuner.hypermodels.classifier import OBJECTIVE
-from cxr_tuner.hypermodels.registry import get_backbone
+from cxr_tuner.hypermodels.registry import Backbones
 
 LR_DECAY_FACTOR = 0.3
 EXTRA_BLOCK_LR_FACTOR = 0.3
@@ -70,14 +70,14 @@ def first(allowed=None) -> Variant:
     return AS_SEARCHED if AS_SEARCHED.key in keys else next(v for v in VARIANTS if v.key == keys[0])
 
 
-def candidates(hp: keras_tuner.HyperParameters, weights: str, allowed=None) -> list[Variant]:
+def candidates(hp: keras_tuner.HyperParameters, weights: str, allowed=None, *, specs: Backbones) -> list[Variant]:
     """The variants worth trying for ``hp`` among ``allowed`` keys (None: all): one block more only where there
-    is a block to unfreeze, and only as searched for a backbone trained from scratch."""
-    backbone = hp.values["backbone"]
+    is a block to unfreeze, and only as searched for a backbone trained from scratch (``specs``: the run's backbones)."""
+    spec = specs.get(hp.values["backbone"])
     keys = allowed or [v.key for v in VARIANTS]
-    if not is_cacheable(backbone, weights):
+    if not is_cacheable(spec, weights):
         return [AS_SEARCHED]
     variants = [v for v in (AS_SEARCHED, LR_DECAY) if v.key in keys]
-    if ONE_BLOCK_MORE.key in keys and hp.values.get("unfreeze_depth", 0) < len(get_backbone(backbone).unfreeze_points):
+    if ONE_BLOCK_MORE.key in keys and hp.values.get("unfreeze_depth", 0) < len(spec.unfreeze_points):
         variants.append(ONE_BLOCK_MORE)
     return variants or [AS_SEARCHED]

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from cxr_tuner.data.errors import UserError
-from cxr_tuner.hypermodels.registry import BackboneSpec
+from cxr_tuner.hypermodels.backbones.spec import BackboneSpec
 
 
 SHIPPED_DIR = Path(__file__).parent / "assets"

@@ -70,10 +70,10 @@ def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, l
 
 
 def _budget(config: RunConfig, retrain: bool, augment: bool, started: float | None, search_options: dict):
-    """The job's `search.budget.Budget` with ``--time-budget``, refusing what it cannot plan (one line)."""
+    """The job's `search.tuning.budget.driver.Budget` with ``--time-budget``, refusing what it cannot plan (one line)."""
     if config.time_budget is None:
         return None
-    from cxr_tuner.search.tuning.budget import Budget, check_plannable
+    from cxr_tuner.search.tuning.budget.driver import Budget, check_plannable
 
     check_plannable(config, retrain, augment, **search_options)
     return Budget(config.time_budget, started, retrain=retrain)

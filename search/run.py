@@ -13,7 +13,6 @@ import tensorflow as tf
 from cxr_tuner.data import files, labels
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels import precision
-from cxr_tuner.hypermodels.registry import get_backbone
 from cxr_tuner.hypermodels.weights import resolve_weights
 from cxr_tuner.search.tuning import cache_plan
 from cxr_tuner.search.engine import console, dataset, lock, timing
@@ -36,7 +35,7 @@ def check_inputs(config: RunConfig) -> None:
         # A refused label file (bad column, value or path, no label) is said before the run directory exists.
         labels.read(config.data, config.task, config.uncertain, config.views or None)
     for name in config.backbones:
-        resolve_weights(get_backbone(name), config.weights, config.image_size)
+        resolve_weights(config.backbone_specs.get(name), config.weights, config.image_size)
 
 
 def start_run(config: RunConfig) -> None:
@@ -75,7 +74,7 @@ def run_search(config: RunConfig, log: Callable[[str], None] = print, chief: str
         strategy: ``"mirrored"``: each trial trains under ``tf.distribute.MirroredStrategy``.
         workers: Trials at once on this machine: more than 1 starts that many
             worker processes here and serves them as the chief (:mod:`search.distributed.local`).
-        budget: A `search.budget.Budget` (``--time-budget``): after the extraction it
+        budget: A `search.tuning.budget.driver.Budget` (``--time-budget``): after the extraction it
             calibrates and plans ``max_epochs``, and the search stops at its deadline.
 
     Returns:

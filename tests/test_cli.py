@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr_tuner.hypermodels.registry import BACKBONES
+from cxr_tuner.hypermodels.backbones.builtin import BACKBONES
 from cxr_tuner.search.engine.config import DATA_DEFAULTS, DEMO_DEFAULTS, new_config
 from cxr_tuner.search.engine.layout import RunLayout
 from tests.conftest import error_line, plain_keras_output, run_cli

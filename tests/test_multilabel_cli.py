@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_tuner.data import synthetic
+from cxr_tuner.data import synthetic_findings
 from cxr_tuner.search.engine.layout import RunLayout
 from tests.conftest import error_line, plain_keras_output, run_cli
 
@@ -14,8 +14,8 @@ from tests.conftest import error_line, plain_keras_output, run_cli
 @pytest.fixture(scope="module")
 def findings_csv(tmp_path_factory):
     root = tmp_path_factory.mktemp("findings") / "data"
-    synthetic.write_multilabel_demo(root, n_films=160, size=32, seed=0, min_positive_patients=8)
-    return root / synthetic.MULTILABEL_CSV
+    synthetic_findings.write_multilabel_demo(root, n_films=160, size=32, seed=0, min_positive_patients=8)
+    return root / synthetic_findings.MULTILABEL_CSV
 
 
 def test_a_multilabel_job_runs_to_export_and_predict_agrees_with_plain_keras(tmp_path, findings_csv):

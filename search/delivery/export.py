@@ -203,7 +203,7 @@ def model_card(config: RunConfig, winner: Path, model: keras.Model, written: dic
                              "keras.saving.load_model(path, safe_mode=True)",
                     "savedmodel": "tf.saved_model.load(path).signatures['serving_default'](image=uint8 batch)",
                     "tflite": "tf.lite.Interpreter (or ai_edge_litert); float32, uint8 input"},
-        "gradcam_layer": gradcam.default_layer(model) if model.name != ENSEMBLE_NAME else None,
+        "gradcam_layer": gradcam.default_layer(model, config.backbone_specs) if model.name != ENSEMBLE_NAME else None,
         "hyperparameters": searched_values(json.loads((winner / WINNER_HYPERPARAMETERS).read_text())["values"]),
         "winner": winner.name,
         "metrics": _headline_metrics(config.layout),

@@ -14,6 +14,7 @@ from cxr_tuner.data.images import decode_image
 from cxr_tuner.search.evaluation import gradcam
 from cxr_tuner.search.engine.config import load_config
 from cxr_tuner.hypermodels.ensemble import ENSEMBLE_NAME  # imports hypermodels.layers, whose layers ensembles and older files need
+from cxr_tuner.hypermodels.registry import BUILT_IN, Backbones
 from cxr_tuner.search.delivery.export import CARD_FILE, FILES
 from cxr_tuner.search.engine.layout import FINAL_RECORD, WINNER_MODEL, RunLayout
 
@@ -139,12 +140,21 @@ def predict_images(source, image_paths, gradcam_dir=None, target_class: str | No
             explained = names.index(target_class) if target_class else None
             if explained is None and multilabel:  # each film's likeliest finding
                 explained = np.asarray(probs).argmax(axis=1)
+            layer = layer or gradcam.default_layer(model, _run_backbones(_model_path(source)))
             _write_overlays(model, layer, batch, good, explained, Path(gradcam_dir))
     return entries
 
 
-def _write_overlays(model, layer, batch, entries, class_index, out: Path) -> None:
-    explainer = gradcam.gradcam_model(model, layer or gradcam.default_layer(model))
+def _run_backbones(model_path: Path) -> Backbones:
+    """The backbones of the run a card-less model lies in (``RUN_DIR/winners/<rank>-<id>/``), else the built-ins."""
+    run_dir = model_path.parent.parent.parent
+    if not (model_path.parent / CARD_FILE).is_file() and RunLayout(run_dir).config.is_file():
+        return load_config(run_dir).backbone_specs
+    return BUILT_IN
+
+
+def _write_overlays(model, layer: str, batch, entries, class_index, out: Path) -> None:
+    explainer = gradcam.gradcam_model(model, layer)
     maps = gradcam.heatmaps(explainer, batch, class_index)
     used = set()
     for i, (entry, image, heatmap) in enumerate(zip(entries, batch, maps)):

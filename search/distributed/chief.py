@@ -15,12 +15,10 @@ from typing import Callable
 
 import grpc
 import keras_tuner
-from keras_tuner.src import protos
-from keras_tuner.src.distribute import oracle_chief
-from keras_tuner.src.engine import oracle as oracle_module
-from keras_tuner.src.engine import trial as trial_module
+from keras_tuner.engine import trial as trial_module
 
 from cxr_tuner.data.errors import UserError
+from cxr_tuner.hypermodels.compat import keras_tuner_compat
 from cxr_tuner.search.tuning import hparams
 from cxr_tuner.search.distributed.protocol import (CHIEF_ID, INSTANCE_KEY, WORKER_KEY, kerastuner_env, parse_address,
                                 resume_across_modes)
@@ -67,7 +65,7 @@ def serve(tuner, address: str, worker_timeout: float, log: Callable[[str], None]
     # SO_REUSEPORT would let a second chief share a busy port without an error.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=_SERVER_THREAD),
                          options=[("grpc.so_reuseport", 0)])
-    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
+    keras_tuner_compat.add_oracle_servicer(servicer, server)
     _bind(server, host, port)
     server.start()
     log(f"chief: serving the search at {host}:{port}; start workers with "
@@ -162,7 +160,7 @@ class _Roster:
             return gone
 
 
-class _Servicer(oracle_chief.OracleServicer):
+class _Servicer(keras_tuner_compat.OracleServicer):
     """KerasTuner's servicer, noting which worker is alive and reporting each trial."""
 
     def __init__(self, oracle, roster: _Roster):
@@ -193,7 +191,7 @@ class _Servicer(oracle_chief.OracleServicer):
         try:
             response = super().EndTrial(request, context)
         except RuntimeError as error:  # KerasTuner's stop after failed trials in a row
-            _unlock_after_error(self.oracle)
+            keras_tuner_compat.unlock_after_error(self.oracle)
             self.error = error
             context.abort(grpc.StatusCode.ABORTED, str(error).splitlines()[0])
         self.lines.put(f"{trial_line(self.oracle.get_trial(request.trial.trial_id))}  (worker {worker})")
@@ -235,23 +233,15 @@ def _release_worker(tuner, worker: str, reissued: set, timeout: float, log) -> N
         try:
             oracle.end_trial(trial)
         except RuntimeError:
-            _unlock_after_error(oracle)
+            keras_tuner_compat.unlock_after_error(oracle)
             raise
         hparams.write_trial(tuner.tensorboard_dir, oracle.get_trial(trial.trial_id), tuner.metric_names)
         log(f"worker {worker}: no sign of life for {timeout:.0f} s; {trial_line(oracle.get_trial(trial.trial_id))}")
-
-
-def _unlock_after_error(oracle) -> None:
-    # keras_tuner.synchronized leaves the oracle locked when the call raises; the
-    # chief still needs it (to stop cleanly), from another thread.
-    if oracle_module.THREADS[oracle] == threading.current_thread().name:
-        oracle_module.THREADS[oracle] = None
-        oracle_module.LOCKS[oracle].release()
 
 
 @keras_tuner.synchronized
 def _requeue(oracle, trial_id: str) -> None:
     # The retry queue is how KerasTuner itself re-runs an unfinished trial
     # (Oracle.reload puts ongoing trials there); create_trial serves it first.
-    oracle._retry_queue.append(trial_id)
+    keras_tuner_compat.requeue(oracle, trial_id)
     oracle.save()

@@ -15,10 +15,10 @@ import uuid
 from typing import Callable
 
 import grpc
-from keras_tuner.src import protos
-from keras_tuner.src.engine import trial as trial_module
+from keras_tuner.engine import trial as trial_module
 
 from cxr_tuner.data.errors import UserError
+from cxr_tuner.hypermodels.compat import keras_tuner_compat
 from cxr_tuner.search.distributed.protocol import INSTANCE_KEY, WORKER_KEY, distribution_strategy, kerastuner_env, parse_address
 from cxr_tuner.search.tuning.tuner import make_tuner
 
@@ -165,13 +165,13 @@ class _Heartbeat:
         self.worker_id = worker_id
         self.log = log
         self._metadata = ((WORKER_KEY, worker_id), (INSTANCE_KEY, uuid.uuid4().hex))
-        self._stub = protos.get_service_grpc().OracleStub(grpc.insecure_channel(self.address))
+        self._stub = keras_tuner_compat.oracle_stub(grpc.insecure_channel(self.address))
         self._answered = time.monotonic()
 
     def beat(self) -> None:
         """One sign of life; exits the process if the chief released this worker."""
         try:
-            self._stub.GetSpace(protos.get_service().GetSpaceRequest(), metadata=self._metadata,
+            self._stub.GetSpace(keras_tuner_compat.get_space_request(), metadata=self._metadata,
                                 timeout=4 * HEARTBEAT_SECONDS)
             self._answered = time.monotonic()
         except grpc.RpcError as error:

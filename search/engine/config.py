@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -119,6 +120,17 @@ class RunConfig:
 
         return {**RETRAIN_DEFAULTS, **(self.space.get("retrain") or {})}
 
+    @functools.cached_property
+    def backbone_specs(self):
+        """The run's `hypermodels.registry.Backbones`: built-ins, ``keras:NAME`` and its own (its space's).
+
+        A value of this config alone: loading another run changes nothing here. An own
+        backbone whose file is gone or changed raises its reason when asked for.
+        """
+        from cxr_tuner.search.engine import space_file
+
+        return space_file.run_backbones(self.space.get("backbones") or {}, str(self.layout.config))
+
     def replace(self, **changes) -> "RunConfig":
         """A copy with ``changes`` applied (the config itself never mutates)."""
         return dataclasses.replace(self, **changes)
@@ -216,11 +228,4 @@ def load_config(run_dir: str | Path) -> RunConfig:
 
     if not config.space:  # a run saved before spaces existed searched the default one
         return config.replace(space=space_file.default_record(config.backbones, config.weights, config.image_size))
-    for name, definition in (config.space.get("backbones") or {}).items():
-        try:
-            space_file.register_own(name, definition, str(path))
-        except UserError as error:  # said when something needs the backbone; saved models need it not
-            from cxr_tuner.hypermodels.registry import unavailable
-
-            unavailable(name, str(error))
     return config

@@ -112,12 +112,11 @@ def weights_lines(config) -> list[str]:
     Args:
         config: The run's ``search.config.RunConfig``.
     """
-    from cxr_tuner.hypermodels.registry import get_backbone  # here: importing Keras must wait for quiet_start
-    from cxr_tuner.hypermodels.weights import starts_pretrained, weights_origin
+    from cxr_tuner.hypermodels.weights import starts_pretrained, weights_origin  # here: importing Keras must wait for quiet_start
 
     pretrained, scratch = [], []
     for name in config.backbones:
-        spec = get_backbone(name)
+        spec = config.backbone_specs.get(name)
         origin = weights_origin(spec, config.weights, config.image_size)
         if starts_pretrained(spec, config.weights):
             pretrained.append(f"pretrained: {name} {origin}")
@@ -137,11 +136,10 @@ def transfer_line(best: dict, config) -> str | None:
         best: The content of ``best_hyperparameters.json`` (``search.run.best_trials``).
         config: The run's ``search.config.RunConfig``.
     """
-    from cxr_tuner.hypermodels.registry import get_backbone
     from cxr_tuner.hypermodels.weights import starts_pretrained
 
     def pretrained(backbone) -> bool:
-        return starts_pretrained(get_backbone(backbone), config.weights)
+        return starts_pretrained(config.backbone_specs.get(backbone), config.weights)
 
     kinds = {pretrained(name) for name in config.backbones}
     if len(kinds) < 2:

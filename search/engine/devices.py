@@ -6,7 +6,8 @@ import contextlib
 import os
 
 import tensorflow as tf
-from tensorflow.python.framework import config as tf_config
+
+from cxr_tuner.hypermodels.compat import tf_compat
 
 
 
@@ -36,13 +37,13 @@ def deterministic_ops():
     deterministic kernel use it and the others raise instead of varying silently
     (docs/scale.md says which parts repeat); on a CPU it costs nothing measurable.
     """
-    before = tf_config.is_op_determinism_enabled()
+    before = tf_compat.op_determinism_enabled()
     tf.config.experimental.enable_op_determinism()
     try:
         yield
     finally:
         if not before:
-            tf_config.disable_op_determinism()  # TensorFlow's public API has no way back
+            tf_compat.disable_op_determinism()  # TensorFlow's public API has no way back
 
 def available_cores() -> int:
     """The cores this process may run on (its affinity, not the machine's count)."""

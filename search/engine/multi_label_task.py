@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tuner.data import cache, labels as label_files, sources, split, synthetic
+from cxr_tuner.data import cache, labels as label_files, sources, split, synthetic_findings
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.data.split import SPLITS
 from cxr_tuner.hypermodels.classifier import OBJECTIVE_MULTILABEL
@@ -28,7 +28,7 @@ class MultiLabel(Task):
     unit = "finding"
 
     def demo_root(self, layout) -> Path:
-        return synthetic.write_multilabel_demo(layout.demo_data) / synthetic.MULTILABEL_CSV
+        return synthetic_findings.write_multilabel_demo(layout.demo_data) / synthetic_findings.MULTILABEL_CSV
 
     def check_decoded(self, examples, decoded, skipped_csv: Path) -> None:
         """Nothing to check here: a finding left without positives is dropped by the split, one line each."""

@@ -224,17 +224,19 @@ def _kind(value) -> str:
 
 def resolve(entries: dict[str, Entry], retrain: dict, own: dict, backbones: tuple[str, ...], weights: str,
             image_size: int, source: str | None = None) -> dict:
-    """The space config.json stores for a run of ``backbones``: every entry concrete, each own backbone registered.
+    """The space config.json stores for a run of ``backbones``: every entry concrete, each own backbone checked.
 
     Raises:
         UserError: A backbone that does not exist, an own backbone whose file or layers
             do not fit, an unfreeze depth or image size outside what a backbone allows.
     """
-    from cxr_tuner.hypermodels.registry import get_backbone
+    from cxr_tuner.hypermodels.registry import Backbones
 
-    own_record = {name: register_own(name, definition, source) for name, definition in own.items()}
+    checked = {name: own_spec(name, definition, source) for name, definition in own.items()}
+    own_record = {name: record for name, (_, record) in checked.items()}
+    known = Backbones(own=tuple(spec for spec, _ in checked.values()))
     where = f"{source}: " if source else ""
-    specs = [get_backbone(name) for name in backbones]
+    specs = [known.get(name) for name in backbones]
     for spec in specs:
         if image_size < spec.min_size:
             raise UserError(f"{where}image_size {image_size} is below {spec.name}'s smallest input, "
@@ -261,13 +263,13 @@ def resolve(entries: dict[str, Entry], retrain: dict, own: dict, backbones: tupl
     return {"hyperparameters": Space(merged).to_json(), "retrain": retrain, "backbones": own_record}
 
 
-def register_own(name: str, definition: dict, source: str | None = None) -> dict:
-    """Registers the backbone of one's own ``definition`` under ``name``; returns it with its file's digest.
+def own_spec(name: str, definition: dict, source: str | None = None) -> tuple:
+    """The spec of the backbone of one's own ``definition`` named ``name``, and the definition with its file's digest.
 
     A ``sha256`` in ``definition`` (a stored run's) must match the file: a changed file
     is not the backbone the run's caches and trials were made with.
     """
-    from cxr_tuner.hypermodels.registry import own_backbone, register
+    from cxr_tuner.hypermodels.backbones.own import own_backbone
 
     file = Path(definition["file"])
     if not file.is_file():
@@ -278,11 +280,28 @@ def register_own(name: str, definition: dict, source: str | None = None) -> dict
         raise UserError(f"{file} changed since this run started (backbones.{name}); restore it, or start "
                         "over with --overwrite (or another --run-dir).")
     try:
-        register(own_backbone(name, str(file), definition["preprocess"], tuple(definition["cuts"]),
-                              definition.get("last_conv_layer")))
+        spec = own_backbone(name, str(file), definition["preprocess"], tuple(definition["cuts"]),
+                            definition.get("last_conv_layer"))
     except UserError as error:
         raise UserError(f"{source}: {error}" if source else str(error)) from None
-    return {**definition, "sha256": digest}
+    return spec, {**definition, "sha256": digest}
+
+
+def run_backbones(own: dict, source: str | None = None):
+    """The `hypermodels.registry.Backbones` of a stored run whose space holds ``own`` (its ``backbones`` table).
+
+    An own backbone whose file is gone or changed is unavailable, with the reason, said
+    when something needs it: commands that only read saved models go on without it.
+    """
+    from cxr_tuner.hypermodels.registry import Backbones
+
+    specs, unavailable = [], []
+    for name, definition in own.items():
+        try:
+            specs.append(own_spec(name, definition, source)[0])
+        except UserError as error:
+            unavailable.append((name, str(error)))
+    return Backbones(own=tuple(specs), unavailable=tuple(unavailable))
 
 
 @functools.lru_cache(maxsize=32)
@@ -324,12 +343,11 @@ def _short(value) -> str:
 
 def text(config) -> str:
     """The TOML space file of ``config`` (what its search searches), one comment per entry."""
-    from cxr_tuner.hypermodels.registry import get_backbone
-
+    specs = config.backbone_specs
     hyper = config.search_space().entries
     retrain = config.retrain_choices
-    pretrained = [n for n in config.backbones if config.weights != "none" and get_backbone(n).pretrainable]
-    cuts = ", ".join(f"{n}: {len(get_backbone(n).unfreeze_points)}" for n in pretrained)
+    pretrained = [n for n in config.backbones if config.weights != "none" and specs.get(n).pretrainable]
+    cuts = ", ".join(f"{n}: {len(specs.get(n).unfreeze_points)}" for n in pretrained)
     lines = [
         "# cxr-tuner search space: what `cxr-tuner search` with the same flags searches.",
         "# Edit it and pass it back with `cxr-tuner search --space FILE`. A hyperparameter takes",

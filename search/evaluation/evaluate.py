@@ -18,6 +18,7 @@ from typing import Callable
 import keras
 import numpy as np
 
+from cxr_tuner.hypermodels.compat import keras_compat
 from cxr_tuner.hypermodels.ensemble import CALIBRATION_LAYER, ENSEMBLE_MEAN
 from cxr_tuner.search.engine import dataset, timing
 from cxr_tuner.search.engine.config import RunConfig
@@ -90,7 +91,7 @@ def _evaluate(config: RunConfig, task: Task, data, out: Path, layer, log) -> tup
         metrics.update(found)
     # Grad-CAM explains the rank-1 member, with its own probabilities.
     member = keras.saving.load_model(winner / WINNER_MODEL, compile=False) if final != winner else model
-    explainer = gradcam.gradcam_model(member, layer or gradcam.default_layer(member))
+    explainer = gradcam.gradcam_model(member, layer or gradcam.default_layer(member, config.backbone_specs))
     pages = task.gallery_pages(films, single, names, metrics)
     checks, answers = _shortcut_checks(task, run_data, member, explainer, films, probs, single, names, out,
                                        config.seed)
@@ -115,7 +116,7 @@ def _outputs(model: keras.Model) -> list:
     if ENSEMBLE_MEAN not in [layer.name for layer in model.layers]:  # one member, kept flat
         return [model.output, raw, raw]
     # The mean's inputs are the members' outputs, not in rank order (from-scratch members come first).
-    first = [t for t in model.get_layer(ENSEMBLE_MEAN).input if t._keras_history.operation.name == "member_1"]
+    first = [t for t in model.get_layer(ENSEMBLE_MEAN).input if keras_compat.producer(t).name == "member_1"]
     return [model.output, raw, first[0]]
 
 

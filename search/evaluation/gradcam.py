@@ -18,16 +18,16 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from cxr_tuner.data.errors import UserError
-from cxr_tuner.hypermodels.registry import backbone_of_model, get_backbone
+from cxr_tuner.hypermodels.registry import Backbones
 
 ALPHA = 0.45  # share of the colour map in an overlay
 
 
-def default_layer(model: keras.Model) -> str:
-    """The registry's Grad-CAM layer for our models (named ``cxr_<backbone>``), else the last 4-D layer."""
-    backbone = backbone_of_model(model.name)
+def default_layer(model: keras.Model, specs: Backbones) -> str:
+    """The Grad-CAM layer of our models' backbone (named ``cxr_<backbone>``; one of ``specs``), else the last 4-D layer."""
+    backbone = specs.of_model(model.name)
     if backbone is not None:
-        return get_backbone(backbone).last_conv_layer
+        return specs.get(backbone).last_conv_layer
     spatial = [layer.name for layer in model.layers[1:] if len(layer.output.shape) == 4]
     if not spatial:
         raise UserError(f"Model {model.name} has no layer with a spatial (4-D) output to explain; pass --layer.")

@@ -27,7 +27,6 @@ from cxr_tuner.data import files
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels.cutting import cut_layer, is_cacheable
 from cxr_tuner.hypermodels.ensemble import build_ensemble
-from cxr_tuner.hypermodels.registry import get_backbone
 from cxr_tuner.search.engine import dataset, timing
 from cxr_tuner.search.engine.config import RunConfig
 from cxr_tuner.search.engine.layout import (SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL,
@@ -93,12 +92,12 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log, r
     frozen = [_frozen_part(config, winners_dir / w["dir"]) for w in winners[:k]]
     if refit:
         members[:k] = refit_members(data, winners[:k], summary["augment"], log, clock)
-    model = build_ensemble(members[:k], frozen, chosen.temperature)
+    model = build_ensemble(members[:k], frozen, chosen.temperature, specs=config.backbone_specs)
     record = {
         "kind": "ensemble" if k > 1 else "single",
         "members": [w["dir"] for w in winners[:k]], "ensemble_size": k,
         "validation_weighted_loss_by_size": losses,
-        "shared_frozen_backbone": {b: cut_layer(get_backbone(b), max(d for bb, d in frozen if bb == b))
+        "shared_frozen_backbone": {b: cut_layer(config.backbone_specs.get(b), max(d for bb, d in frozen if bb == b))
                                    for b, d in frozen if d is not None} if k > 1 else None,
         **chosen.record,
         "fitted_on": FITTED_ON_FOLDS if config.folds else "validation split only", SPLIT_STAMP: layout.split_digest(),
@@ -137,7 +136,7 @@ def _saved_probabilities(config: RunConfig, winner: Path, rows: np.ndarray) -> n
 def _frozen_part(config: RunConfig, winner: Path) -> tuple[str, int | None]:
     values = json.loads((winner / WINNER_HYPERPARAMETERS).read_text())["values"]
     backbone = values["backbone"]
-    return backbone, values.get("unfreeze_depth", 0) if is_cacheable(backbone, config.weights) else None
+    return backbone, values.get("unfreeze_depth", 0) if is_cacheable(config.backbone_specs.get(backbone), config.weights) else None
 
 
 def _save(layout: RunLayout, best: str, model: keras.Model, record: dict) -> None:

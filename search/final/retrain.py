@@ -58,7 +58,8 @@ def trial_hyperparameters(config: RunConfig, trial_id: str) -> keras_tuner.Hyper
 def build_model(config: RunConfig, hp: keras_tuner.HyperParameters) -> keras.Model:
     """A fresh, compiled model of the run's HyperModel for ``hp``."""
     hypermodel = XrayClassifier(len(config.class_names), config.image_size, config.backbones, config.weights,
-                                config.precision, config.search_space(), findings=task_of(config).findings(config))
+                                config.precision, config.search_space(), findings=task_of(config).findings(config),
+                                specs=config.backbone_specs)
     return hypermodel.build(hp)
 
 
@@ -120,8 +121,9 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
             return fits[staging][OBJECTIVE]
 
         top_hp = trial_hyperparameters(config, top[0]["trial_id"])
-        variant, tried = pick_variant(fit, top_hp, config.weights, log, allowed, task_of(config).objective)
-        chosen = variants.candidates(top_hp, config.weights, allowed).index(variant)
+        variant, tried = pick_variant(fit, top_hp, config.weights, log, allowed, task_of(config).objective,
+                                      specs=config.backbone_specs)
+        chosen = variants.candidates(top_hp, config.weights, allowed, specs=config.backbone_specs).index(variant)
         for i, (staging, score) in enumerate(fits.items()):  # fits ran in the candidates' order
             if i == chosen and not augment:
                 staging.rename(winners_dir / f"trial_{top[0]['trial_id']}")
@@ -131,7 +133,7 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
     results = []
     for rank, entry in enumerate(top, 1):
         hp = trial_hyperparameters(config, entry["trial_id"])
-        if variant in variants.candidates(hp, config.weights, allowed):  # else no block left to unfreeze
+        if variant in variants.candidates(hp, config.weights, allowed, specs=config.backbone_specs):  # else no block left to unfreeze
             hp = variant.hyperparameters(hp)
         staging = winners_dir / f"trial_{entry['trial_id']}"
         log(f"retrain {rank}/{len(top)}: trial {entry['trial_id']} ({console.hyperparameter_text(entry['hyperparameters'])})")
@@ -336,13 +338,15 @@ def _mean_std_text(result: dict) -> str:
 
 def pick_variant(fit: Callable[[keras_tuner.HyperParameters, list], float], hp: keras_tuner.HyperParameters,
            weights: str, log: Callable[[str], None] = print, allowed=None,
-           objective: str = OBJECTIVE) -> tuple[variants.Variant, dict]:
+           objective: str = OBJECTIVE, *, specs) -> tuple[variants.Variant, dict]:
     """Trains each candidate variant of ``hp`` with ``fit(hp, callbacks) -> best validation loss``; the lowest wins.
+
+    ``specs``: the run's backbones (`RunConfig.backbone_specs`).
 
     Returns:
         The chosen variant and ``{variant name: validation loss}``.
     """
-    tried = variants.candidates(hp, weights, allowed)
+    tried = variants.candidates(hp, weights, allowed, specs=specs)
     if len(tried) == 1:
         return tried[0], {}
     scores = {v.name: fit(v.hyperparameters(hp), v.callbacks(objective)) for v in tried}

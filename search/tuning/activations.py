@@ -31,7 +31,7 @@ import numpy as np
 from cxr_tuner.data import files, pipeline
 from cxr_tuner.hypermodels.cutting import ActivationClassifier, cut_layer, frozen_image_model, frozen_model, is_cacheable
 from cxr_tuner.hypermodels.classifier import POOLED, XrayClassifier
-from cxr_tuner.hypermodels.registry import file_safe, get_backbone
+from cxr_tuner.hypermodels.backbones.spec import BackboneSpec, file_safe
 from cxr_tuner.hypermodels.weights import keras_cache_dir, resolve_weights
 from cxr_tuner.search.tuning import cache_plan, extraction
 from cxr_tuner.search.engine.dataset import FIT
@@ -81,7 +81,7 @@ class ActivationCache:
                 self._images_id = images_identity(self.images)
             size = self.classifier.image_size
             self._keys[backbone] = {"backbone": backbone, "image_size": size, "images": self._images_id,
-                                    "weights": weights_identity(backbone, self.classifier.weights, size),
+                                    "weights": weights_identity(self.spec(backbone), self.classifier.weights, size),
                                     "precision": self.classifier.precision}
         return self._keys[backbone]
 
@@ -93,14 +93,18 @@ class ActivationCache:
         return self.folder / (f"{file_safe(backbone)}-{key['image_size']}px-w{key['weights'][:16]}"
                               f"-i{key['images'][:16]}{suffix}{computed}")
 
+    def spec(self, backbone: str) -> BackboneSpec:
+        """``backbone``'s spec among the run's backbones (the classifier's)."""
+        return self.classifier.specs.get(backbone)
+
     def is_cached(self, backbone: str, depth: int) -> bool:
         """Whether trials of ``backbone`` at ``depth`` train on cached activations (else on images)."""
-        return is_cacheable(backbone, self.classifier.weights) and (
+        return is_cacheable(self.spec(backbone), self.classifier.weights) and (
             self.depths is None or depth < self.depths.get(backbone, 0))
 
     def cached_cuts(self, backbone: str) -> list[str]:
         """The cut layers of ``backbone`` this cache holds, depth 0 first."""
-        spec = get_backbone(backbone)
+        spec = self.spec(backbone)
         return [cut_layer(spec, d) for d in range(len(spec.unfreeze_points) + 1) if self.is_cached(backbone, d)]
 
     def activations(self, backbone: str, depth: int) -> np.ndarray:
@@ -109,7 +113,7 @@ class ActivationCache:
         Computes (and caches) every cut of the backbone that is still missing, in
         one pass, when the requested one is missing.
         """
-        spec = get_backbone(backbone)
+        spec = self.spec(backbone)
         entry = self.entry(backbone)
         cuts = self.cached_cuts(backbone)
         if cut_layer(spec, depth) not in cuts:
@@ -126,9 +130,9 @@ class ActivationCache:
         Backbones without a frozen part (trained from scratch) have nothing to cache.
         """
         for backbone in backbones:
-            if is_cacheable(backbone, self.classifier.weights):
+            if is_cacheable(self.spec(backbone), self.classifier.weights):
                 # The first call extracts every missing cut in one pass; the rest read.
-                for depth in range(len(get_backbone(backbone).unfreeze_points) + 1):
+                for depth in range(len(self.spec(backbone).unfreeze_points) + 1):
                     if self.is_cached(backbone, depth):
                         self.activations(backbone, depth)
 
@@ -147,7 +151,7 @@ class ActivationCache:
                 missing = [c for c in cuts if _read(entry, c) is None]
                 if not missing:
                     return
-                source = _source(entry, backbone, missing)
+                source = _source(entry, self.spec(backbone), missing)
                 segment = frozen_model(model, source, missing)
                 shapes = [(len(self.images), *output.shape[1:]) for output in segment.outputs]
                 job = extraction.open_job(entry, missing, source, shapes, self.dtype, _BATCH)
@@ -169,19 +173,19 @@ class ActivationCache:
         return json.loads(meta.read_text()).get("extraction") if meta and meta.is_file() else None
 
 
-def _source(entry: Path, backbone: str, missing: list[str]) -> str | None:
+def _source(entry: Path, spec: BackboneSpec, missing: list[str]) -> str | None:
     """The nearest cached cut below every missing one: the cheapest exact source (else the images)."""
-    order = [POOLED, *get_backbone(backbone).unfreeze_points]
+    order = [POOLED, *spec.unfreeze_points]
     below = [c for c in order[max(order.index(m) for m in missing) + 1:] if _read(entry, c) is not None]
     return below[0] if below else None
 
 
-def weights_identity(backbone: str, weights: str, size: int) -> str:
+def weights_identity(spec: BackboneSpec, weights: str, size: int) -> str:
     """``"none"`` for random weights, else the sha256 of the weights file the backbone loads."""
-    resolved = resolve_weights(get_backbone(backbone), weights, size)
+    resolved = resolve_weights(spec, weights, size)
     if resolved is None:
         return "none"
-    path = keras_cache_dir() / get_backbone(backbone).weight_file(size) if resolved == "imagenet" else Path(resolved)
+    path = keras_cache_dir() / spec.weight_file(size) if resolved == "imagenet" else Path(resolved)
     return files.sha256_file(path)
 
 
@@ -261,16 +265,17 @@ def trial_hypermodel(data, progress: bool = True):
     """The search's hypermodel for ``data`` and the activation cache it trains on."""
     config = data.config
     classifier = XrayClassifier(len(config.class_names), config.image_size, config.backbones, config.weights,
-                                config.precision, config.search_space(), findings=task_of(config).findings(config))
+                                config.precision, config.search_space(), findings=task_of(config).findings(config),
+                                specs=config.backbone_specs)
     # Trials of pretrained backbones train only what is above the freeze boundary,
     # on activations computed once; the hypermodel's fit picks each trial's data.
     cache = ActivationCache(classifier, data.images, config.layout.activations, progress,
                             dtype=config.cache_dtype)
     # Decided from config.json alone, so the chief and every worker of a run agree on it.
-    shapes = functools.partial(cache_plan.cut_shapes, cache.image_model)
+    shapes = functools.partial(cache_plan.cut_shapes, cache.image_model, specs=config.backbone_specs)
     cache.plan = cache_plan.plan_cache(lambda backbone: shapes(backbone)[:searched_depths(config, backbone)],
                                        config.backbones, config.weights, len(cache.images),
-                                       config.cache_dtype, config.cache_budget_gb)
+                                       config.cache_dtype, config.cache_budget_gb, specs=config.backbone_specs)
     cache.depths = cache.plan.depths
     return ActivationClassifier(classifier, TrialData(data, cache), cache.image_model,
                                    cached=cache.is_cached), cache
@@ -279,7 +284,7 @@ def trial_hypermodel(data, progress: bool = True):
 def searched_depths(config, backbone: str) -> int:
     """How many unfreeze depths (0, 1, ...) of ``backbone`` a trial or a retrain of the run's space can ask for:
     the space's deepest, one more where the retrain may try one block more, at most every cut."""
-    cuts = len(get_backbone(backbone).unfreeze_points)
+    cuts = len(config.backbone_specs.get(backbone).unfreeze_points)
     deepest = config.search_space().unfreeze_entry(cuts).highest()
     extra = 1 if "one_block_more" in config.retrain_choices["variants"] else 0
     return min(cuts, int(deepest) + extra) + 1

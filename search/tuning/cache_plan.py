@@ -20,7 +20,7 @@ import numpy as np
 
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels.cutting import cut_layer, is_cacheable
-from cxr_tuner.hypermodels.registry import get_backbone
+from cxr_tuner.hypermodels.registry import Backbones
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,16 @@ class CachePlan:
 
 
 def plan_cache(shapes: Callable[[str], list[tuple]], backbones, weights: str, n_images: int,
-               dtype: str = "float32", budget_gb: float | None = None) -> CachePlan:
+               dtype: str = "float32", budget_gb: float | None = None, *, specs: Backbones) -> CachePlan:
     """The cache of ``backbones`` for ``n_images``, within ``budget_gb`` (decimal GB) if given.
 
     Args:
         shapes: ``backbone -> [per-image shape of the cut at depth 0, 1, ...]``.
+        specs: The run's backbones, which ``backbones`` name.
     """
     itemsize = np.dtype(dtype).itemsize
     per_image = {b: [int(np.prod(s)) * itemsize for s in shapes(b)]
-                 for b in backbones if is_cacheable(b, weights)}
+                 for b in backbones if is_cacheable(specs.get(b), weights)}
     depths = {b: len(sizes) for b, sizes in per_image.items()}
     if budget_gb is not None:
         depths = dict.fromkeys(per_image, 0)
@@ -76,9 +77,9 @@ def plan_cache(shapes: Callable[[str], list[tuple]], backbones, weights: str, n_
     return CachePlan(n_images, dtype, per_image, depths)
 
 
-def cut_shapes(model_of: Callable, backbone: str) -> list[tuple]:
-    """Per-image shapes of ``backbone``'s cuts, depth 0 first, from its frozen image model."""
-    spec = get_backbone(backbone)
+def cut_shapes(model_of: Callable, backbone: str, *, specs: Backbones) -> list[tuple]:
+    """Per-image shapes of ``backbone``'s cuts (one of ``specs``), depth 0 first, from its frozen image model."""
+    spec = specs.get(backbone)
     model = model_of(backbone)
     return [tuple(model.get_layer(cut_layer(spec, d)).output.shape[1:])
             for d in range(len(spec.unfreeze_points) + 1)]

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 import keras_tuner
-from keras_tuner.src.engine import tuner_utils
 from tensorboard.plugins.hparams import api as hparams_api
 
 from cxr_tuner.hypermodels.classifier import OBJECTIVE
+from cxr_tuner.hypermodels.compat import keras_tuner_compat
 from cxr_tuner.search.engine.task import task_of
 
 HYPERBAND_KEYS = ("tuner/bracket", "tuner/round", "tuner/epochs")
@@ -101,8 +101,7 @@ def write_experiment(logdir: str | Path, hyperparameters, folds: int | None, met
     logdir = Path(logdir)
     for old in logdir.glob("events.out.tfevents.*"):
         old.unlink()
-    domains = tuner_utils.convert_hyperparams_to_hparams(
-        _unconditional(hyperparameters), hparams_api)
+    domains = keras_tuner_compat.hparams_domains(_unconditional(hyperparameters), hparams_api)
     hparams = list(domains) + [hparams_api.HParam(k) for k in HYPERBAND_KEYS]
     objective = next(iter(metrics))
     listed = [hparams_api.Metric(m, display_name=display) for m, display in metrics.items()]

@@ -10,15 +10,15 @@ from pathlib import Path
 import keras
 import keras_tuner
 import numpy as np
-from keras_tuner.src.engine.tuner import maybe_distribute
-from keras_tuner.src.engine import tuner_utils
-from tensorflow.python.framework import ops as tf_ops
+from keras_tuner.engine.tuner import maybe_distribute
 
 from cxr_tuner.hypermodels.classifier import OBJECTIVE
+from cxr_tuner.hypermodels.compat import keras_tuner_compat, tf_compat
 from cxr_tuner.search.engine import console, timing
 from cxr_tuner.search.tuning import hparams
 from cxr_tuner.search.engine.config import RunConfig
 from cxr_tuner.search.engine.task import task_of
+from cxr_tuner.search.tuning.budget.deadline import DeadlineHyperbandOracle
 
 
 """Per finished trial: ``trial_id,peak RSS,RSS at its end,anonymous RSS at its end`` (MB).
@@ -144,11 +144,12 @@ class _XrayTunerMixin:
         start = Restart(model)
         scores = []
         for fold in range(self.run_config.folds):
-            callbacks = [*self._deepcopy_callbacks(kwargs.get("callbacks", [])), _NanGuard(), self.clock.callback(),
+            callbacks = [*keras_tuner_compat.copied_callbacks(self, kwargs.get("callbacks", [])), _NanGuard(),
+                         self.clock.callback(),
                          _EpochCurves(str(self.tensorboard_dir / trial.trial_id / f"fold_{fold + 1}"),
                                       write_graph=False, profile_batch=0),
-                         tuner_utils.SaveBestEpoch(self.oracle.objective,
-                                                   str(layout.fold_checkpoint(trial.trial_id, fold)))]
+                         keras_tuner_compat.SaveBestEpoch(self.oracle.objective,
+                                                          str(layout.fold_checkpoint(trial.trial_id, fold)))]
             start.reset(layout.fold_checkpoint(parent, fold) if parent else None)
             history = self.hypermodel.fit(hp, model, **{**kwargs, "callbacks": callbacks}, fold=fold)
             scores.append(hparams.fold_score(history, self.metric_names))
@@ -167,12 +168,24 @@ class _XrayTunerMixin:
     def on_search_end(self):
         super().on_search_end()
         gc.unfreeze()
-        if not self._is_worker():  # a distributed search's chief writes it, once
+        if not keras_tuner_compat.is_worker(self):  # a distributed search's chief writes it, once
             hparams.write_experiment(self.tensorboard_dir, self.oracle.get_space(), self.run_config.folds,
                                      hparams.run_metrics(self.run_config))
 
 
-class XrayHyperband(_XrayTunerMixin, keras_tuner.Hyperband):
+class _HyperbandOn(keras_tuner.Hyperband):
+    """KerasTuner's Hyperband tuner on a given Hyperband oracle (ours: `DeadlineHyperbandOracle`).
+
+    ``keras_tuner.Hyperband.__init__`` only makes a ``HyperbandOracle`` and hands it to
+    ``Tuner``; handing ``Tuner`` ours keeps Hyperband's ``run_trial`` (a round's epochs)
+    and its loading of a promoted trial's checkpoint.
+    """
+
+    def __init__(self, oracle, hypermodel=None, **kwargs):
+        keras_tuner.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
+
+
+class XrayHyperband(_XrayTunerMixin, keras_tuner_compat.TrialModelHook, _HyperbandOn):
     """KerasTuner's Hyperband with this project's trial hygiene and logging.
 
     A promoted trial (a configuration's next, longer round) trains the model object
@@ -190,16 +203,16 @@ class XrayHyperband(_XrayTunerMixin, keras_tuner.Hyperband):
         self._kept = {}  # trial_id -> (bracket, Restart of its model)
         self._built = None
 
-    def _build_hypermodel(self, hp):
+    def build_trial_model(self, hp, build):
         values = hp.values
         self._kept = {k: v for k, v in self._kept.items() if v[0] == values.get("tuner/bracket")}
         source = self._kept.pop(values.get("tuner/trial_id"), None)
         if source is None:
             # A promoted round loads its checkpoint's weights: no copy of the initial ones is needed.
-            start = Restart(super()._build_hypermodel(hp), keep_weights=False)
+            start = Restart(build(hp), keep_weights=False)
         else:
             start = source[1]
-            start.reset(self._get_checkpoint_fname(values["tuner/trial_id"]))
+            start.reset(keras_tuner_compat.checkpoint_path(self, values["tuner/trial_id"]))
         self._built = start
         return start.model
 
@@ -281,18 +294,21 @@ def make_tuner(config: RunConfig, hypermodel: keras_tuner.HyperModel,
     Args:
         distribution_strategy: A ``tf.distribute`` strategy each trial trains under.
     """
+    objective = keras_tuner.Objective(task_of(config).objective, direction="min")
     common = dict(
         distribution_strategy=distribution_strategy,
         hypermodel=hypermodel,
-        objective=keras_tuner.Objective(task_of(config).objective, direction="min"),
-        seed=oracle_seed(config.seed),
         directory=str(config.layout.tuner.parent),
         project_name=config.layout.tuner.name,
         overwrite=config.overwrite,
         run_config=config,
     )
     if config.tuner == "hyperband":
-        return XrayHyperband(max_epochs=config.max_epochs, factor=config.factor, **common)
+        # Hyperband's own oracle, subclassed to stop at a --time-budget's deadline (none: as KerasTuner's).
+        oracle = DeadlineHyperbandOracle(objective, max_epochs=config.max_epochs, factor=config.factor,
+                                         seed=oracle_seed(config.seed))
+        return XrayHyperband(oracle=oracle, **common)
+    common.update(objective=objective, seed=oracle_seed(config.seed))
     if config.tuner == "bayesian":
         return XrayBayesianOptimization(max_trials=config.max_trials, **common)
     return XrayRandomSearch(max_trials=config.max_trials, **common)
@@ -309,8 +325,7 @@ def oracle_seed(seed: int) -> int:
 
 
 def _custom_gradients() -> dict:
-    # Private TensorFlow registry: the only handle on this leak (TF 2.21).
-    return tf_ops._gradient_registry._registry
+    return tf_compat.gradient_registry()  # private: the only handle on this leak (TF 2.21)
 
 
 def _forget_custom_gradients(keep: set) -> None:

@@ -9,8 +9,10 @@ from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels import discovery
 from cxr_tuner.hypermodels.classifier import XrayClassifier
 from cxr_tuner.hypermodels.preprocess import preprocess
-from cxr_tuner.hypermodels.registry import (BACKBONES, KERAS_PREFIX, backbone_of_model, file_safe, get_backbone,
-                                  keras_application_names, preprocess_mode_of)
+from cxr_tuner.hypermodels.backbones.applications import KERAS_PREFIX, keras_application_names, preprocess_mode_of
+from cxr_tuner.hypermodels.backbones.builtin import BACKBONES
+from cxr_tuner.hypermodels.backbones.spec import file_safe
+from cxr_tuner.hypermodels.registry import BUILT_IN, get_backbone
 from cxr_tuner.search.evaluation import gradcam
 
 # The seven registry backbones that are keras.applications models.
@@ -72,7 +74,7 @@ def test_keras_backbone_builds_with_its_cuts_and_gradcam_layer(name, renamed):
     assert len(spec.unfreeze_points) == 3 and spec.pretrainable and len(spec.constructor.renames) == renamed
     model = XrayClassifier(3, 32, [name], weights="none").build(keras_tuner.HyperParameters())
     assert model.name == "cxr_" + file_safe(name) and ":" not in model.name
-    assert backbone_of_model(model.name) == name and gradcam.default_layer(model) == spec.last_conv_layer
+    assert BUILT_IN.of_model(model.name) == name and gradcam.default_layer(model, BUILT_IN) == spec.last_conv_layer
     for layer in (spec.last_conv_layer, *spec.unfreeze_points):
         assert len(model.get_layer(layer).output.shape) == 4 and not isinstance(model.get_layer(layer), keras.Model)
     # Flat where it matters: the cuts and Grad-CAM's layer are tensors of the model's own graph.

@@ -7,7 +7,8 @@ import pytest
 
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels.classifier import XrayClassifier
-from cxr_tuner.hypermodels.registry import BACKBONES, backbone_names, get_backbone
+from cxr_tuner.hypermodels.backbones.builtin import BACKBONES
+from cxr_tuner.hypermodels.registry import backbone_names, get_backbone
 
 
 @pytest.mark.parametrize("name", backbone_names())

@@ -3,6 +3,7 @@
 import keras_tuner
 
 from cxr_tuner.hypermodels import variants
+from cxr_tuner.hypermodels.registry import BUILT_IN
 
 
 def _hp(backbone="mobilenet_025", depth=1, learning_rate=1e-3):
@@ -19,7 +20,7 @@ def test_one_block_more_unfreezes_one_more_at_a_lower_rate_without_changing_the_
 
 
 def test_one_block_more_is_not_offered_at_the_deepest_unfreeze_point_nor_anything_without_a_cache():
-    names = [v.name for v in variants.candidates(_hp(depth=3), "imagenet")]
+    names = [v.name for v in variants.candidates(_hp(depth=3), "imagenet", specs=BUILT_IN)]
     assert names == ["as searched", "lr decay"]
-    assert variants.candidates(_hp(depth=0), "none") == [variants.AS_SEARCHED]
-    assert variants.candidates(_hp(backbone="vanilla_cnn"), "imagenet") == [variants.AS_SEARCHED]
+    assert variants.candidates(_hp(depth=0), "none", specs=BUILT_IN) == [variants.AS_SEARCHED]
+    assert variants.candidates(_hp(backbone="vanilla_cnn"), "imagenet", specs=BUILT_IN) == [variants.AS_SEARCHED]

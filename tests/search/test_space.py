@@ -133,7 +133,7 @@ def test_retrain_variants_and_the_cached_depths_follow_the_space(tmp_path):
     hp = keras_tuner.HyperParameters()
     hp.values.update(backbone="mobilenet_025", unfreeze_depth=0)
     allowed = config.retrain_choices["variants"]
-    assert variants.candidates(hp, "imagenet", allowed) == [variants.LR_DECAY]
+    assert variants.candidates(hp, "imagenet", allowed, specs=config.backbone_specs) == [variants.LR_DECAY]
     assert variants.first(allowed) == variants.LR_DECAY
     # Depth 0 is searched; with one_block_more left out no retrain asks for depth 1 either.
     assert searched_depths(config, "mobilenet_025") == 1
@@ -186,6 +186,31 @@ file = "mine.keras"
 preprocess = "tf"
 cuts = ["block2_out", "block1_out"]
 """
+
+
+def test_two_runs_in_one_process_each_see_only_their_own_backbones(tmp_path):
+    """Loading one run's config changes nothing another run's backbones answer (a value per run)."""
+    from cxr_tuner.data.errors import UserError
+
+    for run, preprocess, cuts in (("a", "tf", '["block2_out", "block1_out"]'), ("b", "torch", '["block1_out"]')):
+        folder = tmp_path / run
+        folder.mkdir()
+        _own_model(folder / "mine.keras")
+        _own_model(folder / f"only_{run}.keras")
+        text = (f'[run]\nimage_size = 32\n[hyperparameters]\nbackbone = ["mine", "only_{run}"]\n'
+                f'[backbones.mine]\nfile = "mine.keras"\npreprocess = "{preprocess}"\ncuts = {cuts}\n'
+                f'[backbones.only_{run}]\nfile = "only_{run}.keras"\npreprocess = "tf"\ncuts = ["block1_out"]\n')
+        new_config(str(folder / "run"), space=_space(folder, text)).save()
+    configs = {run: load_config(tmp_path / run / "run") for run in ("a", "b")}
+    a, b = configs["a"].backbone_specs, configs["b"].backbone_specs
+    assert (a.get("mine").preprocess, a.get("mine").unfreeze_points) == ("tf", ("block2_out", "block1_out"))
+    assert (b.get("mine").preprocess, b.get("mine").unfreeze_points) == ("torch", ("block1_out",))
+    assert a.get("mine").file == str((tmp_path / "a" / "mine.keras").resolve())
+    assert a.get("only_a").name == "only_a" and b.get("only_b").name == "only_b"
+    for specs, other in ((a, "only_b"), (b, "only_a")):
+        with pytest.raises(UserError, match=f"Unknown backbone '{other}'"):
+            specs.get(other)
+    assert load_config(tmp_path / "a" / "run").backbone_specs == a  # loading again: the same value
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from cxr_tuner.search.tuning import budget
+from cxr_tuner.search.tuning.budget import plan as budget
 from cxr_tuner.search.engine.layout import RunLayout
 from tests.conftest import error_line, run_cli, tree_digest
 

@@ -8,7 +8,8 @@ import pytest
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.data.synthetic import CLASS_NAMES, phantom
 from cxr_tuner.hypermodels.classifier import XrayClassifier
-from cxr_tuner.hypermodels.registry import BACKBONES
+from cxr_tuner.hypermodels.backbones.builtin import BACKBONES
+from cxr_tuner.hypermodels.registry import BUILT_IN
 from cxr_tuner.search.engine.single_label_task import SingleLabel
 from cxr_tuner.search.engine.task_base import Films
 from cxr_tuner.search.evaluation import gradcam, report
@@ -26,7 +27,7 @@ def test_heatmap_for_every_registered_backbone(name):
     spec = BACKBONES[name]
     keras.backend.clear_session()
     model = XrayClassifier(3, _size(spec), (name,), "none").build(keras_tuner.HyperParameters())
-    assert gradcam.default_layer(model) == spec.last_conv_layer
+    assert gradcam.default_layer(model, BUILT_IN) == spec.last_conv_layer
     images = np.random.default_rng(0).integers(0, 256, (2, _size(spec), _size(spec), 1)).astype("uint8")
     maps = gradcam.heatmaps(gradcam.gradcam_model(model, spec.last_conv_layer), images)
     assert maps.shape[0] == 2 and np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
@@ -98,7 +99,7 @@ def test_heatmap_is_warmer_on_the_lesion():
     predicted = model.predict(test_x, verbose=0).argmax(axis=1)
     sick = np.flatnonzero((predicted == test_y) & (test_y != CLASS_NAMES.index("Normal")))
     assert len(sick) >= 20, "the model must classify enough sick phantoms correctly to judge"
-    maps = gradcam.heatmaps(gradcam.gradcam_model(model, gradcam.default_layer(model)), test_x[sick])
+    maps = gradcam.heatmaps(gradcam.gradcam_model(model, gradcam.default_layer(model, BUILT_IN)), test_x[sick])
     masks = test_masks[sick]
     random_maps = np.random.default_rng(0).random(maps.shape)
 
@@ -119,7 +120,7 @@ def test_galleries_are_pngs_showing_the_heatmaps(tmp_path, monkeypatch):
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1)).astype("uint8")
     probs = model.predict(images, verbose=0)
     labels = np.array([0, 1, 2, 0, 1, 2])
-    explainer = gradcam.gradcam_model(model, gradcam.default_layer(model))
+    explainer = gradcam.gradcam_model(model, gradcam.default_layer(model, BUILT_IN))
     pages = _galleries(explainer, images, labels, probs, tmp_path)
     predicted = probs.argmax(axis=1)
     expected = {f"{CLASS_NAMES[c]} {'correct' if ok else 'incorrect'}" for c, ok in zip(labels, predicted == labels)}

@@ -9,6 +9,7 @@ import pytest
 
 from cxr_tuner.data import synthetic
 from cxr_tuner.hypermodels.classifier import XrayClassifier
+from cxr_tuner.hypermodels.registry import BUILT_IN
 from cxr_tuner.search.engine.single_label_task import SingleLabel
 from cxr_tuner.search.engine.task_base import Films
 from cxr_tuner.search.evaluation import gradcam, probe, report, shortcuts
@@ -72,7 +73,7 @@ def test_gradcam_energy_in_chest_higher_for_lesion_model_than_marker_model(train
     """At the registry's layer (4x4 at 64 px); the measured shares are in docs/shortcuts.md."""
     means = {}
     for signal, (model, _, _, test_x, test_y) in trained.items():
-        explainer = gradcam.gradcam_model(model, gradcam.default_layer(model))
+        explainer = gradcam.gradcam_model(model, gradcam.default_layer(model, BUILT_IN))
         shares = shortcuts.energy_shares(explainer, test_x)
         means[signal] = class_report.energy_summary(shares, test_y, CLASSES, probe.chest_area())["all"]["mean"]
     assert means["lesion"] > means["marker"] + 0.05

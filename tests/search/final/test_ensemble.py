@@ -13,6 +13,7 @@ from cxr_tuner.search.engine import dataset
 from cxr_tuner.search.engine.config import load_config
 from cxr_tuner.search.final.assemble import assemble, final_card
 from cxr_tuner.hypermodels.ensemble import build_ensemble, for_export, predict
+from cxr_tuner.hypermodels.registry import BUILT_IN
 from cxr_tuner.search.figures import calibration, operating_point
 from cxr_tuner.search.delivery.export import _write_formats, predict_exported
 
@@ -40,7 +41,7 @@ def images():
 
 def test_ensemble_is_one_model_giving_the_mean_of_its_members_and_runs_the_frozen_backbone_once(
         members, images, tmp_path):
-    model = build_ensemble(members, [("mobilenet_025", 0), ("mobilenet_025", 1), ("mobilenet_025", 2)])
+    model = build_ensemble(members, [("mobilenet_025", 0), ("mobilenet_025", 1), ("mobilenet_025", 2)], specs=BUILT_IN)
     expected = np.mean([predict(m, images) for m in members], axis=0)
     assert np.abs(predict(model, images) - expected).max() < 1e-5
     shared = model.get_layer("frozen_mobilenet_025")
@@ -54,7 +55,7 @@ def test_ensemble_is_one_model_giving_the_mean_of_its_members_and_runs_the_froze
 
 def test_exported_ensemble_agrees_as_saved_model_and_tflite(members, images, tmp_path):
     model = build_ensemble(members, [("mobilenet_025", 0), ("mobilenet_025", 1), ("mobilenet_025", 2)],
-                           temperature=1.7)
+                           temperature=1.7, specs=BUILT_IN)
     expected = predict(model, images)
     written = _write_formats(model, ("keras", "savedmodel", "tflite"), tmp_path, tmp_path)
     for path in written.values():
@@ -63,8 +64,8 @@ def test_exported_ensemble_agrees_as_saved_model_and_tflite(members, images, tmp
 
 def test_temperature_scales_the_average_inside_the_model(members, images):
     frozen = [("mobilenet_025", 0), ("mobilenet_025", 1)]
-    plain = predict(build_ensemble(members[:2], frozen), images)
-    scaled = predict(build_ensemble(members[:2], frozen, temperature=2.5), images)
+    plain = predict(build_ensemble(members[:2], frozen, specs=BUILT_IN), images)
+    scaled = predict(build_ensemble(members[:2], frozen, temperature=2.5, specs=BUILT_IN), images)
     assert np.abs(scaled - calibration.scale(plain, 2.5)).max() < 1e-5
     assert (scaled.argmax(axis=1) == plain.argmax(axis=1)).all()
 
@@ -109,7 +110,7 @@ def test_ensemble_larger_than_the_winners_is_refused_in_one_line(run_copy):
 
 
 def test_a_single_calibrated_model_ships_with_its_temperature_folded_into_built_in_layers(members, images):
-    calibrated = build_ensemble(members[:1], [("mobilenet_025", 0)], temperature=1.7)
+    calibrated = build_ensemble(members[:1], [("mobilenet_025", 0)], temperature=1.7, specs=BUILT_IN)
     shipped = for_export(calibrated)
     assert not any(type(layer).__name__ == "TemperatureScaling" for layer in shipped.layers)
     assert all(type(layer).__module__.startswith("keras.") for layer in shipped.layers)  # plain Keras loads it

@@ -9,6 +9,7 @@ import pytest
 
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels.classifier import OBJECTIVE
+from cxr_tuner.hypermodels.registry import BUILT_IN
 from cxr_tuner.search.engine import dataset
 from cxr_tuner.search.engine.config import load_config
 from cxr_tuner.search.engine.layout import RunLayout
@@ -101,7 +102,7 @@ def test_the_variant_with_the_lowest_validation_loss_is_chosen_and_printed():
         decays = any(isinstance(c, keras.callbacks.ReduceLROnPlateau) for c in callbacks)
         return losses[hp.values["unfreeze_depth"], decays]
 
-    chosen, tried = pick_variant(fit, _top_hp(), "imagenet", lines.append)
+    chosen, tried = pick_variant(fit, _top_hp(), "imagenet", lines.append, specs=BUILT_IN)
     assert chosen.name == "lr decay" and chosen.lr_decay and not chosen.extra_block
     assert sorted(tried.values()) == sorted(losses.values())
     assert "lr decay" in lines[0] and "0.2500" in lines[0]

@@ -116,7 +116,7 @@ def test_entries_are_keyed_by_weights_size_and_cut(run_data, weights_files, tmp_
     cache.activations(BACKBONE, 1)
     metas = [json.loads(p.read_text()) for p in sorted(cache.entry(BACKBONE).glob("*.json"))]
     assert len({m["cut"] for m in metas}) == 4
-    assert {m["weights"] for m in metas} == {features.weights_identity(BACKBONE, weights_files[1], SIZE)}
+    assert {m["weights"] for m in metas} == {features.weights_identity(get_backbone(BACKBONE), weights_files[1], SIZE)}
     changed = run_data.images.copy()
     changed[0, 0, 0, 0] ^= 1
     assert features.images_identity(changed) != features.images_identity(run_data.images)

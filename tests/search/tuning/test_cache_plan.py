@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cxr_tuner.data.errors import UserError
-from cxr_tuner.hypermodels.registry import get_backbone
+from cxr_tuner.hypermodels.registry import BUILT_IN, get_backbone
 from cxr_tuner.search.tuning import cache_plan
 from cxr_tuner.search.engine import dataset
 from cxr_tuner.search.engine.config import new_config
@@ -41,8 +41,8 @@ def _hp(depth):
 
 
 def _plan(cache, dtype="float32", budget=None):
-    return cache_plan.plan_cache(lambda b: cache_plan.cut_shapes(cache.image_model, b), (BACKBONE,),
-                                 cache.classifier.weights, len(cache.images), dtype, budget)
+    return cache_plan.plan_cache(lambda b: cache_plan.cut_shapes(cache.image_model, b, specs=BUILT_IN), (BACKBONE,),
+                                 cache.classifier.weights, len(cache.images), dtype, budget, specs=BUILT_IN)
 
 
 def test_the_estimate_is_the_size_the_cache_takes_on_disk(tmp_path, demo_data, weights_file):
@@ -98,8 +98,8 @@ def test_a_budget_leaves_the_deeper_cuts_out_and_those_depths_train_on_images(tm
 def test_the_budget_is_spent_shallowest_depth_first_over_the_backbones():
     shapes = {"mobilenet_025": [(4,), (10,), (40,)], "resnet50": [(8,), (20,), (80,)]}
     plan = cache_plan.plan_cache(shapes.get, tuple(shapes), "imagenet", 1000, "float32",
-                                 budget_gb=(4 + 8 + 10 + 20) * 4 * 1000 / 1e9)
+                                 budget_gb=(4 + 8 + 10 + 20) * 4 * 1000 / 1e9, specs=BUILT_IN)
     assert plan.depths == {"mobilenet_025": 2, "resnet50": 2}
     assert plan.left_out() == {"mobilenet_025": (2, 40 * 4 * 1000), "resnet50": (2, 80 * 4 * 1000)}
-    half = cache_plan.plan_cache(shapes.get, tuple(shapes), "imagenet", 1000, "float16")
+    half = cache_plan.plan_cache(shapes.get, tuple(shapes), "imagenet", 1000, "float16", specs=BUILT_IN)
     assert half.cached_bytes() == (4 + 10 + 40 + 8 + 20 + 80) * 2 * 1000

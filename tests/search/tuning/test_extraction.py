@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cxr_tuner.hypermodels.cutting import cut_layer
-from cxr_tuner.hypermodels.registry import get_backbone
+from cxr_tuner.hypermodels.registry import BUILT_IN, get_backbone
 from cxr_tuner.data import synthetic
 from cxr_tuner.search.tuning import activations, cache_plan, extraction
 from cxr_tuner.search.engine import dataset
@@ -133,7 +133,7 @@ def test_a_killed_extractors_shard_is_computed_again_and_the_done_ones_kept(run_
 def test_a_shard_another_live_process_holds_is_waited_for_not_taken(run_dir, small_shards, monkeypatch):
     cache = _cache(run_dir)
     entry, spec = cache.entry(BACKBONE), get_backbone(BACKBONE)
-    shapes = [(90, *shape) for shape in cache_plan.cut_shapes(cache.image_model, BACKBONE)]
+    shapes = [(90, *shape) for shape in cache_plan.cut_shapes(cache.image_model, BACKBONE, specs=BUILT_IN)]
     job = extraction.open_job(entry, [cut_layer(spec, d) for d in DEPTHS], None, shapes, "float32", 16)
     claim = entry / ".extract" / job.token / "0.claim"
     claim.write_text(json.dumps({"host": "elsewhere", "pid": 1, "command": "extraction (other)"}))  # fresh

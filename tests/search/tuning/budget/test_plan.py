@@ -1,4 +1,4 @@
-"""--time-budget's planner: Hyperband's arithmetic, the plan on given figures, the oracle's deadline.
+"""--time-budget's planner: Hyperband's arithmetic and the plan on given figures.
 
 No model trains here: the oracle is KerasTuner's own, fed made-up scores.
 """
@@ -6,17 +6,17 @@ No model trains here: the oracle is KerasTuner's own, fed made-up scores.
 import keras_tuner
 import pytest
 
-from cxr_tuner.search.tuning import budget
-from cxr_tuner.search.tuning.budget import Calibration, Deadline, plan
+from cxr_tuner.search.tuning.budget import plan as budget
+from cxr_tuner.search.tuning.budget.plan import Calibration, plan
 from cxr_tuner.search.figures.text import parse_duration
 
 FIGURES = Calibration(epoch=2.0, overhead=3.0, epoch_max=4.0, overhead_max=6.0, forward=5.0)
 
 
-def _oracle(max_epochs, factor, tmp_path):
+def _oracle(max_epochs, factor, tmp_path, kind=keras_tuner.oracles.HyperbandOracle):
     hp = keras_tuner.HyperParameters()
     hp.Float("x", 0.0, 1.0)
-    oracle = keras_tuner.oracles.HyperbandOracle(
+    oracle = kind(
         keras_tuner.Objective("score", "min"), max_epochs=max_epochs, factor=factor, seed=1, hyperparameters=hp)
     oracle._set_project_dir(str(tmp_path), "tuner")
     return oracle
@@ -76,14 +76,6 @@ def test_a_search_without_retrain_has_the_whole_budget():
     assert alone.max_epochs > with_retrain.max_epochs and alone.retrain_seconds == alone.tail == 0
 
 
-def test_the_deadline_learns_how_long_trials_really_take():
-    now = [0.0]
-    deadline = Deadline(at=100.0, seconds_for=lambda epochs: 10.0 * epochs, clock=lambda: now[0])
-    assert deadline.allows(1)
-    now[0] = 40.0  # the trial predicted at 10 s took 40 s: a 1-epoch trial now ends at 80 s, a 2-epoch one at 120 s
-    assert not deadline.allows(2) and deadline.stopped
-
-
 def test_a_run_that_measured_its_final_stages_plans_with_them():
     import dataclasses
 
@@ -105,20 +97,3 @@ def test_durations(text, seconds):
 def test_bad_durations_say_what_to_write(text):
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
-
-
-def test_the_oracle_stops_at_the_deadline_and_its_saved_state_resumes_the_same_search(tmp_path):
-    full = _run(_oracle(9, 3, tmp_path / "full"))
-    now = [0.0]
-    oracle = _oracle(9, 3, tmp_path / "cut")
-    oracle.deadline = Deadline(at=10.0, seconds_for=lambda epochs: 0.5 * epochs, clock=lambda: now[0])
-    budget.stop_at_deadline(oracle)
-    cut = _run(oracle, tick=lambda: now.__setitem__(0, now[0] + 1.0))
-    assert 1 <= len(cut) < len(full) and oracle.deadline.stopped
-    assert cut == full[:len(cut)]
-    # What KerasTuner saved holds no trial it refused: reloaded without a deadline, the search goes on as the
-    # unbudgeted one would have.
-    oracle.save()
-    resumed = _oracle(9, 3, tmp_path / "cut")
-    resumed.reload()
-    assert cut + _run(resumed) == full

@@ -1,0 +1,126 @@
+"""``--time-budget``'s calibration: a few epochs of the dearest and the cheapest trial shape, timed on this machine."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import keras
+import keras_tuner
+
+from cxr_tuner.hypermodels.cutting import is_cacheable
+from cxr_tuner.hypermodels.registry import Backbones
+from cxr_tuner.hypermodels.space import Space
+from cxr_tuner.search.tuning.budget.plan import CALIBRATION_EPOCHS, Calibration
+from cxr_tuner.search.tuning.tuner import fresh_keras_state
+
+def shapes(backbone: str, weights: str, cached_depths: int | None, space=None, *,
+           specs: Backbones) -> dict[str, dict]:
+    """The dearest and the cheapest trial of ``backbone`` (one of ``specs``) in ``space`` (default: the default space).
+
+    ``cached_depths``: how many unfreeze depths train on cached activations (None:
+    the backbone trains whole on images, from scratch).
+    """
+    space = space or Space()
+    deepest, shallowest = space.max_head_depth(), int(space["head_depth"].lowest())
+    common = {"backbone": backbone, "dropout": space["dropout"].lowest(),
+              "learning_rate": space["learning_rate"].highest()}
+    dearest = {**common, "head_depth": deepest, **{f"head_units_{i}": space.units(i).highest() for i in range(deepest)}}
+    cheapest = {**common, "head_depth": shallowest,
+                **{f"head_units_{i}": space.units(i).lowest() for i in range(shallowest)}}
+    if cached_depths is not None and weights != "none":
+        unfreeze = space.unfreeze_entry(len(specs.get(backbone).unfreeze_points))
+        dearest["unfreeze_depth"] = max(0, min(cached_depths - 1, unfreeze.highest()))
+        cheapest["unfreeze_depth"] = unfreeze.lowest()
+    return {"dearest": dearest, "cheapest": cheapest}
+
+
+def calibrate(hypermodel, cache, config, log: Callable[[str], None] = print,
+              clock: Callable[[], float] = time.perf_counter) -> Calibration:
+    """Times ``CALIBRATION_EPOCHS`` epochs of the dearest and the cheapest trial of each backbone.
+
+    On the data the trials train on (cached activations, or images for backbones
+    trained from scratch); the dearest winner's whole image model is also assembled
+    and saved once (what each retrain fit ends with). Nothing is written to the run.
+    """
+    specs = config.backbone_specs
+    figures, found = {}, {}
+    _warm_up(hypermodel, config)
+    for backbone in config.backbones:
+        cacheable = is_cacheable(specs.get(backbone), config.weights)
+        depths = None
+        if cacheable:
+            depths = (len(specs.get(backbone).unfreeze_points) + 1 if cache.depths is None
+                      else cache.depths.get(backbone, 0))
+            depths = depths or None
+        timed = {}
+        for name, values in shapes(backbone, config.weights, depths, config.search_space(), specs=specs).items():
+            hp = keras_tuner.HyperParameters()
+            hp.values.update(values)
+            fresh_keras_state(config.seed)
+            started = clock()
+            model = hypermodel.build(hp)
+            built = clock() - started
+            epochs = []
+
+            class _Timer(keras.callbacks.Callback):
+                def on_epoch_begin(self, epoch, logs=None):
+                    epochs.append(clock())
+
+                def on_epoch_end(self, epoch, logs=None):
+                    epochs[-1] = clock() - epochs[-1]
+
+            hypermodel.fit(hp, model, epochs=CALIBRATION_EPOCHS, verbose=0, callbacks=[_Timer()])
+            steady = min(epochs[1:] or epochs)
+            timed[name] = {"epoch": steady, "overhead": built + max(0.0, epochs[0] - steady)}
+            if name == "dearest":
+                started = clock()
+                with tempfile.TemporaryDirectory() as folder:
+                    image_model = hypermodel.image_model(hp, model) if hasattr(hypermodel, "image_model") else model
+                    image_model.save(Path(folder) / "model.keras")
+                timed[name]["keep"] = clock() - started
+                # A forward pass over every image, from the steady epoch over the train split (a third of a step).
+                timed[name]["forward"] = _forward_seconds(cache, backbone, depths, steady, config)
+        figures[backbone] = timed
+        found[backbone] = (f"dearest {timed['dearest']['epoch']:.2f} s/epoch, "
+                           f"cheapest {timed['cheapest']['epoch']:.2f} s/epoch")
+    fresh_keras_state(config.seed)
+    count = len(figures)
+    mean = lambda key, which: sum(f[which][key] for f in figures.values()) / count  # noqa: E731
+    return Calibration(
+        epoch=(mean("epoch", "dearest") + mean("epoch", "cheapest")) / 2,
+        overhead=(mean("overhead", "dearest") + mean("overhead", "cheapest")) / 2,
+        epoch_max=max(max(f["dearest"]["epoch"], f["cheapest"]["epoch"]) for f in figures.values()),
+        overhead_max=max(f["dearest"]["overhead"] + f["dearest"]["keep"] for f in figures.values()),
+        forward=max(f["dearest"]["forward"] for f in figures.values()),
+        shapes=found)
+
+
+def _warm_up(hypermodel, config) -> None:
+    """One epoch of the cheapest trial first: the process's first fit pays once for what no trial pays again."""
+    backbone, specs = config.backbones[0], config.backbone_specs
+    hp = keras_tuner.HyperParameters()
+    cached = 1 if is_cacheable(specs.get(backbone), config.weights) else None
+    hp.values.update(shapes(backbone, config.weights, cached, specs=specs)["cheapest"])
+    fresh_keras_state(config.seed)
+    hypermodel.fit(hp, hypermodel.build(hp), epochs=1, verbose=0)
+
+
+def _forward_seconds(cache, backbone: str, depths, steady_epoch: float, config) -> float:
+    """Seconds of one forward pass of ``backbone``'s whole image model over every image of the run.
+
+    Pretrained: the frozen part's rate, timed on one batch of the run's images (after
+    a first, traced one); from scratch: a third of a steady training epoch, scaled from
+    the train split to every image.
+    """
+    images = cache.images
+    if depths is None:
+        return steady_epoch / 3 * len(images) / max(1, round(len(images) * config.fractions[0]))
+    model = cache.image_model(backbone)
+    batch = images[: min(len(images), 64)]
+    model.predict(batch, verbose=0)
+    started = time.perf_counter()
+    model.predict(batch, verbose=0)
+    return (time.perf_counter() - started) * len(images) / len(batch)
