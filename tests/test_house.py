@@ -35,8 +35,9 @@ def _modules() -> dict[str, Path]:
     found = {}
     for path in ROOT.rglob("*.py"):
         relative = path.relative_to(ROOT)
-        if relative.parts[0] in ("tests", "bench", "docs") or relative.parts[0].startswith("."):
-            continue
+        top = ROOT / relative.parts[0]
+        if relative.parts[0] in ("tests", "bench") or (top.is_dir() and not (top / "__init__.py").is_file()):
+            continue  # not the package: tests, scripts, build folders, virtual environments
         parts = list(relative.with_suffix("").parts)
         if parts[-1] == "__init__":
             parts = parts[:-1]
