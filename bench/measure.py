@@ -24,7 +24,7 @@ from sklearn.metrics import f1_score, recall_score
 
 from cxr_tuner.hypermodels.cutting import frozen_image_model, frozen_model
 from cxr_tuner.hypermodels.classifier import POOLED, XrayClassifier
-from cxr_tuner.search import dataset
+from cxr_tuner.search.engine import dataset
 from cxr_tuner.search.engine.config import load_config
 from cxr_tuner.search.engine.layout import RunLayout
 from cxr_tuner.search.final.retrain import retrain as retrain_winners
