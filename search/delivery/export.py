@@ -200,9 +200,7 @@ def model_card(config: RunConfig, winner: Path, model: keras.Model, written: dic
         "preprocessing": {"inside_model": preprocess.mode_of(model),
                           "caller": "decode to 8-bit grayscale and resize to the input size"},
         "loading": {"keras": "keras.saving.load_model(path, safe_mode=True); built-in Keras layers only, "
-                             "no import of this project needed" if model.name != ENSEMBLE_NAME else
-                             "import hypermodels.layers (registers TemperatureScaling), then "
-                             "keras.saving.load_model(path, safe_mode=True)",
+                             "no import of this project needed",
                     "savedmodel": "tf.saved_model.load(path).signatures['serving_default'](image=uint8 batch)",
                     "tflite": "tf.lite.Interpreter (or ai_edge_litert); float32, uint8 input"},
         "gradcam_layer": gradcam.default_layer(model) if model.name != ENSEMBLE_NAME else None,

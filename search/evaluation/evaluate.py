@@ -64,7 +64,7 @@ def _evaluate(config: RunConfig, data, out, layer, log) -> tuple[dict, dict]:
     final = config.layout.final_model()  # the calibrated (ensemble) model when assembled, else the winner
     # compile=False: predicted with only; a winner's saved optimizer would be restored for nothing (and warn).
     model = keras.saving.load_model(final / WINNER_MODEL, compile=False)
-    images, labels, paths, sources = _test_split(config) if data is None else _external(config, data, log)
+    images, labels, paths, sources, groups = _test_split(config) if data is None else _external(config, data, log)
     out = Path(out or _default_out(config, data))
     log(f"evaluate: {winner.name} on {len(images)} {'test' if data is None else 'external'} images")
     # One pass gives what the final model answers and, when assembled, its plain average and
@@ -77,7 +77,7 @@ def _evaluate(config: RunConfig, data, out, layer, log) -> tuple[dict, dict]:
         probs = model.predict(images, batch_size=config.batch_size, verbose=0)
     forward_pass = {"seconds": time.perf_counter() - started,
                     "what": f"one forward pass of the final model over the {len(images)} test films"}
-    metrics = classification_metrics(labels, probs, config.class_names)
+    metrics = classification_metrics(labels, probs, config.class_names, seed=config.seed, groups=groups)
     metrics["source"] = {"model": str(final / WINNER_MODEL), "data": data or "test split of split.csv"}
     metrics[SPLIT_STAMP] = config.layout.split_digest()
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +87,8 @@ def _evaluate(config: RunConfig, data, out, layer, log) -> tuple[dict, dict]:
     if final != winner:
         record = config.layout.read_current(config.layout.final_record, f"run `cxr-tuner evaluate {config.run_dir}`")
         model = keras.saving.load_model(winner / WINNER_MODEL, compile=False)  # Grad-CAM explains the rank-1 member
-        sections, extra_pictures = final_figures(record, labels, probs, raw, single, config.class_names, metrics, out)
+        sections, extra_pictures = final_figures(record, labels, probs, raw, single, config.class_names, metrics, out,
+                                                 groups=groups)
         metrics.update(sections)
         extra_sections["Calibration, operating point, single best and final model"] = section_markdown(sections)
     _write_predictions(out / "predictions.csv", paths, labels, probs, config.class_names)
@@ -98,7 +99,7 @@ def _evaluate(config: RunConfig, data, out, layer, log) -> tuple[dict, dict]:
     pages = gradcam.write_galleries(explainer, np.asarray(images), labels, probs, config.class_names, out / "gradcam",
                                     log=log, maps=maps)
     sections = {"Grad-CAM galleries": gallery_index(pages, out),
-                "Shortcut checks": _shortcut_checks(config, model, explainer, (images, labels, probs, sources, maps),
+                "Shortcut checks": _shortcut_checks(config, model, explainer, (images, labels, probs, sources, maps, groups),
                                                     out, data is None, log),
                 "Model": _model_section(winner), **extra_sections}
     verdict = shortcuts.verdict_block(out, metrics) if data is None else ""
@@ -147,8 +148,9 @@ def _test_split(config: RunConfig):
     # config.json always saves overwrite=False, so this reads the split the search saved.
     run_data = dataset.prepare(config, progress=False)
     rows = run_data.indices("test")
-    return (run_data.images[rows], run_data.labels[rows], [run_data.examples[i].path for i in rows],
-            [run_data.examples[i].source for i in rows])
+    examples = [run_data.examples[i] for i in rows]
+    return (run_data.images[rows], run_data.labels[rows], [e.path for e in examples], [e.source for e in examples],
+            dataset.leak_groups(examples, run_data.images[rows]))
 
 
 def _external(config: RunConfig, data: str, log):
@@ -164,19 +166,20 @@ def _external(config: RunConfig, data: str, log):
         log(f"skipped {skipped.path}: {skipped.reason}")
     labels = np.array([config.class_names.index(e.label) for e in decoded.examples])
     return (decoded.images, labels, [e.path for e in decoded.examples],
-            [e.source for e in decoded.examples])
+            [e.source for e in decoded.examples], dataset.leak_groups(decoded.examples, decoded.images))
 
 
 def _shortcut_checks(config: RunConfig, model, explainer, scored, out: Path, test_split: bool, log) -> str:
     """Writes shortcuts.json (per source; on the test split also the probe and Grad-CAM energy)."""
-    images, labels, probs, sources, maps = scored
+    images, labels, probs, sources, maps, groups = scored
     images = np.asarray(images)
-    record = {"per_source": shortcuts.per_source(labels, probs, sources, config.class_names)}
+    record = {"per_source": shortcuts.per_source(labels, probs, sources, config.class_names, groups)}
     if test_split:
         run_data = dataset.prepare(config, progress=False)
         train = run_data.indices("train")
         record["probe"] = probe.chest_hidden_probe(model, run_data.images[train], run_data.labels[train],
-                                                   images, labels, config.class_names, seed=config.seed)
+                                                   images, labels, config.class_names, seed=config.seed,
+                                                   groups=groups)
         shares = shortcuts.energy_shares(explainer, images, probs.argmax(axis=1), maps=maps)
         record["energy"] = shortcuts.energy_summary(shares, labels, config.class_names)
         record["least_inside_gallery"] = str(shortcuts.least_inside_gallery(

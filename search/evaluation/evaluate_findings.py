@@ -118,7 +118,7 @@ def _test_split(run_data):
     rows = run_data.indices("test")
     examples = [run_data.examples[i] for i in rows]
     return (run_data.images[rows], run_data.labels[rows], [e.path for e in examples], [e.source for e in examples],
-            [e.group or e.path for e in examples])
+            dataset.leak_groups(examples, run_data.images[rows]))
 
 
 def _external(config, data: str, log):
@@ -138,7 +138,7 @@ def _external(config, data: str, log):
     for name in missing:
         targets[:, list(config.class_names).index(name)] = label_files.MASKED
     return (decoded.images, targets, [e.path for e in decoded.examples], [e.source for e in decoded.examples],
-            [e.group or e.path for e in decoded.examples])
+            dataset.leak_groups(decoded.examples, decoded.images))
 
 
 def _write_predictions(path: Path, paths, targets, probs, names, thresholds) -> None:

@@ -19,7 +19,8 @@ _COMPARED = ("accuracy", "macro_f1", "covid_sensitivity", "covid_specificity")
 
 
 def final_figures(record: dict, labels: np.ndarray, final_probs: np.ndarray, raw_probs: np.ndarray,
-                  single_probs: np.ndarray, class_names, metrics: dict, out: Path) -> tuple[dict, dict]:
+                  single_probs: np.ndarray, class_names, metrics: dict, out: Path,
+                  groups=None) -> tuple[dict, dict]:
     """The ``calibration``, ``operating_point`` and ``single_vs_final`` sections of metrics.json, and pictures.
 
     Args:
@@ -28,6 +29,7 @@ def final_figures(record: dict, labels: np.ndarray, final_probs: np.ndarray, raw
         raw_probs: The same before the temperature (the members' average).
         single_probs: The rank-1 winner's own (uncalibrated) test probabilities.
         metrics: ``classification_metrics`` of ``final_probs``.
+        groups: The test films' patient / near-duplicate groups (the bootstrap draws them).
     """
     check = record.get("calibration_check")  # None in records made before the check (which always applied T)
     applied = check is None or check["applied"]
@@ -36,7 +38,7 @@ def final_figures(record: dict, labels: np.ndarray, final_probs: np.ndarray, raw
                                 "applied": applied, "check": check,
                                 "validation": record["calibration_validation"]}}
     single = classification_metrics(labels, calibration.scale(single_probs, record["single_temperature"]),
-                                    class_names)
+                                    class_names, groups=groups)
     sections["single_vs_final"] = {
         "final_kind": record["kind"], "members": record["members"],
         "single_best": {**{k: single[k] for k in _COMPARED}, "ece": single["ece"]["value"],

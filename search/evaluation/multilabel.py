@@ -28,7 +28,8 @@ from cxr_tuner.data.errors import UserError
 from cxr_tuner.search.engine.text import number_text
 from cxr_tuner.search.evaluation import operating_point
 from cxr_tuner.search.evaluation.calibration import _LOG_T_BOUNDS, CHECK_FOLDS
-from cxr_tuner.search.evaluation.metrics import CI_LEVEL, ECE_BINS, _nanmean_rows, _with_ci
+from cxr_tuner.search.evaluation.metrics import (ECE_BINS, _nanmean_rows, _with_ci, bootstrap_weights, ci_method,
+                                                group_codes)
 from cxr_tuner.search.engine.text import figure_text
 
 MASKED = -1.0
@@ -79,8 +80,8 @@ def label_metrics(y: np.ndarray, probs: np.ndarray, names: Sequence[str], thresh
     missing = [name for name in names if name not in thresholds]
     if missing:
         raise ValueError(f"thresholds has no value for label(s) {', '.join(missing)}")
-    codes = _group_codes(groups, len(y))
-    weights = _bootstrap_weights(codes, n_bootstrap, seed)
+    codes = group_codes(groups, len(y))
+    weights = bootstrap_weights(codes, n_bootstrap, seed)
     per_label, auc_samples, ap_samples = {}, {}, {}
     for j, name in enumerate(names):
         record, samples = _one_label(y[:, j], probs[:, j], float(thresholds[name]), weights)
@@ -92,8 +93,7 @@ def label_metrics(y: np.ndarray, probs: np.ndarray, names: Sequence[str], thresh
     return {
         "n": int(len(y)), "labels": list(names), "n_bootstrap": int(n_bootstrap),
         "n_groups": int(codes.max() + 1) if len(codes) else 0,
-        "ci_method": f"{CI_LEVEL}% percentile bootstrap over "
-                     + ("patients (all films of a drawn patient)" if groups is not None else "films"),
+        "ci_method": ci_method(codes),
         "n_bins": ECE_BINS,
         "per_label": per_label,
         "macro_auc": _macro(per_label, "roc_auc", auc_samples, weights),
@@ -191,36 +191,6 @@ def _binary_ece(is_positive, scores, n_bins: int = ECE_BINS):
     bins = np.clip(np.ceil(scores * n_bins).astype(int) - 1, 0, n_bins - 1)
     gap = np.abs(np.bincount(bins, is_positive.astype(np.float64), n_bins) - np.bincount(bins, scores, n_bins))
     return float(gap.sum() / len(scores))
-
-
-def _group_codes(groups, n):
-    """Group index per film (0..G-1): one per distinct non-empty id, one per film without an id."""
-    if groups is None:
-        return np.arange(n)
-    groups = np.asarray(groups, dtype=object).astype(str)
-    if groups.shape != (n,):
-        raise ValueError(f"groups must have shape ({n},), got {groups.shape}")
-    codes = np.empty(n, np.int64)
-    named = groups != ""
-    ids, index = np.unique(groups[named], return_inverse=True)
-    codes[named] = index
-    codes[~named] = len(ids) + np.arange(int((~named).sum()))
-    return codes
-
-
-def _bootstrap_weights(codes, n_bootstrap, seed):
-    """(B, N) film weights: how often each film's group was drawn in resample b; None for B = 0.
-
-    Draws G groups with replacement per resample; with every film its own group this is
-    exactly the draw `metrics.classification_metrics` makes for the same seed.
-    """
-    if n_bootstrap <= 0 or not len(codes):
-        return None
-    n_groups = int(codes.max()) + 1
-    draws = np.random.default_rng(seed).integers(0, n_groups, size=(n_bootstrap, n_groups))
-    offsets = (np.arange(n_bootstrap)[:, None] * n_groups + draws).ravel()
-    counts = np.bincount(offsets, minlength=n_bootstrap * n_groups).reshape(n_bootstrap, n_groups)
-    return counts[:, codes].astype(np.float64)
 
 
 def _weighted_auc_ap(weights, films, is_positive, scores, with_ap: bool = True):

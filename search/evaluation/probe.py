@@ -72,8 +72,10 @@ def _fill(images: np.ndarray, hidden: np.ndarray) -> np.ndarray:
 
 
 def chest_hidden_probe(model: keras.Model, train_images, train_labels, test_images, test_labels,
-                       class_names, seed: int = 0) -> dict:
+                       class_names, seed: int = 0, groups=None) -> dict:
     """The three scores of the module docstring: {name: figures}, plus ``chance`` and ``chest_box``.
+
+    ``groups``: the test films' patient / near-duplicate groups, which the intervals resample.
 
     Each figure is ``{"accuracy": {"value", "ci95"}, "macro_f1": {...}, "chance": float, "n": int}``.
     """
@@ -86,14 +88,14 @@ def chest_hidden_probe(model: keras.Model, train_images, train_labels, test_imag
                                                      hide_chest(np.asarray(train_images[rows]))]))
     hidden_features = features[:n]
     result = {
-        "winner_chest_hidden": _scored(test_labels, probs[:n], class_names, seed),
-        "winner_chest_only": _scored(test_labels, probs[n:2 * n], class_names, seed),
+        "winner_chest_hidden": _scored(test_labels, probs[:n], class_names, seed, groups),
+        "winner_chest_only": _scored(test_labels, probs[n:2 * n], class_names, seed, groups),
     }
     head = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
     head.fit(features[2 * n:], np.asarray(train_labels)[rows])
     probs = np.zeros((len(test_labels), len(class_names)))
     probs[:, head.classes_] = head.predict_proba(hidden_features)
-    result["fresh_head_chest_hidden"] = _scored(test_labels, probs, class_names, seed)
+    result["fresh_head_chest_hidden"] = _scored(test_labels, probs, class_names, seed, groups)
     result["chest_box"] = dict(zip(("top", "bottom", "left", "right"), CHEST_BOX))
     return result
 
@@ -115,8 +117,8 @@ def _predict(model, images):
     return np.asarray(outputs, dtype=np.float64)
 
 
-def _scored(labels, probs, class_names, seed) -> dict:
-    metrics = classification_metrics(labels, probs, class_names, seed=seed)
+def _scored(labels, probs, class_names, seed, groups) -> dict:
+    metrics = classification_metrics(labels, probs, class_names, seed=seed, groups=groups)
     chance = float(np.bincount(labels, minlength=len(class_names)).max() / len(labels))
     return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "chance": chance,
             "n": metrics["n"]}

@@ -96,15 +96,17 @@ def least_inside_gallery(explainer, images, labels, probs, shares, class_names, 
     return path
 
 
-def per_source(labels, probs, sources, class_names) -> dict:
-    """Accuracy, macro-F1 and COVID sensitivity (with CIs) per source; {} without sources."""
+def per_source(labels, probs, sources, class_names, groups=None) -> dict:
+    """Accuracy, macro-F1 and COVID sensitivity (with CIs over ``groups``) per source; {} without sources."""
     sources = np.asarray(sources)
+    groups = None if groups is None else np.asarray(groups, dtype=object)
     if not sources.size or not any(sources):
         return {}
     figures = {}
     for name in sorted(set(sources.tolist())):
         rows = sources == name
-        metrics = classification_metrics(np.asarray(labels)[rows], probs[rows], class_names)
+        metrics = classification_metrics(np.asarray(labels)[rows], probs[rows], class_names,
+                                         groups=None if groups is None else groups[rows])
         figures[name or "(none)"] = {"n": metrics["n"], "accuracy": metrics["accuracy"],
                                      "macro_f1": metrics["macro_f1"],
                                      "covid_sensitivity": metrics["covid_sensitivity"]}
