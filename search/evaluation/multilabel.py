@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from scipy import sparse
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
-from sklearn.model_selection import KFold
+from sklearn.model_selection import GroupKFold
 
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.search.engine.text import number_text
@@ -291,14 +291,15 @@ def _sigmoid(z):
 
 
 def choose_temperatures(y: np.ndarray, probs: np.ndarray, seed: int = 0, names: Sequence[str] | None = None,
-                        folds: int = CHECK_FOLDS, criterion: str = "ece") -> dict:
+                        folds: int = CHECK_FOLDS, criterion: str = "ece", groups=None) -> dict:
     """Per label: no temperature, its own, or the one shared by all labels, by out-of-sample ECE.
 
     As `calibration.choose_temperature`: K-fold cross-fitting (shuffled with ``seed``), each
     part scaled by the temperatures fitted on the other parts; per label, the choice whose
     pooled held-out ECE is lowest is kept, so a temperature is applied only when it lowers
     it (on a tie the simpler choice wins: none, then shared). The temperature applied is the
-    one fitted on all rows. The folds are plain, not stratified: a film has several labels.
+    one fitted on all rows. The folds are grouped by patient / near-duplicate (``groups``)
+    but not stratified: a film has several labels.
     ``criterion="nll"`` judges by the held-out cross-entropy instead, which is less noisy
     than a 15-bin ECE on a few hundred films of a label.
 
@@ -315,12 +316,13 @@ def choose_temperatures(y: np.ndarray, probs: np.ndarray, seed: int = 0, names: 
     n, n_labels = y.shape
     fitted = {"shared": float(fit_temperatures(y, probs, shared=True)[0]),
               "per_label": fit_temperatures(y, probs, shared=False)}
-    k = min(folds, n)
+    codes = group_codes(groups, n)
+    k = min(folds, int(codes.max()) + 1 if n else 0)
     if k < 2:
         modes = ["none"] * n_labels
         return _temperature_choice(names, modes, fitted, None, k, seed, criterion)
     candidates = {"none": probs, "shared": np.empty_like(probs), "per_label": np.empty_like(probs)}
-    for fit_rows, held_out in KFold(n_splits=k, shuffle=True, random_state=seed).split(probs):
+    for fit_rows, held_out in GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(probs, groups=codes):
         candidates["shared"][held_out] = scale(probs[held_out], fit_temperatures(y[fit_rows], probs[fit_rows], True))
         candidates["per_label"][held_out] = scale(probs[held_out],
                                                   fit_temperatures(y[fit_rows], probs[fit_rows], False))

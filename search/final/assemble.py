@@ -83,6 +83,7 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log, r
         chosen_point = operating_point.parse(point, config.class_names)  # before any work: bad input fails fast
     rows = data.indices(dataset.FIT if config.folds else "val")
     y_val = data.labels[rows]
+    groups = dataset.leak_groups([data.examples[i] for i in rows], data.images[rows])  # calibration checks' folds
     members = [keras.saving.load_model(winners_dir / w["dir"] / WINNER_MODEL, compile=False) for w in winners]
     # The probabilities the retrain saved: on validation, or with --folds (the members trained on
     # validation too) out of fold.
@@ -95,10 +96,10 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log, r
     raw = np.mean(probs[:k], axis=0)
     if config.multilabel:
         return _assemble_findings(config, data, winners, members, probs, k, losses, chosen_point, basis, log,
-                                  refit, clock, summary)
-    decision = calibration.choose_temperature(y_val, raw, seed=config.seed)
+                                  refit, clock, summary, groups)
+    decision = calibration.choose_temperature(y_val, raw, seed=config.seed, groups=groups)
     temperature = decision["temperature"]
-    single = decision if k == 1 else calibration.choose_temperature(y_val, probs[0], seed=config.seed)
+    single = decision if k == 1 else calibration.choose_temperature(y_val, probs[0], seed=config.seed, groups=groups)
     frozen = [_frozen_part(config, winners_dir / w["dir"]) for w in winners[:k]]
     if refit:
         members[:k] = refit_members(data, winners[:k], summary["augment"], log, clock)
@@ -140,14 +141,15 @@ def _point_texts(point: str | None) -> list[str] | None:
 
 
 def _assemble_findings(config: RunConfig, data, winners, members, probs, k, losses, chosen_point, basis, log,
-                       refit, clock, summary) -> dict:
+                       refit, clock, summary, groups) -> dict:
     """The final model of a multi-label run: per-finding temperatures and thresholds, chosen on validation."""
     from cxr_tuner.search.evaluation import multilabel
 
     layout, rows = config.layout, data.indices(dataset.FIT if config.folds else "val")
     y_val, raw = data.labels[rows], np.mean(probs[:k], axis=0)
     # Judged by held-out cross-entropy: measured as low a test ECE as judging by ECE, or lower (docs/multilabel.md).
-    decision = multilabel.choose_temperatures(y_val, raw, seed=config.seed, names=config.class_names, criterion="nll")
+    decision = multilabel.choose_temperatures(y_val, raw, seed=config.seed, names=config.class_names, criterion="nll",
+                                              groups=groups)
     temperatures = [float(t) for t in decision["temperatures"]]
     frozen = [_frozen_part(config, layout.winners / w["dir"]) for w in winners[:k]]
     if refit:
