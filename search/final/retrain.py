@@ -136,10 +136,12 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
         log(f"retrain {rank}/{len(top)}: trial {entry['trial_id']} ({console.hyperparameter_text(entry['hyperparameters'])})")
         kept = [reused] if reused and entry is top[0] else []
         scores = kept + [_fit_and_keep(training, hp, config.seed + i, epochs, staging,
-                                       functools.partial(variant.callbacks, config.objective),
-                                       console.epoch_lines(log, f"  seed {config.seed + i}", epochs), clock,
+                                       functools.partial(variant.callbacks, config.objective), None, clock,
                                        rows=val_rows, objective=config.objective)
                          for i in range(len(kept), seeds)]
+        for score in scores:  # one line per training, the one reused from the variant choice too
+            log(f"  seed {score['seed']}: best epoch {score['best_epoch']} of {score['epochs_run']}, "
+                f"{config.objective} {number_text(score[OBJECTIVE], '.4f')}")
         results.append(_result(entry, scores, config.objective))
         log(f"retrained trial {entry['trial_id']}: {config.objective} {_mean_std_text(results[-1])}")
     return _rank_and_save(config, results, augment, epochs, {"chosen": variant.name, "tried": tried})
