@@ -17,7 +17,31 @@ from cxr_tuner.search.engine.config import (DATA_DEFAULTS, DEMO_DEFAULTS, MIN_PO
                            UNCERTAIN)
 
 
+_VERBOSE_HELP = "Show TensorFlow's and absl's start-up messages and warnings."
+
+
+class _Command(click.Command):
+    """A command that takes ``--verbose`` after its name too and sets the process's output once it runs."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.params.append(click.Option(["--verbose"], is_flag=True, help=_VERBOSE_HELP))
+        if self.short_help is None and self.help:  # the whole first line: click cuts it at 45 characters
+            self.short_help = self.help.strip().splitlines()[0].rstrip(".")
+
+    def invoke(self, ctx):
+        from cxr_tuner.search.engine import console
+
+        verbose = ctx.params.pop("verbose") or ctx.find_root().params.get("verbose", False)
+        # Here, not at import: every command (and CliRunner) gets it, importers do not.
+        console.quiet_start(verbose)
+        return super().invoke(ctx)
+
+
 class _Group(click.Group):
+    command_class = _Command
+    group_class = type  # subgroups are _Groups too
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -26,12 +50,10 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group)
-@click.option("--verbose", is_flag=True, help="Show TensorFlow's and absl's start-up messages and warnings.")
+@click.version_option(package_name="cxr-tuner", prog_name="cxr-tuner")
+@click.option("--verbose", is_flag=True, help=_VERBOSE_HELP + " Also accepted after the command.")
 def cli(verbose):
     """Search transfer-learning classifiers for chest X-rays with KerasTuner."""
-    from cxr_tuner.search.engine import console
-
-    console.quiet_start(verbose)  # here, not at import: every command (and CliRunner) gets it, importers do not
 
 
 def _csv(ctx, param, value):
@@ -132,6 +154,7 @@ def _config(options: dict):
 
 
 def _duration(ctx, param, value):
+    """``90s``, ``15m``, ``6h``, ``1h30m`` or bare seconds -> seconds (every duration flag takes these)."""
     if value is None:
         return None
     from cxr_tuner.search.figures.text import parse_duration
@@ -140,6 +163,25 @@ def _duration(ctx, param, value):
         return parse_duration(value)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
+
+
+def _duration_at_least(seconds: float):
+    def parse(ctx, param, value):
+        parsed = _duration(ctx, param, value)
+        if parsed is not None and parsed < seconds:
+            raise click.BadParameter(f"{value!r} is shorter than the least it can be, {seconds:g}s")
+        return parsed
+    return parse
+
+
+def _formats(ctx, param, value):
+    from cxr_tuner.search.engine.layout import EXPORT_FORMATS
+
+    formats = _csv(ctx, param, value)
+    unknown = [name for name in formats if name not in EXPORT_FORMATS]
+    if unknown or not formats:
+        raise click.BadParameter(f"{', '.join(unknown) or '(none given)'}: choose from {', '.join(EXPORT_FORMATS)}")
+    return formats
 
 
 def _ensemble(ctx, param, value):
@@ -151,9 +193,9 @@ def _ensemble(ctx, param, value):
 
 
 _final_options = [
-    click.option("--ensemble", callback=_ensemble, default="auto", show_default=True,
-                 help="How many of the ranked retrained winners the final model averages; auto: the "
-                      "count with the lowest class-weighted validation loss."),
+    click.option("--ensemble", callback=_ensemble, default="auto", show_default=True, metavar="[auto|K]",
+                 help="How many of the ranked retrained winners the final model averages: auto (the "
+                      "count with the lowest class-weighted validation loss) or a count K (1, 2, ...)."),
     click.option("--operating-point", "point", default=None, metavar="CLASS:sensitivity=X",
                  help="Threshold one class's probability for a target sensitivity (or specificity=X) "
                       "on validation; off for none. Default: COVID:sensitivity=0.95 when there is a "
@@ -188,15 +230,16 @@ _strategy_option = click.option(
               help="Be the chief of a distributed search: prepare the run directory and caches, "
                    "then serve trials to `worker` processes at HOST:PORT (e.g. 0.0.0.0:8000); "
                    "runs no trial itself.")
-@click.option("--worker-timeout", type=click.IntRange(6), default=120, show_default=True,
-              help="With --chief: seconds without a sign of life after which a worker counts as "
-                   "dead and its trial goes to another worker.")
+@click.option("--worker-timeout", callback=_duration_at_least(6), default="2m", show_default=True,
+              metavar="DURATION",
+              help="With --chief: how long without a sign of life (90s, 15m, 6h or bare seconds; at least "
+                   "6s) a worker counts as dead and its trial goes to another worker.")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Trials at once on this machine: N worker processes (KerasTuner's distributed "
                    "mode, this process the chief), each on its share of the cores. On a CPU, 2 "
                    "is faster: one trial's tracing overlaps another's arithmetic.")
 @click.option("--time-budget", callback=_duration, default=None, metavar="DURATION",
-              help="Finish the whole job within DURATION (90s, 15m, 1h30m): a short calibration plans "
+              help="Finish the whole job within DURATION (90s, 15m, 6h, 1h30m or bare seconds): a short calibration plans "
                    "Hyperband's max epochs (at most --max-epochs) and the retrain, the plan is printed "
                    "before the search, and the search stops at its share. See docs/time-budget.md.")
 @_strategy_option
@@ -226,8 +269,9 @@ def search(no_retrain, augment, chief, worker_timeout, workers, strategy, ensemb
 @click.option("--run-dir", type=click.Path(file_okay=False), required=True,
               help="The chief's run directory, on a filesystem shared with it.")
 @click.option("--worker-id", default=None, help="This worker's name. Default: HOSTNAME-PID.")
-@click.option("--wait", type=click.IntRange(1), default=6 * 3600, show_default=True,
-              help="Seconds to wait for the chief to start serving (it prepares the caches first).")
+@click.option("--wait", callback=_duration_at_least(1), default="6h", show_default=True, metavar="DURATION",
+              help="How long to wait for the chief to start serving (90s, 15m, 6h or bare seconds; it "
+                   "prepares the caches first).")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Threads each operation computes on. Default: TensorFlow's (every core); "
                    "cores / N for N workers on one machine.")
@@ -250,7 +294,7 @@ def worker(chief, run_dir, worker_id, wait, threads, strategy):
 @click.option("--run-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Print the space this run searched instead (alone: its settings are the run's).")
 def space(run_dir, **options):
-    """Print the search space `search` with the same flags searches, as a TOML file to edit.
+    """Print, as a TOML file to edit, the search space that `search` with the same flags would search.
 
     `cxr-tuner space > space.toml`, edit it, then `cxr-tuner search --space space.toml`;
     `cxr-tuner space --run-dir RUN` starts from what an earlier run searched.
@@ -274,7 +318,7 @@ def space(run_dir, **options):
 @click.option("--keras", "keras_names", is_flag=True,
               help="List the keras:NAME backbones instead: every keras.applications model.")
 def backbones(keras_names):
-    """List the registered backbones with their default input sizes.
+    """List the registered backbones: default input size, smallest size, Grad-CAM layer, weights file.
 
     Any keras.applications model works too, as keras:NAME (e.g. keras:ConvNeXtTiny);
     --keras lists them.
@@ -286,6 +330,7 @@ def backbones(keras_names):
         for name in keras_application_names():
             click.echo(KERAS_PREFIX + name)
         return
+    click.echo(f"{'name':<16} {'size':>8} {'(min)':>6}  {'grad-cam layer':<29} weights")
     for spec in BACKBONES.values():
         weights = spec.weight_file(spec.default_size) if spec.pretrainable else "(from scratch only)"
         click.echo(f"{spec.name:<16} size {spec.default_size:>3} (min {spec.min_size:>2})  "
@@ -365,15 +410,17 @@ def gradcam(run_dir, images, out, class_name, layer):
                              target_class=class_name, layer=layer)
     for entry in entries:
         # A class, or for findings those called at their thresholds.
-        answer = entry.get("predicted") or ", ".join(entry.get("called", [])) or "no finding called"
+        decision = entry.get("decision")
+        answer = decision if isinstance(decision, str) else ", ".join(decision or []) or "no finding called"
         click.echo(f"{entry['path']}: " + (f"error: {entry['error']}" if "error" in entry else
                                            f"{answer} -> {entry['gradcam']}"))
 
 
 @cli.command()
 @_run_dir_argument
-@click.option("--format", "formats", callback=_csv, default="keras,savedmodel,tflite", show_default=True,
-              help="Comma-separated formats to write.")
+@click.option("--format", "formats", callback=_formats, default="keras,savedmodel,tflite", show_default=True,
+              metavar="[keras|savedmodel|tflite],...",
+              help="Comma-separated formats to write, any of keras, savedmodel, tflite.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder. Default: RUN_DIR/export.")
 def export(run_dir, formats, out):
@@ -398,12 +445,24 @@ def export(run_dir, formats, out):
 @click.option("--gradcam", "gradcam_dir", type=click.Path(file_okay=False), default=None,
               help="Also write Grad-CAM overlays into this folder.")
 def predict(model, images, gradcam_dir):
-    """Print JSON class probabilities for images. MODEL: a run directory or a .keras file."""
+    """Print one JSON object per image (JSON Lines), each as soon as it is done.
+
+    MODEL is a run directory or a .keras file. Each line holds the probabilities and
+    "decision": what the model card prescribes (the operating point's rule where there is
+    one, else the most probable class; for findings, those called at their thresholds).
+    An image that cannot be read gets a line with "error". Exit status: 0 when every
+    image was read, 1 when any was not.
+    """
     import json
 
-    from cxr_tuner.search.delivery.predict import predict_images
+    from cxr_tuner.search.delivery.predict import iter_predictions
 
-    click.echo(json.dumps(predict_images(model, images, gradcam_dir=gradcam_dir), indent=2))
+    failed = 0
+    for entry in iter_predictions(model, images, gradcam_dir=gradcam_dir):
+        click.echo(json.dumps(entry))  # click.echo flushes: a reader sees each line as it is done
+        failed += "error" in entry
+    if failed:
+        raise UserError(f"{failed} of {len(images)} image(s) could not be read (their lines say why).")
 
 
 @cli.group()

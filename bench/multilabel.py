@@ -10,7 +10,7 @@
 3. The plain user (``bench/multilabel_reference.py``): the same backbone and space, a
    random split by film, unweighted ``binary_crossentropy``, Hyperband on ``val_loss``.
 4. Both final models scored on the held-out films, which neither saw: per-finding ROC AUC
-   with patient-level bootstrap CIs (`search.evaluation.multilabel.label_metrics`), macro
+   with patient-level bootstrap CIs (`search.figures.findings.label_metrics`), macro
    AUC, and the plain user's leak (patients in more than one of its splits).
 5. The data stage (read, decode, near-duplicate audit, iterative split) of a
    ``--nih-rows`` NIH-format ``Data_Entry_2017.csv`` pointing at generated films.

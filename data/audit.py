@@ -348,3 +348,10 @@ class _UnionFind:
     def union_all(self, members) -> None:
         for member in members[1:]:
             self.union(members[0], member)
+
+
+def leak_groups(examples, images, prints: tuple | None = None) -> list[str]:
+    """The groups the split keeps together: patients merged with (near-)duplicate images."""
+    paths = [e.path for e in examples]
+    duplicates = duplicate_groups(paths, prints=prints or fingerprints(paths, images))
+    return merge_groups([e.group for e in examples], duplicates)

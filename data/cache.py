@@ -167,7 +167,7 @@ def _rewrite(folder: Path, size: int, old: dict, examples, stats, progress: bool
     misses = sum(_entry_for(old, e.path, s) is None for e, s in zip(examples, stats))
     try:
         with open(partial, "wb") as out, tqdm(
-            total=misses, disable=not progress, unit="img", desc=f"Decoding images at {size}px"
+            total=misses, disable=None if progress else True, unit="img", desc=f"Decoding images at {size}px"
         ) as bar:
             for example, entry in zip(examples, _entries(old, examples, stats, size, bar)):
                 _add_entry(new, out, example.path, entry, old_pixels)

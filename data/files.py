@@ -8,7 +8,7 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from cxr_tuner.data.errors import UserError
@@ -20,16 +20,30 @@ def sha256_file(path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def _temporary_beside(path: Path) -> tuple[int, Path]:
+    """A new empty file beside ``path`` (open descriptor, path) with the mode the umask gives any new file.
+
+    ``tempfile.mkstemp`` would make it 0600 whatever the umask, and the rename keeps that
+    mode: a TensorBoard server or a colleague could not read the run directory.
+    """
+    while True:
+        temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.part"
+        try:
+            return os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), temporary
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def replaced(path, mode: str = "w", newline: str | None = None):
     """Opens a temporary file beside ``path``; on success it replaces ``path`` whole.
 
     A kill, a full disk or an exception before the end leaves ``path`` as it was
     (the old content, or no file) and removes the temporary file. The folder
-    must exist.
+    must exist. The file gets the mode the umask gives (0644 under umask 022).
     """
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    handle, temporary = _temporary_beside(path)
     try:
         kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": newline}
         with os.fdopen(handle, mode, **kwargs) as out:
@@ -41,6 +55,28 @@ def replaced(path, mode: str = "w", newline: str | None = None):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def linked(path, text: str) -> bool:
+    """Creates ``path`` holding ``text``, only if it does not exist; whether it did.
+
+    The text is written to a temporary file first and hard-linked into place, so
+    ``path`` never exists half-written (what a lock needs: a reader never sees it empty).
+    """
+    path = Path(path)
+    handle, temporary = _temporary_beside(path)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(temporary, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
 
 
 def write_text(path, text: str) -> None:

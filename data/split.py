@@ -1,7 +1,7 @@
 """Train/val/test split, stratified by class and grouped by patient; saved as split.csv.
 
 The groups a run splits by are patients merged with their near-duplicate images
-(search.dataset.leak_groups), so the messages here say "near-duplicate or patient groups".
+(data.audit.leak_groups), so the messages here say "near-duplicate or patient groups".
 """
 
 import csv

@@ -120,26 +120,42 @@ def error_line(result, *phrases) -> str:
 
 
 _PLAIN_KERAS = (
-    "import json, sys, keras, numpy as np\n"
-    "model = keras.saving.load_model(sys.argv[1], safe_mode=True)\n"
-    "project = [m for m in sys.modules if m.split('.')[0] in ('hypermodels', 'search', 'data', 'cli')]\n"
+    "import json, sys\n"
+    "sys.modules['cxr_tuner'] = None  # this project cannot be imported here, whatever is installed\n"
+    "import keras, numpy as np\n"
+    "files, images = sys.argv[1:-1], np.load(sys.argv[-1])\n"
+    "out = {}\n"
+    "for path in files:\n"
+    "    model = keras.saving.load_model(path, safe_mode=True)\n"
+    "    out[path] = {'name': model.name, 'output': np.asarray(model(images)).tolist()}\n"
+    "project = [m for m, v in sys.modules.items() if v is not None and m.split('.')[0] in ('cxr_tuner', 'hypermodels', 'search', 'data', 'cli')]\n"
     "assert not project, project\n"
-    "size = model.inputs[0].shape[1]\n"
-    "image = np.full((1, size, size, 1), int(sys.argv[2]), 'uint8')\n"
-    "print(json.dumps({'name': model.name, 'output': np.asarray(model(image)).tolist()}))\n")
+    "print(json.dumps(out))\n")
+
+
+def plain_keras_outputs(model_files, images, cwd) -> dict:
+    """``{file: {name, output}}`` of ``images`` through each file, loaded in a process that has only Keras.
+
+    Whoever receives an exported model needs only Keras: safe mode, from an empty folder with
+    an isolated path (``python -I``), and ``cxr_tuner`` blocked, so none of this project loads.
+    """
+    import numpy as np
+
+    np.save(Path(cwd) / "images.npy", np.asarray(images, "uint8"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-I", "-c", _PLAIN_KERAS, *map(str, model_files), "images.npy"],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def plain_keras_output(model_file, cwd, pixel: int = 0) -> dict:
-    """``{name, output}`` of ``model_file`` on one uniform image, loaded in a process that has only Keras.
+    """``{name, output}`` of ``model_file`` on one uniform image, loaded in a process that has only Keras."""
+    import keras
 
-    Whoever receives an exported model needs only Keras: safe mode, and from an empty folder
-    with an isolated path (``python -I``) none of this project's packages can be imported.
-    """
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-I", "-c", _PLAIN_KERAS, str(model_file), str(pixel)],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    size = keras.saving.load_model(model_file, compile=False).inputs[0].shape[1]
+    images = [[[[pixel]] * size] * size]
+    return plain_keras_outputs([model_file], images, cwd)[str(model_file)]
 
 
 def phantom_folders(root: Path, n_per_class: int = 12) -> Path:

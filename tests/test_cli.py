@@ -149,6 +149,9 @@ def test_a_small_from_scratch_search_on_the_demo_data_runs_to_the_end(tmp_path):
     assert (layout.report / "report.html").is_file() and layout.metrics.is_file()
     assert (layout.export / "model.keras").is_file() and (layout.export / "model_card.json").is_file()
     assert "done in " in result.output and f"exported:     {layout.export}/" in result.output
+    assert "\r" not in result.output  # no progress bars where the output is not a terminal
+    # Issue 30's command too (there it averaged the top 2): the export loads with Keras alone.
+    assert len(plain_keras_output(layout.export / "model.keras", tmp_path)["output"][0]) == 3
 
 
 def test_backbones_says_any_keras_application_works():
@@ -171,3 +174,46 @@ def test_a_keras_application_backbone_runs_search_to_export_and_loads_in_plain_k
     assert list(layout.winners.glob("1-*/model.keras")) and layout.metrics.is_file()
     got = plain_keras_output(layout.export / "model.keras", tmp_path)
     assert got["name"] == "cxr_keras-VGG16" and len(got["output"]) == 1 and len(got["output"][0]) == 3
+
+
+def test_version_prints_the_installed_version():
+    from cxr_tuner import __version__
+
+    result = run_cli("--version")
+    assert result.exit_code == 0 and result.output == f"cxr-tuner, version {__version__}\n"
+    assert __version__ != "0+unknown"
+
+
+def test_root_help_shows_each_commands_whole_first_line():
+    result = run_cli("--help")
+    commands = result.output.split("Commands:")[1]
+    lines = {line.split()[0]: line for line in commands.splitlines() if line.startswith("  ") and line.split()}
+    assert "..." not in commands, commands  # click cuts a summary at 45 characters with "..."
+    assert "Print one JSON object per image (JSON Lines), each as soon as it is done" in " ".join(result.output.split())
+    assert set(lines) >= {"search", "worker", "space", "backbones", "retrain", "evaluate", "export", "predict"}
+
+
+def test_help_shows_choices_and_every_duration_takes_the_same_forms():
+    words = {command: " ".join(run_cli(*command.split(), "--help").output.split())
+             for command in ("search", "worker", "export", "evaluate", "space")}
+    assert "--ensemble [auto|K]" in words["search"] and "--ensemble [auto|K]" in words["evaluate"]
+    assert "--format [keras|savedmodel|tflite],..." in words["export"]
+    assert "the search space that `search` with the same flags would search" in words["space"]
+    for command, flag in (("search", "--time-budget"), ("search", "--worker-timeout"), ("worker", "--wait")):
+        assert re.search(flag + r" DURATION [^[]*90s, 15m, 6h", words[command]), (command, flag)
+    bad = run_cli("worker", "--chief", "h:1", "--run-dir", "r", "--wait", "soon")
+    assert bad.exit_code == 2 and "'soon' is not a duration" in bad.output
+    short = run_cli("search", "--worker-timeout", "2s", "--chief", "0.0.0.0:1")
+    assert short.exit_code == 2 and "shorter than the least it can be, 6s" in short.output
+    assert run_cli("export", ".", "--format", "keras,onnx").exit_code == 2
+
+
+def test_worker_durations_reach_the_worker_in_seconds(monkeypatch, tmp_path):
+    from cxr_tuner.search import run
+
+    got = {}
+    monkeypatch.setattr(run, "run_worker", lambda run_dir, chief, **kwargs: got.update(kwargs) or "w")
+    result = run_cli("worker", "--chief", "h:1", "--run-dir", tmp_path, "--wait", "15m", "--verbose")
+    assert result.exit_code == 0, result.output
+    assert got["wait"] == 900.0
+    assert run_cli("worker", "--chief", "h:1", "--run-dir", tmp_path).exit_code == 0 and got["wait"] == 6 * 3600

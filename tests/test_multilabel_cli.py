@@ -35,12 +35,13 @@ def test_a_multilabel_job_runs_to_export_and_predict_agrees_with_plain_keras(tmp
     Image.fromarray(np.full((32, 32), 90, "uint8")).save(film)
     predicted = run_cli("predict", layout.export / "model.keras", film)
     assert predicted.exit_code == 0, predicted.output
-    entry = json.loads(predicted.output)[0]
+    entry = json.loads(predicted.output.splitlines()[0])  # JSON Lines
     plain = plain_keras_output(layout.export / "model.keras", tmp_path, pixel=90)["output"][0]
     assert [entry["findings"][n]["probability"] for n in card["class_names"]] == pytest.approx(plain, abs=1e-5)
     for name in card["class_names"]:
         finding = entry["findings"][name]
         assert finding["called"] == (finding["probability"] >= card["thresholds"][name])
+        assert (name in entry["decision"]) == finding["called"]
 
 
 @pytest.mark.parametrize("edit, phrases", [

@@ -26,7 +26,7 @@ import tensorflow as tf
 from cxr_tuner.data import files
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels import precision, preprocess
-from cxr_tuner.search.engine import dataset, timing
+from cxr_tuner.search.engine import console, dataset, timing
 from cxr_tuner.search.evaluation import gradcam, html_report
 from cxr_tuner.search.engine.config import RunConfig
 from cxr_tuner.search.engine.task import task_named, task_of
@@ -34,9 +34,9 @@ from cxr_tuner.hypermodels.ensemble import ENSEMBLE_NAME, for_export
 from cxr_tuner.search.final.assemble import final_card
 from cxr_tuner.search.tuning.hparams import searched_values
 from cxr_tuner.search.engine.lock import run_lock
-from cxr_tuner.search.engine.layout import SPLIT_STAMP, WINNER_HYPERPARAMETERS, WINNER_MODEL, RunLayout
+from cxr_tuner.search.engine.layout import EXPORT_FORMATS, SPLIT_STAMP, WINNER_HYPERPARAMETERS, WINNER_MODEL, RunLayout
 
-FORMATS = ("keras", "savedmodel", "tflite")
+FORMATS = EXPORT_FORMATS
 FILES = {"keras": "model.keras", "savedmodel": "saved_model", "tflite": "model.tflite"}
 CARD_FILE = "model_card.json"  # beside the exported files, wherever --out puts them
 AGREEMENT_IMAGES = 64  # test films every exported format is checked on against the model in memory
@@ -151,7 +151,8 @@ def _write_keras(model: keras.Model, path: Path) -> Path:
 def _write_tflite(saved_model: Path, path: Path) -> Path:
     # float32 on purpose: no quantisation, so the file answers like the model.
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    path.write_bytes(converter.convert())
+    with console.quiet_native():  # the converter's MLIR notices
+        path.write_bytes(converter.convert())
     return path
 
 
@@ -174,14 +175,14 @@ def _in_batches(predict, images: np.ndarray, size: int = 64) -> np.ndarray:
 
 
 def _predict_tflite(path: Path, images: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():  # tf.lite.Interpreter's notice that LiteRT will replace it
+    with warnings.catch_warnings(), console.quiet_native():  # its LiteRT notice, its XNNPACK line
         warnings.simplefilter("ignore")
         interpreter = tf.lite.Interpreter(model_path=str(path))
-    source = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(source["index"], images.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(source["index"], images.astype(source["dtype"]))
-    interpreter.invoke()
+        source = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(source["index"], images.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(source["index"], images.astype(source["dtype"]))
+        interpreter.invoke()
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
@@ -198,9 +199,7 @@ def model_card(config: RunConfig, winner: Path, model: keras.Model, written: dic
         "preprocessing": {"inside_model": preprocess.mode_of(model),
                           "caller": "decode to 8-bit grayscale and resize to the input size"},
         "loading": {"keras": "keras.saving.load_model(path, safe_mode=True); built-in Keras layers only, "
-                             "no import of this project needed" if model.name != ENSEMBLE_NAME else
-                             "import hypermodels.layers (registers TemperatureScaling), then "
-                             "keras.saving.load_model(path, safe_mode=True)",
+                             "no import of this project needed",
                     "savedmodel": "tf.saved_model.load(path).signatures['serving_default'](image=uint8 batch)",
                     "tflite": "tf.lite.Interpreter (or ai_edge_litert); float32, uint8 input"},
         "gradcam_layer": gradcam.default_layer(model, config.backbone_specs) if model.name != ENSEMBLE_NAME else None,

@@ -1,8 +1,7 @@
 """What a user sees on the terminal: quiet start-up, rounded values, progress, the closing summary.
 
 The entry point calls :func:`quiet_start` once; the stages format their lines
-with :func:`hyperparameter_text` and report epochs through :func:`epoch_lines`;
-the job ends with :func:`summary_lines`.
+with :func:`hyperparameter_text`; the job ends with :func:`summary_lines`.
 """
 
 from __future__ import annotations
@@ -12,10 +11,10 @@ import importlib
 import json
 import logging
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
 
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.search.engine.config import load_config
@@ -30,6 +29,8 @@ def quiet_start(verbose: bool = False) -> None:
     descriptor 2 while it loads, before absl's logging is set up and whatever
     ``TF_CPP_MIN_LOG_LEVEL`` says; so the import runs with descriptor 2 pointed at
     /dev/null, and is restored right after (errors raised by the import still show).
+    The devices are listed in the same window: on a machine with CUDA libraries and no
+    GPU, that is where the "failed call to cuInit" line comes from (once per process).
     Known, harmless library warnings are hidden either way.
     """
     if verbose:
@@ -37,8 +38,9 @@ def quiet_start(verbose: bool = False) -> None:
     else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         with _stderr_to_devnull():
-            importlib.import_module("tensorflow")  # loaded here, silently, once
+            tensorflow = importlib.import_module("tensorflow")  # loaded here, silently, once
             importlib.import_module("keras_tuner")
+            tensorflow.config.list_physical_devices()
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
         logging.getLogger("absl").setLevel(logging.ERROR)
     _hide_known_warnings()
@@ -64,6 +66,21 @@ def _not_retracing(record) -> bool:
 
 
 @contextlib.contextmanager
+def quiet_native():
+    """Native libraries' notices (TensorFlow Lite's "Created ... XNNPACK delegate") hidden unless verbose.
+
+    They write to file descriptor 2 directly; quiet means `quiet_start` made TensorFlow's
+    logger quiet. Python's exceptions are not affected.
+    """
+    if logging.getLogger("tensorflow").level < logging.ERROR:
+        yield
+        return
+    sys.stderr.flush()
+    with _stderr_to_devnull():
+        yield
+
+
+@contextlib.contextmanager
 def _stderr_to_devnull():
     saved = os.dup(2)
     try:
@@ -78,27 +95,6 @@ def _stderr_to_devnull():
 def hyperparameter_text(values: dict, separator: str = ", ") -> str:
     """``name value`` pairs, rounded, e.g. ``backbone mobilenet_025, dropout 0.3, learning_rate 5.3e-04``."""
     return separator.join(f"{name} {value_text(value)}" for name, value in values.items())
-
-
-def epoch_lines(log: Callable[[str], None], prefix: str, epochs: int):
-    """A Keras callback logging one line per epoch: ``PREFIX epoch 3/16: weighted_loss 0.41, ... (2.1 s)``."""
-    import keras  # here, not at the top: quiet_start must import TensorFlow first
-
-    started = []
-
-    def end(epoch, logs):
-        logs = logs or {}
-        figures = ", ".join(f"{name} {number_text(logs[name])}" for name in _EPOCH_FIGURES if name in logs)
-        figures = figures or number_text(None, reason="no figures logged")
-        took = f"({time.perf_counter() - started[-1]:.1f} s)" if started else \
-            f"time {number_text(None, reason='not timed')}"
-        log(f"{prefix} epoch {epoch + 1}/{epochs}: {figures} {took}")
-
-    return keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: started.append(time.perf_counter()),
-                                          on_epoch_end=end)
-
-
-_EPOCH_FIGURES = ("weighted_loss", "accuracy", "val_weighted_loss", "val_accuracy")
 
 
 def weights_lines(config) -> list[str]:

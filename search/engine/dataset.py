@@ -111,7 +111,7 @@ class RunData:
         """
         if self._folds is None:
             rows = self.indices(FIT)
-            groups = leak_groups([self.examples[i] for i in rows], self.images[rows])
+            groups = audit.leak_groups([self.examples[i] for i in rows], self.images[rows])
             pairs = self.task.fold_split(self.config, self.labels[rows], groups)
             self._folds = [(rows[kept], rows[held_out]) for kept, held_out in pairs]
         return self._folds
@@ -187,18 +187,11 @@ def _leak_free_split(config: RunConfig, decoded, table):
     """
     examples = decoded.examples
     prints = audit.fingerprints([e.path for e in examples], decoded.images)  # once for both uses
-    groups = leak_groups(examples, decoded.images, prints)
+    groups = audit.leak_groups(examples, decoded.images, prints)
     record = {"task": table.task, "layout": table.layout, "found": list(table.names), "lines": list(table.lines)}
     splits, found = task_of(config).split(config, examples, groups, table)
     record.update(found)
     return splits, audit.audit(examples, splits=splits, prints=prints), record
-
-
-def leak_groups(examples, images, prints: tuple | None = None) -> list[str]:
-    """The groups the split keeps together: patients merged with (near-)duplicate images."""
-    paths = [e.path for e in examples]
-    duplicates = audit.duplicate_groups(paths, prints=prints or audit.fingerprints(paths, images))
-    return audit.merge_groups([e.group for e in examples], duplicates)
 
 
 def _run_data(config: RunConfig, decoded, splits: np.ndarray, found: int, audit_counts: dict,
@@ -212,5 +205,3 @@ def _run_data(config: RunConfig, decoded, splits: np.ndarray, found: int, audit_
     # Worked out from the split each time (a resumed run's data.json may predate it).
     config, labels = task.encode(config, decoded.examples, splits, label_record)
     return RunData(config, decoded.images, decoded.examples, splits, labels, findings)
-
-

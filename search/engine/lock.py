@@ -20,11 +20,13 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from cxr_tuner.data import files
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.search.engine.layout import RunLayout
 
 HEARTBEAT_SECONDS = 10.0
 STALE_AFTER = 60.0  # seconds without a heartbeat after which another host's holder counts as gone
+_ATTEMPTS = 20  # rounds of taking a claim while other takers replace it
 
 
 @contextlib.contextmanager
@@ -41,6 +43,10 @@ def run_lock(run_dir, command: str, log: Callable[[str], None] = print) -> Itera
         yield  # the whole job holds it already (search, then retrain, evaluate, export)
         return
     holder = take(path, command, log, f"the lock of {path.parent}")
+    if holder == {}:
+        raise UserError(
+            f"{path} is unreadable (not written by cxr-tuner, or damaged); it counts as abandoned "
+            f"{STALE_AFTER:.0f} s after its last change. If no process uses {path.parent}, delete it.")
     if holder is not None:
         raise UserError(
             f"{path.parent} is in use by `{holder.get('command', '?')}` (host {holder.get('host', '?')}, "
@@ -54,27 +60,52 @@ def take(path: Path, command: str, log: Callable[[str], None] | None = None, wha
     """Creates the claim file ``path`` naming this process, taking it over from a holder that is gone.
 
     The run lock is one such claim; the shards of a sharded activation extraction
-    are others (:mod:`search.extraction`).
+    are others (:mod:`search.extraction`). A claim is linked into place whole, and a
+    gone holder's claim is replaced under a takeover claim that names that very file,
+    so of several processes that judge it gone at once exactly one takes it.
 
     Returns:
         None when this process holds it now, else the content of the live holder's claim.
     """
-    for _ in range(3):  # a lost race with another taker reads the winner's claim next time round
-        if _create(path, command):
+    for attempt in range(_ATTEMPTS):
+        if files.linked(path, _claim(command)):
             return None
-        holder = _holder(path)
-        if holder is None:
-            continue  # released (or unreadable and removed) meanwhile
+        seen = _read(path)
+        if seen is None:
+            continue  # released meanwhile
+        identity, holder = seen
         mine = _is_me(holder)  # left by an error in this process: take it again
         gone = None if mine else _gone_reason(path, holder)
         if not mine and gone is None:
             return holder
-        if gone is not None and log is not None:
-            log(f"taking over {what or path}: its holder ({holder.get('command', '?')}, host "
-                f"{holder.get('host', '?')}, PID {holder.get('pid', '?')}) {gone}")
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        if _replace(path, identity, command):
+            if gone is not None and log is not None:
+                log(f"taking over {what or path}: its holder ({holder.get('command', '?')}, host "
+                    f"{holder.get('host', '?')}, PID {holder.get('pid', '?')}) {gone}")
+            return None
+        time.sleep(0.05 * (attempt + 1))  # another taker is replacing it: read the winner's claim next
     raise UserError(f"Could not take {path}: other processes keep taking it; try again.")
+
+
+def _replace(path: Path, identity: tuple, command: str) -> bool:
+    """Replaces the claim ``path`` by this process's if it is still the file ``identity``; whether it did.
+
+    Only the holder of the takeover claim of that file (named by its inode) may replace it,
+    and it checks the file is still the one judged gone: a slower taker that gets the
+    takeover claim afterwards finds another file there and leaves it.
+    """
+    takeover = path.with_name(f"{path.name}.takeover-{identity[0]}")
+    if take(takeover, "takeover") is not None:
+        return False
+    try:
+        if (_read(path) or (None,))[0] != identity:
+            return False
+        with files.replaced(path) as out:
+            out.write(_claim(command))
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            takeover.unlink()
 
 
 def live_holder(path: Path) -> dict | None:
@@ -99,29 +130,33 @@ def kept(path: Path) -> Iterator[None]:
                 path.unlink()
 
 
-def _create(path: Path, command: str) -> bool:
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "command": command,
-          "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    try:
-        handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(handle, "w") as out:
-        out.write(json.dumps(me) + "\n")
-    return True
+def _claim(command: str) -> str:
+    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "command": command,
+                       "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}) + "\n"
 
 
-def _holder(path: Path) -> dict | None:
-    """The lock's content; an unreadable lock (a holder killed while writing it) counts as gone."""
+def _read(path: Path) -> tuple[tuple, dict] | None:
+    """((inode, content), holder) of the claim ``path``, None if there is none.
+
+    An unreadable claim (not written by this module, which links claims whole) reads as
+    ``{}``, a holder that counts as gone once the file is `STALE_AFTER` seconds old.
+    """
     try:
-        text = path.read_text()
+        with open(path, "rb") as handle:
+            inode, text = os.fstat(handle.fileno()).st_ino, handle.read()
     except FileNotFoundError:
         return None
     try:
         holder = json.loads(text)
-        return holder if isinstance(holder, dict) else {}
-    except json.JSONDecodeError:
-        return {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        holder = {}
+    return (inode, text), holder if isinstance(holder, dict) else {}
+
+
+def _holder(path: Path) -> dict | None:
+    """The claim's content (see `_read`); None if there is none."""
+    seen = _read(path)
+    return None if seen is None else seen[1]
 
 
 def _is_me(holder: dict) -> bool:
@@ -130,15 +165,15 @@ def _is_me(holder: dict) -> bool:
 
 def _gone_reason(path: Path, holder: dict) -> str | None:
     """Why the holder counts as gone, or None while it may be alive."""
-    if "pid" not in holder or "host" not in holder:
-        return "left an unreadable lock"
-    if holder["host"] == socket.gethostname():
+    if "pid" in holder and "host" in holder and holder["host"] == socket.gethostname():
         return None if _pid_alive(int(holder["pid"])) else "is no longer running"
     try:
         silent = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return "released it"
-    return f"has sent no heartbeat for {silent:.0f} s" if silent > STALE_AFTER else None
+    if silent <= STALE_AFTER:
+        return None
+    return f"has sent no heartbeat for {silent:.0f} s" if "pid" in holder else f"left it unreadable {silent:.0f} s ago"
 
 
 def _pid_alive(pid: int) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_tuner.data import cache, labels as label_files, sources, split, synthetic_findings
+from cxr_tuner.data import audit, cache, labels as label_files, sources, split, synthetic_findings
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.data.split import SPLITS
 from cxr_tuner.hypermodels.classifier import OBJECTIVE_MULTILABEL
@@ -119,10 +119,10 @@ class MultiLabel(Task):
         texts = None if text is None else [part for part in text.split(",") if part.strip()]
         return figures.parse_points(texts, names)
 
-    def calibrate(self, y, raw, first, names, points, seed: int, basis: str) -> Calibrated:
+    def calibrate(self, y, raw, first, names, points, seed: int, basis: str, groups=None) -> Calibrated:
         """Per finding none / shared / own temperature, then each finding's threshold on the calibrated output."""
         # Judged by held-out cross-entropy: measured as low a test ECE as judging by ECE, or lower (docs/multilabel.md).
-        decision = figures.choose_temperatures(y, raw, seed=seed, names=names, criterion="nll")
+        decision = figures.choose_temperatures(y, raw, seed=seed, names=names, criterion="nll", groups=groups)
         temperatures = [float(t) for t in decision["temperatures"]]
         calibrated = figures.scale(raw, np.asarray(temperatures))  # what the model's FindingTemperature computes
         chosen = figures.choose_thresholds(y, calibrated, names, points)
@@ -167,7 +167,7 @@ class MultiLabel(Task):
         for name in missing:
             targets[:, list(config.class_names).index(name)] = label_files.MASKED
         return Films(decoded.images, targets, [e.path for e in decoded.examples],
-                     [e.source for e in decoded.examples], [e.group or e.path for e in decoded.examples])
+                     [e.source for e in decoded.examples], audit.leak_groups(decoded.examples, decoded.images))
 
     def test_metrics(self, films: Films, probs, names, record, seed: int) -> dict:
         """Per finding AUC, AP and the figures at its threshold (chosen on validation; 0.5 before a final model)."""
@@ -267,6 +267,24 @@ class MultiLabel(Task):
     def closing_lines(self, metrics: dict, checks: dict, out: Path) -> list[str]:
         probe = [finding_report.probe_line(checks["probe"])] if checks.get("probe") else []
         return probe + [finding_report.result_line(metrics, out)]
+
+    def decision_rule(self, record: dict | None):
+        """Each finding's threshold chosen on validation (a card's ``thresholds``, final.json's operating points),
+        or None (0.5 each)."""
+        record = record or {}
+        if "thresholds" in record:
+            return record["thresholds"]
+        points = record.get("operating_points")
+        return {name: point["threshold"] for name, point in points.items()} if points else None
+
+    def decide(self, row, names, rule) -> dict:
+        """Findings are answered one by one: each its probability, threshold and call."""
+        cut = rule or {name: 0.5 for name in names}
+        findings = {name: {"probability": float(p), "threshold": float(cut[name]), "called": bool(p >= cut[name])}
+                    for name, p in zip(names, row)}
+        return {"decision": [name for name in names if findings[name]["called"]], "findings": findings,
+                "decided_by": "each finding's threshold, chosen on validation" if rule else
+                "0.5 per finding (no thresholds were chosen)"}
 
     def output_meaning(self) -> str:
         return "sigmoid probability of each finding, in class_names order (several may be present)"

@@ -11,7 +11,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cxr_tuner.data import cache, manifest, sources, split, synthetic
+from cxr_tuner.data import audit, cache, manifest, sources, split, synthetic
 from cxr_tuner.data.class_weights import class_weights
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.data.split import SPLITS
@@ -101,10 +101,10 @@ class SingleLabel(Task):
     def parse_points(self, text: str | None, names):
         return operating_point.parse(text, names)
 
-    def calibrate(self, y, raw, first, names, points, seed: int, basis: str) -> Calibrated:
-        decision = calibration.choose_temperature(y, raw, seed=seed)
+    def calibrate(self, y, raw, first, names, points, seed: int, basis: str, groups=None) -> Calibrated:
+        decision = calibration.choose_temperature(y, raw, seed=seed, groups=groups)
         temperature = decision["temperature"]
-        single = decision if first is raw else calibration.choose_temperature(y, first, seed=seed)
+        single = decision if first is raw else calibration.choose_temperature(y, first, seed=seed, groups=groups)
         calibrated = calibration.scale(raw, temperature)  # what the model's TemperatureScaling layer computes
         point, refused = operating_point.choose(points, names, y, calibrated, basis)
         record = {"temperature": temperature, "single_temperature": single["temperature"],
@@ -163,13 +163,14 @@ class SingleLabel(Task):
             log(f"skipped {skipped.path}: {skipped.reason}")
         labels = np.array([config.class_names.index(e.label) for e in decoded.examples])
         return Films(decoded.images, labels, [e.path for e in decoded.examples],
-                     [e.source for e in decoded.examples], [e.group or e.path for e in decoded.examples])
+                     [e.source for e in decoded.examples], audit.leak_groups(decoded.examples, decoded.images))
 
     def test_metrics(self, films: Films, probs, names, record, seed: int) -> dict:
-        return classification_metrics(films.labels, probs, names)
+        return classification_metrics(films.labels, probs, names, seed=seed, groups=films.groups)
 
     def final_figures(self, record, films: Films, probs, raw, single, names, metrics):
-        sections, pictures = class_report.final_figures(record, films.labels, probs, raw, single, names, metrics)
+        sections, pictures = class_report.final_figures(record, films.labels, probs, raw, single, names, metrics,
+                                                        groups=films.groups)
         return sections, {"Calibration, operating point, single best and final model":
                           class_report.final_markdown(sections)}, pictures
 
@@ -227,12 +228,12 @@ class SingleLabel(Task):
         head.fit(train_features, train_labels)
         fresh = np.zeros((len(films.labels), len(names)))
         fresh[:, head.classes_] = head.predict_proba(features)
-        return {name: class_report.probe_scores(films.labels, probs, names, seed)
+        return {name: class_report.probe_scores(films.labels, probs, names, seed, films.groups)
                 for name, probs in (("winner_chest_hidden", hidden), ("winner_chest_only", only),
                                     ("fresh_head_chest_hidden", fresh))}
 
     def per_source(self, films: Films, probs, names) -> dict:
-        return class_report.per_source(films.labels, probs, films.sources, names)
+        return class_report.per_source(films.labels, probs, films.sources, names, films.groups)
 
     def report_parts(self, metrics: dict) -> list[str]:
         return class_report.report_parts(metrics)
@@ -256,6 +257,21 @@ class SingleLabel(Task):
     def closing_lines(self, metrics: dict, checks: dict, out: Path) -> list[str]:
         probe = [class_report.probe_line(checks)] if checks.get("probe") else []
         return probe + [class_report.result_line(metrics, out)]
+
+    def decision_rule(self, record: dict | None):
+        """The operating point chosen on validation, or None (argmax)."""
+        return (record or {}).get("operating_point")
+
+    def decide(self, row, names, rule) -> dict:
+        """The operating point's rule, else the most probable class."""
+        point, argmax = rule, names[int(row.argmax())]
+        if not point:
+            return {"decision": argmax, "decided_by": "argmax (no operating point)", "argmax": argmax}
+        index = names.index(point["class"])
+        decided = names[int(operating_point.decide(row[None], index, point["threshold"])[0])]
+        return {"decision": decided, "decided_by": f"operating point: {point['how_to_apply']}", "argmax": argmax,
+                "operating_point": {"class": point["class"], "threshold": point["threshold"],
+                                    "called": bool(row[index] >= point["threshold"])}}
 
     def output_meaning(self) -> str:
         return "softmax probabilities in class_names order"

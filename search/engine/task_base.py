@@ -90,8 +90,9 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def calibrate(self, y: np.ndarray, raw: np.ndarray, first: np.ndarray, names, points, seed: int,
-                  basis: str):
-        """Temperature(s) and thresholds chosen on ``basis`` probabilities: a `Calibrated`."""
+                  basis: str, groups=None):
+        """Temperature(s) and thresholds chosen on ``basis`` probabilities (the checks' folds keep ``groups``
+        whole): a `Calibrated`."""
 
     @abc.abstractmethod
     def final_card(self, record: dict) -> dict:
@@ -172,6 +173,14 @@ class Task(abc.ABC):
         """The evaluate stage's last lines: the probe's figures when run, the headline figures, the report."""
 
     # Delivery.
+    @abc.abstractmethod
+    def decision_rule(self, record: dict | None):
+        """What decides a film, from the model card or ``final.json`` (None: no record, the task's default)."""
+
+    @abc.abstractmethod
+    def decide(self, row: np.ndarray, names, rule) -> dict:
+        """One film's answer as predict prints it: ``decision`` (what the card prescribes), ``decided_by`` ..."""
+
     @abc.abstractmethod
     def output_meaning(self) -> str:
         """What the exported model's output holds, for the model card."""

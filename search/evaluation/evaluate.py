@@ -18,6 +18,7 @@ from typing import Callable
 import keras
 import numpy as np
 
+from cxr_tuner.data import audit
 from cxr_tuner.hypermodels.compat import keras_compat
 from cxr_tuner.hypermodels.ensemble import CALIBRATION_LAYER, ENSEMBLE_MEAN
 from cxr_tuner.search.engine import dataset, timing
@@ -125,7 +126,7 @@ def _test_split(run_data: dataset.RunData) -> Films:
     rows = run_data.indices("test")
     examples = [run_data.examples[i] for i in rows]
     return Films(run_data.images[rows], run_data.labels[rows], [e.path for e in examples],
-                 [e.source for e in examples], [e.group or e.path for e in examples])
+                 [e.source for e in examples], audit.leak_groups(examples, run_data.images[rows]))
 
 
 def _shortcut_checks(task: Task, run_data, member, explainer, films: Films, probs, single, names, out: Path,

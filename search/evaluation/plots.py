@@ -89,7 +89,7 @@ def plot_roc(curves: dict, aucs: dict, path) -> Path:
     """One-vs-rest ROC curves, one line per class, with the chance diagonal.
 
     Args:
-        curves: ``{class name: (fpr, tpr)}`` as from `search.evaluation.metrics.roc_curves`.
+        curves: ``{class name: (fpr, tpr)}`` as from `search.figures.metrics.roc_curves`.
         aucs: ``{class name: AUC or None}`` for the legend.
         path: where to write the PNG.
     """

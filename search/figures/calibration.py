@@ -14,9 +14,9 @@ import warnings
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold
 
-from cxr_tuner.search.figures.metrics import ECE_BINS, expected_calibration_error
+from cxr_tuner.search.figures.metrics import ECE_BINS, expected_calibration_error, group_codes
 
 _LOG_T_BOUNDS = (-3.0, 3.0)  # T in [0.05, 20]: wider never helped a softmax classifier
 CHECK_FOLDS = 5  # parts of the fitting rows in the out-of-sample check of the temperature
@@ -48,34 +48,51 @@ def fit_temperature(y_val: np.ndarray, probs_val: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def cross_fitted(y: np.ndarray, probs: np.ndarray, folds: int = CHECK_FOLDS, seed: int = 0) -> dict | None:
+def check_folds(y: np.ndarray, groups=None, folds: int = CHECK_FOLDS, seed: int = 0) -> list:
+    """(fit rows, held-out rows) of the temperature check: stratified by class, grouped by patient.
+
+    scikit-learn's ``StratifiedGroupKFold`` shuffled with ``seed``: films of one patient /
+    near-duplicate group (``groups``, "" or None = a film of its own) are alike, so they stay
+    on one side, or the check would judge the temperature on films it was fitted on. ``folds``
+    is lowered to the most groups any class has when that is smaller; [] when under 2.
+    """
+    y = np.asarray(y, np.int64)
+    codes = group_codes(groups, len(y))
+    k = min(folds, max((len(np.unique(codes[y == c])) for c in np.unique(y)), default=0))
+    if k < 2:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the least populated class has only n members" is expected
+        return list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(y, y, codes))
+
+
+def cross_fitted(y: np.ndarray, probs: np.ndarray, folds: int = CHECK_FOLDS, seed: int = 0,
+                 groups=None) -> dict | None:
     """ECE and cross-entropy of temperature scaling out of sample, against no temperature, on the same rows.
 
-    Stratified K-fold cross-fitting (scikit-learn's ``StratifiedKFold``, shuffled with
-    ``seed``): each part is scaled by the temperature fitted on the other K - 1 parts,
-    and the scaled parts are pooled. ``folds`` is lowered to the largest class's count
-    when that is smaller. None when there are too few rows to check (no class twice).
+    Cross-fitting on :func:`check_folds`: each part is scaled by the temperature fitted on
+    the other K - 1 parts, and the scaled parts are pooled. None when there are too few
+    rows to check (no class in two groups).
     """
     y = np.asarray(y, np.int64)
     probs = np.asarray(probs, np.float64)
-    k = min(folds, int(np.bincount(y).max()) if len(y) else 0)
-    if k < 2:
+    parts = check_folds(y, groups, folds, seed)
+    if not parts:
         return None
+    k = len(parts)
     scaled, temperatures = np.empty_like(probs), []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "the least populated class has only n members" is expected
-        parts = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(probs, y))
     for fit_rows, held_out in parts:
         temperature = fit_temperature(y[fit_rows], probs[fit_rows])
         scaled[held_out] = scale(probs[held_out], temperature)
         temperatures.append(temperature)
-    return {"method": f"stratified {k}-fold cross-fitting", "folds": k, "seed": int(seed), "n": int(len(y)),
+    return {"method": f"stratified {k}-fold cross-fitting grouped by patient", "folds": k, "seed": int(seed), "n": int(len(y)),
             "temperatures": temperatures,
             "ece_without": expected_calibration_error(y, probs), "ece_with": expected_calibration_error(y, scaled),
             "nll_without": negative_log_likelihood(y, probs), "nll_with": negative_log_likelihood(y, scaled)}
 
 
-def choose_temperature(y: np.ndarray, probs: np.ndarray, seed: int = 0, folds: int = CHECK_FOLDS) -> dict:
+def choose_temperature(y: np.ndarray, probs: np.ndarray, seed: int = 0, folds: int = CHECK_FOLDS,
+                       groups=None) -> dict:
     """The temperature to apply to ``probs``: the one fitted on all rows, or 1 when it does not help out of sample.
 
     Fitted on the very rows it is judged on, a temperature always looks at least as good
@@ -88,7 +105,7 @@ def choose_temperature(y: np.ndarray, probs: np.ndarray, seed: int = 0, folds: i
         ``reason`` (``"lowers_ece"``, ``"does_not_lower_ece"`` or ``"too_few_rows"``).
     """
     fitted = fit_temperature(y, probs)
-    check = cross_fitted(y, probs, folds, seed)
+    check = cross_fitted(y, probs, folds, seed, groups)
     if check is None:
         applied, reason = False, "too_few_rows"
     else:
@@ -107,7 +124,7 @@ def decision_text(decision: dict, basis: str = "validation") -> str:
     fitted = f"T = {decision['fitted_temperature']:.3f} fitted on {basis}"
     if check is None:
         return (f"not applied (T = 1): too few {basis} films to check {fitted} out of sample "
-                "(no class has two)")
+                "(no class in two patient groups)")
     figures = (f"ECE {check['ece_without']:.4f} without it, {check['ece_with']:.4f} with it; cross-entropy "
                f"{check['nll_without']:.4f} -> {check['nll_with']:.4f} ({check['folds']}-fold cross-fitting "
                f"on {basis}, seed {check['seed']})")

@@ -20,7 +20,7 @@ EXTERNAL_DROP = 0.05  # macro-F1 this much lower on an external set is a warning
 
 
 def final_figures(record: dict, labels: np.ndarray, final_probs: np.ndarray, raw_probs: np.ndarray,
-                  single_probs: np.ndarray, class_names, metrics: dict) -> tuple[dict, dict]:
+                  single_probs: np.ndarray, class_names, metrics: dict, groups=None) -> tuple[dict, dict]:
     """The ``calibration``, ``operating_point`` and ``single_vs_final`` sections of metrics.json, and the
     reliability diagram's data: ``{caption: {"kind": "reliability", "labels", "before", "after"}}``.
 
@@ -38,7 +38,7 @@ def final_figures(record: dict, labels: np.ndarray, final_probs: np.ndarray, raw
                                 "applied": applied, "check": check,
                                 "validation": record["calibration_validation"]}}
     single = classification_metrics(labels, calibration.scale(single_probs, record["single_temperature"]),
-                                    class_names)
+                                    class_names, groups=groups)
     sections["single_vs_final"] = {
         "final_kind": record["kind"], "members": record["members"],
         "single_best": {**{k: single[k] for k in COMPARED}, "ece": single["ece"]["value"],
@@ -164,15 +164,17 @@ def _number(value, reason: str = "undefined"):
     return number_text(value, ".3f", reason)
 
 
-def per_source(labels, probs, sources, class_names) -> dict:
-    """Accuracy, macro-F1 and COVID sensitivity (with CIs) per source; {} without sources."""
+def per_source(labels, probs, sources, class_names, groups=None) -> dict:
+    """Accuracy, macro-F1 and COVID sensitivity (with CIs over ``groups``) per source; {} without sources."""
     sources = np.asarray(sources)
+    groups = None if groups is None else np.asarray(groups, dtype=object)
     if not sources.size or not any(sources):
         return {}
     figures = {}
     for name in sorted(set(sources.tolist())):
         rows = sources == name
-        metrics = classification_metrics(np.asarray(labels)[rows], probs[rows], class_names)
+        metrics = classification_metrics(np.asarray(labels)[rows], probs[rows], class_names,
+                                         groups=None if groups is None else groups[rows])
         figures[name or "(none)"] = {"n": metrics["n"], "accuracy": metrics["accuracy"],
                                      "macro_f1": metrics["macro_f1"],
                                      "covid_sensitivity": metrics["covid_sensitivity"]}
@@ -280,9 +282,9 @@ def probe_line(record: dict) -> str:
             f"{number_text(energy.get('mean'), reason=energy.get('reason', 'not measured'))}")
 
 
-def probe_scores(labels, probs, class_names, seed) -> dict:
+def probe_scores(labels, probs, class_names, seed, groups=None) -> dict:
     """Accuracy and macro-F1 with CIs beside chance (always the most common class of the scored set)."""
-    metrics = classification_metrics(labels, probs, class_names, seed=seed)
+    metrics = classification_metrics(labels, probs, class_names, seed=seed, groups=groups)
     chance = float(np.bincount(labels, minlength=len(class_names)).max() / len(labels))
     return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "chance": chance,
             "n": metrics["n"]}

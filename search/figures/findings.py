@@ -19,12 +19,13 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
-from sklearn.model_selection import KFold
+from sklearn.model_selection import GroupKFold
 
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.search.figures import operating_point
 from cxr_tuner.search.figures.calibration import _LOG_T_BOUNDS, CHECK_FOLDS
-from cxr_tuner.search.figures.metrics import CI_LEVEL, ECE_BINS, _nanmean_rows, _with_ci
+from cxr_tuner.search.figures.metrics import (ECE_BINS, _nanmean_rows, _with_ci, bootstrap_weights, ci_method,
+                                              group_codes)
 
 MASKED = -1.0
 DEFAULT_THRESHOLD = 0.5  # of a label whose validation films cannot set one (no positive or no negative)
@@ -74,8 +75,8 @@ def label_metrics(y: np.ndarray, probs: np.ndarray, names: Sequence[str], thresh
     missing = [name for name in names if name not in thresholds]
     if missing:
         raise ValueError(f"thresholds has no value for label(s) {', '.join(missing)}")
-    codes = _group_codes(groups, len(y))
-    weights = _bootstrap_weights(codes, n_bootstrap, seed)
+    codes = group_codes(groups, len(y))
+    weights = bootstrap_weights(codes, n_bootstrap, seed)
     per_label, auc_samples, ap_samples = {}, {}, {}
     for j, name in enumerate(names):
         record, samples = _one_label(y[:, j], probs[:, j], float(thresholds[name]), weights)
@@ -87,8 +88,7 @@ def label_metrics(y: np.ndarray, probs: np.ndarray, names: Sequence[str], thresh
     return {
         "n": int(len(y)), "labels": list(names), "n_bootstrap": int(n_bootstrap),
         "n_groups": int(codes.max() + 1) if len(codes) else 0,
-        "ci_method": f"{CI_LEVEL}% percentile bootstrap over "
-                     + ("patients (all films of a drawn patient)" if groups is not None else "films"),
+        "ci_method": ci_method(codes),
         "n_bins": ECE_BINS,
         "per_label": per_label,
         "macro_auc": _macro(per_label, "roc_auc", auc_samples, weights),
@@ -186,36 +186,6 @@ def _binary_ece(is_positive, scores, n_bins: int = ECE_BINS):
     bins = np.clip(np.ceil(scores * n_bins).astype(int) - 1, 0, n_bins - 1)
     gap = np.abs(np.bincount(bins, is_positive.astype(np.float64), n_bins) - np.bincount(bins, scores, n_bins))
     return float(gap.sum() / len(scores))
-
-
-def _group_codes(groups, n):
-    """Group index per film (0..G-1): one per distinct non-empty id, one per film without an id."""
-    if groups is None:
-        return np.arange(n)
-    groups = np.asarray(groups, dtype=object).astype(str)
-    if groups.shape != (n,):
-        raise ValueError(f"groups must have shape ({n},), got {groups.shape}")
-    codes = np.empty(n, np.int64)
-    named = groups != ""
-    ids, index = np.unique(groups[named], return_inverse=True)
-    codes[named] = index
-    codes[~named] = len(ids) + np.arange(int((~named).sum()))
-    return codes
-
-
-def _bootstrap_weights(codes, n_bootstrap, seed):
-    """(B, N) film weights: how often each film's group was drawn in resample b; None for B = 0.
-
-    Draws G groups with replacement per resample; with every film its own group this is
-    exactly the draw `metrics.classification_metrics` makes for the same seed.
-    """
-    if n_bootstrap <= 0 or not len(codes):
-        return None
-    n_groups = int(codes.max()) + 1
-    draws = np.random.default_rng(seed).integers(0, n_groups, size=(n_bootstrap, n_groups))
-    offsets = (np.arange(n_bootstrap)[:, None] * n_groups + draws).ravel()
-    counts = np.bincount(offsets, minlength=n_bootstrap * n_groups).reshape(n_bootstrap, n_groups)
-    return counts[:, codes].astype(np.float64)
 
 
 def _weighted_auc_ap(weights, films, is_positive, scores, with_ap: bool = True):
@@ -316,14 +286,15 @@ def _sigmoid(z):
 
 
 def choose_temperatures(y: np.ndarray, probs: np.ndarray, seed: int = 0, names: Sequence[str] | None = None,
-                        folds: int = CHECK_FOLDS, criterion: str = "ece") -> dict:
+                        folds: int = CHECK_FOLDS, criterion: str = "ece", groups=None) -> dict:
     """Per label: no temperature, its own, or the one shared by all labels, by out-of-sample ECE.
 
     As `calibration.choose_temperature`: K-fold cross-fitting (shuffled with ``seed``), each
     part scaled by the temperatures fitted on the other parts; per label, the choice whose
     pooled held-out ECE is lowest is kept, so a temperature is applied only when it lowers
     it (on a tie the simpler choice wins: none, then shared). The temperature applied is the
-    one fitted on all rows. The folds are plain, not stratified: a film has several labels.
+    one fitted on all rows. The folds are grouped by patient / near-duplicate (``groups``)
+    but not stratified: a film has several labels.
     ``criterion="nll"`` judges by the held-out cross-entropy instead, which is less noisy
     than a 15-bin ECE on a few hundred films of a label.
 
@@ -340,12 +311,13 @@ def choose_temperatures(y: np.ndarray, probs: np.ndarray, seed: int = 0, names: 
     n, n_labels = y.shape
     fitted = {"shared": float(fit_temperatures(y, probs, shared=True)[0]),
               "per_label": fit_temperatures(y, probs, shared=False)}
-    k = min(folds, n)
+    codes = group_codes(groups, n)
+    k = min(folds, int(codes.max()) + 1 if n else 0)
     if k < 2:
         modes = ["none"] * n_labels
         return _temperature_choice(names, modes, fitted, None, k, seed, criterion)
     candidates = {"none": probs, "shared": np.empty_like(probs), "per_label": np.empty_like(probs)}
-    for fit_rows, held_out in KFold(n_splits=k, shuffle=True, random_state=seed).split(probs):
+    for fit_rows, held_out in GroupKFold(n_splits=k, shuffle=True, random_state=seed).split(probs, groups=codes):
         candidates["shared"][held_out] = scale(probs[held_out], fit_temperatures(y[fit_rows], probs[fit_rows], True))
         candidates["per_label"][held_out] = scale(probs[held_out],
                                                   fit_temperatures(y[fit_rows], probs[fit_rows], False))

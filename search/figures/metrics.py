@@ -3,7 +3,9 @@
 Everything here works on arrays (integer labels, an (N, K) probability matrix) and
 knows nothing of models or files. Point estimates come from scikit-learn; the
 bootstrap re-computes the same quantities for 1000 resamples at once from
-per-resample sample weights, which is what keeps it fast.
+per-resample sample weights, which is what keeps it fast. It draws patient /
+near-duplicate groups, not films: films of one patient are alike, so drawing them
+one by one makes an interval too narrow (the multi-label figures use the same draw).
 """
 
 from typing import Sequence
@@ -32,6 +34,7 @@ def classification_metrics(
     positive_class: str = "COVID",
     n_bootstrap: int = 1000,
     seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> dict:
     """Headline, per-class and calibration figures with bootstrap confidence intervals.
 
@@ -40,7 +43,7 @@ def classification_metrics(
 
     Returned dict (JSON-serialisable; ``None`` where a figure is undefined)::
 
-        n, class_names, positive_class, n_bootstrap, ci_method
+        n, class_names, positive_class, n_bootstrap, n_groups, ci_method
         accuracy, macro_f1, covid_sensitivity, covid_specificity:
             {"value": float | None, "ci95": [lo, hi] | None}   (+ "reason" when None)
         roc_auc: {"per_class": {name: float | None},
@@ -55,8 +58,9 @@ def classification_metrics(
     recall of the true class). ``per_class`` covers all classes, with tp/fp/tn/fn
     counted one-vs-rest. ``covid_*`` treat ``positive_class`` against all other
     classes. ``ci95`` is the 2.5th-97.5th percentile of the figure over
-    ``n_bootstrap`` resamples of the test cases with replacement (resamples
-    where a figure is undefined are skipped). ``ece`` is the expected calibration
+    ``n_bootstrap`` resamples of the groups with replacement, each drawn group
+    bringing all its films (resamples where a figure is undefined are skipped);
+    ``ci_method`` says whether groups or single films were drawn. ``ece`` is the expected calibration
     error: cases are put in 15 equal-width bins of their top probability
     ``((m-1)/15, m/15]``; ECE is the case-weighted mean of
     ``|accuracy - mean top probability|`` over bins (0 = calibrated).
@@ -68,11 +72,14 @@ def classification_metrics(
         positive_class: the class for sensitivity/specificity.
         n_bootstrap: number of bootstrap resamples (0 disables the CIs).
         seed: seed of the bootstrap's random generator.
+        groups: (N,) patient / near-duplicate group per case ("" = a group of its own);
+            None = every case its own group.
 
     Raises:
         ValueError: if the shapes or labels do not fit together.
     """
     y_true, probs = _validated(y_true, probs, class_names)
+    codes = group_codes(groups, len(y_true))
     k = len(class_names)
     y_pred = probs.argmax(axis=1)
     present = np.unique(y_true)
@@ -87,7 +94,7 @@ def classification_metrics(
     defined = [i for i, name in enumerate(class_names) if aucs[name] is not None]
     point["roc_auc"] = float(np.mean([aucs[class_names[i]] for i in defined])) if defined else None
 
-    boot = _bootstrap(y_true, probs, y_pred, defined, positive, n_bootstrap, seed)
+    boot = _bootstrap(y_true, probs, y_pred, defined, positive, bootstrap_weights(codes, n_bootstrap, seed))
     headline = {name: _with_ci(point[name], boot.get(name)) for name in point}
     for name, why in _undefined_reasons(positive_class, positive, y_true, point).items():
         headline[name]["reason"] = why
@@ -97,7 +104,8 @@ def classification_metrics(
         "class_names": list(class_names),
         "positive_class": positive_class,
         "n_bootstrap": int(n_bootstrap),
-        "ci_method": f"{CI_LEVEL}% percentile bootstrap over test cases",
+        "n_groups": int(codes.max()) + 1,
+        "ci_method": ci_method(codes),
         "accuracy": headline["accuracy"],
         "macro_f1": headline["macro_f1"],
         "roc_auc": {"per_class": aucs, "undefined": undefined, "macro": headline["roc_auc"]},
@@ -221,17 +229,52 @@ def _with_ci(value, samples):
     return {"value": value, "ci95": ci}
 
 
-def _bootstrap(y_true, probs, y_pred, auc_classes, positive, n_bootstrap, seed):
-    """Each headline figure on ``n_bootstrap`` resamples: {figure name: (B,) array}."""
-    if n_bootstrap <= 0:
+def group_codes(groups, n: int) -> np.ndarray:
+    """Group index per film (0..G-1): one per distinct non-empty id, one per film without an id."""
+    if groups is None:
+        return np.arange(n)
+    groups = np.asarray(groups, dtype=object).astype(str)
+    if groups.shape != (n,):
+        raise ValueError(f"groups must have shape ({n},), got {groups.shape}")
+    codes = np.empty(n, np.int64)
+    named = groups != ""
+    ids, index = np.unique(groups[named], return_inverse=True)
+    codes[named] = index
+    codes[~named] = len(ids) + np.arange(int((~named).sum()))
+    return codes
+
+
+def bootstrap_weights(codes: np.ndarray, n_bootstrap: int, seed: int) -> np.ndarray | None:
+    """(B, N) film weights: how often each film's group was drawn in resample b; None for B = 0.
+
+    Draws G groups with replacement per resample, so every figure is a weighted version
+    of its full-sample formula and no resample needs a Python loop.
+    """
+    if n_bootstrap <= 0 or not len(codes):
+        return None
+    n_groups = int(codes.max()) + 1
+    draws = np.random.default_rng(seed).integers(0, n_groups, size=(n_bootstrap, n_groups))
+    offsets = (np.arange(n_bootstrap)[:, None] * n_groups + draws).ravel()
+    counts = np.bincount(offsets, minlength=n_bootstrap * n_groups).reshape(n_bootstrap, n_groups)
+    return counts[:, codes].astype(np.float64)
+
+
+def ci_method(codes: np.ndarray) -> str:
+    """What the intervals resampled: groups of films, or films when no two films share a group."""
+    n, n_groups = len(codes), int(codes.max()) + 1 if len(codes) else 0
+    if n_groups == n:
+        return (f"{CI_LEVEL}% percentile bootstrap over films (no patient ids or near-duplicates group them, "
+                "so each film is drawn on its own)")
+    return (f"{CI_LEVEL}% percentile bootstrap over patient / near-duplicate groups ({n_groups} groups of "
+            f"{n} films; a drawn group brings all its films)")
+
+
+def _bootstrap(y_true, probs, y_pred, auc_classes, positive, weights):
+    """Each headline figure on each row of ``weights`` (B, N): {figure name: (B,) array}."""
+    if weights is None:
         return {}
+    n_bootstrap = len(weights)
     n, k = probs.shape
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(n_bootstrap, n))
-    # weights[b, i] = how often case i was drawn in resample b; every figure is a
-    # weighted version of its full-sample formula, so no per-resample Python loop.
-    offsets = (np.arange(n_bootstrap)[:, None] * n + draws).ravel()
-    weights = np.bincount(offsets, minlength=n_bootstrap * n).reshape(n_bootstrap, n).astype(np.float64)
 
     cell = np.zeros((n, k * k))
     cell[np.arange(n), y_true * k + y_pred] = 1.0
@@ -242,12 +285,13 @@ def _bootstrap(y_true, probs, y_pred, auc_classes, positive, n_bootstrap, seed):
         # As for the point estimate, macro F1 is over the classes present in each
         # resample; a resample can miss a rare class, which must not count as F1 0.
         f1 = np.where(tp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+        drawn = weights.sum(axis=1)  # films in each resample: groups differ in size
         samples = {
-            "accuracy": tp.sum(axis=1) / n,
+            "accuracy": tp.sum(axis=1) / drawn,
             "macro_f1": _nanmean_rows(f1),
         }
         if positive is not None:
-            tn = n - tp - fp - fn
+            tn = drawn[:, None] - tp - fp - fn
             samples["sensitivity"] = tp[:, positive] / (tp[:, positive] + fn[:, positive])
             samples["specificity"] = tn[:, positive] / (tn[:, positive] + fp[:, positive])
         if auc_classes:

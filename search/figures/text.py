@@ -14,7 +14,7 @@ def number_text(value, spec: str = ".3f", reason: str = "not recorded", unit: st
     """A figure that may be missing, for any line a user reads: ``format(value, spec)`` or ``n/a (reason)``.
 
     Every printed or reported figure goes through here (or :func:`value_text`, or
-    ``search.evaluation.metrics.figure_text`` for a figure with a CI), so a metric, a time
+    :func:`figure_text` for a figure with a CI), so a metric, a time
     or a loss that a run never produced reads ``n/a (why)`` instead of stopping the run.
 
     Args:

@@ -23,7 +23,7 @@ from typing import Callable
 import keras
 import numpy as np
 
-from cxr_tuner.data import files
+from cxr_tuner.data import audit, files
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels.cutting import cut_layer, is_cacheable
 from cxr_tuner.hypermodels.ensemble import build_ensemble
@@ -76,6 +76,7 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log, r
     chosen_point = task.parse_points(point, config.class_names)  # before any work: bad input fails fast
     rows = data.indices(dataset.FIT if config.folds else "val")
     y_val = data.labels[rows]
+    groups = audit.leak_groups([data.examples[i] for i in rows], data.images[rows])  # the calibration checks' folds
     members = [keras.saving.load_model(winners_dir / w["dir"] / WINNER_MODEL, compile=False) for w in winners]
     # The probabilities the retrain saved: on validation, or with --folds (the members trained on
     # validation too) out of fold.
@@ -88,7 +89,7 @@ def _assemble(config: RunConfig, ensemble: int | None, point: str | None, log, r
     raw = np.mean(probs[:k], axis=0)
     # The rank-1 member's own temperature is the single best's, shown beside the ensemble's.
     chosen = task.calibrate(y_val, raw, raw if k == 1 else probs[0], config.class_names, chosen_point, config.seed,
-                            basis)
+                            basis, groups)
     frozen = [_frozen_part(config, winners_dir / w["dir"]) for w in winners[:k]]
     if refit:
         members[:k] = refit_members(data, winners[:k], summary["augment"], log, clock)

@@ -96,7 +96,7 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
     top = _top_trials(config)[:top_k]
     # config.json always saves overwrite=False, so this reads the split the search saved.
     data = dataset.prepare(config, progress=False)
-    config = data.config
+    config, objective = data.config, data.task.objective
     # Without augmentation the search's hypermodel builds, fits (on cached activations)
     # and gives back the whole image model, as ImageTraining does on images.
     training = ImageTraining(data, augment) if augment else trial_hypermodel(data)[0]
@@ -117,11 +117,11 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
         def fit(hp, callbacks):
             staging = winners_dir / f"variant_{len(fits)}"
             fits[staging] = _fit_and_keep(cached, hp, config.seed, epochs, staging, lambda: callbacks, clock=clock,
-                                          rows=val_rows, objective=task_of(config).objective)
+                                          rows=val_rows, objective=objective)
             return fits[staging][OBJECTIVE]
 
         top_hp = trial_hyperparameters(config, top[0]["trial_id"])
-        variant, tried = pick_variant(fit, top_hp, config.weights, log, allowed, task_of(config).objective,
+        variant, tried = pick_variant(fit, top_hp, config.weights, log, allowed, objective,
                                       specs=config.backbone_specs)
         chosen = variants.candidates(top_hp, config.weights, allowed, specs=config.backbone_specs).index(variant)
         for i, (staging, score) in enumerate(fits.items()):  # fits ran in the candidates' order
@@ -139,12 +139,14 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
         log(f"retrain {rank}/{len(top)}: trial {entry['trial_id']} ({console.hyperparameter_text(entry['hyperparameters'])})")
         kept = [reused] if reused and entry is top[0] else []
         scores = kept + [_fit_and_keep(training, hp, config.seed + i, epochs, staging,
-                                       functools.partial(variant.callbacks, task_of(config).objective),
-                                       console.epoch_lines(log, f"  seed {config.seed + i}", epochs), clock,
-                                       rows=val_rows, objective=task_of(config).objective)
+                                       functools.partial(variant.callbacks, objective), None, clock,
+                                       rows=val_rows, objective=objective)
                          for i in range(len(kept), seeds)]
-        results.append(_result(entry, scores, task_of(config).objective))
-        log(f"retrained trial {entry['trial_id']}: {task_of(config).objective} {_mean_std_text(results[-1])}")
+        for score in scores:  # one line per training, the one reused from the variant choice too
+            log(f"  seed {score['seed']}: best epoch {score['best_epoch']} of {score['epochs_run']}, "
+                f"{objective} {number_text(score[OBJECTIVE], '.4f')}")
+        results.append(_result(entry, scores, objective))
+        log(f"retrained trial {entry['trial_id']}: {objective} {_mean_std_text(results[-1])}")
     return _rank_and_save(config, results, augment, epochs, {"chosen": variant.name, "tried": tried})
 
 

@@ -125,7 +125,7 @@ def run(job: Job, entry: Path, segment, inputs, key: dict, label, name: str,
     Returns early, with nothing left to do, when another process finalized the job.
     """
     shards = entry / ".extract" / job.token
-    bar = tqdm(total=job.rows, unit="img", desc=label or "", disable=not label, mininterval=1.0)
+    bar = tqdm(total=job.rows, unit="img", desc=label or "", disable=None if label else True, mininterval=1.0)
     counted = set()
     try:
         while True:

@@ -7,7 +7,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from tests.conftest import FAST_SEARCH, error_line, run_cli, saved_trials
-from cxr_tuner.data import pipeline
+from cxr_tuner.data import audit, pipeline
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.data.split import fold_split
 from cxr_tuner.hypermodels.classifier import OBJECTIVE
@@ -48,7 +48,7 @@ def test_run_folds_cover_train_and_val_only_and_keep_the_split_groups(tmp_path, 
     data = dataset.prepare(config, progress=False)
     folds = data.folds()
     fit = set(data.indices(dataset.FIT).tolist())
-    groups = dict(zip(data.indices(dataset.FIT), dataset.leak_groups(
+    groups = dict(zip(data.indices(dataset.FIT), audit.leak_groups(
         [data.examples[i] for i in sorted(fit)], data.images[sorted(fit)])))
     for kept, val in folds:
         assert set(kept) | set(val) == fit and not set(kept) & set(val)

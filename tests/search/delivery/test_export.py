@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -88,3 +91,20 @@ def test_export_command_reports_the_agreement(exported_run, tmp_path):
     result = CliRunner().invoke(cli, ["export", str(exported_run), "--format", "keras", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "keras: largest probability difference" in result.output and (tmp_path / "model.keras").is_file()
+
+
+def test_export_keeps_native_notices_off_the_default_output(run_copy, tmp_path):
+    """TensorFlow Lite's XNNPACK line (and, on GPU-less machines with CUDA libraries, cuInit's) only with --verbose."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+    def export(*flags):
+        done = subprocess.run([sys.executable, "-m", "cxr_tuner.cli", "export", str(run_copy), "--format", "tflite",
+                               "--out", str(tmp_path / "out"), *flags], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout + done.stderr
+
+    quiet = export()
+    assert "exported tflite" in quiet
+    assert "XNNPACK" not in quiet and "cuInit" not in quiet, quiet
+    assert "XNNPACK" in export("--verbose")  # the line is there to hide: --verbose after the command shows it

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cxr_tuner.data.errors import UserError
-from cxr_tuner.search.figures import calibration, operating_point
+from cxr_tuner.search.figures import calibration, findings as ml, operating_point
 from cxr_tuner.search.figures.metrics import expected_calibration_error
 
 
@@ -193,3 +193,34 @@ def test_guarantee_under_folds_counts_out_of_fold_films():
     text = operating_point.guarantee_text({"guarantee": sure, "class": "COVID", "metric": "sensitivity",
                                            "target": 0.95, "chosen_on": "out-of-fold"})
     assert "needs >= 59 COVID out-of-fold films, there are 20" in text
+
+
+def test_the_temperature_check_keeps_each_patients_films_on_one_side():
+    # 30 patients of 6 near-identical films: a film held out beside its patient's others in the
+    # fitting part would judge the temperature on what it was fitted on.
+    rng = np.random.default_rng(0)
+    y = np.repeat(rng.integers(0, 3, 30), 6)
+    groups = np.repeat([f"P{i}" for i in range(30)], 6)
+    parts = calibration.check_folds(y, groups, seed=0)
+    assert len(parts) == calibration.CHECK_FOLDS
+    for fit_rows, held_out in parts:
+        assert not set(groups[fit_rows]) & set(groups[held_out])
+    assert sorted(np.concatenate([held for _, held in parts]).tolist()) == list(range(len(y)))
+    probs = np.full((len(y), 3), 0.1) + 0.7 * np.eye(3)[y]
+    decision = calibration.choose_temperature(y, probs, seed=0, groups=groups)
+    assert decision["check"]["method"] == "stratified 5-fold cross-fitting grouped by patient"
+    # Too few groups to check: a class needs two of them.
+    assert calibration.check_folds(np.array([0, 0, 1, 1]), ["a", "a", "b", "b"]) == []
+
+
+def test_the_findings_temperature_check_keeps_each_patients_films_on_one_side(monkeypatch):
+    y = np.repeat(np.array([[1, 0], [0, 1], [1, 1], [0, 0]] * 5, float), 4, axis=0)
+    groups = np.repeat([f"P{i}" for i in range(20)], 4)
+    probs = np.clip(y * 0.8 + 0.1 + np.repeat(np.arange(20) * 1e-3, 4)[:, None], 0, 1)  # one row per patient
+    fitted_on = []
+    real = ml.fit_temperatures
+    monkeypatch.setattr(ml, "fit_temperatures", lambda t, p, shared: fitted_on.append(p) or real(t, p, shared))
+    choice = ml.choose_temperatures(y, probs, seed=0, names=["A", "B"], groups=groups)
+    assert choice["check"]["folds"] == 5
+    for part in fitted_on:  # every fitting part holds each of its patients' 4 films
+        assert set(np.unique(part, axis=0, return_counts=True)[1]) == {4}

@@ -11,6 +11,7 @@ from cxr_tuner.search.figures.finding_report import findings_table
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.search.figures import findings as ml
 from cxr_tuner.search.figures import operating_point
+from cxr_tuner.search.figures.metrics import bootstrap_weights, group_codes
 
 NAMES = ["Effusion", "Nodule", "Cardiomegaly"]
 
@@ -102,9 +103,9 @@ def test_ci_holds_the_estimate_and_is_deterministic_for_a_seed():
 
 
 def test_the_bootstrap_draws_patients_and_keeps_their_films_together():
-    codes = ml._group_codes(np.array(["A", "B", "A", "", "", "B", "C"]), 7)
+    codes = group_codes(np.array(["A", "B", "A", "", "", "B", "C"]), 7)
     assert codes[0] == codes[2] and codes[1] == codes[5] and len(set(codes)) == 5  # each "" its own
-    weights = ml._bootstrap_weights(codes, 500, seed=0)
+    weights = bootstrap_weights(codes, 500, seed=0)
     assert (weights[:, 0] == weights[:, 2]).all() and (weights[:, 1] == weights[:, 5]).all()
     assert (weights[:, 3] != weights[:, 4]).any()
     assert (weights[:, [0, 1, 3, 4, 6]].sum(axis=1) == 5).all()  # 5 groups drawn per resample, not 7 films

@@ -152,3 +152,22 @@ def test_mismatched_shapes_are_refused():
         classification_metrics(np.array([0, 1]), np.ones((2, 2)) / 2, NAMES)
     with pytest.raises(ValueError, match="class indices"):
         classification_metrics(np.array([0, 3]), np.ones((2, 3)) / 3, NAMES)
+
+
+def test_intervals_resample_patients_whose_films_are_alike():
+    # 10 patients of 20 near-identical films each: drawing films hides that only 10 patients
+    # were seen, so the patient-level interval of macro F1 must be much wider.
+    patient_class = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 1])
+    patient_call = np.array([0, 1, 2, 1, 1, 0, 0, 2, 2, 1])  # right for 6 of 10 patients
+    y_true, y_pred = np.repeat(patient_class, 20), np.repeat(patient_call, 20)
+    groups = np.repeat([f"P{i}" for i in range(10)], 20)
+    films = classification_metrics(y_true, _one_hot_probs(y_pred), NAMES, n_bootstrap=400)
+    patients = classification_metrics(y_true, _one_hot_probs(y_pred), NAMES, n_bootstrap=400, groups=groups)
+    assert films["macro_f1"]["value"] == patients["macro_f1"]["value"]  # the point estimate does not change
+    width = {name: np.diff(m["macro_f1"]["ci95"])[0] for name, m in (("films", films), ("patients", patients))}
+    assert width["patients"] > 3 * width["films"]
+    assert patients["n_groups"] == 10 and "patient / near-duplicate groups" in patients["ci_method"]
+    assert films["n_groups"] == 200 and "over films" in films["ci_method"]  # said when nothing groups them
+    # Films without a group ("") are each their own group: all ungrouped is the film bootstrap.
+    assert classification_metrics(y_true, _one_hot_probs(y_pred), NAMES, n_bootstrap=400,
+                                  groups=[""] * 200)["macro_f1"] == films["macro_f1"]
