@@ -250,11 +250,18 @@ def _log_data(data: dataset.RunData, log: Callable[[str], None]) -> None:
     for line in data.findings.labels.get("lines", []) + data.task.data_lines(data):
         log(line)
     if data.findings.audit:
-        log("leakage audit of the split: " + ", ".join(f"{k} {v}" for k, v in data.findings.audit.items())
-            + f" (groups in {config.layout.audit})")
+        log(audit_line(data.findings.audit, config.layout.audit, demo=config.data is None))
     for line in ([f"ignored manifest columns: {', '.join(data.findings.sources['ignored_columns'])}"]
                  if data.findings.sources.get("ignored_columns") else []) + data.findings.sources.get("lines", []):
         log(line)
     if data.findings.fractions.get("warning"):
         log(data.findings.fractions["warning"])
 
+
+def audit_line(counts: dict, where, demo: bool) -> str:
+    """The data stage's line of the leakage audit's counts; on the demo set, why it finds look-alikes at all."""
+    line = "leakage audit of the split: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" (groups in {where})"
+    if demo and (counts.get("near_duplicate_groups") or counts.get("cross_label_groups")):
+        line += ("; on the demo phantoms these are look-alikes by chance: a faint opacity can bring a diseased "
+                 "phantom within the perceptual hash's reach of a Normal one (docs/first-run.md)")
+    return line
