@@ -34,8 +34,19 @@ class _Command(click.Command):
 
         verbose = ctx.params.pop("verbose") or ctx.find_root().params.get("verbose", False)
         # Here, not at import: every command (and CliRunner) gets it, importers do not.
-        console.quiet_start(verbose)
+        console.quiet_start(verbose, tensorflow=self.needs_tensorflow(ctx))
         return super().invoke(ctx)
+
+    def needs_tensorflow(self, ctx) -> bool:
+        """Whether the command loads TensorFlow (silenced, once, before it runs)."""
+        return True
+
+
+class _Listing(_Command):
+    """`backbones`: its table is static; only ``--keras`` asks Keras for its applications."""
+
+    def needs_tensorflow(self, ctx) -> bool:
+        return bool(ctx.params.get("keras_names"))
 
 
 class _Group(click.Group):
@@ -314,7 +325,7 @@ def space(run_dir, **options):
     click.echo(space_file.text(config), nl=False)
 
 
-@cli.command()
+@cli.command(cls=_Listing)
 @click.option("--keras", "keras_names", is_flag=True,
               help="List the keras:NAME backbones instead: every keras.applications model.")
 def backbones(keras_names):
@@ -323,10 +334,12 @@ def backbones(keras_names):
     Any keras.applications model works too, as keras:NAME (e.g. keras:ConvNeXtTiny);
     --keras lists them.
     """
-    from cxr_tuner.hypermodels.backbones.applications import KERAS_PREFIX, keras_application_names
     from cxr_tuner.hypermodels.backbones.builtin import BACKBONES
+    from cxr_tuner.hypermodels.backbones.spec import KERAS_PREFIX
 
     if keras_names:
+        from cxr_tuner.hypermodels.backbones.applications import keras_application_names  # Keras itself
+
         for name in keras_application_names():
             click.echo(KERAS_PREFIX + name)
         return

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import keras
 
-# Grad-CAM target: the last block's activation, as for the keras.applications models.
-LAST_CONV_LAYER = "block5_relu"
 _FILTERS = (16, 32, 64, 128, 128)
 
 

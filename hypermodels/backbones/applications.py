@@ -19,11 +19,10 @@ import numpy as np
 
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels import discovery
-from cxr_tuner.hypermodels.backbones.spec import BackboneSpec
+from cxr_tuner.hypermodels.backbones.spec import KERAS_PREFIX, BackboneSpec
 from cxr_tuner.hypermodels.compat import keras_compat
 from cxr_tuner.hypermodels.preprocess import MODES, affine
 
-KERAS_PREFIX = "keras:"
 """``keras:NAME`` names the ``keras.applications`` model ``NAME`` (e.g. ``keras:ConvNeXtTiny``)."""
 
 _SIZE_TABLE = {"mobilenet_v3": (224, 32)}

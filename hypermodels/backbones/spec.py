@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import keras
+if TYPE_CHECKING:
+    import keras
+
+KERAS_PREFIX = "keras:"  # a backbone named keras:NAME is keras.applications.NAME (backbones.applications)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +36,7 @@ class BackboneSpec:
     """
 
     name: str
-    constructor: Callable[..., keras.Model]
+    constructor: Callable[..., "keras.Model"]
     preprocess: str
     default_size: int
     min_size: int

@@ -21,7 +21,7 @@ from cxr_tuner.search.engine.config import load_config
 from cxr_tuner.search.figures.text import number_text, value_text
 
 
-def quiet_start(verbose: bool = False) -> None:
+def quiet_start(verbose: bool = False, tensorflow: bool = True) -> None:
     """A command's process-wide output settings, made once when it runs (never at import).
 
     Unless ``verbose``, TensorFlow's and absl's start-up messages are silenced:
@@ -31,16 +31,19 @@ def quiet_start(verbose: bool = False) -> None:
     /dev/null, and is restored right after (errors raised by the import still show).
     The devices are listed in the same window: on a machine with CUDA libraries and no
     GPU, that is where the "failed call to cuInit" line comes from (once per process).
-    Known, harmless library warnings are hidden either way.
+    Known, harmless library warnings are hidden either way. ``tensorflow`` False: a command
+    that prints static facts, which answers without loading TensorFlow at all.
     """
     if verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
     else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not verbose and tensorflow:
         with _stderr_to_devnull():
-            tensorflow = importlib.import_module("tensorflow")  # loaded here, silently, once
+            tf = importlib.import_module("tensorflow")  # loaded here, silently, once
             importlib.import_module("keras_tuner")
-            tensorflow.config.list_physical_devices()
+            tf.config.list_physical_devices()
+    if not verbose:
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
         logging.getLogger("absl").setLevel(logging.ERROR)
     _hide_known_warnings()

@@ -62,18 +62,27 @@ def test_summary_says_where_everything_is_with_the_headline_figures(exported_run
 def test_start_up_is_quiet_unless_verbose(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
 
-    def backbones(*flags):
-        return subprocess.run([sys.executable, str(ROOT / "cli.py"), *flags, "backbones"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
+    def listing(*flags, after=()):  # backbones --keras asks Keras, so it loads TensorFlow
+        return subprocess.run([sys.executable, str(ROOT / "cli.py"), *flags, "backbones", "--keras", *after],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
-    quiet, verbose = backbones(), backbones("--verbose")
+    quiet, verbose = listing(), listing("--verbose")
     assert quiet.returncode == verbose.returncode == 0
     assert quiet.stderr == "", quiet.stderr
-    assert "mobilenet_025" in quiet.stdout
+    assert "keras:MobileNet" in quiet.stdout.split()
     assert len(verbose.stderr) > 0  # TensorFlow's own start-up lines, for who asks for them
-    after = subprocess.run([sys.executable, str(ROOT / "cli.py"), "backbones", "--verbose"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=120)  # as click and mlflow take it too
+    after = listing(after=("--verbose",))  # as click and mlflow take it too
     assert after.returncode == 0 and len(after.stderr) > 0, after.stderr
+
+
+def test_the_backbone_table_answers_without_loading_tensorflow():
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom cxr_tuner.cli import cli\n"
+            "result = CliRunner().invoke(cli, ['backbones'])\n"
+            "print(result.exit_code, 'tensorflow' in sys.modules, 'keras' in sys.modules)\nprint(result.output)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    status, *table = done.stdout.splitlines()
+    assert status == "0 False False", done.stdout + done.stderr
+    assert table[0].split()[:2] == ["name", "size"] and any(line.startswith("mobilenet_025 ") for line in table)
 
 
 def test_a_missing_figure_reads_na_with_its_reason():
