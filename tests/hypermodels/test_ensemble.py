@@ -6,6 +6,7 @@ import pytest
 
 from cxr_tuner.hypermodels.ensemble import build_ensemble, for_export
 from cxr_tuner.hypermodels.layers import FindingTemperature, TemperatureScaling
+from cxr_tuner.hypermodels.registry import BUILT_IN
 from tests.conftest import plain_keras_outputs
 
 SHAPES = [(task, members, temperature)
@@ -35,7 +36,7 @@ def test_every_export_shape_loads_in_plain_keras_and_answers_as_the_final_model(
         # where the layer clips, so it is compared where the layer does not.
         confidence = 40.0 if members > 1 else 1.0
         final = build_ensemble([_member(seed, task, confidence) for seed in range(members)],
-                               [("b", None)] * members, temperature)
+                               [("b", None)] * members, temperature, specs=BUILT_IN)
         shipped = for_export(final)
         custom = [layer for layer in shipped.layers if isinstance(layer, (TemperatureScaling, FindingTemperature))]
         assert not custom, (task, members, temperature)
@@ -51,5 +52,6 @@ def test_every_export_shape_loads_in_plain_keras_and_answers_as_the_final_model(
 @pytest.mark.parametrize("temperature", [1.0, [1.0, 1.0, 1.0]])
 def test_an_ensemble_without_an_applied_temperature_ships_the_plain_average(temperature):
     activation = "softmax" if np.ndim(temperature) == 0 else "sigmoid"
-    final = build_ensemble([_member(seed, activation) for seed in range(2)], [("b", None)] * 2, temperature)
+    final = build_ensemble([_member(seed, activation) for seed in range(2)], [("b", None)] * 2, temperature,
+                           specs=BUILT_IN)
     assert isinstance(for_export(final).layers[-1], keras.layers.Average)
