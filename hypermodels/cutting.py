@@ -29,7 +29,7 @@ Python overhead between steps, not by the arithmetic."""
 
 DatasetsFor = Callable[..., tuple]
 """``(backbone, unfreeze depth or None for the image model, initial epoch, fold) -> (train, validation)``;
-``fold`` None is the run's train and val splits (see :class:`search.activations.TrialData`)."""
+``fold`` None is the run's train and val splits (see :class:`search.tuning.activations.TrialData`)."""
 
 
 def cut_layer(spec: BackboneSpec, depth: int) -> str:

@@ -23,10 +23,10 @@ def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ense
             the best on the test split (with Grad-CAM galleries) and export it.
         augment: Retrain with augmentation (on images); without, on the cached activations.
         ensemble: Winners the final model averages; None chooses on validation
-            (see :func:`search.ensemble.assemble`).
+            (see :func:`search.final.assemble.assemble`).
         point: The operating point, ``CLASS:sensitivity=X`` / ``specificity=X`` / ``off``;
             None: COVID at sensitivity 0.95 when there is such a class.
-        refit: Train the final model's members again on train+val (:mod:`search.refit`).
+        refit: Train the final model's members again on train+val (:mod:`search.final.refit`).
         started: ``time.monotonic()`` when the command began: with ``config.time_budget``
             the budget counts from there (default: now).
         search_options: ``chief``, ``worker_timeout``, ``strategy``, ``workers``

@@ -181,7 +181,7 @@ def _extract_with_workers(config: RunConfig, cache, log: Callable[[str], None]) 
     """Fills the activation cache before serving, with every worker that joins: trials only read it.
 
     Workers that find ``extraction.lock`` (held, with a heartbeat, while this runs) take
-    shards of each pass (:mod:`search.extraction`); the others join when it is done.
+    shards of each pass (:mod:`search.tuning.extraction`); the others join when it is done.
     """
     before = {backbone: cache.extraction_record(backbone) for backbone in config.backbones}
     cache.extractor = distributed.CHIEF_ID

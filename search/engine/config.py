@@ -53,7 +53,7 @@ class RunConfig:
             (at most the one given) and the retrain to finish within it, and stops at it
             (docs/time-budget.md). Saved with the planned ``max_epochs``; a resume needs
             the same budget. None: no budget.
-        space: What the search searches, resolved (`search.space_file`): ``hyperparameters``
+        space: What the search searches, resolved (`search.engine.space_file`): ``hyperparameters``
             (each one's domain), ``retrain`` (top_k, seeds, variants) and ``backbones`` (one's
             own, with their files' digests). Empty: not yet resolved (`new_config` and
             `load_config` fill it).
@@ -68,7 +68,7 @@ class RunConfig:
             findings ``{name: {"positive": w, "negative": w}}``, balanced per finding on train.
 
     Class names and weights define the model's output and loss, so they sit with
-    the settings; what the data stage counted is `search.dataset.DataFindings`.
+    the settings; what the data stage counted is `search.engine.dataset.DataFindings`.
     """
 
     run_dir: str

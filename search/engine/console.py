@@ -109,7 +109,7 @@ def weights_lines(config) -> list[str]:
     nothing is downloaded here.
 
     Args:
-        config: The run's ``search.config.RunConfig``.
+        config: The run's ``search.engine.config.RunConfig``.
     """
     from cxr_tuner.hypermodels.weights import starts_pretrained, weights_origin  # here: importing Keras must wait for quiet_start
 
@@ -133,7 +133,7 @@ def transfer_line(best: dict, config) -> str | None:
 
     Args:
         best: The content of ``best_hyperparameters.json`` (``search.run.best_trials``).
-        config: The run's ``search.config.RunConfig``.
+        config: The run's ``search.engine.config.RunConfig``.
     """
     from cxr_tuner.hypermodels.weights import starts_pretrained
 
@@ -171,7 +171,7 @@ def summary_lines(layout, started: float | None = None) -> list[str]:
     from-scratch one. Whatever the run did not produce reads ``n/a (why)`` or is left out.
 
     Args:
-        layout: The run's ``search.layout.RunLayout``.
+        layout: The run's ``search.engine.layout.RunLayout``.
         started: ``time.perf_counter()`` when the job started, for its duration.
     """
     lines = ["done" + (f" in {_duration(time.perf_counter() - started)}" if started else "") + ". Results:"]

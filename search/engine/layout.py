@@ -148,7 +148,7 @@ class RunLayout:
         return folder
 
     def has_final(self) -> bool:
-        """Whether the run has an assembled final model (``search.ensemble.assemble``)."""
+        """Whether the run has an assembled final model (``search.final.assemble.assemble``)."""
         return self.final_record.is_file()
 
     def final_model(self) -> Path:

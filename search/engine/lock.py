@@ -6,7 +6,7 @@ KerasTuner's mode expects, and read-only commands (predict, data audit,
 TensorBoard) need none. A holder that is gone is detected and its lock taken
 over: on this host by its PID, on another host (a shared filesystem) by a
 heartbeat older than `STALE_AFTER` seconds. The same claim files (`take`, `kept`)
-share out the shards of a sharded activation extraction (:mod:`search.extraction`).
+share out the shards of a sharded activation extraction (:mod:`search.tuning.extraction`).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def take(path: Path, command: str, log: Callable[[str], None] | None = None, wha
     """Creates the claim file ``path`` naming this process, taking it over from a holder that is gone.
 
     The run lock is one such claim; the shards of a sharded activation extraction
-    are others (:mod:`search.extraction`). A claim is linked into place whole, and a
+    are others (:mod:`search.tuning.extraction`). A claim is linked into place whole, and a
     gone holder's claim is replaced under a takeover claim that names that very file,
     so of several processes that judge it gone at once exactly one takes it.
 

@@ -47,7 +47,7 @@ def assemble(config: RunConfig, ensemble: int | None = None, point: str | None =
             (1 up to all retrained) with the lowest class-weighted validation loss.
         point: ``CLASS:sensitivity=X`` / ``CLASS:specificity=X``, ``off``, or None for
             the default (COVID at sensitivity 0.95 when there is such a class).
-        refit: Train the chosen members again on train+val (:mod:`search.refit`) after
+        refit: Train the chosen members again on train+val (:mod:`search.final.refit`) after
             every choice is made on validation; with ``--folds`` they already are.
 
     Returns:

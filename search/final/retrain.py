@@ -72,7 +72,7 @@ def retrain(config: RunConfig, top_k: int | None = None, seeds: int | None = Non
     epoch's weights. Configurations are ranked by their mean over seeds; the best
     seed's model is saved as ``winners/<rank>-<trial_id>/model.keras`` with its
     ``history.json`` and ``hyperparameters.json``. With ``choose_variant`` every
-    configuration is retrained the way (:mod:`search.variants`) that gave the rank-1
+    configuration is retrained the way (:mod:`hypermodels.variants`) that gave the rank-1
     configuration the lowest validation loss on the cached activations. Augmentation
     (on images, minutes instead of seconds) is off by default: see docs/final-model.md.
 

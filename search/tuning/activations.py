@@ -4,7 +4,7 @@ Layout: ``RUN_DIR/cache/activations/<backbone>-<size>px-w<weights>-i<images>/`` 
 raw float32 array per cut layer (``<cut>.f32``, one row per image of the decoded cache)
 and its ``<cut>.json`` (shape, dtype and the key); with ``dtype="float16"`` the entry's
 folder ends in ``-f16`` and its arrays are ``<cut>.f16`` (half the disk, see
-:mod:`search.cache_plan`); an entry computed under a mixed precision policy ends in
+:mod:`search.tuning.cache_plan`); an entry computed under a mixed precision policy ends in
 ``-mixed_bfloat16`` or ``-mixed_float16``, so no run of another precision reads it.
 ``<weights>`` is the start of the sha256 of the weights file (``none`` for random
 weights), ``<images>`` the start of the sha256 of the decoded pixels: other weights,
@@ -15,7 +15,7 @@ Cost: all missing cuts of a backbone come out of one forward pass, starting from
 deepest cut already cached when there is one (deriving shallower cuts is a fraction of
 a pass), so extraction is about one forward pass per backbone and image size. Processes
 that need the same pass at once (a distributed search's chief and workers) share it
-out in shards (:mod:`search.extraction`).
+out in shards (:mod:`search.tuning.extraction`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class ActivationCache:
         progress: Show a progress bar (counts and rate) while extracting.
         dtype: ``"float32"`` (exact) or ``"float16"`` (half the disk); trials read float32.
         depths: Per backbone, how many unfreeze depths (0, 1, ...) are cached; the
-            others train on images (a size budget, :func:`search.cache_plan.plan_cache`).
+            others train on images (a size budget, :func:`search.tuning.cache_plan.plan_cache`).
             None: every depth.
         extractor: This process's name in the shards it extracts (default ``HOST-PID``).
         log: Where lines about shards taken over from dead processes go.
@@ -69,7 +69,7 @@ class ActivationCache:
         self.depths = depths
         self.extractor = extractor or extraction.process_name()
         self.log = log
-        self.plan = None  # the search.cache_plan.CachePlan it was sized by, when one was made
+        self.plan = None  # the search.tuning.cache_plan.CachePlan it was sized by, when one was made
         self._images_id = None
         self._keys = {}  # hashing is not free: once per backbone and run
         self._models = {}

@@ -6,7 +6,7 @@ source, shapes and a token, and its output files ``<cut>.<f32|f16>.<token>.parti
 preallocated whole before ``job.json`` appears. The rows are cut into shards of whole
 extraction batches (so every row comes out of the same batch as in one process, and the
 arrays are bit-identical). A process claims a shard with ``<token>/<shard>.claim``, the
-claim file of :mod:`search.lock` (its holder, a heartbeat), writes the shard's rows into
+claim file of :mod:`search.engine.lock` (its holder, a heartbeat), writes the shard's rows into
 the partial files and then ``<token>/<shard>.done``, and takes the next free shard. A
 claim whose holder is gone (dead PID on this host, no heartbeat from another) is taken
 over and its shard computed again from its first row; a shard without a done marker is

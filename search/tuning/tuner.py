@@ -73,7 +73,7 @@ class _EpochCurves(keras.callbacks.TensorBoard):
     """Per-epoch curves for one trial.
 
     Named so that KerasTuner does not patch it with its own HParams callback: the
-    sessions are written by :mod:`search.hparams`, with Hyperband's bracket and round.
+    sessions are written by :mod:`search.tuning.hparams`, with Hyperband's bracket and round.
     """
 
 

@@ -22,7 +22,7 @@ TRIAL_BOOKKEEPING = 0.5
 # speed-ups (eec7022) 64 s there and 190 s at 224 px on 2,000 films (a pass 24 s).
 TAIL_FIXED = 35.0
 TAIL_PER_FORWARD = 4.0
-TAIL_STAGES = ("final model", "evaluate", "export")  # their records in summary.json (search.timing)
+TAIL_STAGES = ("final model", "evaluate", "export")  # their records in summary.json (search.engine.timing)
 PROCESS_RESERVE = 15.0
 """Seconds outside the job's clock: the interpreter's start before the command and its exit after it
 (measured 14 s on 2 cores: freeing TensorFlow's and the run's objects)."""
@@ -33,7 +33,7 @@ cost about this many trials' overhead."""
 
 @dataclasses.dataclass(frozen=True)
 class RetrainPlan:
-    """How the winners are retrained (see `search.retrain.retrain`)."""
+    """How the winners are retrained (see `search.final.retrain.retrain`)."""
 
     top_k: int = 3
     variants: bool = True
