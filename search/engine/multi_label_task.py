@@ -25,7 +25,6 @@ class MultiLabel(Task):
 
     name = "multilabel"
     objective = OBJECTIVE_MULTILABEL
-    unit = "finding"
 
     def demo_root(self, layout) -> Path:
         return synthetic_findings.write_multilabel_demo(layout.demo_data) / synthetic_findings.MULTILABEL_CSV

@@ -29,7 +29,6 @@ class SingleLabel(Task):
 
     name = "multiclass"
     objective = OBJECTIVE
-    unit = "class"
 
     def demo_root(self, layout) -> Path:
         return synthetic.write_demo_dataset(layout.demo_data)

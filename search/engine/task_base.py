@@ -22,12 +22,10 @@ class Task(abc.ABC):
     Attributes:
         name: The task as ``config.json`` and ``metrics.json`` name it.
         objective: The Keras metric the search ranks on and the retrain stops on.
-        unit: What one labelled thing is called in lines a user reads (``class``, ``finding``).
     """
 
     name: str
     objective: str
-    unit: str
 
     # The data stage.
     @abc.abstractmethod
