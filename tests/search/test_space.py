@@ -240,7 +240,7 @@ def test_a_search_stays_inside_its_space_file_and_hparams_shows_exactly_that_spa
     acc = event_accumulator.EventAccumulator(str(RunLayout(run_dir).tensorboard), size_guidance={"tensors": 0})
     acc.Reload()
     content = acc.PluginTagToContent("hparams")["_hparams_/experiment"]
-    infos = {h.name: h for h in plugin_data_pb2.HParamsPluginData.FromString(content).experiment.hparam_infos}
+    infos = {h.display_name: h for h in plugin_data_pb2.HParamsPluginData.FromString(content).experiment.hparam_infos}
     assert {"backbone", "unfreeze_depth", "head_depth", "head_units_0", "dropout", "learning_rate"} <= set(infos)
     assert [v.string_value for v in infos["backbone"].domain_discrete.values] == ["mine"]
     assert [v.number_value for v in infos["dropout"].domain_discrete.values] == [0.3]
