@@ -50,6 +50,16 @@ class _Listing(_Command):
         return bool(ctx.params.get("keras_names"))
 
 
+class _SpaceListing(_Command):
+    """`space`: the built-in backbones' facts are static; a keras:NAME backbone or one's own is asked of Keras."""
+
+    def needs_tensorflow(self, ctx) -> bool:
+        from cxr_tuner.search.engine.config import asks_keras
+
+        params = ctx.params
+        return asks_keras(params.get("run_dir"), params.get("data"), params.get("space"), params.get("backbones"))
+
+
 class _Group(click.Group):
     command_class = _Command
     group_class = type  # subgroups are _Groups too
@@ -314,7 +324,7 @@ def worker(chief, run_dir, worker_id, wait, threads, strategy):
     click.echo(f"worker {name}: the search is done")
 
 
-@cli.command()
+@cli.command(cls=_SpaceListing)
 @functools.partial(search_options, names=SPACE_SETTINGS)
 @click.option("--run-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Print the space this run searched instead (alone: its settings are the run's).")

@@ -9,6 +9,8 @@ so a new entry is tested the moment it is added); ``keras:NAME`` for any
 
 A `Backbones` is a value made from a run's config (`RunConfig.backbone_specs`) and
 passed where models are built: loading one run changes nothing another run sees.
+Only a ``keras:NAME`` asks Keras: a run of built-ins resolves without loading TensorFlow
+(`cxr-tuner space`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from __future__ import annotations
 import dataclasses
 
 from cxr_tuner.data.errors import UserError
-from cxr_tuner.hypermodels.backbones.applications import KERAS_PREFIX, keras_application_names, keras_backbone
 from cxr_tuner.hypermodels.backbones.builtin import BACKBONES
-from cxr_tuner.hypermodels.backbones.spec import BackboneSpec, file_safe
+from cxr_tuner.hypermodels.backbones.spec import KERAS_PREFIX, BackboneSpec, file_safe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,8 @@ class Backbones:
         if name in own:
             return own[name]
         if name.startswith(KERAS_PREFIX):
+            from cxr_tuner.hypermodels.backbones.applications import keras_backbone  # Keras: only a keras: name asks it
+
             return keras_backbone(name.removeprefix(KERAS_PREFIX))
         if name in dict(self.unavailable):
             raise UserError(dict(self.unavailable)[name])
@@ -75,7 +78,11 @@ class Backbones:
             if file_safe(name) == safe:
                 return name
         app = safe.removeprefix(file_safe(KERAS_PREFIX))
-        if safe != app and app in keras_application_names():
+        if safe == app:
+            return None
+        from cxr_tuner.hypermodels.backbones.applications import keras_application_names
+
+        if app in keras_application_names():
             return KERAS_PREFIX + app
         return None
 

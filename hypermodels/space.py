@@ -9,9 +9,10 @@ default space is exactly what the classifier searched before spaces existed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import keras_tuner
+if TYPE_CHECKING:  # for the hints only: `cxr-tuner space` prints a space without loading TensorFlow
+    import keras_tuner
 
 SAMPLINGS = ("linear", "log", "reverse_log")
 INTEGERS = ("unfreeze_depth", "head_depth", "head_units")

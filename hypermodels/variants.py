@@ -12,13 +12,12 @@ cache, so their winners are retrained as searched.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-import keras
-import keras_tuner
+if TYPE_CHECKING:  # the table imports no Keras: `cxr-tuner space` names the variants without loading TensorFlow
+    import keras_tuner
 
-from cxr_tuner.hypermodels.cutting import is_cacheable
-from cxr_tuner.hypermodels.classifier import OBJECTIVE
-from cxr_tuner.hypermodels.registry import Backbones
+    from cxr_tuner.hypermodels.registry import Backbones
 
 LR_DECAY_FACTOR = 0.3
 EXTRA_BLOCK_LR_FACTOR = 0.3
@@ -44,16 +43,20 @@ class Variant:
 
     def hyperparameters(self, hp: keras_tuner.HyperParameters) -> keras_tuner.HyperParameters:
         """``hp`` as this variant trains it (a copy)."""
+        import keras_tuner
+
         hp = keras_tuner.HyperParameters.from_config(hp.get_config())
         if self.extra_block:
             hp.values["unfreeze_depth"] = hp.values["unfreeze_depth"] + 1
             hp.values["learning_rate"] = hp.values["learning_rate"] * EXTRA_BLOCK_LR_FACTOR
         return hp
 
-    def callbacks(self, objective: str = OBJECTIVE) -> list:
+    def callbacks(self, objective: str) -> list:
         """What the variant adds to a fit: the learning-rate decay on the run's ``objective``."""
         if not self.lr_decay:
             return []
+        import keras
+
         return [keras.callbacks.ReduceLROnPlateau(objective, factor=LR_DECAY_FACTOR, patience=1, mode="min",
                                                   min_lr=1e-6, verbose=0)]
 
@@ -73,6 +76,8 @@ def first(allowed=None) -> Variant:
 def candidates(hp: keras_tuner.HyperParameters, weights: str, allowed=None, *, specs: Backbones) -> list[Variant]:
     """The variants worth trying for ``hp`` among ``allowed`` keys (None: all): one block more only where there
     is a block to unfreeze, and only as searched for a backbone trained from scratch (``specs``: the run's backbones)."""
+    from cxr_tuner.hypermodels.cutting import is_cacheable
+
     spec = specs.get(hp.values["backbone"])
     keys = allowed or [v.key for v in VARIANTS]
     if not is_cacheable(spec, weights):

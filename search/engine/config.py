@@ -224,6 +224,31 @@ def new_config(run_dir: str, data: str | None = None, space: str | Path | None =
     return RunConfig(run_dir=str(run_dir), data=data, **settings)
 
 
+def asks_keras(run_dir: str | Path | None = None, data: str | None = None, space: str | Path | None = None,
+               backbones=None) -> bool:
+    """Whether the run of these settings (as `new_config` makes it), or the run stored in ``run_dir``, has a backbone
+    only Keras can describe: a ``keras:NAME`` one (read from its model) or one of its own (its ``.keras`` file checked).
+
+    The built-in backbones are a table that loads no Keras, so `cxr-tuner space` prints a run
+    of those without TensorFlow. A file that cannot be read answers False: what reads it next says what is wrong.
+    """
+    from cxr_tuner.hypermodels.backbones.spec import KERAS_PREFIX
+    from cxr_tuner.search.engine import space_file
+
+    try:
+        if run_dir is not None:
+            stored = files.read_json(RunLayout(run_dir).config, "")
+            names, own = stored.get("backbones", ()), (stored.get("space") or {}).get("backbones")
+        else:
+            read = space_file.read(space) if space is not None else None
+            names = backbones or (read.settings.get("backbones") if read else None) or \
+                (DEMO_DEFAULTS if data is None else DATA_DEFAULTS)["backbones"]
+            own = read.own if read else None
+    except (UserError, AttributeError, TypeError):  # no run, or a damaged file: what reads it next says so
+        return False
+    return bool(own) or any(str(name).startswith(KERAS_PREFIX) for name in names)
+
+
 def load_config(run_dir: str | Path) -> RunConfig:
     """Reads ``run_dir/config.json``.
 

@@ -2,7 +2,8 @@
 
 KerasTuner's own HParams logging covers only the declared search space; the
 Hyperband bookkeeping values (``tuner/bracket``, ``tuner/round``, ``tuner/epochs``)
-are left out, and so is the final objective. We log both.
+are left out, and so is the final objective. We log both, and name the five
+hyperparameters the search is about so that the dashboard shows them first (`column`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,25 @@ from cxr_tuner.search.engine.task import task_of
 
 HYPERBAND_KEYS = ("tuner/bracket", "tuner/round", "tuner/epochs")
 METRICS = (OBJECTIVE, "val_accuracy")
+FIRST_COLUMNS = ("backbone", "unfreeze_depth", "learning_rate", "dropout", "head_depth")
+"""The hyperparameters the search is about, in the order HParams shows them first (it shows five until one ticks more)."""
+
+
+def column(name: str) -> str:
+    """The HParams name of hyperparameter ``name``, in the sessions and the experiment alike.
+
+    TensorBoard orders the experiment's hyperparameters by name, whatever order it lists
+    them in, and shows the first five: each of ``FIRST_COLUMNS`` is named with its rank
+    (``1_backbone`` .. ``5_head_depth``), which sorts before every other name. The table
+    heads each column with the plain name (its ``display_name``).
+    """
+    return f"{FIRST_COLUMNS.index(name) + 1}_{name}" if name in FIRST_COLUMNS else name
+
+
+def hyperparameter(column_name: str) -> str:
+    """The hyperparameter an HParams name stands for: the inverse of `column`."""
+    rank, _, name = column_name.partition("_")
+    return name if rank.isdigit() and column(name) == column_name else column_name
 
 
 def run_metrics(config) -> dict[str, str]:
@@ -78,12 +98,14 @@ def fold_epochs(trial_metrics: dict, folds: int) -> list[int]:
 def write_trial(logdir: str | Path, trial, metrics=METRICS) -> None:
     """Writes one HParams session for a finished trial under ``logdir/<trial_id>`` (with ``--folds``, each fold's score too).
 
+    Its hyperparameters are named by `column`, as the experiment names them.
+
     ``metrics``: the run's (`run_metrics`), objective first.
     """
     writer = tf.summary.create_file_writer(str(Path(logdir) / trial.trial_id))
     folds = sorted(name for name in trial.metrics.metrics if name.startswith("fold_") and name.endswith(metrics[0]))
     with writer.as_default():
-        hparams_api.hparams(trial_hparams(trial), trial_id=trial.trial_id)
+        hparams_api.hparams({column(k): v for k, v in trial_hparams(trial).items()}, trial_id=trial.trial_id)
         for name in (*metrics, *folds):
             if trial.metrics.exists(name):
                 # Best value over the trial's epochs, as the tuner ranks it.
@@ -93,7 +115,8 @@ def write_trial(logdir: str | Path, trial, metrics=METRICS) -> None:
 
 
 def write_experiment(logdir: str | Path, hyperparameters, folds: int | None, metrics: dict) -> None:
-    """Writes the experiment summary: every hyperparameter's domain and the metrics (each fold's with ``folds``).
+    """Writes the experiment summary: every hyperparameter's domain (named by `column`, shown by its own name) and the
+    metrics (each fold's with ``folds``).
 
     Rewritten at the end of each search; earlier copies are removed so the
     dashboard reads one experiment.
@@ -102,7 +125,8 @@ def write_experiment(logdir: str | Path, hyperparameters, folds: int | None, met
     for old in logdir.glob("events.out.tfevents.*"):
         old.unlink()
     domains = keras_tuner_compat.hparams_domains(_unconditional(hyperparameters), hparams_api)
-    hparams = list(domains) + [hparams_api.HParam(k) for k in HYPERBAND_KEYS]
+    hparams = [hparams_api.HParam(column(d.name), d.domain, display_name=d.name) for d in domains]
+    hparams += [hparams_api.HParam(k, display_name=k) for k in HYPERBAND_KEYS]
     objective = next(iter(metrics))
     listed = [hparams_api.Metric(m, display_name=display) for m, display in metrics.items()]
     listed += [hparams_api.Metric(fold_metric(f, objective), display_name=f"fold {f + 1} {metrics[objective]}")

@@ -12,6 +12,7 @@ from cxr_tuner.hypermodels.classifier import OBJECTIVE, XrayClassifier
 from cxr_tuner.search.engine.config import new_config
 from cxr_tuner.search.engine.layout import RunLayout
 from cxr_tuner.search.run import run_search
+from cxr_tuner.search.tuning import hparams
 from cxr_tuner.search.tuning.tuner import XrayHyperband
 
 
@@ -44,8 +45,9 @@ def finished_run(finished):
     return finished[:2]
 
 
-def _session_hparams(trial_dir: Path) -> dict:
-    """HParams of one TensorBoard session, read back with TensorBoard's own reader."""
+def _session_hparams(trial_dir: Path, as_named: bool = True) -> dict:
+    """HParams of one TensorBoard session, read back with TensorBoard's own reader, by hyperparameter name
+    (``as_named`` False: by their names in HParams, ``1_backbone`` ...)."""
     acc = event_accumulator.EventAccumulator(str(trial_dir), size_guidance={"tensors": 0})
     acc.Reload()
     content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
@@ -53,8 +55,16 @@ def _session_hparams(trial_dir: Path) -> dict:
     values = {}
     for name, value in info.hparams.items():
         kind = value.WhichOneof("kind")
-        values[name] = getattr(value, kind)
+        values[hparams.hyperparameter(name) if as_named else name] = getattr(value, kind)
     return values
+
+
+def _experiment(tensorboard_dir: Path):
+    """The HParams experiment summary of a run, read back with TensorBoard's own reader."""
+    acc = event_accumulator.EventAccumulator(str(tensorboard_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/experiment"]
+    return plugin_data_pb2.HParamsPluginData.FromString(content).experiment
 
 
 def test_every_trial_is_an_hparams_session_with_bracket_round_and_objective(finished_run):
@@ -62,8 +72,8 @@ def test_every_trial_is_an_hparams_session_with_bracket_round_and_objective(fini
     trials = sorted(p.parent.name.replace("trial_", "") for p in RunLayout(run_dir).tuner.glob("trial_*/trial.json"))
     assert len(trials) == best["trials"] >= 2
     for trial_id in trials:
-        hparams = _session_hparams(RunLayout(run_dir).tensorboard / trial_id)
-        assert {"backbone", "learning_rate", "tuner/bracket", "tuner/round"} <= set(hparams)
+        values = _session_hparams(RunLayout(run_dir).tensorboard / trial_id)
+        assert {"backbone", "learning_rate", "tuner/bracket", "tuner/round"} <= set(values)
         acc = event_accumulator.EventAccumulator(str(RunLayout(run_dir).tensorboard / trial_id))
         acc.Reload()
         assert OBJECTIVE in acc.Tags()["tensors"]
@@ -71,12 +81,23 @@ def test_every_trial_is_an_hparams_session_with_bracket_round_and_objective(fini
 
 def test_experiment_summary_names_the_weighted_loss_metric(finished_run):
     run_dir, _ = finished_run
-    acc = event_accumulator.EventAccumulator(str(RunLayout(run_dir).tensorboard), size_guidance={"tensors": 0})
-    acc.Reload()
-    content = acc.PluginTagToContent("hparams")["_hparams_/experiment"]
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+    experiment = _experiment(RunLayout(run_dir).tensorboard)
     assert OBJECTIVE in [m.name.tag for m in experiment.metric_infos]
-    assert {"backbone", "learning_rate", "tuner/bracket"} <= {h.name for h in experiment.hparam_infos}
+    assert {"backbone", "learning_rate", "tuner/bracket"} <= {h.display_name for h in experiment.hparam_infos}
+
+
+def test_hparams_names_put_the_searched_five_first_and_every_session_uses_the_experiments_names(finished_run):
+    # TensorBoard sorts the experiment's hyperparameters by name and shows the first five
+    # (tests/search/test_hparams_dashboard.py sees them in Chromium, unfreeze_depth among them).
+    run_dir, _ = finished_run
+    infos = _experiment(RunLayout(run_dir).tensorboard).hparam_infos
+    ordered = [h.display_name for h in sorted(infos, key=lambda h: h.name)]
+    # From scratch only: no unfreeze_depth in the space, so a head layer's units come fifth.
+    assert ordered[:5] == ["backbone", "learning_rate", "dropout", "head_depth", "head_units_0"], ordered
+    assert all(hparams.hyperparameter(h.name) == h.display_name for h in infos)
+    for trial in RunLayout(run_dir).tuner.glob("trial_*/trial.json"):
+        session = _session_hparams(RunLayout(run_dir).tensorboard / trial.parent.name.replace("trial_", ""), False)
+        assert "1_backbone" in session and set(session) <= {h.name for h in infos}
 
 
 def test_best_hyperparameters_file_ranks_on_the_weighted_loss(finished_run):

@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import keras_tuner
@@ -237,7 +240,7 @@ def test_a_search_stays_inside_its_space_file_and_hparams_shows_exactly_that_spa
     acc = event_accumulator.EventAccumulator(str(RunLayout(run_dir).tensorboard), size_guidance={"tensors": 0})
     acc.Reload()
     content = acc.PluginTagToContent("hparams")["_hparams_/experiment"]
-    infos = {h.name: h for h in plugin_data_pb2.HParamsPluginData.FromString(content).experiment.hparam_infos}
+    infos = {h.display_name: h for h in plugin_data_pb2.HParamsPluginData.FromString(content).experiment.hparam_infos}
     assert {"backbone", "unfreeze_depth", "head_depth", "head_units_0", "dropout", "learning_rate"} <= set(infos)
     assert [v.string_value for v in infos["backbone"].domain_discrete.values] == ["mine"]
     assert [v.number_value for v in infos["dropout"].domain_discrete.values] == [0.3]
@@ -286,3 +289,45 @@ def test_the_space_a_run_searched_prints_as_a_file_that_searches_it_again(tmp_pa
     again.write_text(printed.output)
     assert new_config(str(tmp_path / "run"), space=again) == first
     error_line(run_cli("space", "--run-dir", tmp_path / "run", "--image-size", 64), "drop --image-size")
+
+
+# `cxr-tuner space` as a user runs it, in a process of its own: which of Keras's modules it loaded.
+_AS_THE_COMMAND = (
+    "import runpy, sys\n"
+    "sys.argv = ['cxr-tuner', *sys.argv[1:]]\n"
+    "try:\n"
+    "    runpy.run_module('cxr_tuner', run_name='__main__')\n"
+    "except SystemExit as done:\n"
+    "    assert not done.code, done.code\n"
+    "print('loaded:', *sorted(m for m in ('tensorflow', 'keras', 'keras_tuner') if m in sys.modules), file=sys.stderr)\n"
+)
+
+
+def _space_command(*flags):
+    """stdout, the heavy modules it loaded and anything else on stderr of `python -m cxr_tuner space FLAGS`."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", _AS_THE_COMMAND, "space", *map(str, flags)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    *other, loaded = done.stderr.splitlines()
+    return done.stdout, loaded.split()[1:], other
+
+
+@pytest.mark.parametrize("case", ["demo", "flags", "space file", "run dir"])
+def test_space_prints_the_built_in_backbones_facts_without_loading_tensorflow(tmp_path, case):
+    file = _space(tmp_path, '[run]\nimage_size = 64\n[hyperparameters]\nbackbone = ["mobilenet_025", "resnet50"]\n'
+                            "dropout = 0.3\nhead_units_0 = [32, 64]\n")
+    new_config(str(tmp_path / "run"), space=file).save()
+    flags = {"demo": (), "flags": ("--data", "x", "--backbones", "vanilla_cnn,densenet121", "--image-size", "96"),
+             "space file": ("--space", file), "run dir": ("--run-dir", tmp_path / "run")}[case]
+    printed, loaded, other = _space_command(*flags)
+    assert loaded == [] and other == [], (loaded, other)
+    assert printed == run_cli("space", *flags).output  # the same text as where Keras is loaded
+    assert "unfreeze_depth = {min = 0, max = " in printed and "[retrain]" in printed
+
+
+def test_space_asks_keras_silently_for_a_keras_application_backbone():
+    printed, loaded, other = _space_command("--backbones", "vanilla_cnn,keras:MobileNetV3Small")
+    assert loaded == ["keras", "keras_tuner", "tensorflow"] and other == []  # TensorFlow's start-up lines hidden
+    assert "(keras:MobileNetV3Small: 3)" in printed
+    assert printed == run_cli("space", "--backbones", "vanilla_cnn,keras:MobileNetV3Small").output
