@@ -300,6 +300,22 @@ def test_external_test_set_with_a_class_training_never_saw(run_copy, tmp_path):
                 "it knows COVID, Normal, Viral_Pneumonia", "remove or rename those folders")
 
 
+def test_search_refuses_a_bad_external_set_before_the_search(run_copy, mixed_data, tmp_path):
+    job = [flag for flag in FAST_SEARCH if flag != "--no-retrain"]
+    external = phantom_folders(tmp_path / "external", n_per_class=1)
+    shutil.copytree(external / "COVID", external / "Tuberculosis")
+    before = tree_digest(run_copy)
+    error_line(_search(mixed_data, run_copy, "--external", tmp_path / "nowhere", flags=job),
+               f"--external {tmp_path / 'nowhere'} does not exist")
+    error_line(_search(mixed_data, run_copy, "--external", external), "--no-retrain")
+    error_line(_search(mixed_data, run_copy, "--external", external, flags=job),
+               "holds classes the model does not know: Tuberculosis")
+    assert tree_digest(run_copy) == before  # a resumed run: nothing of it changed
+    fresh = tmp_path / "fresh"
+    error_line(_search(mixed_data, fresh, "--external", external, flags=job), "Tuberculosis")
+    assert not RunLayout(fresh).split.exists()  # a new run: refused before its data stage
+
+
 # --- the audit command ----------------------------------------------------------------------
 
 def test_audit_of_a_missing_path_and_to_an_unwritable_file(tmp_path, csv_root):
