@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_tuner.data import cache, synthetic
+from cxr_tuner.data import cache, synthetic, synthetic_findings
 from cxr_tuner.data.images import decode_image
 from cxr_tuner.search.engine.layout import RunLayout
 from tests.conftest import FAST_SEARCH, error_line, phantom_folders, run_cli, tree_digest
@@ -310,6 +310,9 @@ def test_search_refuses_a_bad_external_set_before_the_search(run_copy, mixed_dat
     error_line(_search(mixed_data, run_copy, "--external", external), "--no-retrain")
     error_line(_search(mixed_data, run_copy, "--external", external, flags=job),
                "holds classes the model does not know: Tuberculosis")
+    findings = synthetic_findings.write_multilabel_demo(tmp_path / "findings", n_films=12, size=32,
+                                                        min_positive_patients=1) / synthetic_findings.MULTILABEL_CSV
+    error_line(_search(mixed_data, run_copy, "--external", findings, flags=job), "labels findings")
     assert tree_digest(run_copy) == before  # a resumed run: nothing of it changed
     fresh = tmp_path / "fresh"
     error_line(_search(mixed_data, fresh, "--external", external, flags=job), "Tuberculosis")

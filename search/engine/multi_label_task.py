@@ -151,8 +151,11 @@ class MultiLabel(Task):
                 "thresholds": thresholds}
 
     def check_external(self, config, data: str, names):
-        """The set's label table, refused when it labels none of the run's findings."""
-        table = label_files.read(data, "multilabel", config.uncertain, config.views or None)
+        """The set's label table, refused when it holds classes or labels none of the run's findings."""
+        table = label_files.read(data, "auto", config.uncertain, config.views or None)
+        if table.task != self.name:
+            raise UserError(f"{data} holds one class per film; this run's model answers findings "
+                            f"({', '.join(names)}): pass a label file of findings.")
         if not any(n in table.names for n in names):
             raise UserError(f"{data} labels none of the model's findings ({', '.join(names)}; it has "
                             f"{', '.join(table.names)}); pass a label file with the same finding names.")

@@ -11,7 +11,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cxr_tuner.data import audit, cache, manifest, sources, split, synthetic
+from cxr_tuner.data import audit, cache, labels as label_files, manifest, sources, split, synthetic
 from cxr_tuner.data.class_weights import class_weights
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.data.split import SPLITS
@@ -151,8 +151,12 @@ class SingleLabel(Task):
         return card
 
     def check_external(self, config, data: str, names) -> list:
-        """The set's labelled files, refused when a class is one the run does not know."""
-        examples = manifest.discover(data)
+        """The set's labelled files, refused when they are findings or a class is one the run does not know."""
+        table = label_files.read(data)
+        if table.task != self.name:
+            raise UserError(f"{data} labels findings (several per film); this run's model tells one class of "
+                            f"{', '.join(names)}: pass a folder per class or a path,label CSV.")
+        examples = table.examples
         unknown = sorted({e.label for e in examples} - set(names))
         if unknown:
             raise UserError(f"{data} holds classes the model does not know: {', '.join(unknown)} (it knows "
