@@ -43,6 +43,8 @@ def make_dataset(
         augment: Apply the mild augmentation described in the module docstring.
         rows: Optional row of ``images`` for each label, e.g. one split's indices into
             the whole cache; avoids ``images[idx]``, which copies that split into RAM.
+            A ``(count, V)`` array gives each label V rows to choose from (a film and its
+            re-rendered copies): every epoch each label shows one of them, drawn from ``seed``.
     """
     labels = np.asarray(labels)
     multi_hot = labels.ndim == 2
@@ -55,9 +57,15 @@ def make_dataset(
         dtype = tf.float32  # a float16 activation cache is widened per batch: trials compute in float32
     rows = np.arange(count) if rows is None else np.asarray(rows, dtype=np.int64)
 
-    def load(indices):
-        batch = tf.numpy_function(lambda i: np.asarray(images[rows[i]], dtype=dtype.as_numpy_dtype), [indices],
-                                  dtype, stateful=False)
+    def gather(i, pair):
+        chosen = rows[i]
+        if chosen.ndim == 2:  # one of each label's variants, drawn per batch from the seeded pair
+            column = np.random.default_rng([int(v) & 0xFFFFFFFF for v in pair]).integers(chosen.shape[1], size=len(i))
+            chosen = chosen[np.arange(len(i)), column]
+        return np.asarray(images[chosen], dtype=dtype.as_numpy_dtype)
+
+    def load(indices, pair):
+        batch = tf.numpy_function(gather, [indices, pair], dtype, stateful=False)
         batch.set_shape((None, *image_shape))
         picked = tf.gather(labels, indices)
         one_hot = picked if multi_hot else tf.one_hot(picked, num_classes, dtype=tf.float32)
@@ -66,7 +74,9 @@ def make_dataset(
     dataset = tf.data.Dataset.range(count)
     if shuffle:
         dataset = dataset.shuffle(max(count, 1), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    # A seed pair per batch, new every epoch: which variant each label shows (ignored for one row per label).
+    pairs = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
+    dataset = tf.data.Dataset.zip(dataset.batch(batch_size), pairs).map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if augment:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip(dataset, seeds).map(
@@ -108,3 +118,28 @@ def _warp(pixels, angle, zoom, shift):
         images=pixels, transforms=transforms, output_shape=tf.shape(pixels)[1:3],
         fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT",
     )
+
+
+class Stacked:
+    """Two arrays read as one by row (the second's rows after the first's), without copying either.
+
+    The films and their stored copies (or their activations) feed one pipeline this way.
+    """
+
+    def __init__(self, first: np.ndarray, second: np.ndarray):
+        if first.shape[1:] != second.shape[1:] or first.dtype != second.dtype:
+            raise ValueError(f"cannot stack {first.shape}/{first.dtype} with {second.shape}/{second.dtype}")
+        self.first, self.second = first, second
+        self.shape = (len(first) + len(second), *first.shape[1:])
+        self.dtype = first.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        inside = rows < len(self.first)
+        out[inside] = self.first[rows[inside]]
+        out[~inside] = self.second[rows[~inside] - len(self.first)]
+        return out

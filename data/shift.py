@@ -14,10 +14,17 @@ so the cues stop predicting the label.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from cxr_tuner.data import files
+from cxr_tuner.data.errors import UserError
 
 FAMILIES = ("resampling", "jpeg", "bit_depth", "window_gamma", "blur_sharpen", "noise", "border", "markers")
 DESCRIPTIONS = {
@@ -75,17 +82,92 @@ def training_copies(images: np.ndarray, copies: int, seed: int, ids=None, rows=N
     """
     rows = np.arange(len(images)) if rows is None else np.asarray(rows)
     ids = rows if ids is None else np.asarray(ids)
-    side = images.shape[1:3]
-    out = np.empty((copies * len(rows), *side, 1), dtype=np.uint8)
-    for k in range(copies):
-        for j, (row, film_id) in enumerate(zip(rows, ids)):
-            rng = _rng(seed, "chain", int(film_id), k)
-            chain = sorted(rng.choice(len(_CHAIN_ORDER), size=int(rng.integers(2, 4)), replace=False))
-            pixels = np.asarray(images[row]).reshape(side)
-            for index in chain:
-                pixels = _STEPS[_CHAIN_ORDER[index]](pixels, rng)
-            out[k * len(rows) + j, ..., 0] = pixels
+    out = np.concatenate([_copy_k(images, rows, seed, k, ids)[0] for k in range(copies)]) if copies else \
+        np.empty((0, *images.shape[1:3], 1), np.uint8)
     return out, np.tile(rows, copies)
+
+
+VERSION = 1  # bump when a family's rendering changes: stored copies of another version are not read
+
+
+class StoredCopies:
+    """Training copies of some rows of a run's films, kept on disk beside its decoded cache.
+
+    Attributes:
+        images: ``(copies * len(rows), S, S, 1)`` uint8 memmap, copy-major.
+        sources: The row of the run's images each copy renders.
+        copies: Copies per film.
+    """
+
+    def __init__(self, images: np.ndarray, sources: np.ndarray, copies: int):
+        self.images, self.sources, self.copies = images, np.asarray(sources), copies
+
+    def variants(self, rows, total: int) -> np.ndarray:
+        """``(len(rows), 1 + copies)`` rows of the stacked (films, then copies) array: each film and its copies.
+
+        ``total`` is the number of films before the copies start.
+        """
+        position = np.full(total, -1, dtype=np.int64)
+        per_copy = len(self.sources) // max(self.copies, 1)
+        position[self.sources[:per_copy]] = np.arange(per_copy)
+        rows = np.asarray(rows, dtype=np.int64)
+        if (position[rows] < 0).any():
+            raise ValueError("some rows have no stored copies")
+        return np.stack([rows] + [total + k * per_copy + position[rows] for k in range(self.copies)], axis=1)
+
+
+def stored_copies(images: np.ndarray, rows, copies: int, seed: int, folder: Path,
+                  progress=None) -> StoredCopies:
+    """The training copies of ``images[rows]``, rendered once and kept in ``folder`` (read back when current).
+
+    The file's name carries what the copies depend on (the films' pixels, the rows, the seed,
+    the count and the renderer's version): a copy of other films is never read as current.
+
+    Raises:
+        UserError: The disk has no room for them.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    digest = hashlib.sha256(f"{VERSION}/{copies}/{seed}/{images.shape}".encode())
+    digest.update(rows.tobytes())
+    for start in range(0, len(rows), 512):
+        digest.update(np.ascontiguousarray(images[rows[start:start + 512]]).data)
+    name = f"copies-{copies}x{len(rows)}-{digest.hexdigest()[:20]}"
+    folder = Path(folder)
+    data, meta = folder / f"{name}.u8", folder / f"{name}.json"
+    shape = (copies * len(rows), *images.shape[1:3], 1)
+    if not meta.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        needed = int(np.prod(shape))
+        if shutil.disk_usage(folder).free < needed:
+            raise UserError(f"Not enough disk space in {folder} for {copies} re-rendered copies of the training "
+                            f"films ({needed / 1e6:,.0f} MB); free some space or train with --shift-copies 0.")
+        with files.replaced(data, "wb") as out:
+            for k in range(copies):
+                for start in range(0, len(rows), 256):
+                    chunk = rows[start:start + 256]
+                    # One rendering per (film, copy) whatever the chunking: the ids are the film rows.
+                    rendered, _ = _copy_k(images, chunk, seed, k)
+                    out.write(rendered.tobytes())
+                    if progress:
+                        progress(len(chunk))
+        files.write_json(meta, {"shape": list(shape), "copies": copies, "seed": seed, "version": VERSION})
+    pixels = np.memmap(data, dtype=np.uint8, mode="r", shape=shape)
+    return StoredCopies(pixels, np.tile(rows, copies), copies)
+
+
+def _copy_k(images, rows, seed: int, k: int, ids=None):
+    """Copy ``k`` of each of ``images[rows]``: a chain of 2-3 families drawn from ``(seed, id, k)``."""
+    side = images.shape[1:3]
+    ids = rows if ids is None else ids
+    out = np.empty((len(rows), *side, 1), dtype=np.uint8)
+    for j, (row, film_id) in enumerate(zip(rows, ids)):
+        rng = _rng(seed, "chain", int(film_id), k)
+        chain = sorted(rng.choice(len(_CHAIN_ORDER), size=int(rng.integers(2, 4)), replace=False))
+        pixels = np.asarray(images[row]).reshape(side)
+        for index in chain:
+            pixels = _STEPS[_CHAIN_ORDER[index]](pixels, rng)
+        out[j, ..., 0] = pixels
+    return out, rows
 
 
 def _rng(seed: int, family: str, *ids: int) -> np.random.Generator:

@@ -27,7 +27,8 @@ _OLD_COLUMNS = ["path", "label", "group", "split"]  # before sources were kept: 
 
 
 def split_by_group(
-    labels: Sequence[str], groups: Sequence[str], fractions=(0.7, 0.15, 0.15), seed: int = 0
+    labels: Sequence[str], groups: Sequence[str], fractions=(0.7, 0.15, 0.15), seed: int = 0,
+    sources: Sequence[str] | None = None,
 ) -> list[str]:
     """Assign "train", "val" or "test" to each item; no group is ever in two splits.
 
@@ -40,6 +41,10 @@ def split_by_group(
         groups: Patient id per item, or "" when unknown.
         fractions: (train, val, test), summing to 1.
         seed: Same seed, same inputs -> same split.
+        sources: The source of each item, to keep sources apart between train and
+            validation: in a class with films from two or more sources, validation takes
+            whole sources of it, so its loss measures transfer to a source training never
+            saw. Classes of one source split by group as before; test is split as always.
 
     Raises:
         UserError: Bad fractions, or a class with too few groups to be in every split.
@@ -50,7 +55,10 @@ def split_by_group(
     _check_enough_groups(labels, codes, fractions)
     _, val_fraction, test_fraction = fractions
     rest, test = _pick_fold(labels, codes, np.arange(len(labels)), 1 / test_fraction, seed)
-    train, val = _pick_fold(labels, codes, rest, (1 - test_fraction) / val_fraction, seed)
+    if sources is None:
+        train, val = _pick_fold(labels, codes, rest, (1 - test_fraction) / val_fraction, seed)
+    else:
+        train, val = _sources_apart(labels, codes, sources, rest, val_fraction / (1 - test_fraction), seed)
     result = np.empty(len(labels), dtype=object)
     result[train], result[val], result[test] = "train", "val", "test"
     return result.tolist()
@@ -126,6 +134,46 @@ def _group_codes(groups: Sequence[str]) -> np.ndarray:
     return np.asarray(codes)
 
 
+def _sources_apart(labels: np.ndarray, codes: np.ndarray, sources, items: np.ndarray, share: float, seed: int):
+    """(train, val) of ``items``: whole sources of each class with 2+ sources in val, the rest by group.
+
+    A multi-source class sends sources, in a seeded order, to validation until it holds about
+    ``share`` of the class (at least one source, never all); classes of one source split by group.
+    """
+    sources = np.asarray([s or "" for s in sources], dtype=object)
+    rng = np.random.default_rng(seed)
+    val_parts, train_parts, single = [], [], []
+    for label in np.unique(labels[items]):
+        mine = items[labels[items] == label]
+        known = sorted(set(sources[mine]) - {""})
+        if len(known) < 2:
+            single.append(mine)
+            continue
+        chosen, held = [], 0
+        for source in rng.permutation(known)[:-1]:
+            if chosen and held >= share * len(mine):
+                break
+            chosen.append(source)
+            held += int((sources[mine] == source).sum())
+        in_val = np.isin(sources[mine], chosen)
+        val_parts.append(mine[in_val])
+        train_parts.append(mine[~in_val])
+    if single:
+        kept, held_out = _pick_fold(labels, codes, np.sort(np.concatenate(single)), 1 / share, seed)
+        train_parts.append(kept)
+        val_parts.append(held_out)
+    return np.sort(np.concatenate(train_parts)), np.sort(np.concatenate(val_parts))
+
+
+def source_apart_classes(labels: Sequence[str], sources: Sequence[str]) -> list[str]:
+    """The classes with films from two or more known sources (what ``sources=`` keeps apart)."""
+    found = defaultdict(set)
+    for label, source in zip(labels, sources):
+        if source:
+            found[label].add(source)
+    return sorted(label for label, names in found.items() if len(names) >= 2)
+
+
 def _check_enough_groups(labels: np.ndarray, codes: np.ndarray, fractions) -> None:
     # With fewer than 1/min_fraction groups, the smallest split's expected share of a
     # class is under one group, so the class would often be missing from it.
@@ -152,7 +200,7 @@ def _pick_fold(labels, codes, items: np.ndarray, folds: float, seed: int):
     """(kept, held_out) item indices: the first fold whose both sides hold every class."""
     n_splits = max(2, min(round(folds), len(np.unique(codes[items]))))
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    every_class = set(labels.tolist())
+    every_class = set(labels[items].tolist())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class" is expected
         for kept, held_out in splitter.split(items, labels[items], codes[items]):

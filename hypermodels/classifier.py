@@ -48,12 +48,14 @@ class XrayClassifier(keras_tuner.HyperModel):
             in one sigmoid per finding and trains on the weighted bce. None: softmax classes.
         specs: The run's backbones, which ``backbones`` name (`RunConfig.backbone_specs`);
             None: the built-ins and ``keras:NAME``.
+        intensity: ``"as_stored"`` or ``"standardize"`` (each film to a typical mean and
+            spread inside the model, `hypermodels.preprocess`).
     """
 
     def __init__(self, num_classes: int, image_size: int,
                  backbones: Sequence[str] = ("mobilenet_025",), weights: str = "imagenet",
                  precision: str = "float32", space: Space | None = None, findings: Findings | None = None,
-                 specs: Backbones | None = None, **kwargs):
+                 specs: Backbones | None = None, intensity: str = "as_stored", **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.image_size = image_size
@@ -63,6 +65,7 @@ class XrayClassifier(keras_tuner.HyperModel):
         self.space = space or Space()
         self.findings = findings
         self.specs = specs or BUILT_IN
+        self.intensity = intensity
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         with precisions.policy(self.precision):
@@ -74,7 +77,7 @@ class XrayClassifier(keras_tuner.HyperModel):
         depth = self.unfreeze_depth(hp, spec) if weights is not None else None
         seed = head_seed()
         inputs = keras.Input((self.image_size, self.image_size, 1), dtype="uint8", name="image")
-        x = preprocess(inputs, spec.preprocess)
+        x = preprocess(inputs, spec.preprocess, self.intensity)
         base = spec.constructor(include_top=False, weights=weights, input_tensor=x)
         if depth is None:
             _follow_batch_statistics_faster(base)

@@ -131,7 +131,8 @@ class ActivationClassifier(keras_tuner.HyperModel):
         """``model``'s probabilities on the validation split (or ``fold``'s validation rows), in row order,
         from the data it trains on (cached activations or images)."""
         depth = self.frozen_depth(hp)
-        validation = self.datasets(hp.values["backbone"], depth, 0, fold)[1]
+        # The films alone: a validation pipeline that also holds re-rendered copies ranks, it is not predicted.
+        validation = self.datasets(hp.values["backbone"], depth, 0, fold, clean=True)[1]
         with contextlib.nullcontext() if depth is None else without_graph_rewrites():
             return model.predict(validation, verbose=0)
 

@@ -9,14 +9,16 @@ float32) reproduces the backbone's own ``preprocess_input``.
 
 from __future__ import annotations
 
-import keras
-
 # Per-channel constants of keras.applications.imagenet_utils.preprocess_input.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
 MODES = ("caffe", "tf", "torch", "raw", "unit")
 LAYER_NAME = "preprocess"
+INTENSITIES = ("as_stored", "standardize")
+# A standardised film is put back at the mean and spread of a typical radiograph on 0..255,
+# the range the backbone's ImageNet statistics expect.
+_TYPICAL_MEAN, _TYPICAL_STD = 128.0, 64.0
 
 
 def affine(mode: str) -> tuple[list[float], list[float]]:
@@ -40,18 +42,35 @@ def affine(mode: str) -> tuple[list[float], list[float]]:
     raise ValueError(f"Unknown preprocess mode {mode!r}; expected one of {MODES}.")
 
 
-def preprocess(images, mode: str):
-    """uint8 grayscale images ``(..., 1)`` -> float32 RGB in the backbone's input range."""
+def preprocess(images, mode: str, intensity: str = "as_stored"):
+    """uint8 grayscale images ``(..., 1)`` -> float32 RGB in the backbone's input range.
+
+    ``intensity="standardize"`` first gives each film zero mean and unit spread over its
+    own pixels (a ``LayerNormalization`` over height, width and channel, no learned
+    parameters), then the mean and spread of a typical film: how a source exposed and
+    windowed its films stops mattering, and the exported model carries the step.
+    """
+    import keras  # here: the CLI reads INTENSITIES without loading Keras
+
+    if intensity not in INTENSITIES:
+        raise ValueError(f"Unknown intensity {intensity!r}; expected one of {INTENSITIES}.")
+    if intensity == "standardize":
+        floats = keras.layers.Rescaling(1.0, name="as_float")(images)
+        unit = keras.layers.LayerNormalization(axis=(1, 2, 3), center=False, scale=False, epsilon=1e-3,
+                                               dtype="float32", name="standardize")(floats)
+        images = keras.layers.Rescaling(_TYPICAL_STD, _TYPICAL_MEAN, name="typical_film")(unit)
     scale, offset = affine(mode)
     rgb = keras.layers.Concatenate(name="grey_to_rgb")([images, images, images])
     return keras.layers.Rescaling(scale, offset, name=LAYER_NAME)(rgb)
 
 
-def mode_of(model: keras.Model) -> str | None:
+def mode_of(model) -> str | None:
     """The preprocess mode inside ``model`` (built by :func:`preprocess`), or None.
 
     Also finds it inside a nested model, e.g. the frozen backbone an ensemble's members share.
     """
+    import keras
+
     try:
         config = model.get_layer(LAYER_NAME).get_config()
     except ValueError:

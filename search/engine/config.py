@@ -63,6 +63,14 @@ class RunConfig:
             ``ignore`` (masked out of the loss and of every figure of that finding).
         views: The views kept (e.g. ``("PA", "AP")``); empty: all.
         min_positive_groups: A finding with fewer positive patient groups in any split is dropped.
+        intensity: ``as_stored`` or ``standardize``: each film brought to a typical mean and
+            spread inside the model (`hypermodels.preprocess`), so exposure and windowing differ less.
+        shift_copies: Re-rendered copies of each train+val film (`data.shift.training_copies`):
+            each training epoch shows every film once, clean or as one of its copies; 0: none.
+        shift_objective: ``clean`` ranks trials on the class-weighted loss of the validation
+            films; ``mixed`` on the mean of it and of their re-rendered copies (docs/shift.md).
+        val_sources: ``mixed`` splits validation by patient; ``apart`` gives validation whole
+            sources of each class that has two or more (`data.split.split_by_group`).
         class_names: Filled by the data stage: sorted class names, or the kept findings.
         class_weights: Filled by the data stage: ``compute_class_weight("balanced")``; for
             findings ``{name: {"positive": w, "negative": w}}``, balanced per finding on train.
@@ -94,6 +102,10 @@ class RunConfig:
     uncertain: str = "ones"
     views: tuple[str, ...] = ()
     min_positive_groups: int = MIN_POSITIVE_GROUPS
+    intensity: str = "as_stored"  # runs saved before these settings existed: films as stored, no copies
+    shift_copies: int = 0
+    shift_objective: str = "clean"
+    val_sources: str = "mixed"
     class_names: tuple[str, ...] = ()
     class_weights: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -203,6 +215,12 @@ def new_config(run_dir: str, data: str | None = None, space: str | Path | None =
     settings["space"] = space_file.resolve(
         read.hyperparameters if read else {}, read.retrain if read else dict(space_file.RETRAIN_DEFAULTS),
         read.own if read else {}, settings["backbones"], settings["weights"], settings["image_size"], source)
+    if settings.get("val_sources") == "apart" and settings.get("folds"):
+        raise UserError("--val-sources apart holds sources out of validation; --folds divides train+val by patient. "
+                        "Use one of them.")
+    if settings.get("shift_objective", "clean") != "clean" and not settings.get("shift_copies"):
+        raise UserError("--shift-objective mixed ranks on re-rendered validation copies: give --shift-copies N "
+                        "(1 or more) too.")
     return RunConfig(run_dir=str(run_dir), data=data, **settings)
 
 

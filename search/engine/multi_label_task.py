@@ -38,6 +38,9 @@ class MultiLabel(Task):
 
     def split(self, config, examples, groups, table) -> tuple[np.ndarray, dict]:
         """Iterative stratification over every finding; a finding with too few positive groups is dropped."""
+        if config.val_sources == "apart":
+            raise UserError("--val-sources apart keeps a class's sources apart; findings runs split by patient "
+                            "only. Drop --val-sources.")
         targets = label_files.multi_hot([e.label for e in examples], table.names)
         splits, kept, dropped = split.split_multilabel(targets, groups, table.names, config.fractions, config.seed,
                                                        config.min_positive_groups)

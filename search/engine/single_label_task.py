@@ -50,7 +50,16 @@ class SingleLabel(Task):
         return manifest.ignored_columns(root)
 
     def split(self, config, examples, groups, table) -> tuple[np.ndarray, dict]:
-        return split.split_by_group([e.label for e in examples], groups, config.fractions, config.seed), {}
+        labels = [e.label for e in examples]
+        if config.val_sources != "apart":
+            return split.split_by_group(labels, groups, config.fractions, config.seed), {}
+        sources = [e.source for e in examples]
+        apart = split.source_apart_classes(labels, sources)
+        line = (f"validation keeps sources apart from training in {', '.join(apart)}: its loss measures transfer"
+                if apart else "--val-sources apart: no class has films from two or more sources; "
+                              "validation is split by patient as usual")
+        return split.split_by_group(labels, groups, config.fractions, config.seed, sources), \
+            {"lines": [*table.lines, line], "sources_apart": apart}
 
     def source_audit(self, examples, ignored: list[str], label_record: dict) -> dict:
         found = sources.source_audit(examples)

@@ -59,7 +59,7 @@ def build_model(config: RunConfig, hp: keras_tuner.HyperParameters) -> keras.Mod
     """A fresh, compiled model of the run's HyperModel for ``hp``."""
     hypermodel = XrayClassifier(len(config.class_names), config.image_size, config.backbones, config.weights,
                                 config.precision, config.search_space(), findings=task_of(config).findings(config),
-                                specs=config.backbone_specs)
+                                specs=config.backbone_specs, intensity=config.intensity)
     return hypermodel.build(hp)
 
 

@@ -5,7 +5,8 @@ raw float32 array per cut layer (``<cut>.f32``, one row per image of the decoded
 and its ``<cut>.json`` (shape, dtype and the key); with ``dtype="float16"`` the entry's
 folder ends in ``-f16`` and its arrays are ``<cut>.f16`` (half the disk, see
 :mod:`search.tuning.cache_plan`); an entry computed under a mixed precision policy ends in
-``-mixed_bfloat16`` or ``-mixed_float16``, so no run of another precision reads it.
+``-mixed_bfloat16`` or ``-mixed_float16``, so no run of another precision reads it, and one
+whose films are standardised inside the model ends in ``-standardize``.
 ``<weights>`` is the start of the sha256 of the weights file (``none`` for random
 weights), ``<images>`` the start of the sha256 of the decoded pixels: other weights,
 another size or other images are another entry, and a cut is its own file. An array is
@@ -28,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from cxr_tuner.data import files, pipeline
+from cxr_tuner.data import files, pipeline, shift
 from cxr_tuner.hypermodels.cutting import ActivationClassifier, cut_layer, frozen_image_model, frozen_model, is_cacheable
 from cxr_tuner.hypermodels.classifier import POOLED, XrayClassifier
 from cxr_tuner.hypermodels.backbones.spec import BackboneSpec, file_safe
@@ -70,19 +71,21 @@ class ActivationCache:
         self.extractor = extractor or extraction.process_name()
         self.log = log
         self.plan = None  # the search.tuning.cache_plan.CachePlan it was sized by, when one was made
+        self.copies = None  # the cache of the run's re-rendered training copies, warmed with this one
         self._images_id = None
         self._keys = {}  # hashing is not free: once per backbone and run
         self._models = {}
 
     def key(self, backbone: str) -> dict:
-        """What ``backbone``'s activations depend on: backbone, size, weights, images and precision."""
+        """What ``backbone``'s activations depend on: backbone, size, weights, images, precision and intensity step."""
         if backbone not in self._keys:
             if self._images_id is None:
                 self._images_id = images_identity(self.images)
             size = self.classifier.image_size
             self._keys[backbone] = {"backbone": backbone, "image_size": size, "images": self._images_id,
                                     "weights": weights_identity(self.spec(backbone), self.classifier.weights, size),
-                                    "precision": self.classifier.precision}
+                                    "precision": self.classifier.precision,
+                                    "intensity": self.classifier.intensity}
         return self._keys[backbone]
 
     def entry(self, backbone: str) -> Path:
@@ -90,6 +93,7 @@ class ActivationCache:
         key = self.key(backbone)
         suffix = "" if self.dtype == "float32" else f"-{_SUFFIX[self.dtype]}"
         computed = "" if key["precision"] == "float32" else f"-{key['precision']}"
+        computed += "" if key["intensity"] == "as_stored" else f"-{key['intensity']}"
         return self.folder / (f"{file_safe(backbone)}-{key['image_size']}px-w{key['weights'][:16]}"
                               f"-i{key['images'][:16]}{suffix}{computed}")
 
@@ -135,6 +139,8 @@ class ActivationCache:
                 for depth in range(len(self.spec(backbone).unfreeze_points) + 1):
                     if self.is_cached(backbone, depth):
                         self.activations(backbone, depth)
+        if self.copies is not None:
+            self.copies.warm(backbones)
 
     def image_model(self, backbone: str):
         """The :func:`frozen_image_model` of ``backbone``, built once; the trials' template too."""
@@ -222,36 +228,58 @@ class TrialData:
     shuffled.
     """
 
-    def __init__(self, data, cache: ActivationCache):
+    def __init__(self, data, cache: ActivationCache, copies: shift.StoredCopies | None = None):
         self.data = data
         self.cache = cache
+        self.copies = copies  # train+val films re-rendered (config.shift_copies), their activations in cache.copies
         self._validation = {}
         self._activations = {}  # one memory map per cut and process: each map's pages count in its RSS
 
-    def __call__(self, backbone: str, depth: int | None, initial_epoch: int = 0, fold=None) -> tuple:
+    def __call__(self, backbone: str, depth: int | None, initial_epoch: int = 0, fold=None, clean: bool = False) -> tuple:
         key = ("images",) if depth is None else (backbone, depth)
         seed = shuffle_seed(self.data.config.seed, initial_epoch)
         if fold == FIT:
             return self._make(backbone, depth, FIT, seed), None
         # A split by name, a fold by its rows.
         train, val = ("train", "val") if fold is None else self.data.folds()[fold]
-        if (key, fold) not in self._validation:
-            self._validation[key, fold] = self._make(backbone, depth, val)
-        return self._make(backbone, depth, train, seed), self._validation[key, fold]
+        if (key, fold, clean) not in self._validation:
+            self._validation[key, fold, clean] = self._make(backbone, depth, val, clean=clean)
+        return self._make(backbone, depth, train, seed), self._validation[key, fold, clean]
 
-    def _make(self, backbone: str, depth: int | None, which, seed: int | None = None):
-        """The pipeline of split ``which`` (a name) or of the rows ``which``; shuffled with ``seed`` when given."""
+    def _make(self, backbone: str, depth: int | None, which, seed: int | None = None, clean: bool = False):
+        """The pipeline of split ``which`` (a name) or of the rows ``which``; shuffled (training) with ``seed`` when given.
+
+        With training copies, a training epoch shows each film once, as itself or as one of
+        its copies; validation with ``shift_objective="mixed"`` holds the films and their
+        copies, the copies together weighing what the films weigh (``clean``: the films alone).
+        """
         shuffle = seed is not None
-        if depth is None:
-            return self.data.dataset(which, shuffle=shuffle, seed=seed)
-        if (backbone, depth) not in self._activations:
-            self._activations[backbone, depth] = self.cache.activations(backbone, depth)
         config = self.data.config
         rows = self.data.indices(which) if isinstance(which, str) else which
-        # The same pipeline as images, so a trial on activations sees the batches its image model would.
-        return pipeline.make_dataset(self._activations[backbone, depth], self.data.labels[rows],
-                                     self.data.sample_weights(rows), len(config.class_names),
-                                     config.batch_size, shuffle=shuffle, seed=seed or 0, rows=rows)
+        labels, weights, picked = self.data.labels[rows], self.data.sample_weights(rows), rows
+        if self.copies is not None:
+            variants = self.copies.variants(rows, len(self.data.images))
+            if shuffle:
+                picked = variants
+            elif config.shift_objective == "mixed" and not clean:
+                count = self.copies.copies
+                picked = np.concatenate([rows, variants[:, 1:].T.ravel()])
+                labels = np.concatenate([labels] * (count + 1))
+                weights = np.concatenate([weights] + [weights / count] * count)
+        # Images and activations go through the same pipeline: a trial on activations sees the batches its image model would.
+        return pipeline.make_dataset(self._source(backbone, depth), labels, weights, len(config.class_names),
+                                     config.batch_size, shuffle=shuffle, seed=seed or 0, rows=picked)
+
+    def _source(self, backbone: str, depth: int | None):
+        """The rows a pipeline reads: images (``depth=None``) or activations, the copies' after the films'."""
+        if (backbone, depth) not in self._activations:
+            if depth is None:
+                films, copies = self.data.images, self.copies and self.copies.images
+            else:
+                films = self.cache.activations(backbone, depth)
+                copies = self.copies and self.cache.copies.activations(backbone, depth)
+            self._activations[backbone, depth] = films if copies is None else pipeline.Stacked(films, copies)
+        return self._activations[backbone, depth]
 
 
 def shuffle_seed(seed: int, initial_epoch: int) -> int:
@@ -266,7 +294,7 @@ def trial_hypermodel(data, progress: bool = True):
     config = data.config
     classifier = XrayClassifier(len(config.class_names), config.image_size, config.backbones, config.weights,
                                 config.precision, config.search_space(), findings=task_of(config).findings(config),
-                                specs=config.backbone_specs)
+                                specs=config.backbone_specs, intensity=config.intensity)
     # Trials of pretrained backbones train only what is above the freeze boundary,
     # on activations computed once; the hypermodel's fit picks each trial's data.
     cache = ActivationCache(classifier, data.images, config.layout.activations, progress,
@@ -277,7 +305,14 @@ def trial_hypermodel(data, progress: bool = True):
                                        config.backbones, config.weights, len(cache.images),
                                        config.cache_dtype, config.cache_budget_gb, specs=config.backbone_specs)
     cache.depths = cache.plan.depths
-    return ActivationClassifier(classifier, TrialData(data, cache), cache.image_model,
+    copies = None
+    if config.shift_copies:
+        copies = shift.stored_copies(data.images, data.indices(FIT), config.shift_copies, config.seed,
+                                     config.layout.cache / "shift")
+        cache.copies = ActivationCache(classifier, copies.images, config.layout.activations, progress,
+                                       dtype=config.cache_dtype, depths=cache.depths)
+        cache.copies._models = cache._models  # one frozen backbone per process serves both
+    return ActivationClassifier(classifier, TrialData(data, cache, copies), cache.image_model,
                                    cached=cache.is_cached), cache
 
 
