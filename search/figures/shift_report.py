@@ -6,6 +6,7 @@ computed (`Task.stress_figures`), so the text is the same for classes and findin
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from cxr_tuner.search.figures.text import figure_text, number_text
@@ -99,8 +100,9 @@ def external_markdown(sets: list, cells, out: Path) -> str:
         stress = metrics.get("stress") or {}
         family = stress.get("worst_family")
         shifted = (f"{family}: {number_text(stress['families'][family]['headline'].get('value'))}" if family
-                   else number_text(None, reason="not run"))
-        link = f"[report]({(Path(report) / 'report.html').relative_to(out).as_posix()})" if report else "this report"
+                   else number_text(None, reason="no re-rendering has the figure" if stress else "not run"))
+        link = f"[report]({Path(os.path.relpath(Path(report) / 'report.html', out)).as_posix()})" if report \
+            else "this report"
         lines.append(f"| {name} | {metrics.get('n')} | " + " | ".join(cells(metrics).values())
                      + f" | {worst_text((stress.get('as_filmed') or {}).get('worst'))} | {shifted} | {link} |")
     return "\n".join(lines)
