@@ -277,15 +277,20 @@ _strategy_option = click.option(
               help="Finish the whole job within DURATION (90s, 15m, 6h, 1h30m or bare seconds): a short calibration plans "
                    "Hyperband's max epochs (at most --max-epochs) and the retrain, the plan is printed "
                    "before the search, and the search stops at its share. See docs/time-budget.md.")
+@click.option("--external", "externals", multiple=True, type=click.Path(), metavar="PATH",
+              help="A labelled set from other sources (folder or label file with the run's classes or "
+                   "findings), scored after the test split into RUN_DIR/report/external-NAME, its figures "
+                   "beside the test split's; repeatable. Checked before the search starts.")
 @_strategy_option
 @final_options
-def search(no_retrain, augment, chief, worker_timeout, workers, strategy, ensemble, point, refit, **options):
+def search(no_retrain, augment, chief, worker_timeout, workers, externals, strategy, ensemble, point, refit,
+           **options):
     """Search the best classifier for the data (resumes an existing run).
 
     Then retrains the top 3 configurations (the retrain variant chosen on validation),
     averages the best of them (--ensemble), calibrates and sets the operating point on
-    validation, evaluates on the test split with Grad-CAM galleries and exports, unless
-    --no-retrain.
+    validation, evaluates on the test split (and each --external set) with Grad-CAM
+    galleries and the acquisition-shift stress test and exports, unless --no-retrain.
     """
     started = time.monotonic()  # a --time-budget counts from here, TensorFlow's import included
     from cxr_tuner.search.job import run_job
@@ -294,7 +299,7 @@ def search(no_retrain, augment, chief, worker_timeout, workers, strategy, ensemb
     if chief and strategy != "none":
         click.echo("--strategy applies where trials train: pass it to the workers")
     run_job(config, retrain=not no_retrain, augment=augment, ensemble=ensemble, point=point, refit=refit,
-            log=click.echo,
+            log=click.echo, externals=tuple(str(Path(path).resolve()) for path in externals),
             chief=chief, worker_timeout=worker_timeout, strategy=strategy, workers=workers, started=started)
 
 

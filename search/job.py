@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from cxr_tuner.data.errors import UserError
 from cxr_tuner.search.engine import console, timing
 from cxr_tuner.search.engine.config import RunConfig, load_config
 from cxr_tuner.search.engine.lock import run_lock
@@ -14,7 +15,7 @@ from cxr_tuner.search.figures.text import number_text, value_text
 
 def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ensemble: int | None = None,
             point: str | None = None, log: Callable[[str], None] = print, started: float | None = None,
-            refit: bool = False, **search_options) -> dict:
+            refit: bool = False, externals=(), **search_options) -> dict:
     """Runs (or resumes) the search and, with ``retrain``, the stages after it.
 
     Args:
@@ -27,6 +28,8 @@ def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ense
         point: The operating point, ``CLASS:sensitivity=X`` / ``specificity=X`` / ``off``;
             None: COVID at sensitivity 0.95 when there is such a class.
         refit: Train the final model's members again on train+val (:mod:`search.final.refit`).
+        externals: Labelled sets (folders or label files) the final model is scored on after the
+            test split; refused before the search when missing or not of the run's classes.
         started: ``time.monotonic()`` when the command began: with ``config.time_budget``
             the budget counts from there (default: now).
         search_options: ``chief``, ``worker_timeout``, ``strategy``, ``workers``
@@ -37,13 +40,26 @@ def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ense
     """
     budget = _budget(config, retrain, augment, started, search_options)  # refused before anything is written
     check_inputs(config)  # before the run directory is made for the lock
+    externals = tuple(str(path) for path in externals)
+    if externals:
+        if not retrain:
+            raise UserError("--external scores the final model, which --no-retrain does not make: drop one of "
+                            "them (or score a set later with `cxr-tuner evaluate RUN --data PATH`).")
+        from cxr_tuner.search.evaluation.evaluate import check_external_paths
+
+        check_external_paths(config, externals)
     with run_lock(config.run_dir, "search", log):  # one holder for every stage of the job
-        return _run_stages(config, retrain, augment, (ensemble, point, refit), log, search_options, budget)
+        return _run_stages(config, retrain, augment, (ensemble, point, refit), log, search_options, budget,
+                           externals)
 
 
 def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, log, search_options: dict,
-                budget=None) -> dict:
+                budget=None, externals=()) -> dict:
     started = time.perf_counter()
+    if externals:  # labels only: a set of other classes fails in seconds, not after the search
+        from cxr_tuner.search.evaluation.evaluate import check_external_labels
+
+        check_external_labels(config, externals)
     best = run_search(config, log=log, budget=budget, **search_options)
     for line in best_lines(best, config):
         log(line)
@@ -60,7 +76,7 @@ def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, l
         if final[2] and budget:
             log("refit on train+val: skipped under --time-budget (its plan has no room for it)")
         assemble(saved, ensemble=final[0], point=final[1], refit=final[2] and not budget, log=log)
-        evaluate(saved, log=log)
+        evaluate(saved, log=log, externals=externals)
         export_model(saved, log=log)
         for line in console.summary_lines(config.layout, started) + timing.stage_lines(config.layout):
             log(line)

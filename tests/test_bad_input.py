@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_tuner.data import cache, synthetic
+from cxr_tuner.data import cache, synthetic, synthetic_findings
 from cxr_tuner.data.images import decode_image
 from cxr_tuner.search.engine.layout import RunLayout
 from tests.conftest import FAST_SEARCH, error_line, phantom_folders, run_cli, tree_digest
@@ -298,6 +298,25 @@ def test_external_test_set_with_a_class_training_never_saw(run_copy, tmp_path):
     result = run_cli("evaluate", run_copy, "--data", external)
     error_line(result, "holds classes the model does not know: Tuberculosis",
                 "it knows COVID, Normal, Viral_Pneumonia", "remove or rename those folders")
+
+
+def test_search_refuses_a_bad_external_set_before_the_search(run_copy, mixed_data, tmp_path):
+    job = [flag for flag in FAST_SEARCH if flag != "--no-retrain"]
+    external = phantom_folders(tmp_path / "external", n_per_class=1)
+    shutil.copytree(external / "COVID", external / "Tuberculosis")
+    before = tree_digest(run_copy)
+    error_line(_search(mixed_data, run_copy, "--external", tmp_path / "nowhere", flags=job),
+               f"--external {tmp_path / 'nowhere'} does not exist")
+    error_line(_search(mixed_data, run_copy, "--external", external), "--no-retrain")
+    error_line(_search(mixed_data, run_copy, "--external", external, flags=job),
+               "holds classes the model does not know: Tuberculosis")
+    findings = synthetic_findings.write_multilabel_demo(tmp_path / "findings", n_films=12, size=32,
+                                                        min_positive_patients=1) / synthetic_findings.MULTILABEL_CSV
+    error_line(_search(mixed_data, run_copy, "--external", findings, flags=job), "labels findings")
+    assert tree_digest(run_copy) == before  # a resumed run: nothing of it changed
+    fresh = tmp_path / "fresh"
+    error_line(_search(mixed_data, fresh, "--external", external, flags=job), "Tuberculosis")
+    assert not RunLayout(fresh).split.exists()  # a new run: refused before its data stage
 
 
 # --- the audit command ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ from PIL import Image
 
 from cxr_tuner.data import synthetic_findings
 from cxr_tuner.search.engine.layout import RunLayout
+from cxr_tuner.search.figures.text import figure_text
 from tests.conftest import error_line, plain_keras_output, run_cli
 
 
@@ -20,15 +21,23 @@ def findings_csv(tmp_path_factory):
 
 def test_a_multilabel_job_runs_to_export_and_predict_agrees_with_plain_keras(tmp_path, findings_csv):
     run_dir = tmp_path / "run"
+    other = synthetic_findings.write_multilabel_demo(tmp_path / "site_b", n_films=24, size=32, seed=4,
+                                                     min_positive_patients=2) / synthetic_findings.MULTILABEL_CSV
     result = run_cli("search", "--data", findings_csv, "--run-dir", run_dir, "--backbones", "vanilla_cnn",
                      "--weights", "none", "--image-size", 32, "--tuner", "random", "--max-trials", 1,
-                     "--max-epochs", 1, "--min-positive-groups", 2)
+                     "--max-epochs", 1, "--min-positive-groups", 2, "--external", other)
     assert result.exit_code == 0 and result.exception is None, result.output
     assert "task: multilabel" in result.output and "val_weighted_bce=" in result.output
     layout = RunLayout(run_dir)
     metrics = json.loads(layout.metrics.read_text())
     assert metrics["task"] == "multilabel" and set(metrics["per_label"]) == set(metrics["class_names"])
     assert "| Effusion |" in (layout.report / "report.md").read_text()
+    # The external set: its macro AUC beside the test split's, each with the stress test's macro AUC per family.
+    own = json.loads((layout.report / "external-labels" / "metrics.json").read_text())
+    assert metrics["external"]["labels"]["figures"]["macro_roc_auc"] == own["macro_auc"] and own["n"] == 24
+    for found in (metrics, own):
+        assert found["stress"]["figures"][0] == "macro ROC AUC" and len(found["stress"]["families"]) == 8
+    assert f"| labels | 24 | {figure_text(own['macro_auc'])} |" in (layout.report / "report.md").read_text()
     card = json.loads((layout.export / "model_card.json").read_text())
     assert card["task"] == "multilabel" and set(card["thresholds"]) == set(card["class_names"])
     film = tmp_path / "film.png"

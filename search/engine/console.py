@@ -18,6 +18,8 @@ from pathlib import Path
 
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.search.engine.config import load_config
+from cxr_tuner.search.engine.layout import MODEL_STAMP
+from cxr_tuner.search.figures.shift_report import stress_line
 from cxr_tuner.search.figures.text import number_text, value_text
 
 
@@ -191,15 +193,32 @@ def summary_lines(layout, started: float | None = None) -> list[str]:
         lines.append(f"  {line}")
     metrics = _read(layout.metrics)
     if metrics is not None:
-        lines += headline_lines(metrics)
+        lines += headline_lines(metrics) + [f"    {stress_line(metrics.get('stress'))}"]
+        lines += external_lines(metrics)
     return lines
 
 
-def headline_lines(metrics: dict) -> list[str]:
-    """The headline test figures of ``metrics.json``: ``accuracy 0.942 [0.885, 1.000]`` or ``n/a (why)``."""
+def headline_lines(metrics: dict, title: str = "test split") -> list[str]:
+    """The headline figures of a set's ``metrics.json``: ``accuracy 0.942 [0.885, 1.000]`` or ``n/a (why)``."""
     from cxr_tuner.search.engine.task import task_named  # here: the task imports Keras, which must wait for quiet_start
 
-    return task_named(metrics.get("task")).headline_lines(metrics)
+    return task_named(metrics.get("task")).headline_lines(metrics, title)
+
+
+def external_lines(metrics: dict) -> list[str]:
+    """Each external set scored with the test split: its figures and stress line, read from its own ``metrics.json``.
+
+    A set whose file is gone or holds another model's figures reads ``n/a``: it is not shown as current.
+    """
+    lines = []
+    for name, entry in (metrics.get("external") or {}).items():
+        found = _read(Path(entry.get("metrics", "")))
+        if found is None or found.get(MODEL_STAMP) != metrics.get(MODEL_STAMP):
+            lines.append(f"  external {name}: {number_text(None, reason='its metrics.json is gone or of another model')}")
+            continue
+        lines += headline_lines(found, f"external {name}") + [f"    {stress_line(found.get('stress'))}",
+                                                               f"    report: {entry.get('report')}"]
+    return lines
 
 
 def _transfer_summary(layout) -> str | None:

@@ -24,6 +24,7 @@ WINNER_VALIDATION = "validation.npz"  # without: the winner's probabilities on t
 FINAL_DIR = "final"  # winners/final: the final model (ensemble, temperature, operating point)
 FINAL_RECORD = "final.json"  # inside it: what the final model is, fitted on validation
 SPLIT_STAMP = "split_sha256"
+MODEL_STAMP = "model_sha256"  # an evaluation's final model: figures of another model are not current
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite")  # what export writes, in export/
 # KerasTuner writes <directory>/<project_name>/...: the run directory and this name.
 TUNER_PROJECT = "tuner"

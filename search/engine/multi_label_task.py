@@ -25,6 +25,7 @@ class MultiLabel(Task):
 
     name = "multilabel"
     objective = OBJECTIVE_MULTILABEL
+    stress_names = ("macro ROC AUC", "ROC AUC of the worst finding")
 
     def demo_root(self, layout) -> Path:
         return synthetic_findings.write_multilabel_demo(layout.demo_data) / synthetic_findings.MULTILABEL_CSV
@@ -152,13 +153,20 @@ class MultiLabel(Task):
         return {"model": model, "operating_point": None, "operating_points": record["operating_points"],
                 "thresholds": thresholds}
 
+    def check_external(self, config, data: str, names):
+        """The set's label table, refused when it holds classes or labels none of the run's findings."""
+        table = label_files.read(data, "auto", config.uncertain, config.views or None)
+        if table.task != self.name:
+            raise UserError(f"{data} holds one class per film; this run's model answers findings "
+                            f"({', '.join(names)}): pass a label file of findings.")
+        if not any(n in table.names for n in names):
+            raise UserError(f"{data} labels none of the model's findings ({', '.join(names)}; it has "
+                            f"{', '.join(table.names)}); pass a label file with the same finding names.")
+        return table
+
     def external_films(self, config, data: str, log) -> Films:
         """An external label file read as the run's findings; a finding it does not label is masked there."""
-        table = label_files.read(data, "multilabel", config.uncertain, config.views or None)
-        shared = [n for n in config.class_names if n in table.names]
-        if not shared:
-            raise UserError(f"{data} labels none of the model's findings ({', '.join(config.class_names)}; it has "
-                            f"{', '.join(table.names)}); pass a label file with the same finding names.")
+        table = self.check_external(config, data, config.class_names)
         missing = [n for n in config.class_names if n not in table.names]
         if missing:
             log(f"external set: {', '.join(missing)} not labelled there, left out of its figures")
@@ -181,6 +189,15 @@ class MultiLabel(Task):
         metrics.update(task=self.name, n=int(len(films.labels)), class_names=names, thresholds=thresholds,
                        operating_points=points)
         return metrics
+
+    def stress_figures(self, films: Films, probs, names, metrics, seed: int) -> dict:
+        """Macro ROC AUC with its CI, and the lowest AUC of a finding the set labels both ways."""
+        found = figures.label_metrics(films.labels, probs, list(names), metrics["thresholds"], groups=films.groups,
+                                      seed=seed)
+        aucs = {name: row["roc_auc"]["value"] for name, row in found["per_label"].items()
+                if row["roc_auc"]["value"] is not None}
+        worst = min(aucs, key=aucs.get) if aucs else None
+        return {"headline": found["macro_auc"], "worst": {"of": worst, "value": aucs.get(worst)}}
 
     def final_figures(self, record, films: Films, probs, raw, single, names, metrics):
         """The members' plain average and the rank-1 winner alone, beside the final model."""
@@ -255,6 +272,10 @@ class MultiLabel(Task):
         """"": the verdict's figures (accuracy, macro-F1, COVID sensitivity) are single-label ones."""
         return ""
 
+    def comparison_cells(self, metrics: dict) -> dict[str, str]:
+        return {"Macro ROC AUC [95% CI]": figure_text(metrics.get("macro_auc")),
+                "Micro ROC AUC [95% CI]": figure_text(metrics.get("micro_auc"))}
+
     def report_title(self, winner: str) -> str:
         return f"Evaluation of {winner} (findings)"
 
@@ -296,9 +317,9 @@ class MultiLabel(Task):
                 "per_finding_roc_auc": {name: row["roc_auc"] for name, row in metrics["per_label"].items()},
                 "ci_method": metrics.get("ci_method")}
 
-    def headline_lines(self, metrics: dict) -> list[str]:
+    def headline_lines(self, metrics: dict, title: str = "test split") -> list[str]:
         """Per finding: its AUC."""
-        lines = [f"  test split, {number_text(metrics.get('n'), 'd', 'count not recorded')} films (95% bootstrap "
+        lines = [f"  {title}, {number_text(metrics.get('n'), 'd', 'count not recorded')} films (95% bootstrap "
                  "CI over patients):", f"    {'macro ROC AUC':<20} {figure_text(metrics.get('macro_auc'))}",
                  f"    {'micro ROC AUC':<20} {figure_text(metrics.get('micro_auc'))}"]
         return lines + [f"    {name + ' AUC':<20} {figure_text(row.get('roc_auc'))}"

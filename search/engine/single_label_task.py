@@ -11,7 +11,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cxr_tuner.data import audit, cache, manifest, sources, split, synthetic
+from cxr_tuner.data import audit, cache, labels as label_files, manifest, sources, split, synthetic
 from cxr_tuner.data.class_weights import class_weights
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.data.split import SPLITS
@@ -29,6 +29,7 @@ class SingleLabel(Task):
 
     name = "multiclass"
     objective = OBJECTIVE
+    stress_names = ("macro F1", "recall of the worst class")
 
     def demo_root(self, layout) -> Path:
         return synthetic.write_demo_dataset(layout.demo_data)
@@ -158,13 +159,22 @@ class SingleLabel(Task):
             card["operating_point_refused"] = record["operating_point_refused"]
         return card
 
-    def external_films(self, config, data: str, log) -> Films:
-        """Decodes an external labelled set and maps its classes onto the run's by name."""
-        examples = manifest.discover(data)
-        unknown = sorted({e.label for e in examples} - set(config.class_names))
+    def check_external(self, config, data: str, names) -> list:
+        """The set's labelled files, refused when they are findings or a class is one the run does not know."""
+        table = label_files.read(data)
+        if table.task != self.name:
+            raise UserError(f"{data} labels findings (several per film); this run's model tells one class of "
+                            f"{', '.join(names)}: pass a folder per class or a path,label CSV.")
+        examples = table.examples
+        unknown = sorted({e.label for e in examples} - set(names))
         if unknown:
             raise UserError(f"{data} holds classes the model does not know: {', '.join(unknown)} (it knows "
-                            f"{', '.join(config.class_names)}); remove or rename those folders/labels.")
+                            f"{', '.join(names)}); remove or rename those folders/labels.")
+        return examples
+
+    def external_films(self, config, data: str, log) -> Films:
+        """Decodes an external labelled set and maps its classes onto the run's by name."""
+        examples = self.check_external(config, data, config.class_names)
         # A cache of its own: sharing the run's would reorder it and force the test split to re-decode.
         decoded = cache.load_decoded(examples, config.image_size, config.layout.external_cache, progress=False)
         for skipped in decoded.skipped:
@@ -175,6 +185,13 @@ class SingleLabel(Task):
 
     def test_metrics(self, films: Films, probs, names, record, seed: int) -> dict:
         return classification_metrics(films.labels, probs, names, seed=seed, groups=films.groups)
+
+    def stress_figures(self, films: Films, probs, names, metrics, seed: int) -> dict:
+        """Macro-F1 with its CI, and the lowest recall of a class the set holds."""
+        found = classification_metrics(films.labels, probs, names, seed=seed, groups=films.groups)
+        recalls = {name: row["recall"] for name, row in found["per_class"].items() if row["support"]}
+        worst = min(recalls, key=recalls.get) if recalls else None
+        return {"headline": found["macro_f1"], "worst": {"of": worst, "value": recalls.get(worst)}}
 
     def final_figures(self, record, films: Films, probs, raw, single, names, metrics):
         sections, pictures = class_report.final_figures(record, films.labels, probs, raw, single, names, metrics,
@@ -252,6 +269,12 @@ class SingleLabel(Task):
     def verdict(self, sets, checks) -> str:
         return class_report.verdict_markdown(sets, checks)
 
+    def comparison_cells(self, metrics: dict) -> dict[str, str]:
+        positive = metrics.get("positive_class", "COVID")
+        return {"Accuracy [95% CI]": figure_text(metrics.get("accuracy")),
+                "Macro F1 [95% CI]": figure_text(metrics.get("macro_f1")),
+                f"{positive} sensitivity": figure_text(metrics.get("covid_sensitivity"))}
+
     def report_title(self, winner: str) -> str:
         return f"Evaluation of {winner}"
 
@@ -289,12 +312,12 @@ class SingleLabel(Task):
         headline["macro_roc_auc"] = metrics["roc_auc"]["macro"]
         return {"n": metrics["n"], **headline, "ece": metrics["ece"], "ci_method": metrics["ci_method"]}
 
-    def headline_lines(self, metrics: dict) -> list[str]:
+    def headline_lines(self, metrics: dict, title: str = "test split") -> list[str]:
         positive = metrics.get("positive_class", "COVID")
         figures = (("accuracy", metrics.get("accuracy")), ("macro F1", metrics.get("macro_f1")),
                    ("macro ROC AUC", (metrics.get("roc_auc") or {}).get("macro")),
                    (f"{positive} sensitivity", metrics.get("covid_sensitivity")),
                    (f"{positive} specificity", metrics.get("covid_specificity")))
-        lines = [f"  test split, {number_text(metrics.get('n'), 'd', 'count not recorded')} images (95% bootstrap CI):"]
+        lines = [f"  {title}, {number_text(metrics.get('n'), 'd', 'count not recorded')} images (95% bootstrap CI):"]
         return lines + [f"    {name:<20} {figure_text(figure)}" for name, figure in figures]
 

@@ -22,10 +22,12 @@ class Task(abc.ABC):
     Attributes:
         name: The task as ``config.json`` and ``metrics.json`` name it.
         objective: The Keras metric the search ranks on and the retrain stops on.
+        stress_names: How the stress table names `stress_figures`' two figures (headline, worst).
     """
 
     name: str
     objective: str
+    stress_names: tuple[str, str]
 
     # The data stage.
     @abc.abstractmethod
@@ -98,12 +100,22 @@ class Task(abc.ABC):
 
     # Evaluation: figures, pictures to draw, Grad-CAM pages and report text, from the test (or an external) set.
     @abc.abstractmethod
+    def check_external(self, config, data: str, names):
+        """Reads an external set's labels (no image) against the run's ``names``; raises `UserError` when they
+        do not fit. Returns what `external_films` decodes."""
+
+    @abc.abstractmethod
     def external_films(self, config, data: str, log) -> "Films":
         """An external labelled set read as the run's classes or findings."""
 
     @abc.abstractmethod
     def test_metrics(self, films: "Films", probs: np.ndarray, names, record: dict | None, seed: int) -> dict:
         """``metrics.json``'s figures of ``probs`` on ``films`` (``record``: ``final.json``, None before one)."""
+
+    @abc.abstractmethod
+    def stress_figures(self, films: "Films", probs: np.ndarray, names, metrics: dict, seed: int) -> dict:
+        """One rendering's row of the stress test: ``headline`` (the task's headline figure, with its CI) and
+        ``worst`` (``{"of": class or finding, "value"}``, the one that fares worst); ``metrics``: the set's."""
 
     @abc.abstractmethod
     def final_figures(self, record: dict, films: "Films", probs, raw, single, names, metrics: dict):
@@ -155,6 +167,10 @@ class Task(abc.ABC):
         """The verdict opening the run's report (test split beside external sets); "" for none."""
 
     @abc.abstractmethod
+    def comparison_cells(self, metrics: dict) -> dict[str, str]:
+        """A set's headline figures as the report's table of evaluated sets shows them: ``{column: text}``."""
+
+    @abc.abstractmethod
     def report_title(self, winner: str) -> str:
         """report.md's title."""
 
@@ -188,8 +204,8 @@ class Task(abc.ABC):
         """The test figures a model card carries, from ``metrics.json``."""
 
     @abc.abstractmethod
-    def headline_lines(self, metrics: dict) -> list[str]:
-        """The job summary's lines of test figures, from ``metrics.json``."""
+    def headline_lines(self, metrics: dict, title: str = "test split") -> list[str]:
+        """The job summary's lines of a set's figures (``title``: which set), from its ``metrics.json``."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,9 +3,12 @@
 One forward pass gives the final model's answer and, when assembled, its plain average
 and its rank-1 member's; the run's task turns them into figures, pictures to draw,
 Grad-CAM pages and report text; the shortcut checks add the probe, the chest energy
-and the figures per source. All of it is one record (`search.evaluation.record`),
-which `search.evaluation.report.write` writes into the output folder. This is the
-only stage that reads the test split's labels.
+and the figures per source; the stress test scores the films re-rendered as other
+sources make them (`search.evaluation.stress`). All of it is one record
+(`search.evaluation.record`), which `search.evaluation.report.write` writes into the
+output folder. External sets given with the test split (``search --external``) are
+scored after it, and their figures join its report. This is the only stage that reads
+the test split's labels.
 """
 
 from __future__ import annotations
@@ -18,22 +21,26 @@ from typing import Callable
 import keras
 import numpy as np
 
-from cxr_tuner.data import audit
+from cxr_tuner.data import audit, files, labels as label_files
+from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels.compat import keras_compat
 from cxr_tuner.hypermodels.ensemble import CALIBRATION_LAYER, ENSEMBLE_MEAN
 from cxr_tuner.search.engine import dataset, timing
-from cxr_tuner.search.engine.config import RunConfig
-from cxr_tuner.search.engine.layout import SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL
+from cxr_tuner.search.engine.config import RunConfig, load_config
+from cxr_tuner.search.engine.layout import (MODEL_STAMP, SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS,
+                                            WINNER_MODEL)
 from cxr_tuner.search.engine.lock import run_lock
-from cxr_tuner.search.engine.task import Task, task_of
+from cxr_tuner.search.engine.task import Task, task_named, task_of
 from cxr_tuner.search.engine.task_base import Films
 from cxr_tuner.search.evaluation import gradcam, probe, report, shortcuts
 from cxr_tuner.search.evaluation.record import Evaluation
+from cxr_tuner.search.evaluation.stress import stress_test
+from cxr_tuner.search.figures.shift_report import external_markdown, stress_line, stress_markdown
 from cxr_tuner.search.tuning.hparams import searched_values
 
 
 def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | None = None,
-             log: Callable[[str], None] = print) -> dict:
+             log: Callable[[str], None] = print, externals=()) -> dict:
     """Evaluates the final model (the rank-1 winner before one is assembled) and writes the report.
 
     Args:
@@ -43,6 +50,8 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
         out: Output folder; default ``RUN_DIR/report`` (``RUN_DIR/report/external-<name>``
             for ``data``).
         layer: Grad-CAM layer; default the backbone's from the registry.
+        externals: With the test split: labelled sets scored after it, each into its own
+            ``external-<name>`` folder, their figures beside the test split's in its report.
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -53,12 +62,74 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
         layout = config.layout
         out = Path(out or (layout.report if data is None else layout.external_report(data)))
         evaluation, forward_pass = _evaluate(config, task, data, out, layer, log)
+        sets = []
+        for path in externals:  # after the test split, each written whole before the next
+            where = layout.external_report(path)
+            found = _evaluate(config, task, path, where, layer, log)[0]
+            report.write(where, found, layout)
+            _closing_lines(task, found, where, f"{where.name}: ", log)
+            sets.append((where, found.metrics))
+        if sets:
+            _beside_external_sets(evaluation, task, sets, out)
         metrics = report.write(out, evaluation, layout)
-        for line in task.closing_lines(metrics, evaluation.checks, out):
-            log(line)
+        _closing_lines(task, evaluation, out, "", log)
         if data is None:  # an external set is not a stage of the run
-            timing.record(layout, "evaluate", time.perf_counter() - started, forward_pass)
+            # The stress test's own time (rendering and one pass per family) kept beside the stage's.
+            timing.record(layout, "evaluate", time.perf_counter() - started, forward_pass,
+                          stress_seconds=evaluation.metrics["stress"]["seconds"],
+                          **({"note": f"with {len(sets)} external set(s)"} if sets else {}))
         return metrics
+
+
+def _closing_lines(task: Task, evaluation: Evaluation, out: Path, prefix: str, log) -> None:
+    for line in task.closing_lines(evaluation.metrics, evaluation.checks, out):
+        log(prefix + line)
+    log(prefix + stress_line(evaluation.metrics["stress"]))
+
+
+def check_external_paths(config: RunConfig, paths) -> None:
+    """Refuses a missing external set, or two whose reports would share a folder (before the run directory is made)."""
+    folders = {}
+    for path in paths:
+        if not Path(path).exists():
+            raise UserError(f"--external {path} does not exist: pass a labelled folder or label file.")
+        folder = config.layout.external_report(path)
+        if folder in folders:
+            raise UserError(f"--external {folders[folder]} and {path} would both report into {folder}; "
+                            "give each set a folder or file of its own name.")
+        folders[folder] = path
+
+
+def check_external_labels(config: RunConfig, paths) -> None:
+    """Refuses an external set whose labels do not fit the run's classes (findings), before the search starts.
+
+    Reads labels only: the run's from its saved config or its data's label file, each set's from its own.
+    """
+    if not paths:
+        return
+    layout = config.layout
+    if not config.overwrite and layout.split.is_file() and layout.config.is_file():
+        saved = load_config(config.run_dir)
+        task, names = task_of(saved), saved.class_names
+    else:
+        table = label_files.read(dataset.data_root(config), config.task, config.uncertain, config.views or None)
+        task, names = task_named(table.task), table.names
+    for path in paths:
+        task.check_external(config, path, names)
+
+
+def _beside_external_sets(evaluation: Evaluation, task: Task, sets: list[tuple[Path, dict]], out: Path) -> None:
+    """Each external set's headline figures into the test split's metrics and report (one table)."""
+    metrics = evaluation.metrics
+    metrics["external"] = {
+        folder.name.removeprefix("external-"): {
+            "data": found["source"]["data"], "n": found["n"], "figures": task.headline_metrics(found),
+            "worst": found["stress"]["as_filmed"]["worst"], "stress_worst_family": found["stress"]["worst_family"],
+            "report": str(folder / "report.html"), "metrics": str(folder / "metrics.json")}
+        for folder, found in sets}
+    rows = [("test split (same sources)", metrics, None)]
+    rows += [(folder.name.removeprefix("external-"), found, folder) for folder, found in sets]
+    evaluation.parts.append(external_markdown(rows, task.comparison_cells, out))
 
 
 def _evaluate(config: RunConfig, task: Task, data, out: Path, layer, log) -> tuple[Evaluation, dict]:
@@ -86,6 +157,9 @@ def _evaluate(config: RunConfig, task: Task, data, out: Path, layer, log) -> tup
     metrics = task.test_metrics(films, probs, names, record, config.seed)
     metrics["source"] = {"model": str(final / WINNER_MODEL), "data": data or "test split of split.csv"}
     metrics[SPLIT_STAMP] = layout.split_digest()
+    metrics[MODEL_STAMP] = files.sha256_file(final / WINNER_MODEL)  # an older set's figures are not this model's
+    metrics["stress"] = stress_test(lambda images: model.predict(images, batch_size=config.batch_size, verbose=0),
+                                    task, films, probs, names, metrics, config.seed)
     pictures, sections = {}, {}
     if record is not None:
         found, sections, pictures = task.final_figures(record, films, probs, raw, single, names, metrics)
@@ -105,7 +179,7 @@ def _evaluate(config: RunConfig, task: Task, data, out: Path, layer, log) -> tup
         history=json.loads((winner / WINNER_HISTORY).read_text()),
         pictures={**task.pictures(films, probs, names, metrics), **pictures},
         images=np.asarray(films.images), pages=pages, maps=maps, gallery=task.gallery_text(), checks=checks,
-        parts=task.report_parts(metrics),
+        parts=task.report_parts(metrics) + [stress_markdown(metrics["stress"])],
         sections={**task.report_sections(checks, out, labels.labels if labels else {}, config),
                   "Model": _model_section(winner), **sections},
         test_split=data is None), forward_pass

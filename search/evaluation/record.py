@@ -15,7 +15,8 @@ class Evaluation:
 
     Attributes:
         title: report.md's title.
-        metrics: ``metrics.json`` (the task's figures, the final model's, where they come from).
+        metrics: ``metrics.json`` (the task's figures, the final model's, where they come from, the stress
+            test's and, for the test split scored with external sets, theirs under ``external``).
         predictions: ``predictions.csv``'s header and rows.
         history: The rank-1 winner's training history (the training curves).
         pictures: ``{caption: picture}``: what to draw (``kind`` and its data) into which ``file``.
@@ -24,7 +25,7 @@ class Evaluation:
         maps: ``{page file: heatmaps of its rows}``.
         gallery: The Grad-CAM section's heading and lead sentence.
         checks: ``shortcuts.json``: per-source figures, the probe, the chest energy.
-        parts: report.md's opening parts (the task's tables).
+        parts: report.md's opening parts (the task's tables, the stress test's, the external sets').
         sections: report.md's closing sections after the Grad-CAM one, ``{heading: markdown}``.
         test_split: Whether this is the run's test split (its report opens with the verdict).
     """

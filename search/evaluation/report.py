@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.patches import Rectangle
 
 from cxr_tuner.data import files
-from cxr_tuner.search.engine.layout import SPLIT_STAMP
+from cxr_tuner.search.engine.layout import MODEL_STAMP, SPLIT_STAMP
 from cxr_tuner.search.engine.task import task_named
 from cxr_tuner.search.engine.task_base import Page
 from cxr_tuner.search.evaluation import gradcam, html_report
@@ -101,7 +101,7 @@ def verdict_block(report_dir, test_metrics: dict | None = None) -> str:
     Rebuilt from ``metrics.json``, ``shortcuts.json`` and ``external-*/metrics.json``, so an
     ``evaluate --data`` run later folds its set into the same report.md. ``test_metrics``: the
     test split's figures when its ``metrics.json`` is not written yet. External sets evaluated
-    on another split than the test figures' are left out.
+    on another split or with another final model than the test figures' are left out.
     """
     report_dir = Path(report_dir)
     test = test_metrics or _read(report_dir / "metrics.json")
@@ -110,7 +110,7 @@ def verdict_block(report_dir, test_metrics: dict | None = None) -> str:
     sets = [("test split (same sources)", test)]
     for path in sorted(report_dir.glob("external-*/metrics.json")):
         external = _read(path)
-        if external.get(SPLIT_STAMP) == test.get(SPLIT_STAMP):
+        if all(external.get(stamp) == test.get(stamp) for stamp in (SPLIT_STAMP, MODEL_STAMP)):
             sets.append((path.parent.name.removeprefix("external-"), external))
     text = task_named(test.get("task")).verdict(sets, _read(report_dir / SHORTCUTS_FILE) or {})
     return "\n".join([VERDICT_START, text, VERDICT_END]) if text else ""

@@ -19,7 +19,8 @@ from cxr_tuner.data import files
 from cxr_tuner.search.evaluation import report
 from cxr_tuner.search.figures import class_report
 from cxr_tuner.search.figures.text import figure_text
-from cxr_tuner.search.engine.layout import RunLayout
+from cxr_tuner.search.engine.layout import MODEL_STAMP, RunLayout
+from cxr_tuner.search.figures.shift_report import stress_line, stress_markdown
 from cxr_tuner.search.tuning.tuner import trial_line
 from cxr_tuner.search.figures.text import number_text, value_text
 
@@ -120,7 +121,10 @@ def _lines_fed_missing_values(tmp_path) -> list[str]:
     layout.report.mkdir(parents=True)
     layout.export.mkdir()
     (layout.export / "model_card.json").write_text("{}")
-    layout.metrics.write_text(json.dumps({"n": None, "accuracy": _EMPTY_FIGURE}))
+    stale = tmp_path / "stale.json"  # an external set's figures of another final model
+    stale.write_text(json.dumps({"n": 4, MODEL_STAMP: "another"}))
+    layout.metrics.write_text(json.dumps({"n": None, "accuracy": _EMPTY_FIGURE, MODEL_STAMP: "this", "external": {
+        "gone": {"metrics": str(tmp_path / "gone.json")}, "stale": {"metrics": str(stale)}}}))
     layout.best.write_text(json.dumps({"top": [{"trial_id": "0002"}]}))
     config.save()
     lines += console.summary_lines(layout, started=None)
@@ -128,6 +132,10 @@ def _lines_fed_missing_values(tmp_path) -> list[str]:
     lines.append(retrain._mean_std_text({OBJECTIVE: {"mean": 0.5}, "seeds": [0, 1]}))
     lines.append(class_report.result_line({}, layout.report))
     lines.append(class_report.probe_line({}))
+    undefined = {"headline": _EMPTY_FIGURE, "worst": {"of": None, "value": None}}
+    stress = {"n": 0, "seed": 0, "figures": ["macro F1", "recall of the worst class"], "as_filmed": undefined,
+              "families": {"jpeg": {"description": "JPEG", **undefined}}, "worst_family": None}
+    lines += [stress_line(stress), *stress_markdown(stress).splitlines()]
     no_energy = {"per_class": {"COVID": {"n": 0, "mean": None, "reason": "every Grad-CAM heatmap is all zero"}},
                  "all": {"n": 0, "mean": None, "reason": "every Grad-CAM heatmap is all zero"},
                  "uniform_reference": 0.62}
@@ -154,6 +162,10 @@ def test_every_console_line_copes_with_missing_figures(tmp_path):
     assert "pretrained vs from scratch: n/a (no pretrained or from-scratch trial completed)" in text
     assert "accuracy             n/a (no 'COVID' cases in y_true)" in text
     assert "test split, n/a (count not recorded) images" in text
+    assert "stress test: n/a (not run: evaluated before the stress test existed)" in text
+    assert "stress test: n/a (no re-rendering has a macro F1)" in text
+    for name in ("gone", "stale"):  # never shown as current
+        assert f"external {name}: n/a (its metrics.json is gone or of another model)" in text
     assert "± n/a (one seed) over 1 seed(s)" in text and "0.5000 ± n/a (not recorded) over 2 seed(s)" in text
     assert "Grad-CAM energy in the chest n/a (every Grad-CAM heatmap is all zero)" in text
     assert "| COVID | 0 | n/a (every Grad-CAM heatmap is all zero) | | |" in text

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+from cxr_tuner.data import shift
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.search.engine.layout import RunLayout
 from cxr_tuner.search.engine.config import load_config
 from cxr_tuner.search.evaluation.evaluate import evaluate
+from cxr_tuner.search.figures.shift_report import STRESS_HEADING
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -41,6 +43,14 @@ def test_metrics_match_sklearn_on_the_written_test_predictions(evaluated_run):
     assert {"tp", "fp", "tn", "fn"} <= set(metrics["per_class"]["COVID"]) and "value" in metrics["ece"]
 
 
+def _has_stress_table(metrics, report_md):
+    """Every family's row in metrics.json's stress entry and in the report's section."""
+    assert list(metrics["stress"]["families"]) == list(shift.FAMILIES)
+    assert metrics["stress"]["n"] == metrics["n"] and metrics["stress"]["worst_family"] in shift.FAMILIES
+    section = report_md.split(f"## {STRESS_HEADING}")[1].split("\n## ")[0]
+    return all(f"| {family} | {shift.DESCRIPTIONS[family]} |" in section for family in shift.FAMILIES)
+
+
 def test_report_links_pictures_and_galleries_that_exist(evaluated_run):
     report_dir = RunLayout(evaluated_run).report
     text = (report_dir / "report.md").read_text()
@@ -50,6 +60,7 @@ def test_report_links_pictures_and_galleries_that_exist(evaluated_run):
     assert galleries
     for link in linked:
         assert (report_dir / link).read_bytes().startswith(PNG_SIGNATURE)
+    assert _has_stress_table(json.loads((report_dir / "metrics.json").read_text()), text)
 
 
 def test_external_set_with_a_class_missing_is_evaluated_in_its_own_folder(retrained_run, demo_data, tmp_path):
@@ -63,7 +74,8 @@ def test_external_set_with_a_class_missing_is_evaluated_in_its_own_folder(retrai
     assert metrics["n"] == 8 and json.loads((out / "metrics.json").read_text())["n"] == 8
     assert metrics["per_class"]["Viral_Pneumonia"]["support"] == 0
     assert metrics["roc_auc"]["per_class"]["Viral_Pneumonia"] is None
-    assert (out / "report.md").is_file()
+    assert _has_stress_table(metrics, (out / "report.md").read_text())
+    assert metrics["stress"]["as_filmed"]["worst"]["of"] in ("COVID", "Normal")  # a class the set holds
 
 
 def test_external_set_with_an_unknown_class_is_a_user_error(retrained_run, demo_data, tmp_path):

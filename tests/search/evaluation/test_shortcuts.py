@@ -10,6 +10,7 @@ import pytest
 from cxr_tuner.data import synthetic
 from cxr_tuner.hypermodels.classifier import XrayClassifier
 from cxr_tuner.hypermodels.registry import BUILT_IN
+from cxr_tuner.search.engine.layout import MODEL_STAMP
 from cxr_tuner.search.engine.single_label_task import SingleLabel
 from cxr_tuner.search.engine.task_base import Films
 from cxr_tuner.search.evaluation import gradcam, probe, report, shortcuts
@@ -97,3 +98,8 @@ def test_external_sets_fold_into_the_reports_verdict(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert text.startswith("# Report") and text.rstrip().endswith("rest")
     assert "| nih | 100 |" in text and "drops from" in text and text.count(report.VERDICT_START) == 1
+    # A set scored with another final model (the run was assembled again since) is not shown as current.
+    (tmp_path / "external-old").mkdir()
+    (tmp_path / "external-old" / "metrics.json").write_text(json.dumps({**_metrics(rng, 50, 0.9), MODEL_STAMP: "x"}))
+    report.refresh_verdict(tmp_path)
+    assert "| nih | 100 |" in (tmp_path / "report.md").read_text() and "| old |" not in (tmp_path / "report.md").read_text()
