@@ -112,6 +112,7 @@ def _search(config: RunConfig, log, chief, worker_timeout, strategy, workers, bu
                 + ", ".join(str(len(val)) for _, val in data.folds()) + "; test untouched")
         hypermodel, cache = trial_hypermodel(data)
         _check_cache(cache, config, log)
+        log(shift_line(config, hypermodel.datasets.copies))
         started = time.perf_counter()
         with _failed_trials_as_user_error():
             if chief is None and helpers is None:
@@ -265,3 +266,16 @@ def audit_line(counts: dict, where, demo: bool) -> str:
         line += ("; on the demo phantoms these are look-alikes by chance: a faint opacity can bring a diseased "
                  "phantom within the perceptual hash's reach of a Normal one (docs/first-run.md)")
     return line
+
+
+def shift_line(config, copies) -> str:
+    """What the run does against acquisition shift: intensity step, training copies, objective."""
+    intensity = ("each film standardised inside the model" if config.intensity == "standardize"
+                 else "films as stored")
+    if copies is None:
+        return f"acquisition shift: {intensity}; no re-rendered training copies (--shift-copies 0)"
+    objective = ("ranked on the mean of the validation films' and their copies' loss"
+                 if config.shift_objective == "mixed" else "ranked on the validation films alone")
+    return (f"acquisition shift: {intensity}; {copies.copies} re-rendered copies of each of "
+            f"{len(copies.sources) // copies.copies} train+val films (every epoch shows a film or one copy), "
+            f"{objective}")
