@@ -49,11 +49,10 @@ def test_saved_model_is_the_best_seed_at_its_best_epoch(retrained_run):
 
 def test_retrain_never_reads_the_test_split_and_replaces_old_winners(run_copy, monkeypatch):
     read = []
-    original = dataset.RunData.dataset
-    monkeypatch.setattr(dataset.RunData, "dataset",
-                        lambda self, name, **kw: read.append(name) or original(self, name, **kw))
+    original = dataset.RunData.indices  # every pipeline of a split asks for its rows by name
+    monkeypatch.setattr(dataset.RunData, "indices", lambda self, name: read.append(name) or original(self, name))
     summary = retrain(load_config(run_copy), top_k=1, seeds=1, max_epochs=1, augment=False, log=lambda line: None)
-    assert "test" not in read and set(read) == {"train", "val"}
+    assert "test" not in read and {"train", "val"} <= set(read)
     assert len(summary["winners"]) == 1 and not summary["augment"]
     assert sorted(p.name for p in RunLayout(run_copy).winners.iterdir()) == [summary["winners"][0]["dir"], "summary.json"]
 
