@@ -14,8 +14,8 @@ import click
 
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels.preprocess import INTENSITIES
-from cxr_tuner.search.engine.config import (DATA_DEFAULTS, DEMO_DEFAULTS, MIN_POSITIVE_GROUPS, PRECISIONS, TASKS, TUNERS,
-                           UNCERTAIN)
+from cxr_tuner.search.engine.config import (DATA_DEFAULTS, DEMO_DEFAULTS, MIN_POSITIVE_GROUPS, PRECISIONS, RETRAIN_FROM,
+                           TASKS, TUNERS, UNCERTAIN)
 
 
 _VERBOSE_HELP = "Show TensorFlow's and absl's start-up messages and warnings."
@@ -238,6 +238,11 @@ def final_options(function):
     return functools.reduce(lambda f, option: option(f), reversed(_final_options), function)
 
 
+_retrain_from_option = click.option(
+    "--retrain-from", type=click.Choice(RETRAIN_FROM), default=RETRAIN_FROM[0], show_default=True,
+    help="Where each winner's retrain starts: search (its best-epoch weights from the search, a fresh "
+         "optimizer, on while validation improves) or scratch (a fresh build). --folds trains from scratch.")
+
 _strategy_option = click.option(
     "--strategy", type=click.Choice(["none", "mirrored"]), default="none", show_default=True,
     help="Within each trial: mirrored trains on all of this machine's GPUs "
@@ -267,9 +272,11 @@ _strategy_option = click.option(
               help="Finish the whole job within DURATION (90s, 15m, 6h, 1h30m or bare seconds): a short calibration plans "
                    "Hyperband's max epochs (at most --max-epochs) and the retrain, the plan is printed "
                    "before the search, and the search stops at its share. See docs/time-budget.md.")
+@_retrain_from_option
 @_strategy_option
 @final_options
-def search(no_retrain, augment, chief, worker_timeout, workers, strategy, ensemble, point, refit, **options):
+def search(no_retrain, augment, chief, worker_timeout, workers, strategy, ensemble, point, refit, retrain_from,
+           **options):
     """Search the best classifier for the data (resumes an existing run).
 
     Then retrains the top 3 configurations (the retrain variant chosen on validation),
@@ -284,7 +291,7 @@ def search(no_retrain, augment, chief, worker_timeout, workers, strategy, ensemb
     if chief and strategy != "none":
         click.echo("--strategy applies where trials train: pass it to the workers")
     run_job(config, retrain=not no_retrain, augment=augment, ensemble=ensemble, point=point, refit=refit,
-            log=click.echo,
+            log=click.echo, retrain_from=retrain_from,
             chief=chief, worker_timeout=worker_timeout, strategy=strategy, workers=workers, started=started)
 
 
@@ -388,12 +395,13 @@ _run_dir_argument = click.argument("run_dir", type=click.Path(exists=True, file_
               help="Train on augmented images instead of the cached activations.")
 @click.option("--variants/--no-variants", default=True, show_default=True,
               help="Choose on validation how to retrain (as searched, lr decay, one block more) first.")
-def retrain(run_dir, top_k, seeds, max_epochs, augment, variants):
-    """Retrain the search's top configurations from scratch and rank them on validation."""
+@_retrain_from_option
+def retrain(run_dir, top_k, seeds, max_epochs, augment, variants, retrain_from):
+    """Retrain the search's top configurations and rank them on validation."""
     from cxr_tuner.search.final.retrain import retrain as retrain_winners
 
     summary = retrain_winners(_run_config(run_dir), top_k=top_k, seeds=seeds, max_epochs=max_epochs,
-                              augment=augment, choose_variant=variants, log=click.echo)
+                              augment=augment, choose_variant=variants, log=click.echo, from_=retrain_from)
     click.echo(f"best: {summary['winners'][0]['dir']} (see {_run_config(run_dir).layout.winners_summary})")
 
 
