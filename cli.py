@@ -15,7 +15,7 @@ import click
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels.preprocess import INTENSITIES
 from cxr_tuner.search.engine.config import (DATA_DEFAULTS, DEMO_DEFAULTS, MIN_POSITIVE_GROUPS, PRECISIONS, RETRAIN_FROM,
-                           TASKS, TUNERS, UNCERTAIN)
+                           RETRAIN_FROM_DEFAULT, TASKS, TUNERS, UNCERTAIN)
 
 
 _VERBOSE_HELP = "Show TensorFlow's and absl's start-up messages and warnings."
@@ -239,9 +239,10 @@ def final_options(function):
 
 
 _retrain_from_option = click.option(
-    "--retrain-from", type=click.Choice(RETRAIN_FROM), default=RETRAIN_FROM[0], show_default=True,
-    help="Where each winner's retrain starts: search (its best-epoch weights from the search, a fresh "
-         "optimizer, on while validation improves) or scratch (a fresh build). --folds trains from scratch.")
+    "--retrain-from", type=click.Choice(RETRAIN_FROM), default=RETRAIN_FROM_DEFAULT, show_default=True,
+    help="Where each winner's retrain starts: scratch (a fresh build) or search (its best-epoch weights from "
+         "the search, a fresh optimizer, on while validation improves; about 3x faster, measured no better "
+         "calibrated, see docs/final-model.md). --folds trains from scratch.")
 
 _strategy_option = click.option(
     "--strategy", type=click.Choice(["none", "mirrored"]), default="none", show_default=True,

@@ -70,11 +70,11 @@ def test_search_no_augment_reaches_the_retrain_it_runs(tmp_path, demo_data, monk
     flags = ["--data", demo_data, "--backbones", "vanilla_cnn", "--weights", "none", "--image-size", 32,
              "--max-epochs", 1, "--factor", 2]
     assert run_cli("search", "--run-dir", tmp_path / "a", *flags, "--no-augment").exit_code == 0
-    assert run_cli("search", "--run-dir", tmp_path / "b", *flags, "--augment", "--retrain-from", "scratch",
+    assert run_cli("search", "--run-dir", tmp_path / "b", *flags, "--augment", "--retrain-from", "search",
                    "--ensemble", "2",
                    "--operating-point", "COVID:specificity=0.9").exit_code == 0
-    assert calls == [("retrain", False, "search"), ("assemble", None, None), ("evaluate",), ("export",),
-                     ("retrain", True, "scratch"), ("assemble", 2, "COVID:specificity=0.9"), ("evaluate",),
+    assert calls == [("retrain", False, "scratch"), ("assemble", None, None), ("evaluate",), ("export",),
+                     ("retrain", True, "search"), ("assemble", 2, "COVID:specificity=0.9"), ("evaluate",),
                      ("export",)]
 
 

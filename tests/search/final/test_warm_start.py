@@ -1,6 +1,7 @@
 """Winners retrained from the search's weights (the default) or from a fresh build (``--retrain-from scratch``)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -29,6 +30,15 @@ def _summary(run_dir) -> dict:
 
 
 @pytest.fixture(scope="module")
+def warm_run(retrained_run, tmp_path_factory):
+    """The shared run (a from-scratch backbone, trained on images) retrained from the search: top 2, 2 seeds."""
+    run_dir = tmp_path_factory.mktemp("warm_images") / "run"
+    shutil.copytree(retrained_run, run_dir)
+    retraining.retrain(load_config(run_dir), top_k=2, seeds=2, max_epochs=3, log=lambda line: None, from_="search")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
 def pretrained_run(tmp_path_factory, demo_data):
     """A 2-epoch search of MobileNet-0.25 at 32 px from a weights file (a frozen part, cached activations)."""
     root = tmp_path_factory.mktemp("warm")
@@ -39,9 +49,9 @@ def pretrained_run(tmp_path_factory, demo_data):
     return root / "run"
 
 
-def test_each_seed_of_each_winner_starts_at_the_searchs_best_validation_loss(retrained_run):
-    """The shared run (a from-scratch backbone, trained on images): 2 winners x 2 seeds, all from the search."""
-    summary, searched = _summary(retrained_run), _search_scores(retrained_run)
+def test_each_seed_of_each_winner_starts_at_the_searchs_best_validation_loss(warm_run, retrained_run):
+    summary, searched = _summary(warm_run), _search_scores(warm_run)
+    assert _summary(retrained_run)["from"] == "scratch"  # the default
     assert summary["from"] == "search"
     for winner in summary["winners"]:
         assert winner["from"] == "search"
@@ -72,8 +82,6 @@ def test_a_variant_with_one_block_more_starts_from_the_searchs_weights_by_layer_
 def test_retrain_starts_from_the_searchs_weights_and_scratch_from_a_fresh_build(pretrained_run, tmp_path,
                                                                                 monkeypatch):
     """The weights each training begins with, recorded as its fit starts."""
-    import shutil
-
     run_dir = tmp_path / "run"
     shutil.copytree(pretrained_run, run_dir)
     config = load_config(run_dir)
@@ -119,6 +127,27 @@ def test_a_missing_checkpoint_or_an_unknown_start_is_one_clear_error(run_copy):
     trial_id = next(iter(_search_scores(run_copy)))
     RunLayout(run_copy).trial_checkpoint(trial_id).unlink()
     with pytest.raises(UserError, match="--retrain-from scratch"):
-        retraining.retrain(config, top_k=1, seeds=1, max_epochs=1, log=lambda line: None)
+        retraining.retrain(config, top_k=1, seeds=1, max_epochs=1, log=lambda line: None, from_="search")
     with pytest.raises(UserError, match="choose from search, scratch"):
         retraining.retrain(config, from_="imagenet", log=lambda line: None)
+
+
+def test_the_refit_of_a_warm_started_member_replays_only_its_epochs_after_the_searchs_weights(
+        warm_run, tmp_path, monkeypatch):
+    from cxr_tuner.data import pipeline
+    from cxr_tuner.search.final.assemble import assemble
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(warm_run, run_dir)
+    config = load_config(run_dir)
+    fit = set(dataset.prepare(config, progress=False).indices(dataset.FIT).tolist())
+    seen, make = [], pipeline.make_dataset
+    monkeypatch.setattr(pipeline, "make_dataset", lambda *a, rows=None, **k: seen.append(rows) or make(*a, rows=rows, **k))
+    lines = []
+    assemble(config, ensemble=2, point="off", refit=True, log=lines.append)
+    winners = _summary(run_dir)["winners"]
+    # Once on all of train+val from the search's weights; a member whose best was those weights is kept.
+    assert [set(rows.tolist()) for rows in seen] == [fit for w in winners if w["best_epoch"]]
+    assert [("from the search's weights" in line, "kept as retrained" in line)
+            for line in lines if line.startswith("refit ")] == [(w["best_epoch"] > 0, not w["best_epoch"])
+                                                               for w in winners]
