@@ -279,6 +279,10 @@ class ImageTraining:
     def image_model(self, hp, trained):
         return trained
 
+    def predict_validation(self, hp, model, fold=None):
+        rows = "val" if fold is None else self.data.folds()[fold][1]
+        return model.predict(self.data.dataset(rows), verbose=0)
+
     def evaluate_validation(self, hp, model):
         """``model``'s metrics on the validation split, named as in a fit's logs (``val_...``)."""
         logs = model.evaluate(self.data.dataset("val"), verbose=0, return_dict=True)
@@ -335,10 +339,6 @@ class _StopFromStart(keras.callbacks.EarlyStopping):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self.best, self.best_weights, self.best_epoch = self.start, self.model.get_weights(), -1
-
-    def predict_validation(self, hp, model, fold=None):
-        rows = "val" if fold is None else self.data.folds()[fold][1]
-        return model.predict(self.data.dataset(rows), verbose=0)
 
 
 def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:

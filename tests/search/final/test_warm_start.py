@@ -151,3 +151,21 @@ def test_the_refit_of_a_warm_started_member_replays_only_its_epochs_after_the_se
     assert [("from the search's weights" in line, "kept as retrained" in line)
             for line in lines if line.startswith("refit ")] == [(w["best_epoch"] > 0, not w["best_epoch"])
                                                                for w in winners]
+
+
+@pytest.mark.parametrize("from_", ["search", "scratch"])
+def test_with_augment_the_whole_image_model_starts_from_the_searchs_weights(pretrained_run, tmp_path, from_):
+    """The search trained above the freeze boundary on cached activations; the image model takes those layers by
+    name, so on the (unaugmented) validation films it starts at the search's loss. From scratch: no start."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(pretrained_run, run_dir)
+    summary = retraining.retrain(load_config(run_dir), top_k=1, seeds=1, max_epochs=1, augment=True,
+                                 choose_variant=False, log=lambda line: None, from_=from_)
+    winner = summary["winners"][0]
+    assert summary["augment"] and winner["from"] == from_
+    assert (RunLayout(run_dir).winners / winner["dir"] / "validation.npz").is_file()
+    if from_ == "scratch":
+        assert "start_" + OBJECTIVE not in winner["seeds"][0]
+        return
+    assert winner["seeds"][0]["start_" + OBJECTIVE] == pytest.approx(_search_scores(run_dir)[winner["trial_id"]],
+                                                                      rel=1e-4)
