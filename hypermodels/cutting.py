@@ -136,6 +136,14 @@ class ActivationClassifier(keras_tuner.HyperModel):
         with contextlib.nullcontext() if depth is None else without_graph_rewrites():
             return model.predict(validation, verbose=0)
 
+    def evaluate_validation(self, hp: keras_tuner.HyperParameters, model: keras.Model) -> dict:
+        """``model``'s metrics on the validation data its fits score on, named as in a fit's logs (``val_...``)."""
+        depth = self.frozen_depth(hp)
+        validation = self.datasets(hp.values["backbone"], depth, 0, None)[1]
+        with contextlib.nullcontext() if depth is None else without_graph_rewrites():
+            logs = model.evaluate(validation, verbose=0, return_dict=True)
+        return {f"val_{name}": float(value) for name, value in logs.items()}
+
     def image_model(self, hp: keras_tuner.HyperParameters, trained: keras.Model) -> keras.Model:
         """The whole image model of ``hp`` holding the values of ``trained``, a model of :meth:`build`.
 

@@ -15,7 +15,7 @@ from cxr_tuner.search.figures.text import number_text, value_text
 
 def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ensemble: int | None = None,
             point: str | None = None, log: Callable[[str], None] = print, started: float | None = None,
-            refit: bool = False, externals=(), **search_options) -> dict:
+            refit: bool = False, externals=(), retrain_from: str | None = None, **search_options) -> dict:
     """Runs (or resumes) the search and, with ``retrain``, the stages after it.
 
     Args:
@@ -23,6 +23,8 @@ def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ense
         retrain: Go on after the search: retrain the top configurations, evaluate
             the best on the test split (with Grad-CAM galleries) and export it.
         augment: Retrain with augmentation (on images); without, on the cached activations.
+        retrain_from: Where the winners' retrain starts: ``search`` (their search weights) or
+            ``scratch``; None: the retrain's default (:func:`search.final.retrain.retrain`).
         ensemble: Winners the final model averages; None chooses on validation
             (see :func:`search.final.assemble.assemble`).
         point: The operating point, ``CLASS:sensitivity=X`` / ``specificity=X`` / ``off``;
@@ -50,11 +52,11 @@ def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ense
         check_external_paths(config, externals)
     with run_lock(config.run_dir, "search", log):  # one holder for every stage of the job
         return _run_stages(config, retrain, augment, (ensemble, point, refit), log, search_options, budget,
-                           externals)
+                           externals, retrain_from)
 
 
 def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, log, search_options: dict,
-                budget=None, externals=()) -> dict:
+                budget=None, externals=(), retrain_from: str | None = None) -> dict:
     started = time.perf_counter()
     if externals:  # labels only: a set of other classes fails in seconds, not after the search
         from cxr_tuner.search.evaluation.evaluate import check_external_labels
@@ -72,7 +74,7 @@ def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, l
 
         saved = load_config(config.run_dir)  # with the class names the data stage found
         cut = budget.retrain_options(saved, best["trials"], log) if budget else {}
-        retrain_winners(saved, augment=augment, log=log, **cut)
+        retrain_winners(saved, augment=augment, log=log, **cut, **({"from_": retrain_from} if retrain_from else {}))
         if final[2] and budget:
             log("refit on train+val: skipped under --time-budget (its plan has no room for it)")
         assemble(saved, ensemble=final[0], point=final[1], refit=final[2] and not budget, log=log)

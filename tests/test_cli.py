@@ -62,7 +62,7 @@ def test_search_no_augment_reaches_the_retrain_it_runs(tmp_path, demo_data, monk
     from cxr_tuner.search.final import assemble, retrain
 
     calls = []
-    monkeypatch.setattr(retrain, "retrain", lambda config, **kw: calls.append(("retrain", kw["augment"])))
+    monkeypatch.setattr(retrain, "retrain", lambda config, **kw: calls.append(("retrain", kw["augment"], kw["from_"])))
     monkeypatch.setattr(assemble, "assemble",
                         lambda config, **kw: calls.append(("assemble", kw["ensemble"], kw["point"])))
     monkeypatch.setattr(evaluate, "evaluate", lambda config, **kw: calls.append(("evaluate",)))
@@ -70,10 +70,12 @@ def test_search_no_augment_reaches_the_retrain_it_runs(tmp_path, demo_data, monk
     flags = ["--data", demo_data, "--backbones", "vanilla_cnn", "--weights", "none", "--image-size", 32,
              "--max-epochs", 1, "--factor", 2]
     assert run_cli("search", "--run-dir", tmp_path / "a", *flags, "--no-augment").exit_code == 0
-    assert run_cli("search", "--run-dir", tmp_path / "b", *flags, "--augment", "--ensemble", "2",
+    assert run_cli("search", "--run-dir", tmp_path / "b", *flags, "--augment", "--retrain-from", "search",
+                   "--ensemble", "2",
                    "--operating-point", "COVID:specificity=0.9").exit_code == 0
-    assert calls == [("retrain", False), ("assemble", None, None), ("evaluate",), ("export",),
-                     ("retrain", True), ("assemble", 2, "COVID:specificity=0.9"), ("evaluate",), ("export",)]
+    assert calls == [("retrain", False, "scratch"), ("assemble", None, None), ("evaluate",), ("export",),
+                     ("retrain", True, "search"), ("assemble", 2, "COVID:specificity=0.9"), ("evaluate",),
+                     ("export",)]
 
 
 def test_importing_cli_changes_no_process_wide_state():

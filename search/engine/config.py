@@ -12,6 +12,9 @@ from cxr_tuner.data.errors import UserError
 from cxr_tuner.search.engine.layout import RunLayout
 
 TUNERS = ("hyperband", "bayesian", "random")
+# Where a winner's retrain starts (search.final.retrain): its search weights, or a fresh build.
+RETRAIN_FROM = ("search", "scratch")
+RETRAIN_FROM_DEFAULT = "scratch"  # measured on cxr3-dev: docs/final-model.md
 TASKS = ("auto", "multiclass", "multilabel")  # auto: the data stage decides from the label file (data.labels)
 UNCERTAIN = ("ones", "zeros", "ignore")  # CheXpert's U-Ones, U-Zeros, U-Ignore
 MIN_POSITIVE_GROUPS = 5  # a finding needs this many positive patient groups in each split, or it is dropped

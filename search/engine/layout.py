@@ -80,6 +80,10 @@ class RunLayout:
         """KerasTuner's ``trial.json`` of one trial."""
         return self.tuner / f"trial_{trial_id}" / "trial.json"
 
+    def trial_checkpoint(self, trial_id: str) -> Path:
+        """KerasTuner's best-epoch weights of one trial (what a warm-started retrain starts from)."""
+        return self.tuner / f"trial_{trial_id}" / "checkpoint.weights.h5"
+
     def fold_checkpoint(self, trial_id: str, fold: int) -> Path:
         """With ``--folds``: the best epoch's weights of one fold's model of a trial (Hyperband continues it)."""
         return self.tuner / f"trial_{trial_id}" / f"fold_{fold + 1}.weights.h5"

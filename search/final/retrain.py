@@ -1,8 +1,11 @@
-"""Retrain the search's best configurations from scratch and rank them on validation.
+"""Retrain the search's best configurations and rank them on validation.
 
-KerasTuner's best-epoch checkpoints come from Hyperband rounds resumed without the
-optimizer's state, so they are not what a fresh training of the same
-configuration gives; retraining is the honest route. The test split is not read.
+By default (``from_="scratch"``) each winner trains again from a fresh build. With
+``from_="search"`` it starts from what the search trained: its trial's best-epoch
+weights (KerasTuner's checkpoint of its last Hyperband round), with a fresh optimizer,
+and trains on only while validation improves on them (early stopping measured from the
+starting weights, whose validation loss is the search's score): about 3x fewer epochs,
+measured no better calibrated (docs/final-model.md). The test split is not read.
 
 With augmentation, winners train on images (every epoch sees other pixels). Without
 it, the frozen part of a pretrained backbone sees the same images every epoch, so
@@ -18,6 +21,7 @@ import functools
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +35,7 @@ from cxr_tuner.hypermodels.classifier import OBJECTIVE, XrayClassifier
 from cxr_tuner.search.engine import console, dataset, timing
 from cxr_tuner.search.tuning import hparams
 from cxr_tuner.hypermodels import variants
-from cxr_tuner.search.engine.config import RunConfig
+from cxr_tuner.search.engine.config import RETRAIN_FROM, RETRAIN_FROM_DEFAULT, RunConfig
 from cxr_tuner.search.engine.devices import deterministic_ops
 from cxr_tuner.search.engine.layout import (SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL, WINNER_OUT_OF_FOLD,
                            WINNER_VALIDATION)
@@ -64,7 +68,8 @@ def build_model(config: RunConfig, hp: keras_tuner.HyperParameters) -> keras.Mod
 
 
 def retrain(config: RunConfig, top_k: int | None = None, seeds: int | None = None, max_epochs: int | None = None,
-            augment: bool = False, choose_variant: bool = True, log: Callable[[str], None] = print) -> dict:
+            augment: bool = False, choose_variant: bool = True, log: Callable[[str], None] = print,
+            from_: str = RETRAIN_FROM_DEFAULT) -> dict:
     """Retrains the ``top_k`` best distinct configurations and writes ``winners/``.
 
     Each configuration trains ``seeds`` times (seeds ``config.seed + i``) on the
@@ -77,22 +82,26 @@ def retrain(config: RunConfig, top_k: int | None = None, seeds: int | None = Non
     (on images, minutes instead of seconds) is off by default: see docs/final-model.md.
 
     ``top_k`` and ``seeds`` default to the run's space (``[retrain]``: 3 and 1), whose
-    ``variants`` are the ways tried.
+    ``variants`` are the ways tried. ``from_``: ``"search"`` starts every training (each
+    variant, each seed) from the winner's search weights (:class:`SearchWeights`),
+    ``"scratch"`` from a fresh build; ``--folds`` always trains from scratch.
 
     Returns:
         The content of ``winners/summary.json``.
     """
+    if from_ not in RETRAIN_FROM:
+        raise UserError(f"--retrain-from {from_}: choose from {', '.join(RETRAIN_FROM)}.")
     top_k = top_k or config.retrain_choices["top_k"]
     seeds = seeds or config.retrain_choices["seeds"]
     with run_lock(config.run_dir, "retrain", log), deterministic_ops():
         started, clock = time.perf_counter(), timing.EpochClock()
-        summary = _retrain(config, top_k, seeds, max_epochs, augment, choose_variant, log, clock)
+        summary = _retrain(config, top_k, seeds, max_epochs, augment, choose_variant, log, clock, from_)
         timing.record(config.layout, "retrain", time.perf_counter() - started, clock.floor())
         return summary
 
 
 def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, augment: bool,
-             choose_variant: bool, log, clock: timing.EpochClock) -> dict:
+             choose_variant: bool, log, clock: timing.EpochClock, from_: str) -> dict:
     top = _top_trials(config)[:top_k]
     # config.json always saves overwrite=False, so this reads the split the search saved.
     data = dataset.prepare(config, progress=False)
@@ -103,21 +112,28 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
     winners_dir = config.layout.winners
     shutil.rmtree(winners_dir, ignore_errors=True)
     if config.folds:
+        if from_ == "search":
+            log("retrain with --folds: from scratch (a warm start from the folds' checkpoints is not built)")
         return _retrain_on_folds(config, data, training, top, seeds, augment, log, clock)
     epochs = max_epochs or config.max_epochs * 2
     val_rows = data.indices("val")
     allowed = config.retrain_choices["variants"]
     variant, tried, reused = variants.first(allowed), {}, {}
+    # The search's hypermodel (on cached activations), for the variant choice and the search's weights.
+    cached = training if not augment else (trial_hypermodel(data)[0] if choose_variant or from_ == "search" else None)
+    searched = SearchWeights(config, cached) if from_ == "search" else None
+    log("retrain from " + ("the search's best-epoch weights, fresh optimizer, on while validation improves"
+                           if searched else "scratch (fresh builds)"))
     if choose_variant:
         # Without augmentation the variants train exactly as the retrain does, so the
         # chosen one's fit of the rank-1 configuration (seed config.seed) is kept, not redone.
-        cached = training if not augment else trial_hypermodel(data)[0]
         fits = {}
 
         def fit(hp, callbacks):
             staging = winners_dir / f"variant_{len(fits)}"
+            start = searched(top[0]["trial_id"]) if searched else None
             fits[staging] = _fit_and_keep(cached, hp, config.seed, epochs, staging, lambda: callbacks, clock=clock,
-                                          rows=val_rows, objective=objective)
+                                          rows=val_rows, objective=objective, start=start)
             return fits[staging][OBJECTIVE]
 
         top_hp = trial_hyperparameters(config, top[0]["trial_id"])
@@ -138,16 +154,19 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
         staging = winners_dir / f"trial_{entry['trial_id']}"
         log(f"retrain {rank}/{len(top)}: trial {entry['trial_id']} ({console.hyperparameter_text(entry['hyperparameters'])})")
         kept = [reused] if reused and entry is top[0] else []
+        start = searched(entry["trial_id"]) if searched and len(kept) < seeds else None
         scores = kept + [_fit_and_keep(training, hp, config.seed + i, epochs, staging,
                                        functools.partial(variant.callbacks, objective), None, clock,
-                                       rows=val_rows, objective=objective)
+                                       rows=val_rows, objective=objective, start=start)
                          for i in range(len(kept), seeds)]
         for score in scores:  # one line per training, the one reused from the variant choice too
-            log(f"  seed {score['seed']}: best epoch {score['best_epoch']} of {score['epochs_run']}, "
+            begun = (f" (epoch 0: the search's weights, {objective} {number_text(score['start_' + OBJECTIVE], '.4f')})"
+                     if "start_" + OBJECTIVE in score else "")
+            log(f"  seed {score['seed']}: best epoch {score['best_epoch']} of {score['epochs_run']}{begun}, "
                 f"{objective} {number_text(score[OBJECTIVE], '.4f')}")
-        results.append(_result(entry, scores, objective))
+        results.append({**_result(entry, scores, objective), "from": from_})
         log(f"retrained trial {entry['trial_id']}: {objective} {_mean_std_text(results[-1])}")
-    return _rank_and_save(config, results, augment, epochs, {"chosen": variant.name, "tried": tried})
+    return _rank_and_save(config, results, augment, epochs, {"chosen": variant.name, "tried": tried}, from_)
 
 
 def _retrain_on_folds(config: RunConfig, data: dataset.RunData, training, top: list[dict], seeds: int,
@@ -196,9 +215,10 @@ def _retrain_on_folds(config: RunConfig, data: dataset.RunData, training, top: l
                 files.write_json(staging / WINNER_HYPERPARAMETERS, hp.get_config())
                 files.write_npz(staging / WINNER_OUT_OF_FOLD, rows=rows, probabilities=out_of_fold)
                 files.write_json(saved, score)
-        results.append(_result(entry, scores, task_of(config).objective))
+        results.append({**_result(entry, scores, task_of(config).objective), "from": "scratch"})
         log(f"retrained trial {entry['trial_id']}: out-of-fold {task_of(config).objective} {_mean_std_text(results[-1])}")
-    summary = _rank_and_save(config, results, augment, None, {"chosen": variants.AS_SEARCHED.name, "tried": {}})
+    summary = _rank_and_save(config, results, augment, None, {"chosen": variants.AS_SEARCHED.name, "tried": {}},
+                             "scratch")
     return summary
 
 
@@ -263,6 +283,63 @@ class ImageTraining:
         rows = "val" if fold is None else self.data.folds()[fold][1]
         return model.predict(self.data.dataset(rows), verbose=0)
 
+    def evaluate_validation(self, hp, model):
+        """``model``'s metrics on the validation split, named as in a fit's logs (``val_...``)."""
+        logs = model.evaluate(self.data.dataset("val"), verbose=0, return_dict=True)
+        return {f"val_{name}": float(value) for name, value in logs.items()}
+
+
+class SearchWeights:
+    """A winner's starting weights from the search: its trial's best epoch, by layer name.
+
+    KerasTuner saves each trial's best epoch (``checkpoint.weights.h5``; for a promoted
+    configuration, that of its last Hyperband round). The file is loaded into the model
+    the search trained (the trial's own hyperparameters, built by the search's
+    hypermodel ``searched``) and handed on by layer name, so a model with more layers
+    takes them too: a variant that unfreezes one block more (the extra block keeps its
+    pretrained values) or the whole image model (``--augment``). Only weights move: the
+    model they go into has its own fresh optimizer.
+    """
+
+    def __init__(self, config: RunConfig, searched):
+        self.config, self.searched = config, searched
+        self._last = (None, None)  # (trial_id, weights): a winner's trainings follow one another
+
+    def __call__(self, trial_id: str) -> dict[str, list[np.ndarray]]:
+        if self._last[0] != trial_id:
+            path = self.config.layout.trial_checkpoint(trial_id)
+            if not path.is_file():
+                raise UserError(f"{path} is missing: the search kept no weights of trial {trial_id}; retrain "
+                                "with --retrain-from scratch, or resume the search to finish it.")
+            model = self.searched.build(trial_hyperparameters(self.config, trial_id))
+            with warnings.catch_warnings():  # the checkpoint's optimizer state is not taken (a fresh optimizer)
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                model.load_weights(path)
+            self._last = (trial_id, {layer.name: layer.get_weights() for layer in model.layers if layer.weights})
+        return self._last[1]
+
+
+def start_from(model: keras.Model, weights: dict[str, list[np.ndarray]]) -> None:
+    """Puts ``weights`` (:class:`SearchWeights`) into ``model``'s layers of the same names."""
+    for name, values in weights.items():
+        model.get_layer(name).set_weights(values)
+
+
+class _StopFromStart(keras.callbacks.EarlyStopping):
+    """Early stopping whose best so far is the starting weights (validation loss ``start``).
+
+    Keras' own takes the first epoch as the best so far, so a warm start would keep an
+    epoch worse than the weights it began with; here epochs must beat the start.
+    """
+
+    def __init__(self, start: float, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start = start
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.best, self.best_weights, self.best_epoch = self.start, self.model.get_weights(), -1
+
 
 def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
     """Argmax accuracy, or for findings the share of unmasked entries called right at 0.5."""
@@ -273,26 +350,45 @@ def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
 
 
 def _fit(training, hp, seed, epochs, callbacks=(), clock: timing.EpochClock | None = None,
-         objective: str = OBJECTIVE) -> tuple:
-    """One training with early stopping on ``objective`` (best epoch's weights kept): the model and its history."""
+         objective: str = OBJECTIVE, start: dict | None = None) -> tuple:
+    """One training with early stopping on ``objective`` (best epoch's weights kept).
+
+    ``start``: weights to begin from (:class:`SearchWeights`); epochs must then beat
+    their validation figures, which are returned too (else None).
+
+    Returns:
+        The model, its history and the starting validation figures.
+    """
     fresh_keras_state(seed)
     model = training.build(hp)
-    stop = keras.callbacks.EarlyStopping(objective, patience=PATIENCE, mode="min", restore_best_weights=True)
+    begun = None
+    if start is None:
+        stop = keras.callbacks.EarlyStopping(objective, patience=PATIENCE, mode="min", restore_best_weights=True)
+    else:
+        start_from(model, start)
+        begun = training.evaluate_validation(hp, model)
+        stop = _StopFromStart(begun[objective], objective, patience=PATIENCE, mode="min", restore_best_weights=True)
     timed = [clock.callback()] if clock else []
     history = training.fit(hp, model, epochs=epochs, callbacks=[stop, *callbacks, *timed], verbose=0).history
-    return model, {k: [float(v) for v in values] for k, values in history.items()}
+    return model, {k: [float(v) for v in values] for k, values in history.items()}, begun
 
 
 def _fit_and_keep(training, hp, seed, epochs, staging: Path, callbacks=list, progress=None, clock=None, *,
-                  rows: np.ndarray, objective: str = OBJECTIVE) -> dict:
+                  rows: np.ndarray, objective: str = OBJECTIVE, start: dict | None = None) -> dict:
     """Trains one seed; saves the model if it beats the seeds saved before it (``progress``: a callback).
 
     ``rows``: the validation split's rows, which the saved probabilities are of.
+    ``start``: the weights it begins from (see :func:`_fit`); best epoch 0 is those weights kept.
     """
-    model, history = _fit(training, hp, seed, epochs, [*callbacks(), *filter(None, [progress])], clock, objective)
+    model, history, begun = _fit(training, hp, seed, epochs, [*callbacks(), *filter(None, [progress])], clock,
+                                 objective, start)
     best_epoch = int(np.nanargmin(history[objective]))
     score = {"seed": seed, OBJECTIVE: history[objective][best_epoch], "best_epoch": best_epoch + 1,
              "epochs_run": len(history[objective]), "val_accuracy": history["val_accuracy"][best_epoch]}
+    if begun is not None:
+        score["start_" + OBJECTIVE] = begun[objective]
+        if not score[OBJECTIVE] < begun[objective]:  # no epoch beat the search's weights: they were kept
+            score.update({OBJECTIVE: begun[objective], "best_epoch": 0, "val_accuracy": begun["val_accuracy"]})
     saved = staging / _SCORE
     if not saved.is_file() or score[OBJECTIVE] < json.loads(saved.read_text())[OBJECTIVE]:
         staging.mkdir(parents=True, exist_ok=True)
@@ -316,7 +412,8 @@ def _result(entry: dict, scores: list[dict], objective: str = OBJECTIVE) -> dict
             "seeds": scores, "hyperparameters": entry["hyperparameters"]}
 
 
-def _rank_and_save(config: RunConfig, results: list[dict], augment: bool, epochs: int, variant: dict) -> dict:
+def _rank_and_save(config: RunConfig, results: list[dict], augment: bool, epochs: int, variant: dict,
+                   from_: str) -> dict:
     winners_dir = config.layout.winners
     results.sort(key=lambda r: r[OBJECTIVE]["mean"])
     for rank, result in enumerate(results, start=1):
@@ -325,7 +422,7 @@ def _rank_and_save(config: RunConfig, results: list[dict], augment: bool, epochs
         (winners_dir / f"trial_{result['trial_id']}").rename(winners_dir / result["dir"])
     ranked_on = ("out-of-fold predictions on train+val (--folds)" if config.folds else "validation split only")
     summary = {"ranked_by": f"mean {task_of(config).objective} over seeds, {ranked_on} (lower is better)",
-               "augment": augment, "variant": variant, "max_epochs": epochs, "patience": PATIENCE,
+               "augment": augment, "from": from_, "variant": variant, "max_epochs": epochs, "patience": PATIENCE,
                "winners": results, SPLIT_STAMP: config.layout.split_digest()}
     files.write_json(config.layout.winners_summary, summary)
     return summary

@@ -104,7 +104,9 @@ def test_retrain_with_folds_trains_on_train_and_val_for_the_folds_epochs_and_nev
     fit, test = set(data.indices(dataset.FIT).tolist()), set(data.indices("test").tolist())
     seen, make = [], pipeline.make_dataset
     monkeypatch.setattr(pipeline, "make_dataset", lambda *a, rows=None, **k: seen.append(rows) or make(*a, rows=rows, **k))
-    summary = retrain(config, top_k=1, log=lambda line: None)
+    lines = []
+    summary = retrain(config, top_k=1, log=lines.append, from_="search")  # folds fall back to scratch, saying so
+    assert summary["from"] == "scratch" and any(line.startswith("retrain with --folds: from scratch") for line in lines)
     read = set(np.concatenate(seen).tolist())
     assert read == fit and not read & test
     assert any(set(rows.tolist()) == fit for rows in seen)  # the final model's training: all of train+val
