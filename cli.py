@@ -146,16 +146,16 @@ def _search_options() -> dict:
         click.option("--folds", type=click.IntRange(2), default=None, metavar="K",
                      help="Score each trial on K patient-grouped folds of train+val (their mean loss); the "
                           "final model then trains on all of train+val. For small collections."),
-        click.option("--intensity", type=click.Choice(INTENSITIES), default="as_stored", show_default=True,
+        click.option("--intensity", type=click.Choice(INTENSITIES), default="standardize", show_default=True,
                      help="standardize: each film brought to a typical mean and spread inside the model, so "
                           "how a source exposed and windowed it matters less (docs/shift.md)."),
-        click.option("--shift-copies", type=click.IntRange(0, 8), default=0, show_default=True, metavar="N",
+        click.option("--shift-copies", type=click.IntRange(0, 8), default=2, show_default=True, metavar="N",
                      help="Re-rendered copies of each training film (other resampling, JPEG, windowing, "
                           "noise, borders, markers); every epoch shows each film as itself or one copy."),
-        click.option("--shift-objective", type=click.Choice(("clean", "mixed")), default="clean",
-                     show_default=True,
+        click.option("--shift-objective", type=click.Choice(("clean", "mixed")), default=None,
                      help="Rank trials on the validation films' class-weighted loss (clean) or on its mean "
-                          "with their re-rendered copies' (mixed; needs --shift-copies)."),
+                          "with their re-rendered copies' (mixed, which needs --shift-copies).  "
+                          "[default: mixed with copies, else clean]"),
         click.option("--val-sources", type=click.Choice(("mixed", "apart")), default="mixed", show_default=True,
                      help="apart: in a class with films from two or more sources (a source column), validation "
                           "takes whole sources, so trials are ranked on transfer to a source they never saw."),

@@ -221,6 +221,8 @@ def new_config(run_dir: str, data: str | None = None, space: str | Path | None =
     if settings.get("val_sources") == "apart" and settings.get("folds"):
         raise UserError("--val-sources apart holds sources out of validation; --folds divides train+val by patient. "
                         "Use one of them.")
+    if "shift_objective" not in settings and "shift_copies" in settings:  # the flag left out: mixed where copies are
+        settings["shift_objective"] = "mixed" if settings["shift_copies"] else "clean"
     if settings.get("shift_objective", "clean") != "clean" and not settings.get("shift_copies"):
         raise UserError("--shift-objective mixed ranks on re-rendered validation copies: give --shift-copies N "
                         "(1 or more) too.")
