@@ -250,8 +250,8 @@ class TrialData:
         """The pipeline of split ``which`` (a name) or of the rows ``which``; shuffled (training) with ``seed`` when given.
 
         With training copies, a training epoch shows each film once, as itself or as one of
-        its copies; validation with ``shift_objective="mixed"`` holds the films and their
-        copies, the copies together weighing what the films weigh (``clean``: the films alone).
+        its copies; validation with ``shift_objective="mixed"`` holds the films and the first
+        copy of each, alike in weight: the mean of the clean and the shifted loss (``clean``: the films alone).
         """
         shuffle = seed is not None
         config = self.data.config
@@ -262,10 +262,10 @@ class TrialData:
             if shuffle:
                 picked = variants
             elif config.shift_objective == "mixed" and not clean:
-                count = self.copies.copies
-                picked = np.concatenate([rows, variants[:, 1:].T.ravel()])
-                labels = np.concatenate([labels] * (count + 1))
-                weights = np.concatenate([weights] + [weights / count] * count)
+                # Each film and its first copy, alike in weight: one copy per film halves what
+                # validating on every copy would add to each epoch.
+                picked = np.concatenate([rows, variants[:, 1]])
+                labels, weights = np.concatenate([labels, labels]), np.concatenate([weights, weights])
         # Images and activations go through the same pipeline: a trial on activations sees the batches its image model would.
         return pipeline.make_dataset(self._source(backbone, depth), labels, weights, len(config.class_names),
                                      config.batch_size, shuffle=shuffle, seed=seed or 0, rows=picked)
