@@ -146,12 +146,14 @@ def _search_options() -> dict:
         click.option("--folds", type=click.IntRange(2), default=None, metavar="K",
                      help="Score each trial on K patient-grouped folds of train+val (their mean loss); the "
                           "final model then trains on all of train+val. For small collections."),
-        click.option("--intensity", type=click.Choice(INTENSITIES), default="standardize", show_default=True,
+        click.option("--intensity", type=click.Choice(INTENSITIES), default=None,
                      help="standardize: each film brought to a typical mean and spread inside the model, so "
-                          "how a source exposed and windowed it matters less (docs/shift.md)."),
-        click.option("--shift-copies", type=click.IntRange(0, 8), default=2, show_default=True, metavar="N",
+                          "how a source exposed and windowed it matters less (docs/shift.md).  "
+                          "[default: standardize; a resumed run: its own]"),
+        click.option("--shift-copies", type=click.IntRange(0, 8), default=None, metavar="N",
                      help="Re-rendered copies of each training film (other resampling, JPEG, windowing, "
-                          "noise, borders, markers); every epoch shows each film as itself or one copy."),
+                          "noise, borders, markers); every epoch shows each film as itself or one copy.  "
+                          "[default: 2; a resumed run: its own]"),
         click.option("--shift-objective", type=click.Choice(("clean", "mixed")), default=None,
                      help="Rank trials on the validation films' class-weighted loss (clean) or on its mean "
                           "with their re-rendered copies' (mixed, which needs --shift-copies).  "
@@ -180,8 +182,10 @@ def search_options(function, names=None):
 
 
 def _config(options: dict):
-    from cxr_tuner.search.engine.config import new_config
+    from cxr_tuner.search.engine.config import new_config, shift_settings
 
+    options.update(shift_settings(options["run_dir"], options.get("overwrite", False),
+                                  **{k: options.pop(k, None) for k in ("intensity", "shift_copies", "shift_objective")}))
     data = options.pop("data")
     if data is not None:
         data = str(Path(data).resolve())

@@ -190,6 +190,30 @@ _FLAGS = {"backbones": "--backbones", "image_size": "--image-size", "batch_size"
           "max_epochs": "--max-epochs", "factor": "--factor"}
 
 
+SHIFT_DEFAULTS = dict(intensity="standardize", shift_copies=2)
+"""What a new job does against acquisition shift when its flags are left out (docs/shift.md)."""
+
+
+def shift_settings(run_dir, overwrite: bool, **given) -> dict:
+    """``intensity``, ``shift_copies`` and ``shift_objective`` for a job: the flags given; for those left out
+    (None), a resumed run's own (what it was started with, or had before the settings existed), else the defaults.
+
+    The library's ``RunConfig`` keeps films as stored and no copies; the command line's jobs train against shift.
+    """
+    layout = RunLayout(run_dir)
+    saved = {}
+    if not overwrite and layout.config.is_file():
+        raw = files.read_json(layout.config, "start over with --overwrite")
+        saved = {k: raw.get(k, getattr(RunConfig, k)) for k in ("intensity", "shift_copies", "shift_objective")
+                 } if isinstance(raw, dict) else {}
+    chosen = {k: v for k, v in given.items() if v is not None}
+    for key, value in SHIFT_DEFAULTS.items():
+        chosen.setdefault(key, saved.get(key, value))
+    if "shift_objective" not in chosen and saved and chosen["shift_copies"] == saved["shift_copies"]:
+        chosen["shift_objective"] = saved["shift_objective"]
+    return chosen
+
+
 def new_config(run_dir: str, data: str | None = None, space: str | Path | None = None, **given) -> RunConfig:
     """A config from the user's flags and space file; unset flags (None) take the file's or the data's defaults.
 

@@ -128,3 +128,16 @@ def test_standardised_activations_are_another_cache_entry(copied):
     standardised = ActivationCache(XrayClassifier(3, SIZE, ("mobilenet_025",), "imagenet", intensity="standardize"),
                                    data.images, cache.folder, progress=False)
     assert standardised.entry("mobilenet_025") != cache.entry("mobilenet_025")
+
+
+def test_a_new_job_trains_against_shift_and_a_resumed_one_keeps_its_own_settings(tmp_path):
+    from cxr_tuner.search.engine.config import shift_settings
+
+    left_out = dict(intensity=None, shift_copies=None, shift_objective=None)
+    assert shift_settings(tmp_path / "new", False, **left_out) == {"intensity": "standardize", "shift_copies": 2}
+    old = new_config(str(tmp_path / "old"), None)  # as a run of an earlier version: films as stored, no copies
+    old.save()
+    assert shift_settings(old.run_dir, False, **left_out) == {"intensity": "as_stored", "shift_copies": 0,
+                                                              "shift_objective": "clean"}
+    assert shift_settings(old.run_dir, True, **left_out)["shift_copies"] == 2, "--overwrite starts a new job"
+    assert shift_settings(old.run_dir, False, **{**left_out, "shift_copies": 3})["shift_copies"] == 3
