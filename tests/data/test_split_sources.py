@@ -1,10 +1,7 @@
 """Sources kept apart between train and validation, where a class has two or more."""
 
-import numpy as np
-import pytest
 
 from cxr_tuner.data import split
-from cxr_tuner.data.errors import UserError
 
 
 def _collection():

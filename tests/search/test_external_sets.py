@@ -1,6 +1,7 @@
 """`search --external`: the job scores each external set after the test split and reports it beside it."""
 
 import json
+import re
 
 from cxr_tuner.data import shift
 from cxr_tuner.search.engine.layout import MODEL_STAMP, RunLayout
@@ -31,3 +32,10 @@ def test_a_job_with_an_external_set_writes_its_figures_beside_the_test_splits(tm
     assert "  external hospital_b, 6 images" in summary and f"macro F1             {figure_text(own['macro_f1'])}" \
         in summary.split("external hospital_b")[1]
     assert summary.count("stress test") == 2  # the test split's and the external set's
+    # The default job trains against acquisition shift, and says so.
+    assert re.search(r"acquisition shift: each film standardised inside the model; 2 re-rendered copies of each "
+                     r"of \d+ train\+val films .*ranked on the mean of the validation films' and their copies' loss",
+                     result.output), result.output
+    config = json.loads(layout.config.read_text())
+    assert (config["intensity"], config["shift_copies"], config["shift_objective"]) == ("standardize", 2, "mixed")
+    assert list((layout.cache / "shift").glob("copies-2x*.u8"))
