@@ -1,6 +1,5 @@
 """Sources kept apart between train and validation, where a class has two or more."""
 
-
 from cxr_tuner.data import split
 
 
