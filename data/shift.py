@@ -115,8 +115,7 @@ class StoredCopies:
         return np.stack([rows] + [total + k * per_copy + position[rows] for k in range(self.copies)], axis=1)
 
 
-def stored_copies(images: np.ndarray, rows, copies: int, seed: int, folder: Path,
-                  progress=None) -> StoredCopies:
+def stored_copies(images: np.ndarray, rows, copies: int, seed: int, folder: Path) -> StoredCopies:
     """The training copies of ``images[rows]``, rendered once and kept in ``folder`` (read back when current).
 
     The file's name carries what the copies depend on (the films' pixels, the rows, the seed,
@@ -145,10 +144,7 @@ def stored_copies(images: np.ndarray, rows, copies: int, seed: int, folder: Path
                 for start in range(0, len(rows), 256):
                     chunk = rows[start:start + 256]
                     # One rendering per (film, copy) whatever the chunking: the ids are the film rows.
-                    rendered, _ = _copy_k(images, chunk, seed, k)
-                    out.write(rendered.tobytes())
-                    if progress:
-                        progress(len(chunk))
+                    out.write(_copy_k(images, chunk, seed, k)[0].tobytes())
         files.write_json(meta, {"shape": list(shape), "copies": copies, "seed": seed, "version": VERSION})
     pixels = np.memmap(data, dtype=np.uint8, mode="r", shape=shape)
     return StoredCopies(pixels, np.tile(rows, copies), copies)
