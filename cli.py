@@ -15,7 +15,8 @@ import click
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels.preprocess import INTENSITIES
 from cxr_tuner.search.engine.config import (DATA_DEFAULTS, DEMO_DEFAULTS, MIN_POSITIVE_GROUPS, PRECISIONS, RETRAIN_FROM,
-                           RETRAIN_FROM_DEFAULT, TASKS, TUNERS, UNCERTAIN)
+                           RETRAIN_FROM_DEFAULT, SHIFT_OBJECTIVES, TASKS, TUNERS, UNCERTAIN,
+                           VAL_SOURCES)
 
 
 _VERBOSE_HELP = "Show TensorFlow's and absl's start-up messages and warnings."
@@ -154,11 +155,11 @@ def _search_options() -> dict:
                      help="Re-rendered copies of each training film (other resampling, JPEG, windowing, "
                           "noise, borders, markers); every epoch shows each film as itself or one copy.  "
                           "[default: 2; a resumed run: its own]"),
-        click.option("--shift-objective", type=click.Choice(("clean", "mixed")), default=None,
+        click.option("--shift-objective", type=click.Choice(SHIFT_OBJECTIVES), default=None,
                      help="Rank trials on the validation films' class-weighted loss (clean) or on its mean "
                           "with their re-rendered copies' (mixed, which needs --shift-copies).  "
                           "[default: mixed with copies, else clean]"),
-        click.option("--val-sources", type=click.Choice(("mixed", "apart")), default="mixed", show_default=True,
+        click.option("--val-sources", type=click.Choice(VAL_SOURCES), default="mixed", show_default=True,
                      help="apart: in a class with films from two or more sources (a source column), validation "
                           "takes whole sources, so trials are ranked on transfer to a source they never saw."),
         click.option("--space", type=click.Path(dir_okay=False), default=None, metavar="FILE",

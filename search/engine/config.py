@@ -190,6 +190,10 @@ _FLAGS = {"backbones": "--backbones", "image_size": "--image-size", "batch_size"
           "max_epochs": "--max-epochs", "factor": "--factor"}
 
 
+SHIFT_OBJECTIVES = ("clean", "mixed")
+"""What trials are ranked on: the validation films' loss, or its mean with their re-rendered copies'."""
+VAL_SOURCES = ("mixed", "apart")
+"""How validation is drawn: by patient, or whole sources of the classes that have several."""
 SHIFT_DEFAULTS = dict(intensity="standardize", shift_copies=2)
 """What a new job does against acquisition shift when its flags are left out (docs/shift.md)."""
 
@@ -247,6 +251,9 @@ def new_config(run_dir: str, data: str | None = None, space: str | Path | None =
                         "Use one of them.")
     if "shift_objective" not in settings and "shift_copies" in settings:  # the flag left out: mixed where copies are
         settings["shift_objective"] = "mixed" if settings["shift_copies"] else "clean"
+    for key, allowed in (("shift_objective", SHIFT_OBJECTIVES), ("val_sources", VAL_SOURCES)):
+        if settings.get(key, allowed[0]) not in allowed:
+            raise UserError(f"--{key.replace('_', '-')} {settings[key]} is not one of {', '.join(allowed)}.")
     if settings.get("shift_objective", "clean") != "clean" and not settings.get("shift_copies"):
         raise UserError("--shift-objective mixed ranks on re-rendered validation copies: give --shift-copies N "
                         "(1 or more) too.")

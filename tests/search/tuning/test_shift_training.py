@@ -92,6 +92,12 @@ def test_the_mixed_objective_needs_copies(tmp_path):
         new_config(str(tmp_path / "r"), None, shift_objective="mixed")
 
 
+@pytest.mark.parametrize("setting", [dict(shift_objective="worst", shift_copies=2), dict(val_sources="random")])
+def test_a_library_caller_gets_the_flags_choices_too(tmp_path, setting):
+    with pytest.raises(UserError, match="is not one of"):
+        new_config(str(tmp_path / "r"), None, **setting)
+
+
 def test_a_variant_per_label_is_drawn_each_epoch_deterministically():
     images = np.arange(12, dtype=np.float32).reshape(12, 1)
     variants = np.array([[0, 4, 8], [1, 5, 9], [2, 6, 10], [3, 7, 11]])
