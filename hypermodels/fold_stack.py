@@ -1,0 +1,128 @@
+"""The K fold models of one configuration as one Keras model: K copies side by side, trained in one pass.
+
+``--folds K`` trains a configuration once per fold. On cached activations each fold
+model's step is small, and K models cost K times the steps, the reading of the rows
+and the Python between steps. Stacked, the copies share one input and one step loop:
+every batch holds rows of all the folds, and copy ``k``'s loss weighs each row by its
+class weight times a mask that is zero on fold ``k`` (its held-out rows) in training,
+and one only on fold ``k`` in validation. A zero weight zeroes that row's loss term
+and so its gradient: a held-out row has no effect on its copy's weights.
+
+Only for models without layers that look across a batch in training (BatchNorm
+frozen, as above the freeze boundary): a BatchNorm in training mode would normalise
+each copy with its held-out rows too.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+STACKED = "stacked"
+"""The ``fold`` a trial's data are asked for when its K fold models train stacked: every fold's
+rows at once, with per-copy weights (see :func:`fold_weights`)."""
+
+
+def copy_name(fold: int) -> str:
+    """The name of fold ``fold``'s (from 0) copy in the stacked model, and the prefix of its logs."""
+    return f"fold_{fold + 1}"
+
+
+def stacked_log(name: str, fold: int) -> str:
+    """The key of log ``name`` (``weighted_loss``, ``val_accuracy``, ...) of copy ``fold`` in a stacked fit's logs."""
+    if name.startswith("val_"):
+        return f"val_{copy_name(fold)}_{name[4:]}"
+    return f"{copy_name(fold)}_{name}"
+
+
+class FoldAccuracy(keras.metrics.CategoricalAccuracy):
+    """Plain accuracy over the rows of a copy's own fold: a positive weight counts as one, zero as none.
+
+    The weights a copy gets are class weights times its fold mask; accuracy counts each
+    of its rows once, as a fold model's ``val_accuracy`` does.
+    """
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            sample_weight = tf.cast(sample_weight > 0, y_pred.dtype)
+        return super().update_state(y_true, y_pred, sample_weight)
+
+
+def stack(model: keras.Model, folds: int) -> keras.Model:
+    """``folds`` copies of the compiled single-label ``model``, each starting from its weights, as one compiled model.
+
+    Copy ``k`` is a model named :func:`copy_name` (``k``) with ``model``'s layers (its
+    weights save and load as ``model``'s do); the stacked model's outputs are the copies'
+    probabilities in fold order. It compiles as ``model`` did (Adam at its learning rate,
+    cross-entropy, its steps per execution), per copy, with the class-weighted
+    ``weighted_loss`` and the fold's ``accuracy`` as metrics.
+    """
+    inputs = keras.Input(model.inputs[0].shape[1:], dtype=model.inputs[0].dtype, name="inputs")
+    weights = model.get_weights()
+    outputs = []
+    for fold in range(folds):
+        clone = keras.models.clone_model(model)
+        clone.set_weights(weights)
+        # A tensor, not a list of one: Keras would read each copy's loss weights one level down
+        # the structure, the first row's weight standing for the whole batch.
+        copy = keras.Model(clone.inputs[0], clone.outputs[0], name=copy_name(fold))
+        outputs.append(copy(inputs))
+    stacked = keras.Model(inputs, outputs, name=f"{model.name}_x{folds}")
+    stacked.compile(
+        optimizer=keras.optimizers.Adam(float(np.asarray(model.optimizer.learning_rate))),
+        loss=[keras.losses.CategoricalCrossentropy() for _ in range(folds)],
+        weighted_metrics=[[keras.metrics.CategoricalCrossentropy(name="weighted_loss"), FoldAccuracy(name="accuracy")]
+                          for _ in range(folds)],
+        steps_per_execution=model.steps_per_execution,
+    )
+    return stacked
+
+
+def copies(stacked: keras.Model) -> list[keras.Model]:
+    """The fold models inside ``stacked``, in fold order."""
+    return [layer for layer in stacked.layers if isinstance(layer, keras.Model)]
+
+
+def fold_weights(weights: np.ndarray, held_out_fold: np.ndarray, folds: int, validation: bool) -> np.ndarray:
+    """Per row and copy, ``(rows, folds)``: the row's weight where copy ``k`` trains (validates) on it, else 0.
+
+    ``held_out_fold``: the fold each row validates in. Training: every fold but its own;
+    validation: its own alone.
+    """
+    own = np.asarray(held_out_fold)[:, None] == np.arange(folds)[None, :]
+    return (np.asarray(weights, np.float32)[:, None] * (own if validation else ~own)).astype(np.float32)
+
+
+def per_copy(dataset: tf.data.Dataset, folds: int) -> tf.data.Dataset:
+    """``(x, y, w (B, folds))`` batches as the stacked model's ``(x, (y,) * folds, (w[:, 0], ...))``."""
+    return dataset.map(lambda x, y, w: (x, (y,) * folds, tuple(w[:, k] for k in range(folds))))
+
+
+class BestCopies(keras.callbacks.Callback):
+    """Saves each copy's weights at its own best epoch (lowest ``val_<objective>`` of its fold), as
+    KerasTuner's ``SaveBestEpoch`` does for a model: a promoted round continues each fold from there.
+
+    Args:
+        objective: The validation log a fold model ranks on (``val_weighted_loss``).
+        paths: Per fold, the ``.weights.h5`` file its copy's best epoch goes to.
+    """
+
+    def __init__(self, objective: str, paths: list):
+        super().__init__()
+        self.objective = objective
+        self.paths = [str(p) for p in paths]
+        self.best = [np.inf] * len(paths)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for fold, (copy, path) in enumerate(zip(copies(self.model), self.paths)):
+            value = (logs or {}).get(stacked_log(self.objective, fold), np.nan)
+            if value < self.best[fold]:
+                self.best[fold] = value
+                copy.save_weights(path)
+
+
+def fold_history(history: keras.callbacks.History, fold: int, names) -> dict:
+    """Copy ``fold``'s logs ``names`` (as a single model's fit names them) per epoch, from a stacked fit's history."""
+    logged = history.history
+    return {name: logged[stacked_log(name, fold)] for name in names if stacked_log(name, fold) in logged}
