@@ -65,12 +65,20 @@ def test_search_refuses_in_one_line_when_a_class_has_too_few_groups(tmp_path, de
 
 @pytest.fixture(scope="module")
 def folded_search(tmp_path_factory, demo_data):
-    """A 3-fold search's run directory and the model of each trace of a training step it made."""
-    run_dir = tmp_path_factory.mktemp("folds") / "run"
+    """A 3-fold search's run directory and the model of each trace of a training step it made.
+
+    On cached activations (MobileNet from a weights file, 32 px): its fold models train stacked.
+    """
+    from tests.search.tuning.test_activations import _weights_file
+
+    root = tmp_path_factory.mktemp("folds")
+    run_dir = root / "run"
+    weights = _weights_file(root / "w.weights.h5", 0)
     with pytest.MonkeyPatch.context() as patch:
         traces = _count_traces(patch)
-        result = run_cli("search", "--data", demo_data, "--run-dir", run_dir, *FAST_SEARCH, "--max-epochs", "2",
-                         "--folds", "3")
+        result = run_cli("search", "--data", demo_data, "--run-dir", run_dir, "--backbones", "mobilenet_025",
+                         "--weights", weights, "--image-size", "32", "--max-epochs", "2", "--factor", "2",
+                         "--no-retrain", "--folds", "3")
     assert result.exit_code == 0, result.output
     return run_dir, traces
 
