@@ -22,6 +22,9 @@ import tensorflow as tf
 STACKED = "stacked"
 """The ``fold`` a trial's data are asked for when its K fold models train stacked: every fold's
 rows at once, with per-copy weights (see :func:`fold_weights`)."""
+STACKED_AND_FIT = "stacked and fit"
+"""As ``STACKED`` with one more copy, last, that trains on every row (the final model of
+``--folds``), and no validation: a winner's retrain."""
 
 
 def copy_name(fold: int) -> str:
@@ -84,14 +87,17 @@ def copies(stacked: keras.Model) -> list[keras.Model]:
     return [layer for layer in stacked.layers if isinstance(layer, keras.Model)]
 
 
-def fold_weights(weights: np.ndarray, held_out_fold: np.ndarray, folds: int, validation: bool) -> np.ndarray:
+def fold_weights(weights: np.ndarray, held_out_fold: np.ndarray, folds: int, validation: bool,
+                 fit: bool = False) -> np.ndarray:
     """Per row and copy, ``(rows, folds)``: the row's weight where copy ``k`` trains (validates) on it, else 0.
 
     ``held_out_fold``: the fold each row validates in. Training: every fold but its own;
-    validation: its own alone.
+    validation: its own alone. ``fit``: one more column, the weights as they are (a copy on every row).
     """
     own = np.asarray(held_out_fold)[:, None] == np.arange(folds)[None, :]
-    return (np.asarray(weights, np.float32)[:, None] * (own if validation else ~own)).astype(np.float32)
+    weights = np.asarray(weights, np.float32)[:, None]
+    masked = weights * (own if validation else ~own)
+    return np.concatenate([masked, weights], axis=1) if fit else masked.astype(np.float32)
 
 
 def per_copy(dataset: tf.data.Dataset, folds: int) -> tf.data.Dataset:
@@ -122,7 +128,13 @@ class BestCopies(keras.callbacks.Callback):
                 copy.save_weights(path)
 
 
-def fold_history(history: keras.callbacks.History, fold: int, names) -> dict:
-    """Copy ``fold``'s logs ``names`` (as a single model's fit names them) per epoch, from a stacked fit's history."""
-    logged = history.history
-    return {name: logged[stacked_log(name, fold)] for name in names if stacked_log(name, fold) in logged}
+def fold_history(history: keras.callbacks.History, fold: int) -> dict:
+    """Copy ``fold``'s logs per epoch, named as a single model's fit names them, from a stacked fit's history."""
+    train, val = f"{copy_name(fold)}_", f"val_{copy_name(fold)}_"
+    found = {}
+    for name, values in history.history.items():
+        if name.startswith(train):
+            found[name[len(train):]] = values
+        elif name.startswith(val):
+            found["val_" + name[len(val):]] = values
+    return found

@@ -178,8 +178,8 @@ class _XrayTunerMixin:
                      self.clock.callback(), fold_stack.BestCopies(self.oracle.objective.name, paths),
                      _EpochCurves(str(self.tensorboard_dir / trial.trial_id), write_graph=False, profile_batch=0)]
         history = self.hypermodel.fit(hp, model, **{**kwargs, "callbacks": callbacks}, fold=fold_stack.STACKED)
-        scores = [hparams.fold_score(fold_stack.fold_history(history, fold, self.metric_names), history.epoch,
-                                     self.metric_names) for fold in range(folds)]
+        scores = [hparams.fold_score(fold_stack.fold_history(history, fold), history.epoch, self.metric_names)
+                  for fold in range(folds)]
         return hparams.fold_metrics(scores, self.metric_names)
 
     def on_trial_end(self, trial):
