@@ -3,14 +3,11 @@
 ``--folds K`` trains a configuration once per fold. On cached activations each fold
 model's step is small, and K models cost K times the steps, the reading of the rows
 and the Python between steps. Stacked, the copies share one input and one step loop:
-every batch holds rows of all the folds, and copy ``k``'s loss weighs each row by its
-class weight times a mask that is zero on fold ``k`` (its held-out rows) in training,
-and one only on fold ``k`` in validation. A zero weight zeroes that row's loss term
-and so its gradient: a held-out row has no effect on its copy's weights.
-
-Only for models without layers that look across a batch in training (BatchNorm
-frozen, as above the freeze boundary): a BatchNorm in training mode would normalise
-each copy with its held-out rows too.
+every batch holds rows of all the folds with a weight per copy, its class weight where
+the copy uses the row (training: every fold but its own; validation: its own) and 0
+elsewhere. Each copy computes only the rows it has a weight for and is given a constant
+elsewhere: a held-out row never reaches its copy, and the arithmetic is that of K
+separate fits, not K times every row.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ STACKED_AND_FIT = "stacked and fit"
 
 
 def copy_name(fold: int) -> str:
-    """The name of fold ``fold``'s (from 0) copy in the stacked model, and the prefix of its logs."""
+    """The name of fold ``fold``'s (from 0) output in the stacked model: the prefix of its logs."""
     return f"fold_{fold + 1}"
 
 
@@ -52,16 +49,51 @@ class FoldAccuracy(keras.metrics.CategoricalAccuracy):
         return super().update_state(y_true, y_pred, sample_weight)
 
 
+class _OwnRows(keras.layers.Layer):
+    """The rows of a batch that copy ``fold`` trains or validates on: those of positive weight for it."""
+
+    def __init__(self, fold: int, **kwargs):
+        super().__init__(**kwargs)
+        self.fold = fold
+
+    def call(self, inputs, weights):
+        return tf.boolean_mask(inputs, weights[:, self.fold] > 0)
+
+    def compute_output_spec(self, inputs, weights):
+        return keras.KerasTensor((None, *inputs.shape[1:]), dtype=inputs.dtype)
+
+
+class _AllRows(keras.layers.Layer):
+    """Copy ``fold``'s probabilities put back in the batch's rows; uniform (weight 0, no gradient) elsewhere."""
+
+    def __init__(self, fold: int, **kwargs):
+        super().__init__(**kwargs)
+        self.fold = fold
+
+    def call(self, probabilities, weights):
+        own = weights[:, self.fold] > 0
+        classes = tf.shape(probabilities)[1]
+        uniform = tf.fill([tf.shape(weights)[0], classes], 1.0 / tf.cast(classes, probabilities.dtype))
+        return tf.tensor_scatter_nd_update(uniform, tf.where(own), probabilities)
+
+    def compute_output_spec(self, probabilities, weights):
+        return keras.KerasTensor((None, probabilities.shape[1]), dtype=probabilities.dtype)
+
+
 def stack(model: keras.Model, folds: int) -> keras.Model:
     """``folds`` copies of the compiled single-label ``model``, each starting from its weights, as one compiled model.
 
-    Copy ``k`` is a model named :func:`copy_name` (``k``) with ``model``'s layers (its
-    weights save and load as ``model``'s do); the stacked model's outputs are the copies'
-    probabilities in fold order. It compiles as ``model`` did (Adam at its learning rate,
-    cross-entropy, its steps per execution), per copy, with the class-weighted
-    ``weighted_loss`` and the fold's ``accuracy`` as metrics.
+    Its inputs are ``model``'s and each row's weight per copy, ``(B, folds)``; each copy
+    computes only the rows it has a weight for (training: about (K-1)/K of the batch,
+    validation: 1/K), so the stack costs the arithmetic of K separate fits, not K times
+    every row. Copy ``k`` is a model with ``model``'s layers (its weights save and load
+    as ``model``'s do), its output named :func:`copy_name` (``k``); the stacked model's outputs are
+    the copies' probabilities in fold order. It compiles as ``model`` did (Adam at its
+    learning rate, cross-entropy, its steps per execution), per copy, with the
+    class-weighted ``weighted_loss`` and the fold's ``accuracy`` as metrics.
     """
     inputs = keras.Input(model.inputs[0].shape[1:], dtype=model.inputs[0].dtype, name="inputs")
+    row_weights = keras.Input((folds,), name="fold_weights")
     weights = model.get_weights()
     outputs = []
     for fold in range(folds):
@@ -69,9 +101,10 @@ def stack(model: keras.Model, folds: int) -> keras.Model:
         clone.set_weights(weights)
         # A tensor, not a list of one: Keras would read each copy's loss weights one level down
         # the structure, the first row's weight standing for the whole batch.
-        copy = keras.Model(clone.inputs[0], clone.outputs[0], name=copy_name(fold))
-        outputs.append(copy(inputs))
-    stacked = keras.Model(inputs, outputs, name=f"{model.name}_x{folds}")
+        copy = keras.Model(clone.inputs[0], clone.outputs[0], name=f"{copy_name(fold)}_model")
+        own = _OwnRows(fold, name=f"{copy_name(fold)}_rows")(inputs, row_weights)
+        outputs.append(_AllRows(fold, name=copy_name(fold))(copy(own), row_weights))  # names its logs
+    stacked = keras.Model([inputs, row_weights], outputs, name=f"{model.name}_x{folds}")
     stacked.compile(
         optimizer=keras.optimizers.Adam(float(np.asarray(model.optimizer.learning_rate))),
         loss=[keras.losses.CategoricalCrossentropy() for _ in range(folds)],
@@ -101,8 +134,8 @@ def fold_weights(weights: np.ndarray, held_out_fold: np.ndarray, folds: int, val
 
 
 def per_copy(dataset: tf.data.Dataset, folds: int) -> tf.data.Dataset:
-    """``(x, y, w (B, folds))`` batches as the stacked model's ``(x, (y,) * folds, (w[:, 0], ...))``."""
-    return dataset.map(lambda x, y, w: (x, (y,) * folds, tuple(w[:, k] for k in range(folds))))
+    """``(x, y, w (B, folds))`` batches as the stacked model's ``((x, w), (y,) * folds, (w[:, 0], ...))``."""
+    return dataset.map(lambda x, y, w: ((x, w), (y,) * folds, tuple(w[:, k] for k in range(folds))))
 
 
 class BestCopies(keras.callbacks.Callback):
