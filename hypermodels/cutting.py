@@ -90,8 +90,8 @@ class ActivationClassifier(keras_tuner.HyperModel):
         return None if self.cached and not self.cached(hp.values["backbone"], depth) else depth
 
     def stacks_folds(self, hp: keras_tuner.HyperParameters) -> bool:
-        """Whether ``hp``'s fold models can train stacked (:mod:`hypermodels.fold_stack`): on cached activations
-        (BatchNorm frozen) with softmax classes (the stacked model's loss and metrics)."""
+        """Whether ``hp``'s fold models train stacked (:mod:`hypermodels.fold_stack`): on cached activations
+        (a small step, mostly overhead, which stacking shares) with softmax classes (the stack's loss and metrics)."""
         return self.frozen_depth(hp) is not None and self.classifier.findings is None
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:

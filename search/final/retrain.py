@@ -304,7 +304,7 @@ class ImageTraining:
         return trained
 
     def stacks_folds(self, hp) -> bool:
-        """Never: image models train BatchNorm, which would see each fold model's held-out rows stacked."""
+        """Never: a whole image model's step is mostly arithmetic, which stacking does not save."""
         return False
 
     def predict_validation(self, hp, model, fold=None):
