@@ -67,7 +67,8 @@ def test_search_refuses_in_one_line_when_a_class_has_too_few_groups(tmp_path, de
 def folded_search(tmp_path_factory, demo_data):
     """A 3-fold search's run directory and the model of each trace of a training step it made.
 
-    On cached activations (MobileNet from a weights file, 32 px): its fold models train stacked.
+    Both kinds of fold models: MobileNet from a weights file (cached activations: stacked, one
+    configuration promoted to a second round) and vanilla_cnn (on images: one model per fold).
     """
     from tests.search.tuning.test_activations import _weights_file
 
@@ -76,9 +77,9 @@ def folded_search(tmp_path_factory, demo_data):
     weights = _weights_file(root / "w.weights.h5", 0)
     with pytest.MonkeyPatch.context() as patch:
         traces = _count_traces(patch)
-        result = run_cli("search", "--data", demo_data, "--run-dir", run_dir, "--backbones", "mobilenet_025",
+        result = run_cli("search", "--data", demo_data, "--run-dir", run_dir, "--backbones", "mobilenet_025,vanilla_cnn",
                          "--weights", weights, "--image-size", "32", "--max-epochs", "2", "--factor", "2",
-                         "--no-retrain", "--folds", "3")
+                         "--no-retrain", "--folds", "3", "--seed", "2")
     assert result.exit_code == 0, result.output
     return run_dir, traces
 
