@@ -49,15 +49,23 @@ class FoldAccuracy(keras.metrics.CategoricalAccuracy):
         return super().update_state(y_true, y_pred, sample_weight)
 
 
+def _picked(weights, fold: int):
+    """Copy ``fold``'s rows of a batch (positive weight), and the rows it computes: those, or the first row
+    alone when it has none (an empty batch trips some TensorFlow kernels; that row's output is dropped)."""
+    own = weights[:, fold] > 0
+    first = tf.equal(tf.range(tf.shape(own)[0]), 0)
+    return own, tf.logical_or(own, tf.logical_and(first, tf.logical_not(tf.reduce_any(own))))
+
+
 class _OwnRows(keras.layers.Layer):
-    """The rows of a batch that copy ``fold`` trains or validates on: those of positive weight for it."""
+    """The rows of a batch that copy ``fold`` computes: those it has a weight for (see `_picked`)."""
 
     def __init__(self, fold: int, **kwargs):
         super().__init__(**kwargs)
         self.fold = fold
 
     def call(self, inputs, weights):
-        return tf.boolean_mask(inputs, weights[:, self.fold] > 0)
+        return tf.boolean_mask(inputs, _picked(weights, self.fold)[1])
 
     def compute_output_spec(self, inputs, weights):
         return keras.KerasTensor((None, *inputs.shape[1:]), dtype=inputs.dtype)
@@ -71,10 +79,11 @@ class _AllRows(keras.layers.Layer):
         self.fold = fold
 
     def call(self, probabilities, weights):
-        own = weights[:, self.fold] > 0
+        own, picked = _picked(weights, self.fold)
         classes = tf.shape(probabilities)[1]
         uniform = tf.fill([tf.shape(weights)[0], classes], 1.0 / tf.cast(classes, probabilities.dtype))
-        return tf.tensor_scatter_nd_update(uniform, tf.where(own), probabilities)
+        placed = tf.tensor_scatter_nd_update(uniform, tf.where(picked), probabilities)
+        return tf.where(tf.reduce_any(own), placed, uniform)
 
     def compute_output_spec(self, probabilities, weights):
         return keras.KerasTensor((None, probabilities.shape[1]), dtype=probabilities.dtype)
