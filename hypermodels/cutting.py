@@ -89,11 +89,6 @@ class ActivationClassifier(keras_tuner.HyperModel):
         depth = hp.values.get("unfreeze_depth", 0)
         return None if self.cached and not self.cached(hp.values["backbone"], depth) else depth
 
-    def stacks_folds(self, hp: keras_tuner.HyperParameters) -> bool:
-        """Whether ``hp``'s fold models train stacked (:mod:`hypermodels.fold_stack`): on cached activations
-        (a small step, mostly overhead, which stacking shares) with softmax classes (the stack's loss and metrics)."""
-        return self.frozen_depth(hp) is not None and self.classifier.findings is None
-
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         with precision.policy(self.classifier.precision):
             return self._build_in_policy(hp)

@@ -34,7 +34,7 @@ from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels.classifier import OBJECTIVE, XrayClassifier
 from cxr_tuner.search.engine import console, dataset, timing
 from cxr_tuner.search.tuning import hparams
-from cxr_tuner.hypermodels import fold_stack, variants
+from cxr_tuner.hypermodels import variants
 from cxr_tuner.search.engine.config import RETRAIN_FROM, RETRAIN_FROM_DEFAULT, RunConfig
 from cxr_tuner.search.engine.devices import deterministic_ops
 from cxr_tuner.search.engine.layout import (SPLIT_STAMP, WINNER_HISTORY, WINNER_HYPERPARAMETERS, WINNER_MODEL, WINNER_OUT_OF_FOLD,
@@ -192,32 +192,26 @@ def _retrain_on_folds(config: RunConfig, data: dataset.RunData, training, top: l
             f"best ({console.hyperparameter_text(entry['hyperparameters'])})")
         scores = []
         for seed in range(config.seed, config.seed + seeds):
+            # One model per seed for its K folds and its fit on all of train+val: traced once,
+            # put back to its initial state (a fresh build's with this seed) before each fit.
+            fresh_keras_state(seed)
+            model = training.build(hp)
+            start = Restart(model)
             out_of_fold = np.zeros((len(rows), len(config.class_names)))
-            fit = _StackedFolds(config, training, hp, epochs, seed, clock) if training.stacks_folds(hp) else None
-            if fit is None:
-                # One model per seed for its K folds and its fit on all of train+val: traced once,
-                # put back to its initial state (a fresh build's with this seed) before each fit.
-                fresh_keras_state(seed)
-                model = training.build(hp)
-                start = Restart(model)
             for fold, (_, held_out) in enumerate(data.folds()):
-                if fit is None:
-                    _fit_fixed(training, hp, model, start, epochs, fold, clock)
-                fold_model = model if fit is None else fit.copies[fold]
-                out_of_fold[[position[r] for r in held_out]] = training.predict_validation(hp, fold_model, fold)
+                _fit_fixed(training, hp, model, start, epochs, fold, clock)
+                out_of_fold[[position[r] for r in held_out]] = training.predict_validation(hp, model, fold)
             loss = data.objective_value(rows, out_of_fold)
             score = {"seed": seed, OBJECTIVE: loss, "best_epoch": epochs, "epochs_run": epochs,
                      "val_accuracy": _accuracy(data.labels[rows], out_of_fold)}
             scores.append(score)
             saved = staging / _SCORE
             if not saved.is_file() or loss < json.loads(saved.read_text())[OBJECTIVE]:
-                if fit is None:
-                    _fit_fixed(training, hp, model, start, epochs, dataset.FIT, clock)
-                model, history = (model, model.history.history) if fit is None else (fit.copies[-1], fit.history)
+                _fit_fixed(training, hp, model, start, epochs, dataset.FIT, clock)
                 staging.mkdir(parents=True, exist_ok=True)
                 training.image_model(hp, model).save(staging / WINNER_MODEL)
                 files.write_json(staging / WINNER_HISTORY, {k: [float(v) for v in values]
-                                                             for k, values in history.items()})
+                                                             for k, values in model.history.history.items()})
                 files.write_json(staging / WINNER_HYPERPARAMETERS, hp.get_config())
                 files.write_npz(staging / WINNER_OUT_OF_FOLD, rows=rows, probabilities=out_of_fold)
                 files.write_json(saved, score)
@@ -237,24 +231,6 @@ def _fold_epochs(config: RunConfig, trial_id: str) -> int:
         raise UserError(f"{path} has the best epochs of {len(found)} of {config.folds} folds; it was not made "
                         f"with --folds {config.folds}. Start over with --overwrite and the run's flags.")
     return max(1, int(np.round(np.mean(found))))
-
-
-class _StackedFolds:
-    """A winner's K fold models and its model on all of train+val as K + 1 copies of one model, fitted
-    in one pass for ``epochs`` (:mod:`hypermodels.fold_stack`); as ``_fit_fixed`` fits each.
-
-    Attributes:
-        copies: The fold models in fold order, then the model on all of train+val.
-        history: The last copy's logs per epoch.
-    """
-
-    def __init__(self, config: RunConfig, training, hp, epochs: int, seed: int, clock: timing.EpochClock):
-        fresh_keras_state(seed)
-        stacked = fold_stack.stack(training.build(hp), config.folds + 1)
-        history = training.fit(hp, stacked, epochs=epochs, verbose=0, fold=fold_stack.STACKED_AND_FIT,
-                               callbacks=[clock.callback()])
-        self.copies = fold_stack.copies(stacked)
-        self.history = fold_stack.fold_history(history, config.folds)
 
 
 def _fit_fixed(training, hp, model: keras.Model, start: Restart, epochs: int, fold, clock: timing.EpochClock) -> None:
@@ -302,10 +278,6 @@ class ImageTraining:
 
     def image_model(self, hp, trained):
         return trained
-
-    def stacks_folds(self, hp) -> bool:
-        """Never: a whole image model's step is mostly arithmetic, which stacking does not save."""
-        return False
 
     def predict_validation(self, hp, model, fold=None):
         rows = "val" if fold is None else self.data.folds()[fold][1]

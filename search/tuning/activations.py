@@ -30,7 +30,6 @@ from typing import Callable
 import numpy as np
 
 from cxr_tuner.data import files, pipeline, shift
-from cxr_tuner.hypermodels import fold_stack
 from cxr_tuner.hypermodels.cutting import ActivationClassifier, cut_layer, frozen_image_model, frozen_model, is_cacheable
 from cxr_tuner.hypermodels.classifier import POOLED, XrayClassifier
 from cxr_tuner.hypermodels.backbones.spec import BackboneSpec, file_safe
@@ -221,8 +220,7 @@ class TrialData:
     freeze boundary of ``depth``, or images for ``depth=None`` (backbones trained
     whole); the train and val splits, or with ``fold`` the rows of that fold of
     train+val (:meth:`RunData.folds`), or with ``fold=FIT`` all of train+val and no
-    validation, or with ``fold=fold_stack.STACKED`` every fold at once (a weight per
-    fold model, :mod:`hypermodels.fold_stack`). Each call gets a fresh training pipeline whose shuffle orders follow
+    validation. Each call gets a fresh training pipeline whose shuffle orders follow
     from the run's seed and ``initial_epoch`` alone: a trial sees the same batches
     whatever ran before it in this process (a pipeline kept across trials would
     continue its sequence of orders), so it does not matter which worker of a
@@ -242,42 +240,18 @@ class TrialData:
         seed = shuffle_seed(self.data.config.seed, initial_epoch)
         if fold == FIT:
             return self._make(backbone, depth, FIT, seed), None
-        if fold in (fold_stack.STACKED, fold_stack.STACKED_AND_FIT):
-            return self._stacked(backbone, depth, seed, fit=fold == fold_stack.STACKED_AND_FIT)
         # A split by name, a fold by its rows.
         train, val = ("train", "val") if fold is None else self.data.folds()[fold]
         if (key, fold, clean) not in self._validation:
             self._validation[key, fold, clean] = self._make(backbone, depth, val, clean=clean)
         return self._make(backbone, depth, train, seed), self._validation[key, fold, clean]
 
-    def _stacked(self, backbone: str, depth: int | None, seed: int, fit: bool = False) -> tuple:
-        """Every fold's rows (all of train+val) at once, for the K copies of :mod:`hypermodels.fold_stack`.
-
-        Copy ``k`` trains on the rows of every fold but ``k`` and validates on fold ``k``'s,
-        as fold model ``k`` does: the others weigh 0 for it. ``fit``: one more copy, on
-        every row, and no validation.
-        """
-        rows = self.data.indices(FIT)
-        held_out = np.zeros(len(self.data.images), dtype=np.int64)
-        for fold, (_, val) in enumerate(self.data.folds()):
-            held_out[val] = fold
-        train = self._make(backbone, depth, rows, seed, folds=held_out[rows], fit=fit)
-        if fit:
-            return train, None
-        key = ((backbone, depth), fold_stack.STACKED)
-        if key not in self._validation:
-            self._validation[key] = self._make(backbone, depth, rows, folds=held_out[rows])
-        return train, self._validation[key]
-
-    def _make(self, backbone: str, depth: int | None, which, seed: int | None = None, clean: bool = False,
-              folds: np.ndarray | None = None, fit: bool = False):
+    def _make(self, backbone: str, depth: int | None, which, seed: int | None = None, clean: bool = False):
         """The pipeline of split ``which`` (a name) or of the rows ``which``; shuffled (training) with ``seed`` when given.
 
         With training copies, a training epoch shows each film once, as itself or as one of
         its copies; validation with ``shift_objective="mixed"`` holds the films and the first
         copy of each, alike in weight: the mean of the clean and the shifted loss (``clean``: the films alone).
-        ``folds``: the fold each row validates in; the pipeline is then the stacked fold models'
-        (a weight per copy, :func:`hypermodels.fold_stack.fold_weights`; ``fit``: and one on every row).
         """
         shuffle = seed is not None
         config = self.data.config
@@ -292,13 +266,9 @@ class TrialData:
                 # validating on every copy would add to each epoch.
                 picked = np.concatenate([rows, variants[:, 1]])
                 labels, weights = np.concatenate([labels, labels]), np.concatenate([weights, weights])
-                folds = None if folds is None else np.concatenate([folds, folds])
-        if folds is not None:
-            weights = fold_stack.fold_weights(weights, folds, config.folds, validation=not shuffle, fit=fit)
         # Images and activations go through the same pipeline: a trial on activations sees the batches its image model would.
-        dataset = pipeline.make_dataset(self._source(backbone, depth), labels, weights, len(config.class_names),
-                                        config.batch_size, shuffle=shuffle, seed=seed or 0, rows=picked)
-        return dataset if folds is None else fold_stack.per_copy(dataset, weights.shape[1])
+        return pipeline.make_dataset(self._source(backbone, depth), labels, weights, len(config.class_names),
+                                     config.batch_size, shuffle=shuffle, seed=seed or 0, rows=picked)
 
     def _source(self, backbone: str, depth: int | None):
         """The rows a pipeline reads: images (``depth=None``) or activations, the copies' after the films'."""

@@ -71,15 +71,12 @@ def fold_epoch(fold: int) -> str:
     return f"fold_{fold + 1}_best_epoch"
 
 
-def fold_score(logged: dict, epochs: list, metrics=METRICS) -> dict:
-    """A fold model's best epoch (counted from 1, across Hyperband's rounds) and its ``metrics`` there (objective first).
-
-    ``logged``: its logs per epoch (a fit's ``history.history``); ``epochs``: their epochs (``history.epoch``).
-    """
-    losses = np.asarray(logged[metrics[0]], dtype=float)
+def fold_score(history, metrics=METRICS) -> dict:
+    """A fold model's best epoch (counted from 1, across Hyperband's rounds) and its ``metrics`` there (objective first)."""
+    losses = np.asarray(history.history[metrics[0]], dtype=float)
     best = int(np.nanargmin(losses))
-    return {**{name: float(logged[name][best]) for name in metrics if name in logged},
-            "best_epoch": int(epochs[best]) + 1}
+    return {**{name: float(history.history[name][best]) for name in metrics if name in history.history},
+            "best_epoch": int(history.epoch[best]) + 1}
 
 
 def fold_metrics(scores: list[dict], metrics=METRICS) -> dict:

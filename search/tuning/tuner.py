@@ -12,7 +12,6 @@ import keras_tuner
 import numpy as np
 from keras_tuner.engine.tuner import maybe_distribute
 
-from cxr_tuner.hypermodels import fold_stack
 from cxr_tuner.hypermodels.classifier import OBJECTIVE
 from cxr_tuner.hypermodels.compat import keras_tuner_compat, tf_compat
 from cxr_tuner.search.engine import console, timing
@@ -135,8 +134,6 @@ class _XrayTunerMixin:
         hp = trial.hyperparameters
         if "tuner/epochs" in hp.values:
             kwargs.update(epochs=hp.values["tuner/epochs"], initial_epoch=hp.values["tuner/initial_epoch"])
-        if self.hypermodel.stacks_folds(hp):
-            return self._run_stacked_folds(trial, kwargs)
         layout, parent = self.run_config.layout, hp.values.get("tuner/trial_id")
         # One model for every fold: built and compiled once, so its training step is traced
         # once per trial, and put back to its initial state before each fold (what a fresh
@@ -155,31 +152,7 @@ class _XrayTunerMixin:
                                                           str(layout.fold_checkpoint(trial.trial_id, fold)))]
             start.reset(layout.fold_checkpoint(parent, fold) if parent else None)
             history = self.hypermodel.fit(hp, model, **{**kwargs, "callbacks": callbacks}, fold=fold)
-            scores.append(hparams.fold_score(history.history, history.epoch, self.metric_names))
-        return hparams.fold_metrics(scores, self.metric_names)
-
-    def _run_stacked_folds(self, trial, kwargs) -> dict:
-        """The K fold models as K copies in one model (:mod:`hypermodels.fold_stack`), trained in one pass.
-
-        Same meaning as one model per fold: copy ``k`` starts from the trial's build (or a
-        promoted round from fold ``k``'s best-epoch checkpoint), trains on every fold but
-        ``k`` and is scored on fold ``k``; the trial's score is the mean of the copies' best.
-        """
-        hp, folds = trial.hyperparameters, self.run_config.folds
-        layout, parent = self.run_config.layout, hp.values.get("tuner/trial_id")
-        fresh_keras_state(self.run_config.seed)
-        with maybe_distribute(self.distribution_strategy):
-            model = fold_stack.stack(self.hypermodel.build(hp), folds)
-        if parent:
-            for fold, copy in enumerate(fold_stack.copies(model)):
-                copy.load_weights(layout.fold_checkpoint(parent, fold))
-        paths = [layout.fold_checkpoint(trial.trial_id, fold) for fold in range(folds)]
-        callbacks = [*keras_tuner_compat.copied_callbacks(self, kwargs.get("callbacks", [])), _NanGuard(),
-                     self.clock.callback(), fold_stack.BestCopies(self.oracle.objective.name, paths),
-                     _EpochCurves(str(self.tensorboard_dir / trial.trial_id), write_graph=False, profile_batch=0)]
-        history = self.hypermodel.fit(hp, model, **{**kwargs, "callbacks": callbacks}, fold=fold_stack.STACKED)
-        scores = [hparams.fold_score(fold_stack.fold_history(history, fold), history.epoch, self.metric_names)
-                  for fold in range(folds)]
+            scores.append(hparams.fold_score(history, self.metric_names))
         return hparams.fold_metrics(scores, self.metric_names)
 
     def on_trial_end(self, trial):

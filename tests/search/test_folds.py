@@ -65,21 +65,12 @@ def test_search_refuses_in_one_line_when_a_class_has_too_few_groups(tmp_path, de
 
 @pytest.fixture(scope="module")
 def folded_search(tmp_path_factory, demo_data):
-    """A 3-fold search's run directory and the model of each trace of a training step it made.
-
-    Both kinds of fold models: MobileNet from a weights file (cached activations: stacked, one
-    configuration promoted to a second round) and vanilla_cnn (on images: one model per fold).
-    """
-    from tests.search.tuning.test_activations import _weights_file
-
-    root = tmp_path_factory.mktemp("folds")
-    run_dir = root / "run"
-    weights = _weights_file(root / "w.weights.h5", 0)
+    """A 3-fold search's run directory and the model of each trace of a training step it made."""
+    run_dir = tmp_path_factory.mktemp("folds") / "run"
     with pytest.MonkeyPatch.context() as patch:
         traces = _count_traces(patch)
-        result = run_cli("search", "--data", demo_data, "--run-dir", run_dir, "--backbones", "mobilenet_025,vanilla_cnn",
-                         "--weights", weights, "--image-size", "32", "--max-epochs", "2", "--factor", "2",
-                         "--no-retrain", "--folds", "3", "--seed", "2")
+        result = run_cli("search", "--data", demo_data, "--run-dir", run_dir, *FAST_SEARCH, "--max-epochs", "2",
+                         "--folds", "3")
     assert result.exit_code == 0, result.output
     return run_dir, traces
 
@@ -184,61 +175,3 @@ def test_a_restarted_model_trains_as_a_fresh_build_does_without_tracing_again(tm
     again = fit(model)
     assert traced and len(traces) == traced  # the second fit reused the first's traced step
     assert first == pytest.approx(fresh, rel=1e-5) and again == pytest.approx(fresh, rel=1e-5)
-
-
-@pytest.fixture(scope="module")
-def stacked_trial(tmp_path_factory, demo_data):
-    """A 3-fold run on cached MobileNet activations (a weights file, 32 px, 2 training copies) and a depth-1 trial's values."""
-    import keras_tuner
-
-    from cxr_tuner.search.tuning.activations import trial_hypermodel
-    from tests.search.tuning.test_activations import _weights_file
-
-    root = tmp_path_factory.mktemp("stacked")
-    config = new_config(str(root / "run"), str(demo_data), backbones=("mobilenet_025",), image_size=32,
-                        weights=_weights_file(root / "w.weights.h5", 0), batch_size=16, folds=3, seed=3,
-                        shift_copies=2, shift_objective="mixed")
-    data = dataset.prepare(config, progress=False)
-    hypermodel, _ = trial_hypermodel(data, progress=False)
-    hp = keras_tuner.HyperParameters()
-    hp.values.update(backbone="mobilenet_025", unfreeze_depth=1, head_depth=1, head_units_0=64, dropout=0.3,
-                     learning_rate=3e-3)
-    assert hypermodel.stacks_folds(hp)
-    return data, hypermodel, hp
-
-
-def _same(weights, other) -> bool:
-    return all(np.array_equal(a, b) for a, b in zip(weights, other))
-
-
-def test_a_stacked_fold_model_is_scored_on_its_fold_and_trained_as_if_it_did_not_exist(stacked_trial, monkeypatch):
-    from cxr_tuner.hypermodels import fold_stack
-    from cxr_tuner.search.tuning.tuner import Restart, fresh_keras_state
-
-    data, hypermodel, hp = stacked_trial
-    fresh_keras_state(3)
-    model = fold_stack.stack(hypermodel.build(hp), 3)
-    start = Restart(model)  # the second fit starts where the first did, without tracing again
-
-    def fit():
-        start.reset()
-        logs = hypermodel.fit(hp, model, epochs=1, verbose=0, fold=fold_stack.STACKED).history
-        return logs, [copy.get_weights() for copy in fold_stack.copies(model)]
-
-    history, before = fit()
-    # Fold 1's score is copy 1's class-weighted loss on fold 1's validation films and their first copies.
-    trial_data, held_out = hypermodel.datasets, data.folds()[0][1]
-    source = trial_data._source("mobilenet_025", 1)
-    rows = trial_data.copies.variants(held_out, len(data.images))
-    probs = fold_stack.copies(model)[0](source[np.concatenate([rows[:, 0], rows[:, 1]])]).numpy()
-    expected = data.objective_value(np.concatenate([held_out, held_out]), probs)
-    assert history["val_fold_1_weighted_loss"][-1] == pytest.approx(expected, rel=1e-4)
-    # Fold 1's held-out films (and their copies) made noise with other labels: copy 1 trains exactly as
-    # before (bit for bit: with its seed, the same fold model), the copies that train on those films do not.
-    noisy = source[np.arange(len(source))]  # films' activations, then their copies'
-    noisy[rows.ravel()] = np.random.default_rng(0).normal(size=noisy[rows.ravel()].shape)
-    monkeypatch.setitem(trial_data._activations, ("mobilenet_025", 1), noisy)
-    monkeypatch.setattr(data, "labels", np.where(np.isin(np.arange(len(data.labels)), held_out),
-                                                 (data.labels + 1) % 3, data.labels))
-    _, after = fit()
-    assert _same(before[0], after[0]) and not _same(before[1], after[1])
