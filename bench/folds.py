@@ -10,6 +10,12 @@ and with ``--folds``; the final model (ensemble, temperature, threshold: on vali
 or with folds on out-of-fold predictions) is assembled and scored on the held-out films.
 Prints each seed's held-out macro F1 and the spread (std, range) of both; writes
 ``results.json`` into ``--work``.
+
+``--timing`` prices folds instead: on the whole collection (no subset, nothing scored), the
+same ``search --no-retrain`` without and with ``--folds``, and the search stage's wall
+seconds of each (from ``summary.json``) and their ratio:
+
+    python bench/folds.py --timing --data ../shared/data/cxr3-dev --image-size 224 --max-epochs 9
 """
 
 from __future__ import annotations
@@ -92,6 +98,27 @@ def score(run_dir: Path, heldout: list[dict], work: Path) -> dict:
             "winner": json.loads(config.layout.winners_summary.read_text())["winners"][0]["hyperparameters"]}
 
 
+def search_seconds(run_dir: Path) -> float:
+    """The search stage's wall seconds, as the run recorded them."""
+    return json.loads((run_dir / "summary.json").read_text())["stages"]["search"]["seconds"]
+
+
+def timing(args) -> None:
+    """Search-stage wall seconds of one split and of ``--folds K`` on the same data, and their ratio."""
+    found = {}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for mode, extra in (("single", []), (f"folds {args.folds}", ["--folds", str(args.folds)])):
+            run_dir = args.work / f"timing-{mode.replace(' ', '')}-seed{seed}"
+            run(["search", "--data", str(args.data), "--run-dir", str(run_dir), "--backbones", "mobilenet_025",
+                 "--weights", "imagenet", "--image-size", str(args.image_size), "--max-epochs", str(args.max_epochs),
+                 "--seed", str(seed), "--overwrite", "--no-retrain", *extra], args.work / f"{run_dir.name}.log")
+            found[mode, seed] = search_seconds(run_dir)
+        single, folded = found["single", seed], found[f"folds {args.folds}", seed]
+        print(f"seed {seed}: search {single:.1f} s single split, {folded:.1f} s --folds {args.folds}: "
+              f"{folded / single:.2f}x", flush=True)
+    (args.work / "timing.json").write_text(json.dumps({f"{m} seed {s}": v for (m, s), v in found.items()}, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="cxr3-dev: class folders and metadata.csv")
@@ -101,8 +128,11 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--max-epochs", type=int, default=4)
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-folds"))
+    parser.add_argument("--timing", action="store_true", help="price --folds on the whole collection instead")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.timing:
+        return timing(args)
     subset, heldout = write_subset(args.data, args.subset, args.work)
     print(f"subset {sum(1 for _ in open(subset)) - 1} films, held out {len(heldout)}", flush=True)
     results = {"single": {}, f"folds {args.folds}": {}}
