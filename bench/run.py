@@ -1,15 +1,18 @@
-"""Side by side: the whole default job of `cli.py search` against plain KerasTuner, same data, split, budget.
+"""Side by side: the whole default job of `cli.py search` against plain KerasTuner, same data and test films.
 
-    python bench/run.py --data ../shared/data/cxr3-dev --subset 750 --folds 5 --time-budget 5m \\
+    python bench/run.py --data ../shared/data/cxr3-dev --folds 5 --time-budget 2m --time-budget 5m \\
         --backbones mobilenet_025 --weights imagenet --image-size 224 --max-epochs 9 --factor 3
 
 Every job runs in its own process (peak RSS: the process's own from ``wait4``, or if
 higher that of it and its children, e.g. local workers, sampled every second; see
 :class:`_TreeMemory`): this project's whole job, one ``cli.py search`` as a user runs
 it (its stages' wall times and floors come from its ``summary.json``), again with
-``--folds K`` and with ``--time-budget`` when asked; the floor (one forward pass of the
-backbone over every image); and the reference (``bench/reference.py``) on the split the
-project's search wrote. With ``--subset N`` the collection is a patient-grouped subset of
+``--folds K`` and with each ``--time-budget`` asked (its share of the budget used); the floor
+(one forward pass of the backbone over every image); and the reference. The reference is the
+tutorials' plain KerasTuner user (``bench/plain_user.py``: its own 80/20 split by file of the
+default job's train+val films, scored on the default job's test films), or with
+``--reference space`` this project's space in plain KerasTuner on the project's own split
+(``bench/reference.py``). With ``--subset N`` the collection is a patient-grouped subset of
 about N films and every final model is also scored on all the other films, which no
 job has seen. Everything is scored with the same bootstrap CIs. Prints one table and
 writes ``results.json`` into ``--work``.
@@ -32,7 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 from folds import write_subset
-from cxr_tuner.search.figures.text import figure_text  #no TensorFlow: the runner stays light)
+from cxr_tuner.search.figures.text import figure_text, parse_duration  # no TensorFlow: the runner stays light
 from cxr_tuner.search.engine.layout import RunLayout
 
 
@@ -140,8 +143,8 @@ def main(argv=None) -> dict:
     jobs = {"default": []}
     if args.folds:
         jobs[f"--folds {args.folds}"] = ["--folds", str(args.folds)]
-    if args.time_budget:
-        jobs[f"--time-budget {args.time_budget}"] = ["--time-budget", args.time_budget]
+    for budget_text in args.time_budget:
+        jobs[f"--time-budget {budget_text}"] = ["--time-budget", budget_text]
     ours = {}
     for name, extra in jobs.items():
         run_dir = work / ("ours" if name == "default" else "ours-" + name.strip("-").replace(" ", "-"))
@@ -151,15 +154,20 @@ def main(argv=None) -> dict:
             "--workers", str(args.workers), *args.final_flags.split(), *extra],
             work / "logs" / f"{run_dir.name}.log")
         ours[name] = {"run_dir": str(run_dir), "seconds": step["seconds"], "peak_rss_mb": step["peak_rss_mb"]}
+        if "--time-budget" in extra:
+            ours[name]["budget_seconds"] = parse_duration(extra[extra.index("--time-budget") + 1])
     main_run = Path(ours["default"]["run_dir"])
     floor = json.loads(run_step("floor", [python, "bench/measure.py", "floor", str(main_run),
                                           args.backbones.split(",")[0]], work / "logs" / "floor.log")["last_line"])
     _weights_in_keras_cache()  # the reference loads ImageNet weights as any Keras user does
-    reference_step = run_step("reference: plain KerasTuner", [
-        python, "bench/reference.py", "--split", str(RunLayout(main_run).split), "--work", str(work / "reference"),
-        "--out", str(work / "reference.json"), *budget, *(["--heldout", str(work / "heldout.csv")] if heldout else [])],
-        work / "logs" / "reference.log")
-    reference = json.loads((work / "reference.json").read_text())
+    if args.reference == "plain":
+        reference_step, reference = plain_user(python, main_run, heldout, args, work)
+    else:
+        reference_step = run_step("reference: this project's space in plain KerasTuner", [
+            python, "bench/reference.py", "--split", str(RunLayout(main_run).split), "--work", str(work / "reference"),
+            "--out", str(work / "reference.json"), *budget, *(["--heldout", str(work / "heldout.csv")] if heldout else [])],
+            work / "logs" / "reference.log")
+        reference = json.loads((work / "reference.json").read_text())
     if heldout:
         for name, entry in ours.items():
             entry["heldout"] = json.loads(run_step(f"held-out films: {name}", [
@@ -171,6 +179,35 @@ def main(argv=None) -> dict:
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     return results
+
+
+def plain_user(python: str, run: Path, heldout: list[dict], args, work: Path) -> tuple[dict, dict]:
+    """The tutorials' user (``bench/plain_user.py``) on the default job's train+val films, scored on its test
+    films (and the held-out ones); returns its step and a result shaped as ``bench/reference.py``'s."""
+    import csv
+
+    tree, films = work / "plain-user-train", work / "plain-user-films.csv"
+    with open(RunLayout(run).split, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for i, row in enumerate(r for r in rows if r["split"] in ("train", "val")):
+        (tree / row["label"]).mkdir(parents=True, exist_ok=True)
+        (tree / row["label"] / f"{i:06d}-{Path(row['path']).name}").symlink_to(Path(row["path"]).resolve())
+    test = [(str(Path(r["path"]).resolve()), r["label"]) for r in rows if r["split"] == "test"]
+    scored = test + [(str(Path(r["path"]).resolve()), r["label"]) for r in heldout]
+    films.write_text("path,label\n" + "".join(f"{path},{label}\n" for path, label in scored))
+    step = run_step("reference: the tutorials' plain KerasTuner user", [
+        python, "bench/plain_user.py", "--train", str(tree), "--heldout", str(films), "--work",
+        str(work / "plain-user"), "--out", str(work / "reference.json"), "--weights", args.weights,
+        "--image-size", str(args.image_size), "--max-epochs", str(args.max_epochs), "--seed", str(args.seed)],
+        work / "logs" / "reference.log")
+    result = json.loads((work / "reference.json").read_text())
+    labels, probabilities = result["labels"], result["probabilities"]
+    cut = len(test)
+    return step, {"class_names": result["class_names"], "trials": result["trials"],
+                  "best_hyperparameters": result["best_hyperparameters"], "search_seconds": result["search_seconds"],
+                  "retrain_seconds": result["job_seconds"] - result["search_seconds"],
+                  "test_labels": labels[:cut], "test_probabilities": probabilities[:cut],
+                  **({"heldout_labels": labels[cut:], "heldout_probabilities": probabilities[cut:]} if heldout else {})}
 
 
 def memory_trend(python: str, data: str, budget: list[str], trials: int, work: Path) -> dict:
@@ -232,6 +269,8 @@ def table(results: dict) -> str:
     for stage in STAGES:
         row(f"  {stage} (s; floor, ratio)", "",
             lambda o, stage=stage: _stage_cell(o["stages"].get(stage)))
+    row("share of the time budget used", "", lambda o: f"{o['seconds'] / o['budget_seconds']:.0%} of "
+        f"{o['budget_seconds']:.0f} s" if "budget_seconds" in o else "")
     row("trials", str(ref["trials"]), lambda o: str(o["trials"]))
     row("peak RSS (MB)", f"{ref['peak_rss_mb']:.0f}", lambda o: f"{o['peak_rss_mb']:.0f}")
     for where in ("test", "heldout"):
@@ -314,7 +353,11 @@ def _arguments(argv):
     parser.add_argument("--folds", type=int, default=None, help="also run the job with --folds K")
     parser.add_argument("--memory-trials", type=int, default=0,
                         help="also run an N-trial random search and compare the peak RSS of its first and last 10 trials")
-    parser.add_argument("--time-budget", default=None, help="also run the job with --time-budget DURATION")
+    parser.add_argument("--time-budget", action="append", default=[],
+                        help="also run the job with --time-budget DURATION (repeatable)")
+    parser.add_argument("--reference", choices=("plain", "space"), default="plain",
+                        help="plain: the tutorials' KerasTuner user (bench/plain_user.py); space: this project's "
+                             "space in plain KerasTuner on the project's split (bench/reference.py)")
     parser.add_argument("--workers", type=int, default=1, help="`cli.py search --workers N` for this project's search")
     parser.add_argument("--final-flags", default="",
                         help="extra flags for this project's `cli.py search`, e.g. '--ensemble 1' (default: its defaults)")
