@@ -1,0 +1,58 @@
+"""``--time-budget``'s price of what follows the retrain: the final model, evaluation, export, the process's exit. Pure.
+
+Priced from the calibration's figures of this machine and this run's films (a steady forward
+pass of the dearest whole image model per film, a predict's first-call trace, one save of that
+model, the stress test's re-rendering of a film in every family) times what each stage does
+with them, counted from the stages' code; the few seconds that follow neither films nor the
+model (the report's plots and pages) are this machine's, measured. docs/time-budget.md has the
+figures these counts were checked against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+STRESS_PASSES = 8
+"""Forward passes per evaluated film in the stress test (one per `data.shift` family)."""
+PROBE_PASSES = 2
+"""Forward passes per test film in the chest-hidden probe (the chest hidden, the chest alone)."""
+PROBE_TRAIN_FILMS = 600
+"""Training films the probe's fresh head learns from, at most (`search.evaluation.probe.PROBE_TRAIN_IMAGES`)."""
+GRADCAM_PASSES = 3.0
+"""Grad-CAM of every test film's answer, in forward passes (a forward and a backward pass to the backbone's last block)."""
+EVALUATE_TRACES = 6
+"""Models an evaluation loads or traces: final model, its member, the Grad-CAM model, the probe's, the stress test's."""
+REPORT_SECONDS = 3.0
+"""Plots, pages and bootstrap intervals of one report: this machine's, measured (they follow neither films nor the model)."""
+AGREEMENT_FILMS = 64
+"""Test films export checks each format on, at most (`search.delivery.export.AGREEMENT_IMAGES`)."""
+EXPORT_PASSES = 5
+"""Forward passes per checked film in export: the model in memory, each written format, the precision check."""
+EXPORT_SAVES = 6
+"""Export's writing in model saves: .keras, the SavedModel (a trace of its own), the TFLite conversion."""
+EXIT_SECONDS = 3.0
+"""The interpreter's exit after the job's last line, freeing TensorFlow's and the run's objects: measured."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TailWork:
+    """What the stages after the retrain go through: films per set, members the final model may average."""
+
+    test: int
+    train: int
+    external: tuple[int, ...] = ()
+    members: int = 1
+
+
+def tail_parts(calibration, work: TailWork) -> dict[str, float]:
+    """Predicted seconds of each stage after the retrain (and of the process's exit), on ``calibration``'s figures."""
+    forward, trace, keep, render = calibration.forward, calibration.trace, calibration.keep, calibration.render
+    scored = forward * (1 + STRESS_PASSES) + render  # one film as filmed and in every stress family
+    evaluate = (work.test * (scored + forward * (PROBE_PASSES + GRADCAM_PASSES))
+                + min(work.train, PROBE_TRAIN_FILMS) * forward + EVALUATE_TRACES * trace + REPORT_SECONDS)
+    evaluate += sum(films * (scored + forward) + 2 * trace + REPORT_SECONDS for films in work.external)
+    checked = min(work.test, AGREEMENT_FILMS)
+    return {"final model": (work.members + 2) * keep + 2 * trace,
+            "evaluate": evaluate,
+            "export": checked * forward * EXPORT_PASSES + EXPORT_SAVES * keep + EXPORT_PASSES * trace,
+            "exit": EXIT_SECONDS}
