@@ -16,7 +16,7 @@ from cxr_tuner.search.tuning.budget.calibrate import calibrate
 from cxr_tuner.search.tuning.budget.deadline import Deadline
 from cxr_tuner.search.engine.task import task_of
 from cxr_tuner.search.tuning.budget.plan import (AIM, EXTRA_SEEDS, TAIL_STAGES, TRIAL_BOOKKEEPING, Calibration, Plan,
-                                                 plan, retrain_cost, retrain_plan)
+                                                 plan, retrain_cost, retrain_plan, tail_cost)
 from cxr_tuner.search.tuning.budget.tail import TailWork
 
 def check_plannable(config, retrain: bool = True, augment: bool = False, workers: int = 1, chief: str | None = None,
@@ -57,6 +57,7 @@ class Budget:
         self.calibration: Calibration | None = None
         self.deadline: Deadline | None = None
         self.work: TailWork | None = None
+        self.tail: tuple[float, dict] | None = None
         self.record: dict = {}
 
     def elapsed(self) -> float:
@@ -112,21 +113,24 @@ class Budget:
             f"of the {max(0.0, remaining - self.plan.tail):.0f} s left before the stages after it")
         self.record.update(search_stopped=stopped, trials_run=best["trials"], search_ended=self.elapsed(),
                            retrain_chosen=dataclasses.asdict(chosen))
-        stop_at = self.seconds * AIM - self.plan.tail
+        # Priced again for the winners the retrain makes (the final model loads each).
+        self.tail = tail_cost(self.calibration, dataclasses.replace(self.work, winners=chosen.top_k))
+        stop_at = self.seconds * AIM - self.tail[0]
         self._boundary(config, "search", f"retrain {chosen.text()}{fewer}, then up to {EXTRA_SEEDS} more seeds "
                        "per winner while its deadline leaves time", retrain_seconds=cost,
-                       retrain_deadline=stop_at)
+                       retrain_deadline=stop_at, tail=self.tail[0], tail_parts=self.tail[1])
         return {"top_k": chosen.top_k, "seeds": chosen.seeds, "choose_variant": chosen.variants,
                 "max_epochs": chosen.epochs, "stop_at": self.started + stop_at, "extra_seeds": EXTRA_SEEDS}
 
     def after_retrain(self, config, log: Callable[[str], None] = print) -> None:
         """Compares the time left with the stages after the retrain (their price), and records it."""
         left = self.seconds - self.elapsed()
-        late = self.elapsed() + self.plan.tail - self.seconds * AIM
+        tail = self.tail[0] if self.tail else self.plan.tail
+        late = self.elapsed() + tail - self.seconds * AIM
         verdict = (f"{late:.0f} s behind the plan: every stage after it still runs (each makes what was asked)"
                    if late > 0 else f"on time ({-late:.0f} s ahead of the plan)")
         log(f"time budget: retrain done, {self.elapsed():.0f} s spent, {max(0.0, left):.0f} s left; final model, "
-            f"evaluate, export and exit ~{self.plan.tail:.0f} s; {verdict}")
+            f"evaluate, export and exit ~{tail:.0f} s; {verdict}")
         self._boundary(config, "retrain", verdict, left=left)
 
     def finish(self, config, log: Callable[[str], None] = print) -> None:
@@ -150,7 +154,8 @@ def _tail_work(config, data, externals) -> TailWork:
     task = task_of(config)
     sets = tuple(len(getattr(found, "examples", found))
                  for found in (task.check_external(config, path, config.class_names) for path in externals))
-    return TailWork(test=len(data.indices("test")), train=len(data.indices("train")), external=sets)
+    return TailWork(test=len(data.indices("test")), train=len(data.indices("train")), external=sets,
+                    winners=config.retrain_choices["top_k"])
 
 
 def _measured_tail(layout) -> float | None:

@@ -6,6 +6,8 @@ No model trains here: the clock is made up, the plan comes from given figures.
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from cxr_tuner.search.tuning.budget import plan as budget
 from cxr_tuner.search.tuning.budget.driver import Budget
 from tests.search.tuning.budget.test_plan import FIGURES, WORK
@@ -15,7 +17,7 @@ def _budget_after_search(tmp_path, search_ended: float):
     """A 600 s budget planned at 60 s, whose search ended at ``search_ended``; its config and plan.json."""
     now = [60.0]
     job = Budget(600, started=0.0, clock=lambda: now[0])
-    job.calibration = FIGURES
+    job.calibration, job.work = FIGURES, WORK
     job.plan = budget.plan(600, 60, FIGURES, 9, 3, work=WORK)
     job.record = {"boundaries": []}
     config = SimpleNamespace(retrain_choices={"top_k": 3, "seeds": 1}, max_epochs=job.plan.max_epochs,
@@ -38,14 +40,17 @@ def test_a_search_that_ended_early_gives_the_retrain_more(tmp_path):
         after = record["boundaries"][-1]
         assert after["after"] == "search" and after["elapsed"] == ended and after["retrain_seconds"] <= max(
             after["retrain_deadline"] - ended, min(costs))
-    # Both retrains end by the same moment: the stages after them need the same time.
-    assert early["stop_at"] == late["stop_at"] == early_plan["boundaries"][-1]["retrain_deadline"]
+    # Each retrain ends when the stages after it (priced for its winners) must start to end at the plan's aim.
+    for options, record in ((early, early_plan), (late, late_plan)):
+        after = record["boundaries"][-1]
+        assert options["stop_at"] == after["retrain_deadline"] == pytest.approx(600 * budget.AIM - after["tail"])
 
 
 def test_the_retrain_takes_no_more_winners_than_the_search_found(tmp_path):
     now = [0.0]
     job = Budget(10**5, started=0.0, clock=lambda: now[0])
-    job.calibration, job.plan, job.record = FIGURES, budget.plan(10**5, 0, FIGURES, 1, 3, work=WORK), {"boundaries": []}
+    job.calibration, job.work, job.record = FIGURES, WORK, {"boundaries": []}
+    job.plan = budget.plan(10**5, 0, FIGURES, 1, 3, work=WORK)
     config = SimpleNamespace(retrain_choices={"top_k": 3, "seeds": 1}, max_epochs=1,
                              layout=SimpleNamespace(plan=tmp_path / "plan.json"))
     lines = []

@@ -13,7 +13,7 @@ from cxr_tuner.search.tuning.budget.plan import Calibration, plan, retrain_plan
 from cxr_tuner.search.tuning.budget.tail import TailWork, tail_parts
 from cxr_tuner.search.figures.text import parse_duration
 
-FIGURES = Calibration(epoch=2.0, overhead=3.0, epoch_max=4.0, overhead_max=6.0, forward=0.01, trace=1.0, keep=2.0,
+FIGURES = Calibration(epoch=2.0, overhead=3.0, epoch_max=4.0, overhead_max=6.0, forward=0.01, trace=0.5, keep=0.2,
                       render=0.005)
 WORK = TailWork(test=300, train=1400)
 
@@ -109,9 +109,9 @@ def test_a_search_without_retrain_has_the_whole_budget():
 
 
 def test_a_run_that_measured_its_final_stages_plans_with_them():
-    measured = dataclasses.replace(FIGURES, tail=200.0)
+    measured = dataclasses.replace(FIGURES, tail=150.0)
     seconds, parts = budget.tail_cost(measured, WORK)
-    assert seconds == 200.0 + parts["exit"] and parts["measured"] == 200.0
+    assert seconds == 150.0 + parts["exit"] and parts["measured"] == 150.0
     assert plan(600, 60, measured, 9, 3, work=WORK).max_epochs < plan(600, 60, FIGURES, 9, 3, work=WORK).max_epochs
 
 
