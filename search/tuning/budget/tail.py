@@ -1,10 +1,10 @@
 """``--time-budget``'s price of what follows the retrain: the final model, evaluation, export, the process's exit. Pure.
 
 Priced from the calibration's figures of this machine and this run's films (a steady forward
-pass of the dearest whole image model per film, a predict's first-call trace, one save of that
-model, the stress test's re-rendering of a film in every family) times what each stage does
-with them, counted from the stages' code; the few seconds that follow neither films nor the
-model (the report's plots and pages) are this machine's, measured. docs/time-budget.md has the
+pass of the dearest whole image model per film, a predict's first-call trace of it, the stress
+test's re-rendering of a film in every family) times what each stage does with them, counted
+from the stages' code; the few seconds that follow neither films nor the model (the report's
+plots and pages) are this machine's, measured. docs/time-budget.md has the
 figures these counts were checked against.
 """
 
@@ -32,17 +32,16 @@ AGREEMENT_FILMS = 64
 """Test films export checks each format on, at most (`search.delivery.export.AGREEMENT_IMAGES`)."""
 EXPORT_PASSES = 5
 """Forward passes per checked film in export: the model in memory, each written format, the precision check."""
-EXPORT_TRACES = 6
-"""Models export loads or traces: the shipped one, each written format read back, the precision check's two."""
-EXPORT_SAVES = 42
-"""Export's writing in saves of the model: .keras 5, the SavedModel 21 (a trace of its own), the TFLite conversion
-16 (0.9, 3.6 and 2.7 s at 0.17 s a save)."""
-LOAD_SAVES = 4
-"""Loading a winner, in saves of the model (the final model loads every retrained winner: 0.68 s each)."""
-ASSEMBLE_SAVES = 6
-"""The final model's build, save and reload, in saves (0.9 s)."""
-EXIT_SECONDS = 3.0
-"""The interpreter's exit after the job's last line, freeing TensorFlow's and the run's objects: measured."""
+EXPORT_TRACES = 20
+"""Export's writing and reading back, in traces of the model: the SavedModel (3.6 s) and the TFLite conversion
+(2.7 s) trace the whole graph, each format read back traces it again; 7.0 and 11.2 s in two runs at 0.35 s a trace.
+(A save of the dearest model is no unit for it: its wide head's weights make it 0.5 s, a winner's 0.17 s.)"""
+LOAD_TRACES = 2
+"""Loading a winner, in traces (the final model loads every retrained winner: 0.68 s each)."""
+ASSEMBLE_TRACES = 2
+"""The final model's build, save and reload, in traces (0.9 s)."""
+EXIT_SECONDS = 2.0
+"""The interpreter's exit after the job's last line, freeing TensorFlow's and the run's objects: 1.3 s measured."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +56,13 @@ class TailWork:
 
 def tail_parts(calibration, work: TailWork) -> dict[str, float]:
     """Predicted seconds of each stage after the retrain (and of the process's exit), on ``calibration``'s figures."""
-    forward, trace, keep, render = calibration.forward, calibration.trace, calibration.keep, calibration.render
+    forward, trace, render = calibration.forward, calibration.trace, calibration.render
     scored = forward * (1 + STRESS_PASSES) + render  # one film as filmed and in every stress family
     evaluate = (work.test * (scored + forward * (PROBE_PASSES + GRADCAM_PASSES))
                 + min(work.train, PROBE_TRAIN_FILMS) * forward + EVALUATE_TRACES * trace + REPORT_SECONDS)
     evaluate += sum(films * (scored + forward) + 2 * trace + REPORT_SECONDS for films in work.external)
     checked = min(work.test, AGREEMENT_FILMS)
-    return {"final model": (LOAD_SAVES * work.winners + ASSEMBLE_SAVES) * keep,
+    return {"final model": (LOAD_TRACES * work.winners + ASSEMBLE_TRACES) * trace,
             "evaluate": evaluate,
-            "export": checked * forward * EXPORT_PASSES + EXPORT_SAVES * keep + EXPORT_TRACES * trace,
+            "export": checked * forward * EXPORT_PASSES + EXPORT_TRACES * trace,
             "exit": EXIT_SECONDS}
