@@ -98,6 +98,7 @@ class Plan:
     tail: float
     fits: bool
     tail_parts: dict = dataclasses.field(default_factory=dict)
+    cut: bool = False  # the Hyperband is the flags' whole one, cut at the search's deadline after ``trials``
 
     @property
     def finish(self) -> float:
@@ -118,8 +119,10 @@ class Plan:
             f"calibration: epoch {calibration.epoch:.2f} s (dearest {calibration.epoch_max:.2f} s), "
             f"trial overhead {calibration.overhead:.1f} s, forward pass {1000 * calibration.forward:.1f} ms/film "
             f"({shapes})",
-            f"plan: Hyperband max_epochs {self.max_epochs}, factor {self.factor}, {self.brackets} bracket(s), "
-            f"{self.trials} trials ({self.epochs} epochs) ~{self.search:.0f} s; retrain {self.retrain.text()} "
+            f"plan: Hyperband max_epochs {self.max_epochs}, factor {self.factor}, "
+            + (f"cut at its deadline after its first {self.brackets} bracket(s), at least " if self.cut
+               else f"{self.brackets} bracket(s), ")
+            + f"{self.trials} trials ({self.epochs} epochs) ~{self.search:.0f} s; retrain {self.retrain.text()} "
             f"~{self.retrain_seconds:.0f} s; final model, evaluate, export and exit ~{self.tail:.0f} s ({tail}); "
             f"predicted finish {self.finish:.0f} s of {self.budget:.0f} s{verdict}",
         ]
@@ -162,6 +165,22 @@ def search_cost(max_epochs: int, factor: int, calibration: Calibration) -> tuple
     seconds = ((trials + SEARCH_START_TRIALS) * (calibration.overhead + TRIAL_BOOKKEEPING)
                + epochs * calibration.epoch)
     return len({r["bracket"] for r in rounds}), trials, epochs, seconds
+
+
+def cut_search(max_epochs: int, factor: int, calibration: Calibration, seconds: float) -> tuple | None:
+    """(whole brackets, trials, epochs, predicted seconds) of the rounds of a Hyperband that fit in ``seconds``,
+    in the order KerasTuner runs them (its most aggressive bracket first); None unless that bracket is whole."""
+    rounds = hyperband_rounds(max_epochs, factor)
+    spent, trials, epochs, taken = SEARCH_START_TRIALS * (calibration.overhead + TRIAL_BOOKKEEPING), 0, 0, []
+    for r in rounds:
+        cost = r["trials"] * (calibration.overhead + TRIAL_BOOKKEEPING) + r["trials"] * r["epochs"] * calibration.epoch
+        if spent + cost > seconds:
+            break
+        spent, trials, epochs = spent + cost, trials + r["trials"], epochs + r["trials"] * r["epochs"]
+        taken.append(r)
+    whole = [b for b in {r["bracket"] for r in rounds}
+             if sum(t["bracket"] == b for t in taken) == sum(r["bracket"] == b for r in rounds)]
+    return (len(whole), trials, epochs, spent) if rounds[0]["bracket"] in whole else None
 
 
 def retrain_cost(plan: RetrainPlan, calibration: Calibration, from_: str = "scratch") -> float:
@@ -216,7 +235,11 @@ def plan(budget: float, spent: float, calibration: Calibration, max_epochs: int,
     Preference (`_preference`): the largest ``max_epochs`` that fits with the full
     retrain, as long as the search keeps ``MIN_SEARCH_EPOCHS`` (6 trials at factor 3);
     then the next smaller retrain with the largest such search that fits, and so on;
-    then smaller searches; when nothing fits, the smallest job (``fits`` False).
+    then smaller searches; when nothing fits, the smallest job (``fits`` False). Where the
+    flags' Hyperband does not fit whole but its first (most aggressive) bracket does, with the
+    chosen retrain, and it would run more trials than the smaller one chosen, it runs cut at the
+    search's deadline instead (``cut``): the same seed gives the same first trials as without a
+    budget, and its later brackets (fewer configurations, trained longer) are what is cut.
     ``fixed_max_epochs`` (a resumed search, whose Hyperband is saved) plans only the
     retrain. Without ``retrain`` (``--no-retrain``) the search has the whole budget.
     ``work``: what the stages after the retrain go through (`tail.TailWork`).
@@ -232,10 +255,23 @@ def plan(budget: float, spent: float, calibration: Calibration, max_epochs: int,
         return Plan(budget, spent, epochs, factor, brackets, trials, trained, seconds, level,
                     retrain_cost(level, calibration, from_) if retrain else 0.0, tail, fits, parts)
 
+    def cut(epochs, level, smaller: Plan) -> Plan:
+        """The flags' Hyperband cut at the deadline, when its first bracket fits and it runs more trials;
+        its search has the whole share the retrain leaves (the deadline ends it)."""
+        level = retrain_levels(choices[0], top_k, seeds)[retrain_levels(epochs, top_k, seeds).index(level)]
+        retraining = retrain_cost(level, calibration, from_) if retrain else 0.0
+        share = usable - retraining - tail
+        found = cut_search(choices[0], factor, calibration, share)
+        if found is None or found[1] <= smaller.trials:
+            return smaller
+        level = dataclasses.replace(level, top_k=min(level.top_k, found[1])) if retrain else smaller.retrain
+        return Plan(budget, spent, choices[0], factor, found[0], found[1], found[2], share, level,
+                    retraining, tail, True, parts, cut=True)
+
     for epochs, level in _preference(choices, top_k, seeds):
         candidate = make(epochs, level, True)
         if candidate.search + candidate.retrain_seconds + tail <= usable:
-            return candidate
+            return candidate if epochs == choices[0] else cut(epochs, level, candidate)
     return make(choices[-1], retrain_levels(choices[-1], top_k)[-1], False)
 
 

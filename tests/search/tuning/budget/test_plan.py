@@ -53,17 +53,27 @@ def test_hyperband_arithmetic_matches_keras_tuners_oracle(tmp_path, max_epochs, 
 
 
 def test_plan_picks_the_largest_max_epochs_whose_job_fits_the_budget():
-    chosen = plan(budget=600, spent=60, calibration=FIGURES, max_epochs=9, factor=3, work=WORK)
-    assert chosen.fits and chosen.retrain.top_k == 3 and chosen.retrain.variants
-    assert chosen.finish <= 600 * budget.AIM
+    chosen = plan(budget=450, spent=60, calibration=FIGURES, max_epochs=9, factor=3, work=WORK)
+    assert chosen.fits and not chosen.cut and chosen.retrain.top_k == 3 and chosen.retrain.variants
+    assert chosen.finish <= 450 * budget.AIM
     assert 1 <= chosen.max_epochs < 9
     # One epoch more would not fit: with the same full retrain, its prediction passes the budget's usable part.
     bigger = plan(budget=10**6, spent=60, calibration=FIGURES, max_epochs=chosen.max_epochs + 1, factor=3, work=WORK)
-    bigger_seed = dataclasses.replace(bigger.retrain, seeds=1)
-    assert bigger.max_epochs == chosen.max_epochs + 1
-    assert bigger.finish - bigger.retrain_seconds + budget.retrain_cost(bigger_seed, FIGURES) > 600 * budget.AIM
+    assert bigger.max_epochs == chosen.max_epochs + 1 and bigger.finish > 450 * budget.AIM
     # A generous budget runs what the flags ask, never more.
     assert plan(budget=10**6, spent=60, calibration=FIGURES, max_epochs=9, factor=3).max_epochs == 9
+
+
+def test_the_flags_hyperband_runs_cut_at_its_deadline_when_its_first_bracket_fits():
+    smaller = plan(budget=450, spent=60, calibration=FIGURES, max_epochs=9, factor=3, work=WORK)
+    cut = plan(budget=600, spent=60, calibration=FIGURES, max_epochs=9, factor=3, work=WORK)
+    whole = sum(r["trials"] for r in budget.hyperband_rounds(9, 3))
+    first = sum(r["trials"] for r in budget.hyperband_rounds(9, 3) if r["bracket"] == 2)
+    assert cut.cut and cut.max_epochs == 9 and first <= cut.trials < whole and cut.trials > smaller.trials
+    assert cut.retrain == budget.retrain_levels(9, 3)[0]
+    # Its search has the whole share the rest leaves: the deadline, not the last whole round, ends it.
+    assert cut.finish == pytest.approx(600 * budget.AIM) and cut.search_deadline == pytest.approx(60 + cut.search)
+    assert "cut at its deadline after its first 2 bracket(s)" in cut.lines(FIGURES)[1]
 
 
 def test_plan_cuts_the_retrain_before_giving_up_and_says_when_nothing_fits():
@@ -103,16 +113,16 @@ def test_the_stages_after_the_retrain_are_priced_from_the_films_they_go_through(
 
 
 def test_a_search_without_retrain_has_the_whole_budget():
-    with_retrain = plan(budget=600, spent=60, calibration=FIGURES, max_epochs=9, factor=3, work=WORK)
-    alone = plan(budget=600, spent=60, calibration=FIGURES, max_epochs=9, factor=3, retrain=False)
-    assert alone.max_epochs > with_retrain.max_epochs and alone.retrain_seconds == alone.tail == 0
+    with_retrain = plan(budget=450, spent=60, calibration=FIGURES, max_epochs=9, factor=3, work=WORK)
+    alone = plan(budget=450, spent=60, calibration=FIGURES, max_epochs=9, factor=3, retrain=False)
+    assert alone.trials > with_retrain.trials and alone.retrain_seconds == alone.tail == 0
 
 
 def test_a_run_that_measured_its_final_stages_plans_with_them():
     measured = dataclasses.replace(FIGURES, tail=150.0)
     seconds, parts = budget.tail_cost(measured, WORK)
     assert seconds == 150.0 + parts["exit"] and parts["measured"] == 150.0
-    assert plan(600, 60, measured, 9, 3, work=WORK).max_epochs < plan(600, 60, FIGURES, 9, 3, work=WORK).max_epochs
+    assert plan(600, 60, measured, 9, 3, work=WORK).trials < plan(600, 60, FIGURES, 9, 3, work=WORK).trials
 
 
 def test_a_resumed_search_keeps_its_hyperband_and_only_the_retrain_is_planned():
