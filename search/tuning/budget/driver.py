@@ -107,16 +107,16 @@ class Budget:
         stopped = bool(self.deadline and self.deadline.stopped)
         cost = retrain_cost(chosen, self.calibration, self.from_)
         asked = config.retrain_choices["top_k"]
-        fewer = f" (of {asked} asked: the search found {found} configurations)" if found < asked else ""
+        fewer = f" (of {asked} asked: the search found {found} configuration{'s' * (found != 1)})" if found < asked else ""
         log(f"time budget: search {'stopped at its deadline' if stopped else 'done'} after {best['trials']} trials "
-            f"(planned {self.plan.trials}), {self.elapsed():.0f} s spent; retrain {chosen.text()}{fewer} ~{cost:.0f} s "
+            f"(planned {self.plan.trials}), {self.elapsed():.0f} s spent; retrain {chosen.text(fewer)} ~{cost:.0f} s "
             f"of the {max(0.0, remaining - self.plan.tail):.0f} s left before the stages after it")
         self.record.update(search_stopped=stopped, trials_run=best["trials"], search_ended=self.elapsed(),
                            retrain_chosen=dataclasses.asdict(chosen))
         # Priced again for the winners the retrain makes (the final model loads each).
         self.tail = tail_cost(self.calibration, dataclasses.replace(self.work, winners=chosen.top_k))
         stop_at = self.seconds * AIM - self.tail[0]
-        self._boundary(config, "search", f"retrain {chosen.text()}{fewer}, then up to {EXTRA_SEEDS} more seeds "
+        self._boundary(config, "search", f"retrain {chosen.text(fewer)}, then up to {EXTRA_SEEDS} more seeds "
                        "per winner while its deadline leaves time", retrain_seconds=cost,
                        retrain_deadline=stop_at, tail=self.tail[0], tail_parts=self.tail[1])
         return {"top_k": chosen.top_k, "seeds": chosen.seeds, "choose_variant": chosen.variants,

@@ -44,10 +44,11 @@ class RetrainPlan:
         """Fits it runs at most: the variants of the rank-1 configuration (one of them kept) and the others' seeds."""
         return (3 - 1 if self.variants else 0) + self.top_k * self.seeds
 
-    def text(self) -> str:
+    def text(self, note: str = "") -> str:
+        """What it does, ``note`` after its count of winners."""
         if not self.top_k:
             return "none (--no-retrain)"
-        return (f"top {self.top_k}, {'variants on' if self.variants else 'variants off'}, "
+        return (f"top {self.top_k}{note}, {'variants on' if self.variants else 'variants off'}, "
                 f"{self.seeds} seed{'s' if self.seeds > 1 else ''} each, up to {self.epochs} epochs")
 
 
