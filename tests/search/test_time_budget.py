@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from cxr_tuner.search.tuning.budget import plan as budget
+from cxr_tuner.search.tuning.budget.hyperband import hyperband_rounds
 from cxr_tuner.search.engine.layout import RunLayout
 from tests.conftest import error_line, run_cli, tree_digest
 
@@ -45,7 +45,7 @@ def test_the_budgeted_job_ends_with_an_exported_evaluated_model_and_a_smaller_se
     config = json.loads(layout.config.read_text())
     assert config["time_budget"] == BUDGET and config["max_epochs"] == plan["max_epochs"] <= 8
     best = json.loads(layout.best.read_text())
-    unbudgeted = sum(r["trials"] for r in budget.hyperband_rounds(8, 3))
+    unbudgeted = sum(r["trials"] for r in hyperband_rounds(8, 3))
     assert 1 <= best["trials"] == plan["trials_run"] < unbudgeted
     assert any(line.startswith("time budget 1m: the job took") for line in lines)
 

@@ -21,8 +21,9 @@ it leaves time; after the retrain the time left is checked against their price. 
 boundary's figures and decision go into ``plan.json``. The best model so far is always
 retrained, assembled, evaluated and exported, even when that overruns.
 
-By role: ``plan`` is the arithmetic (:func:`~plan.hyperband_rounds`, :func:`~plan.plan`,
-:func:`~plan.retrain_plan`), pure; ``tail`` prices the stages after the retrain, pure;
+By role: ``hyperband`` is Hyperband's arithmetic (:func:`~hyperband.hyperband_rounds`), pure;
+``plan`` the plan (:func:`~plan.plan`, :func:`~plan.retrain_plan`), pure; ``tail`` prices the
+stages after the retrain, pure;
 ``deadline`` keeps the search to its share (the oracle); ``calibrate`` times trial shapes
 and the image model on this machine; ``driver`` is the job's clock, which drives them
 (:class:`~driver.Budget`).

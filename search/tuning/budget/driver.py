@@ -15,8 +15,9 @@ from cxr_tuner.search.figures.text import duration_text
 from cxr_tuner.search.tuning.budget.calibrate import calibrate
 from cxr_tuner.search.tuning.budget.deadline import Deadline
 from cxr_tuner.search.engine.task import task_of
-from cxr_tuner.search.tuning.budget.plan import (AIM, EXTRA_SEEDS, TAIL_STAGES, TRIAL_BOOKKEEPING, Calibration, Plan,
-                                                 plan, retrain_cost, retrain_plan, tail_cost)
+from cxr_tuner.search.tuning.budget.hyperband import TRIAL_BOOKKEEPING
+from cxr_tuner.search.tuning.budget.plan import (AIM, EXTRA_SEEDS, TAIL_STAGES, Calibration, Plan, plan, retrain_cost,
+                                                 retrain_plan, tail_cost)
 from cxr_tuner.search.tuning.budget.tail import TailWork
 
 def check_plannable(config, retrain: bool = True, augment: bool = False, workers: int = 1, chief: str | None = None,

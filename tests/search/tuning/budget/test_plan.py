@@ -9,6 +9,7 @@ import keras_tuner
 import pytest
 
 from cxr_tuner.search.tuning.budget import plan as budget
+from cxr_tuner.search.tuning.budget.hyperband import hyperband_rounds
 from cxr_tuner.search.tuning.budget.plan import Calibration, plan, retrain_plan
 from cxr_tuner.search.tuning.budget.tail import TailWork, tail_parts
 from cxr_tuner.search.figures.text import parse_duration
@@ -47,7 +48,7 @@ def _run(oracle, tick=None) -> list:
 @pytest.mark.parametrize("max_epochs, factor", [(1, 3), (3, 3), (8, 3), (9, 3), (4, 2)])
 def test_hyperband_arithmetic_matches_keras_tuners_oracle(tmp_path, max_epochs, factor):
     ran = _run(_oracle(max_epochs, factor, tmp_path))
-    rounds = budget.hyperband_rounds(max_epochs, factor)
+    rounds = hyperband_rounds(max_epochs, factor)
     assert len(ran) == sum(r["trials"] for r in rounds)
     assert sum(e - start for _, _, e, start in ran) == sum(r["trials"] * r["epochs"] for r in rounds)
 
@@ -67,8 +68,8 @@ def test_plan_picks_the_largest_max_epochs_whose_job_fits_the_budget():
 def test_the_flags_hyperband_runs_cut_at_its_deadline_when_its_first_bracket_fits():
     smaller = plan(budget=450, spent=60, calibration=FIGURES, max_epochs=9, factor=3, work=WORK)
     cut = plan(budget=600, spent=60, calibration=FIGURES, max_epochs=9, factor=3, work=WORK)
-    whole = sum(r["trials"] for r in budget.hyperband_rounds(9, 3))
-    first = sum(r["trials"] for r in budget.hyperband_rounds(9, 3) if r["bracket"] == 2)
+    whole = sum(r["trials"] for r in hyperband_rounds(9, 3))
+    first = sum(r["trials"] for r in hyperband_rounds(9, 3) if r["bracket"] == 2)
     assert cut.cut and cut.max_epochs == 9 and first <= cut.trials < whole and cut.trials > smaller.trials
     assert cut.retrain == budget.retrain_levels(9, 3)[0]
     # Its search has the whole share the rest leaves: the deadline, not the last whole round, ends it.
