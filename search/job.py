@@ -7,7 +7,7 @@ from typing import Callable
 
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.search.engine import console, timing
-from cxr_tuner.search.engine.config import RunConfig, load_config
+from cxr_tuner.search.engine.config import RETRAIN_FROM_DEFAULT, RunConfig, load_config
 from cxr_tuner.search.engine.lock import run_lock
 from cxr_tuner.search.run import check_inputs, run_search
 from cxr_tuner.search.figures.text import number_text, value_text
@@ -32,15 +32,16 @@ def run_job(config: RunConfig, retrain: bool = True, augment: bool = False, ense
         refit: Train the final model's members again on train+val (:mod:`search.final.refit`).
         externals: Labelled sets (folders or label files) the final model is scored on after the
             test split; refused before the search when missing or not of the run's classes.
-        started: ``time.monotonic()`` when the command began: with ``config.time_budget``
-            the budget counts from there (default: now).
+        started: ``time.monotonic()`` when the process (or the command) began: with
+            ``config.time_budget`` the budget counts from there (default: now).
         search_options: ``chief``, ``worker_timeout``, ``strategy``, ``workers``
             (see :func:`search.run.run_search`).
 
     Returns:
         The content of ``best_hyperparameters.json``.
     """
-    budget = _budget(config, retrain, augment, started, search_options)  # refused before anything is written
+    # Refused before anything is written.
+    budget = _budget(config, retrain, augment, started, search_options, retrain_from, externals)
     check_inputs(config)  # before the run directory is made for the lock
     externals = tuple(str(path) for path in externals)
     if externals:
@@ -73,8 +74,10 @@ def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, l
         from cxr_tuner.search.final.retrain import retrain as retrain_winners
 
         saved = load_config(config.run_dir)  # with the class names the data stage found
-        cut = budget.retrain_options(saved, best["trials"], log) if budget else {}
+        cut = budget.retrain_options(saved, best, log) if budget else {}
         retrain_winners(saved, augment=augment, log=log, **cut, **({"from_": retrain_from} if retrain_from else {}))
+        if budget:
+            budget.after_retrain(saved, log)
         if final[2] and budget:
             log("refit on train+val: skipped under --time-budget (its plan has no room for it)")
         assemble(saved, ensemble=final[0], point=final[1], refit=final[2] and not budget, log=log)
@@ -87,14 +90,16 @@ def _run_stages(config: RunConfig, retrain: bool, augment: bool, final: tuple, l
     return best
 
 
-def _budget(config: RunConfig, retrain: bool, augment: bool, started: float | None, search_options: dict):
+def _budget(config: RunConfig, retrain: bool, augment: bool, started: float | None, search_options: dict,
+            retrain_from: str | None, externals=()):
     """The job's `search.tuning.budget.driver.Budget` with ``--time-budget``, refusing what it cannot plan (one line)."""
     if config.time_budget is None:
         return None
     from cxr_tuner.search.tuning.budget.driver import Budget, check_plannable
 
     check_plannable(config, retrain, augment, **search_options)
-    return Budget(config.time_budget, started, retrain=retrain)
+    return Budget(config.time_budget, started, retrain=retrain, from_=retrain_from or RETRAIN_FROM_DEFAULT,
+                  externals=externals)
 
 
 def best_lines(best: dict, config: RunConfig) -> list[str]:

@@ -17,7 +17,6 @@ times faster.
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import time
@@ -69,7 +68,7 @@ def build_model(config: RunConfig, hp: keras_tuner.HyperParameters) -> keras.Mod
 
 def retrain(config: RunConfig, top_k: int | None = None, seeds: int | None = None, max_epochs: int | None = None,
             augment: bool = False, choose_variant: bool = True, log: Callable[[str], None] = print,
-            from_: str = RETRAIN_FROM_DEFAULT) -> dict:
+            from_: str = RETRAIN_FROM_DEFAULT, stop_at: float | None = None, extra_seeds: int = 0) -> dict:
     """Retrains the ``top_k`` best distinct configurations and writes ``winners/``.
 
     Each configuration trains ``seeds`` times (seeds ``config.seed + i``) on the
@@ -84,7 +83,11 @@ def retrain(config: RunConfig, top_k: int | None = None, seeds: int | None = Non
     ``top_k`` and ``seeds`` default to the run's space (``[retrain]``: 3 and 1), whose
     ``variants`` are the ways tried. ``from_``: ``"search"`` starts every training (each
     variant, each seed) from the winner's search weights (:class:`SearchWeights`),
-    ``"scratch"`` from a fresh build; ``--folds`` always trains from scratch.
+    ``"scratch"`` from a fresh build; ``--folds`` always trains from scratch. ``stop_at``
+    (``time.monotonic()``, a ``--time-budget``'s): no epoch is begun that would end after it, and
+    no fit after the first once it has passed (fewer seeds, fewer winners; each fit keeps its best epoch);
+    up to ``extra_seeds`` more seeds per winner train while it leaves time for them and for one
+    fit of each winner after (at the last fit's duration).
 
     Returns:
         The content of ``winners/summary.json``.
@@ -95,13 +98,14 @@ def retrain(config: RunConfig, top_k: int | None = None, seeds: int | None = Non
     seeds = seeds or config.retrain_choices["seeds"]
     with run_lock(config.run_dir, "retrain", log), deterministic_ops():
         started, clock = time.perf_counter(), timing.EpochClock()
-        summary = _retrain(config, top_k, seeds, max_epochs, augment, choose_variant, log, clock, from_)
+        summary = _retrain(config, top_k, seeds, max_epochs, augment, choose_variant, log, clock, from_,
+                           _Deadline(stop_at, extra_seeds))
         timing.record(config.layout, "retrain", time.perf_counter() - started, clock.floor())
         return summary
 
 
 def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, augment: bool,
-             choose_variant: bool, log, clock: timing.EpochClock, from_: str) -> dict:
+             choose_variant: bool, log, clock: timing.EpochClock, from_: str, deadline: _Deadline) -> dict:
     top = _top_trials(config)[:top_k]
     # config.json always saves overwrite=False, so this reads the split the search saved.
     data = dataset.prepare(config, progress=False)
@@ -122,6 +126,7 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
     # The search's hypermodel (on cached activations), for the variant choice and the search's weights.
     cached = training if not augment else (trial_hypermodel(data)[0] if choose_variant or from_ == "search" else None)
     searched = SearchWeights(config, cached) if from_ == "search" else None
+    last_fit = [None]  # seconds of the last fit, which the deadline's extra seeds are judged by
     log("retrain from " + ("the search's best-epoch weights, fresh optimizer, on while validation improves"
                            if searched else "scratch (fresh builds)"))
     if choose_variant:
@@ -131,9 +136,11 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
 
         def fit(hp, callbacks):
             staging = winners_dir / f"variant_{len(fits)}"
-            start = searched(top[0]["trial_id"]) if searched else None
-            fits[staging] = _fit_and_keep(cached, hp, config.seed, epochs, staging, lambda: callbacks, clock=clock,
+            start, began = searched(top[0]["trial_id"]) if searched else None, time.monotonic()
+            fits[staging] = _fit_and_keep(cached, hp, config.seed, epochs, staging,
+                                          lambda: [*callbacks, *deadline.callbacks()], clock=clock,
                                           rows=val_rows, objective=objective, start=start)
+            last_fit[0] = time.monotonic() - began
             return fits[staging][OBJECTIVE]
 
         top_hp = trial_hyperparameters(config, top[0]["trial_id"])
@@ -148,17 +155,29 @@ def _retrain(config: RunConfig, top_k: int, seeds: int, max_epochs: int | None, 
                 shutil.rmtree(staging, ignore_errors=True)
     results = []
     for rank, entry in enumerate(top, 1):
+        if rank > 1 and deadline.passed():
+            log(f"retrain: the time budget's deadline for it has passed; {len(top) - rank + 1} of {len(top)} winners "
+                "not retrained")
+            break
         hp = trial_hyperparameters(config, entry["trial_id"])
         if variant in variants.candidates(hp, config.weights, allowed, specs=config.backbone_specs):  # else no block left to unfreeze
             hp = variant.hyperparameters(hp)
         staging = winners_dir / f"trial_{entry['trial_id']}"
         log(f"retrain {rank}/{len(top)}: trial {entry['trial_id']} ({console.hyperparameter_text(entry['hyperparameters'])})")
         kept = [reused] if reused and entry is top[0] else []
-        start = searched(entry["trial_id"]) if searched and len(kept) < seeds else None
-        scores = kept + [_fit_and_keep(training, hp, config.seed + i, epochs, staging,
-                                       functools.partial(variant.callbacks, objective), None, clock,
-                                       rows=val_rows, objective=objective, start=start)
-                         for i in range(len(kept), seeds)]
+        start = searched(entry["trial_id"]) if searched and len(kept) < seeds + deadline.extra else None
+        scores = kept
+        for i in range(len(kept), seeds + deadline.extra):
+            if i >= seeds and not deadline.leaves(last_fit[0], len(top) - rank):
+                break
+            if scores and deadline.passed():
+                log(f"  the time budget's deadline has passed: {seeds - i} of {seeds} seeds not trained")
+                break
+            callbacks = lambda: [*variant.callbacks(objective), *deadline.callbacks()]  # noqa: E731
+            began = time.monotonic()
+            scores = scores + [_fit_and_keep(training, hp, config.seed + i, epochs, staging, callbacks, None, clock,
+                                             rows=val_rows, objective=objective, start=start)]
+            last_fit[0] = time.monotonic() - began
         for score in scores:  # one line per training, the one reused from the variant choice too
             begun = (f" (epoch 0: the search's weights, {objective} {number_text(score['start_' + OBJECTIVE], '.4f')})"
                      if "start_" + OBJECTIVE in score else "")
@@ -339,6 +358,38 @@ class _StopFromStart(keras.callbacks.EarlyStopping):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self.best, self.best_weights, self.best_epoch = self.start, self.model.get_weights(), -1
+
+
+class _Deadline:
+    """A ``--time-budget``'s moment (``time.monotonic()``) the retrain's fits must end by; None: no deadline."""
+
+    def __init__(self, at: float | None, extra: int = 0):
+        self.at, self.extra = at, extra if at is not None else 0
+
+    def passed(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+    def leaves(self, fit: float | None, after: int) -> bool:
+        """Whether a fit of ``fit`` seconds, and one for each of the ``after`` winners still to train, end before it
+        (with a quarter more for each: a fit of another configuration traces its own steps)."""
+        return fit is not None and time.monotonic() + 1.25 * fit * (1 + after) <= self.at
+
+    def callbacks(self) -> list:
+        """A fit's callback that ends it after the epoch whose successor would end after the deadline."""
+        if self.at is None:
+            return []
+        at, began = self.at, []
+
+        class _StopAt(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                began.append(time.monotonic())
+
+            def on_epoch_end(self, epoch, logs=None):
+                now = time.monotonic()
+                if now + (now - began[-1]) > at:
+                    self.model.stop_training = True
+
+        return [_StopAt()]
 
 
 def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:

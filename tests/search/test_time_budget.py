@@ -8,16 +8,16 @@ import json
 
 import pytest
 
-from cxr_tuner.search.tuning.budget import plan as budget
+from cxr_tuner.search.tuning.budget.hyperband import hyperband_rounds
 from cxr_tuner.search.engine.layout import RunLayout
 from tests.conftest import error_line, run_cli, tree_digest
 
 FLAGS = ("--backbones", "vanilla_cnn", "--weights", "none", "--image-size", 32, "--max-epochs", 8, "--factor", 3)
 # One xdist group (see tests/conftest.py): the budgeted job is built once, and the module's two
-# jobs (~45 s each) are handed out among the first instead of near the end.
+# jobs (~55 and ~45 s: they fill their budgets) are handed out among the first instead of near the end.
 pytestmark = pytest.mark.xdist_group("time_budget")
 
-BUDGET = 100  # seconds; the smallest job here takes about that on 2 busy cores, the plan shrinks to fit
+BUDGET = 60  # seconds: about what the whole job (max_epochs 8) takes here; the plan fits a smaller one to it
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_the_plan_is_printed_before_the_first_trial(budgeted):
     plan_at = next(i for i, line in enumerate(lines) if line.startswith("plan: Hyperband max_epochs"))
     first_trial = next(i for i, line in enumerate(lines) if line.startswith("trial "))
     assert plan_at < first_trial
-    assert lines[plan_at - 1].startswith("time budget 1m40s:") and "calibration" in lines[plan_at - 1]
+    assert lines[plan_at - 1].startswith("time budget 1m:") and "calibration" in lines[plan_at - 1]
     assert "predicted finish" in lines[plan_at]
 
 
@@ -45,10 +45,24 @@ def test_the_budgeted_job_ends_with_an_exported_evaluated_model_and_a_smaller_se
     config = json.loads(layout.config.read_text())
     assert config["time_budget"] == BUDGET and config["max_epochs"] == plan["max_epochs"] <= 8
     best = json.loads(layout.best.read_text())
-    unbudgeted = sum(r["trials"] for r in budget.hyperband_rounds(8, 3))
+    unbudgeted = sum(r["trials"] for r in hyperband_rounds(8, 3))
     assert 1 <= best["trials"] == plan["trials_run"] < unbudgeted
-    assert plan["finished"] < 4 * BUDGET  # generous: the smallest job runs even when it cannot fit
-    assert any(line.startswith("time budget 1m40s: the job took") for line in lines)
+    assert any(line.startswith("time budget 1m: the job took") for line in lines)
+
+
+def test_the_budgeted_job_ends_within_its_budget_having_used_most_of_it(budgeted):
+    plan = json.loads(RunLayout(budgeted[0]).plan.read_text())
+    # The job's own clock (from the command's start here, in-process; from the process's start on the command line).
+    # Most of it: more than 60% (bench/time_budget.py measures the 85-100% target on real films; at 32 px the
+    # stages after the retrain are priced high, their traces weighing more than their passes over 14 films).
+    assert 0.6 * BUDGET <= plan["finished"] <= BUDGET and plan["within_budget"]
+    # Planned after the extraction, revised after the search and checked after the retrain, each in plan.json.
+    boundaries = plan["boundaries"]
+    assert [b["after"] for b in boundaries] == ["data and extraction", "search", "retrain"]
+    assert [b["elapsed"] for b in boundaries] == sorted(b["elapsed"] for b in boundaries)
+    assert boundaries[1]["decided"].startswith("retrain top ")
+    assert plan["retrain_chosen"]["top_k"] <= min(3, plan["trials_run"])
+    assert set(plan["tail_took"]) == {"final model", "evaluate", "export"}
 
 
 def test_a_resume_with_another_budget_or_none_is_refused_in_one_line(budgeted, demo_data):

@@ -9,12 +9,19 @@ from typing import Callable
 
 import keras
 import keras_tuner
+import numpy as np
 
+from cxr_tuner.data import shift
 from cxr_tuner.hypermodels.cutting import is_cacheable
 from cxr_tuner.hypermodels.registry import Backbones
 from cxr_tuner.hypermodels.space import Space
 from cxr_tuner.search.tuning.budget.plan import CALIBRATION_EPOCHS, Calibration
 from cxr_tuner.search.tuning.tuner import fresh_keras_state
+
+FORWARD_FILMS = 128
+"""Films of the timed forward pass, at the run's batch size (64 gave a rate 1.8x faster than evaluation's)."""
+RENDER_FILMS = 16
+
 
 def shapes(backbone: str, weights: str, cached_depths: int | None, space=None, *,
            specs: Backbones) -> dict[str, dict]:
@@ -43,7 +50,9 @@ def calibrate(hypermodel, cache, config, log: Callable[[str], None] = print,
 
     On the data the trials train on (cached activations, or images for backbones
     trained from scratch); the dearest winner's whole image model is also assembled
-    and saved once (what each retrain fit ends with). Nothing is written to the run.
+    and saved once (what each retrain fit ends with), and its forward pass over a batch
+    of the run's films is timed (what evaluation and export repeat), as is the stress
+    test's re-rendering of a few films. Nothing is written to the run.
     """
     specs = config.backbone_specs
     figures, found = {}, {}
@@ -76,13 +85,7 @@ def calibrate(hypermodel, cache, config, log: Callable[[str], None] = print,
             steady = min(epochs[1:] or epochs)
             timed[name] = {"epoch": steady, "overhead": built + max(0.0, epochs[0] - steady)}
             if name == "dearest":
-                started = clock()
-                with tempfile.TemporaryDirectory() as folder:
-                    image_model = hypermodel.image_model(hp, model) if hasattr(hypermodel, "image_model") else model
-                    image_model.save(Path(folder) / "model.keras")
-                timed[name]["keep"] = clock() - started
-                # A forward pass over every image, from the steady epoch over the train split (a third of a step).
-                timed[name]["forward"] = _forward_seconds(cache, backbone, depths, steady, config)
+                timed[name].update(_image_model_seconds(hypermodel, hp, model, cache.images, config.batch_size, clock))
         figures[backbone] = timed
         found[backbone] = (f"dearest {timed['dearest']['epoch']:.2f} s/epoch, "
                            f"cheapest {timed['cheapest']['epoch']:.2f} s/epoch")
@@ -95,7 +98,9 @@ def calibrate(hypermodel, cache, config, log: Callable[[str], None] = print,
         epoch_max=max(max(f["dearest"]["epoch"], f["cheapest"]["epoch"]) for f in figures.values()),
         overhead_max=max(f["dearest"]["overhead"] + f["dearest"]["keep"] for f in figures.values()),
         forward=max(f["dearest"]["forward"] for f in figures.values()),
-        shapes=found)
+        trace=max(f["dearest"]["trace"] for f in figures.values()),
+        keep=max(f["dearest"]["keep"] for f in figures.values()),
+        render=_render_seconds(cache.images, config.seed, clock), shapes=found)
 
 
 def _warm_up(hypermodel, config) -> None:
@@ -108,19 +113,29 @@ def _warm_up(hypermodel, config) -> None:
     hypermodel.fit(hp, hypermodel.build(hp), epochs=1, verbose=0)
 
 
-def _forward_seconds(cache, backbone: str, depths, steady_epoch: float, config) -> float:
-    """Seconds of one forward pass of ``backbone``'s whole image model over every image of the run.
+def _image_model_seconds(hypermodel, hp, model, images, batch_size: int, clock) -> dict[str, float]:
+    """The dearest winner's whole image model: saved once (``keep``), a predict's first-call cost beyond
+    a steady one (``trace``) and a steady forward pass per film (``forward``, the mean of two), on up to
+    ``FORWARD_FILMS`` of the run's films."""
+    started = clock()
+    with tempfile.TemporaryDirectory() as folder:
+        image_model = hypermodel.image_model(hp, model) if hasattr(hypermodel, "image_model") else model
+        image_model.save(Path(folder) / "model.keras")
+    keep = clock() - started
+    batch = np.asarray(images[: min(len(images), FORWARD_FILMS)])
+    passes = []
+    for _ in range(3):  # the first traces
+        started = clock()
+        image_model.predict(batch, batch_size=batch_size, verbose=0)
+        passes.append(clock() - started)
+    steady = (passes[1] + passes[2]) / 2
+    return {"keep": keep, "trace": max(0.0, passes[0] - steady), "forward": steady / len(batch)}
 
-    Pretrained: the frozen part's rate, timed on one batch of the run's images (after
-    a first, traced one); from scratch: a third of a steady training epoch, scaled from
-    the train split to every image.
-    """
-    images = cache.images
-    if depths is None:
-        return steady_epoch / 3 * len(images) / max(1, round(len(images) * config.fractions[0]))
-    model = cache.image_model(backbone)
-    batch = images[: min(len(images), 64)]
-    model.predict(batch, verbose=0)
-    started = time.perf_counter()
-    model.predict(batch, verbose=0)
-    return (time.perf_counter() - started) * len(images) / len(batch)
+
+def _render_seconds(images, seed: int, clock) -> float:
+    """Seconds to re-render one film in every stress-test family (`data.shift`), from a few of the run's films."""
+    batch = np.asarray(images[: min(len(images), RENDER_FILMS)])
+    started = clock()
+    for family in shift.FAMILIES:
+        shift.render(batch, family, seed, np.arange(len(batch)))
+    return (clock() - started) / len(batch)
