@@ -114,3 +114,12 @@ def test_export_keeps_native_notices_off_the_default_output(run_copy, tmp_path):
     assert "exported tflite" in quiet
     assert "XNNPACK" not in quiet and "cuInit" not in quiet, quiet
     assert "XNNPACK" in export("--verbose")  # the line is there to hide: --verbose after the command shows it
+
+
+def test_evaluate_and_export_floors_say_what_they_count(exported_run):
+    """Evaluate's floor is the final model's pass over the test films and one per stress family; export's
+    is that test pass alone (what the floor of both was before the stress test), not the larger sum."""
+    stages = json.loads((exported_run / "summary.json").read_text())["stages"]
+    floor = stages["evaluate"]["floor"]
+    assert "8 stress-test re-renderings" in floor["what"] and 0 < floor["test_pass"]["seconds"] < floor["seconds"]
+    assert stages["export"]["floor"] == floor["test_pass"]
