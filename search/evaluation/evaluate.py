@@ -62,7 +62,7 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
         task = task_of(config)
         layout = config.layout
         out = Path(out or (layout.report if data is None else layout.external_report(data)))
-        evaluation, floor = _evaluate(config, task, data, out, layer, log, pool)  # floor(): once it is settled
+        evaluation, floor = _evaluate(config, task, data, out, layer, log, pool)
         sets = []
         for path in externals:  # after the test split, each written whole before the next
             where = layout.external_report(path)
@@ -76,7 +76,7 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
         _closing_lines(task, evaluation, out, "", log)
         if data is None:  # an external set is not a stage of the run
             # The stress test's own time (rendering and one pass per family) kept beside the stage's.
-            timing.record(layout, "evaluate", time.perf_counter() - started, floor(),
+            timing.record(layout, "evaluate", time.perf_counter() - started, floor,
                           stress_seconds=evaluation.metrics["stress"]["seconds"],
                           **({"note": f"with {len(sets)} external set(s)"} if sets else {}))
         return metrics
@@ -121,7 +121,6 @@ def check_external_labels(config: RunConfig, paths) -> None:
 
 def _beside_external_sets(evaluation: Evaluation, task: Task, sets: list[tuple[Path, dict]], out: Path) -> None:
     """Each external set's headline figures into the test split's metrics and report (one table)."""
-    evaluation.settle()  # its own stress table first (long done: the external sets were scored since)
     metrics = evaluation.metrics
     metrics["external"] = {
         folder.name.removeprefix("external-"): {
@@ -135,11 +134,10 @@ def _beside_external_sets(evaluation: Evaluation, task: Task, sets: list[tuple[P
 
 
 def _evaluate(config: RunConfig, task: Task, data, out: Path, layer, log, pool) -> tuple[Evaluation, dict]:
-    """The record of one set, and its evaluation's floor (the final model's passes) once the record is settled.
+    """The record of one set, and the floor of its evaluation (the final model's forward passes).
 
-    ``pool``: a thread pool of at least two workers: the rank-1 member loads beside the final model's
-    pass; the stress test's passes and the probe run while Grad-CAM and the report draw here
-    (`Evaluation.settle`).
+    ``pool``: a thread pool of at least two workers: the rank-1 member loads beside the final
+    model's pass, and the probe runs while the report draws (`Evaluation.settle`).
     """
     layout = config.layout
     winner = layout.best_winner()
@@ -159,21 +157,19 @@ def _evaluate(config: RunConfig, task: Task, data, out: Path, layer, log, pool) 
         record = layout.read_current(layout.final_record, f"run `cxr-tuner evaluate {config.run_dir}`")
     else:
         predictor = model
-    predict = lambda images: predictor.predict(images, batch_size=config.batch_size, verbose=0)
-    started = time.perf_counter()
-    found = predict(films.images)
-    test_pass = time.perf_counter() - started
+    test_pass, stress_pass = timing.BatchClock(), timing.BatchClock()
+    predict = lambda images, clock: predictor.predict(images, batch_size=config.batch_size, verbose=0,
+                                                      callbacks=[clock.callback()])
+    found = predict(films.images, test_pass)
     probs, raw, single = (np.asarray(p, np.float64) for p in found) if record is not None else \
         (np.asarray(found, np.float64),) * 3
     metrics = task.test_metrics(films, probs, names, record, config.seed)
     metrics["source"] = {"model": str(final / WINNER_MODEL), "data": data or "test split of split.csv"}
     metrics[SPLIT_STAMP] = layout.split_digest()
     metrics[MODEL_STAMP] = files.sha256_file(final / WINNER_MODEL)  # an older set's figures are not this model's
-    # The stress test's passes run in the background while Grad-CAM and the pictures run here; its entry
-    # takes its place in metrics.json once they are done (`Evaluation.settle`).
-    first = (lambda images: predict(images)[0]) if record is not None else predict
-    stressed = pool.submit(stress_test, first, task, films, probs, names, dict(metrics), config.seed)
-    metrics["stress"] = None
+    first = (lambda images: predict(images, stress_pass)[0]) if record is not None else \
+        (lambda images: predict(images, stress_pass))
+    metrics["stress"] = stress_test(first, task, films, probs, names, metrics, config.seed)[0]
     pictures, sections = {}, {}
     if record is not None:
         found, sections, pictures = task.final_figures(record, films, probs, raw, single, names, metrics)
@@ -193,30 +189,26 @@ def _evaluate(config: RunConfig, task: Task, data, out: Path, layer, log, pool) 
     # The probe's passes and its head run while the pictures are drawn; its figures then join the checks.
     probed = pool.submit(_probed, task, run_data, member, films, names, config.seed, checks, text) \
         if run_data is not None else None
-
-    def pending() -> dict:
-        stress = stressed.result()[0]
-        return {"metrics": {"stress": stress}, "parts": [stress_markdown(stress)],
-                **(probed.result() if probed is not None else {})}
-
     evaluation = Evaluation(
         title=task.report_title(winner.name), metrics=metrics,
         predictions=task.prediction_table(films, probs, names, metrics),
         history=json.loads((winner / WINNER_HISTORY).read_text()),
         pictures={**task.pictures(films, probs, names, metrics), **pictures},
         images=np.asarray(films.images), pages=pages, maps=maps, gallery=task.gallery_text(), checks=checks,
-        parts=task.report_parts(metrics), sections=text(checks) if probed is None else {},
-        test_split=data is None, pending=pending)
-    return evaluation, lambda: _floor(len(films.images), test_pass, stressed.result()[1])
+        parts=task.report_parts(metrics) + [stress_markdown(metrics["stress"])],
+        sections=text(checks) if probed is None else {}, test_split=data is None, pending=probed)
+    return evaluation, _floor(len(films.images), test_pass, stress_pass)
 
 
-def _floor(films: int, test_pass: float, stress_pass: float) -> dict:
-    """Evaluate's floor: the final model's passes over the test films and the stress test's renderings of them."""
+def _floor(films: int, test_pass: timing.BatchClock, stress_pass: timing.BatchClock) -> dict:
+    """Evaluate's floor: the final model's passes over the test films and the stress test's renderings of
+    them, each at its fastest batch's rate (the renderings are drawn beside the passes)."""
     what = f"one forward pass of the final model over the {films} test films"
-    return {"seconds": test_pass + stress_pass,
-            "what": f"{what} ({test_pass:.1f} s) and one over each of their {len(shift.FAMILIES)} stress-test "
-                    f"re-renderings ({len(shift.FAMILIES) * films} films, {stress_pass:.1f} s)",
-            "test_pass": {"seconds": test_pass, "what": what}}
+    rate = "at the fastest batch's rate"
+    return {"seconds": test_pass.seconds + stress_pass.seconds,
+            "what": f"{what} ({test_pass.seconds:.1f} s) and one over each of their {len(shift.FAMILIES)} "
+                    f"stress-test re-renderings ({stress_pass.films} films, {stress_pass.seconds:.1f} s), {rate}",
+            "test_pass": {"seconds": test_pass.seconds, "what": f"{what}, {rate}"}}
 
 
 def _load(folder: Path) -> keras.Model:

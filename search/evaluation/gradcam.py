@@ -125,8 +125,8 @@ def all_heatmaps(explainer, images: np.ndarray, class_index=None, batch: int = 3
 
 
 class Traced:
-    """`heatmaps` of one explainer as one traced TensorFlow function: eager Grad-CAM (a tape over the
-    whole backbone, op by op) took 4.4 s of cxr3-dev's 286 test films, traced 1.5 s."""
+    """`heatmaps` of one explainer as one traced TensorFlow function, traced once for every batch: eager,
+    the tape dispatches the whole backbone op by op, several times slower (docs/performance.md)."""
 
     def __init__(self, explainer: keras.Model):
         source = explainer.inputs[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -29,10 +29,8 @@ class Evaluation:
         parts: report.md's opening parts (the task's tables, the stress test's, the external sets').
         sections: report.md's closing sections after the Grad-CAM one, ``{heading: markdown}``.
         test_split: Whether this is the run's test split (its report opens with the verdict).
-        pending: What still runs in the background while the pictures are drawn (the stress test's passes,
-            the probe): it waits for them and returns the record's missing parts, which `settle` puts in:
-            ``metrics`` entries (each has its place, None until then), ``parts`` to append, and whole
-            ``checks`` and ``sections``.
+        pending: Checks still running (the probe) while the pictures are drawn: a future of the whole
+            ``checks`` and ``sections``, which `settle` puts in.
     """
 
     title: str
@@ -48,14 +46,10 @@ class Evaluation:
     parts: list[str]
     sections: dict
     test_split: bool
-    pending: Callable[[], dict] | None = None
+    pending: Future | None = None
 
     def settle(self) -> None:
-        """Waits for what runs in the background and puts it into the record."""
-        if self.pending is None:
-            return
-        found, self.pending = self.pending(), None
-        self.metrics.update(found.get("metrics", {}))
-        self.parts = self.parts + found.get("parts", [])
-        self.checks = found.get("checks", self.checks)
-        self.sections = found.get("sections", self.sections)
+        """Waits for the pending checks and puts them into the record."""
+        if self.pending is not None:
+            found = self.pending.result()
+            self.checks, self.sections, self.pending = found["checks"], found["sections"], None
