@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -52,9 +53,15 @@ def export_model(config: RunConfig, formats=FORMATS, out=None, log: Callable[[st
         started = time.perf_counter()
         card = _export(config, formats, out, log)
         if out is None:
-            timing.record(config.layout, "export", time.perf_counter() - started,
-                          timing.stages(config.layout).get("evaluate", {}).get("floor"))
+            timing.record(config.layout, "export", time.perf_counter() - started, _test_pass(config.layout))
         return card
+
+
+def _test_pass(layout: RunLayout) -> dict | None:
+    """Export's floor: evaluate's forward pass over the test films (the whole floor of a run evaluated before
+    the stress test's passes joined it)."""
+    floor = timing.stages(layout).get("evaluate", {}).get("floor") or {}
+    return floor.get("test_pass", floor) or None
 
 
 def _export(config: RunConfig, formats, out, log) -> dict:
@@ -71,13 +78,13 @@ def _export(config: RunConfig, formats, out, log) -> dict:
     model = precision.as_float32(trained)
     # The card says the files beside it are whole and current: gone until they are.
     (out / CARD_FILE).unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as staging:
+    with tempfile.TemporaryDirectory(dir=out, prefix=".staging-") as staging, ThreadPoolExecutor(1) as pool:
         staging = Path(staging)
-        written = _write_formats(model, formats, staging, staging / ".scratch", log)
+        written = _write_formats(model, formats, staging, staging / ".scratch", log, pool)
         written = {name: path for name, path in written.items() if name in formats}
         images = _test_images(config)
         log(f"export: checking {', '.join(written)} against the model on {len(images)} test images")
-        agreement = _agreement(model, written, images)
+        written, agreement = _agreement(model, written, images)
         card = model_card(config, winner, model, written, staging)
         card["agreement"] = {"images": f"{len(images)} films of the test split, evenly spaced",
                              "max_abs_probability_difference": agreement}
@@ -95,12 +102,17 @@ def _export(config: RunConfig, formats, out, log) -> dict:
     return card
 
 
-def _write_formats(model: keras.Model, formats, out: Path, scratch: Path, log=lambda line: None) -> dict:
-    """Writes each format; TFLite converts from a SavedModel, a scratch one if not asked for."""
+def _write_formats(model: keras.Model, formats, out: Path, scratch: Path, log=lambda line: None, pool=None) -> dict:
+    """Writes each format; TFLite converts from a SavedModel, a scratch one if not asked for.
+
+    With a thread ``pool`` the TFLite conversion runs there (its entry a future of the path), beside what
+    the caller does next: checking the other formats.
+    """
     written = {}
     if "keras" in formats:
         log(f"export: {FILES['keras']}")
-        written["keras"] = _write_keras(model, out / FILES["keras"])
+        model.save(out / FILES["keras"])  # its check is loading it in safe mode (`_agreement`)
+        written["keras"] = out / FILES["keras"]
     if "savedmodel" in formats or "tflite" in formats:
         log("export: SavedModel" + ("" if "savedmodel" in formats else " (scratch, for TFLite)"))
         saved = out / FILES["savedmodel"] if "savedmodel" in formats else scratch / "saved_model"
@@ -108,7 +120,8 @@ def _write_formats(model: keras.Model, formats, out: Path, scratch: Path, log=la
         written["savedmodel"] = saved
     if "tflite" in formats:
         log(f"export: {FILES['tflite']} (float32)")
-        written["tflite"] = _write_tflite(written["savedmodel"], out / FILES["tflite"])
+        convert = lambda: _write_tflite(written["savedmodel"], out / FILES["tflite"])
+        written["tflite"] = pool.submit(convert) if pool is not None else convert()
     return written
 
 
@@ -123,11 +136,16 @@ def _test_images(config: RunConfig) -> np.ndarray:
     return np.asarray(run_data.images[rows])
 
 
-def _agreement(model: keras.Model, written: dict, images: np.ndarray) -> dict:
-    """Largest absolute probability difference of each written file to the model in memory."""
+def _agreement(model: keras.Model, written: dict, images: np.ndarray) -> tuple[dict, dict]:
+    """Each written file's path (a conversion still running is waited for when its turn comes) and its
+    largest absolute probability difference to the model in memory. Loading the .keras file here, in
+    safe mode, is its check: it fails here, not in a user's hands."""
     reference = _in_batches(lambda batch: model(batch, training=False), images)
-    return {name: float(np.abs(predict_exported(path, images) - reference).max())
-            for name, path in written.items()}
+    paths, agreement = {}, {}
+    for name, path in written.items():
+        paths[name] = path = path.result() if isinstance(path, Future) else path
+        agreement[name] = float(np.abs(predict_exported(path, images) - reference).max())
+    return paths, agreement
 
 
 def _precision_card(trained: keras.Model, shipped: keras.Model, images: np.ndarray) -> dict:
@@ -140,12 +158,6 @@ def _precision_card(trained: keras.Model, shipped: keras.Model, images: np.ndarr
         card["max_abs_probability_difference_to_trained"] = float(np.abs(after - before).max())
         card["same_predicted_class"] = float((after.argmax(1) == before.argmax(1)).mean())
     return card
-
-
-def _write_keras(model: keras.Model, path: Path) -> Path:
-    model.save(path)
-    keras.saving.load_model(path, safe_mode=True, compile=False)  # fails here, not in a user's hands
-    return path
 
 
 def _write_tflite(saved_model: Path, path: Path) -> Path:

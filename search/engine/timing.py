@@ -2,8 +2,9 @@
 
 A stage's floor is the arithmetic it cannot avoid: for fits (search trials, the
 retrain), the epochs it trained times each fit's steadiest epoch (what an epoch
-costs once its step is traced and its data are warm); for evaluate and export,
-one forward pass of the final model over the test films. Wall time over floor is
+costs once its step is traced and its data are warm); for evaluate, the final
+model's forward passes over the test films and the stress test's renderings of
+them, at the fastest batch's rate; for export, the test pass alone. Wall time over floor is
 what tracing, building, saving and Python cost on top. Each stage records itself
 when it finishes, so a stage re-run alone updates its own line.
 """
@@ -60,6 +61,39 @@ class EpochClock:
             return None
         return {"seconds": self.floor_seconds,
                 "what": f"{self.epochs} epochs of {self.fits} fits at each fit's fastest epoch"}
+
+
+class BatchClock:
+    """The floor of the forward passes it watches: every film at the rate of the fastest batch.
+
+    What a batch costs once its predict step is traced and with nothing else running: the
+    evaluation overlaps its passes with drawing, so their wall time is not their arithmetic.
+    ``callback()`` gives a Keras callback for one ``predict``.
+    """
+
+    def __init__(self):
+        self.films = 0
+        self.per_film = float("inf")
+
+    def callback(self):
+        import keras  # here: importing this module must not load TensorFlow
+
+        clock, started = self, []
+
+        class _Batches(keras.callbacks.Callback):
+            def on_predict_batch_begin(self, batch, logs=None):
+                started.append(time.perf_counter())
+
+            def on_predict_batch_end(self, batch, logs=None):
+                films = len(keras.tree.flatten(logs["outputs"])[0])
+                clock.films += films
+                clock.per_film = min(clock.per_film, (time.perf_counter() - started[-1]) / films)
+
+        return _Batches()
+
+    @property
+    def seconds(self) -> float:
+        return self.films * self.per_film if self.films else 0.0
 
 
 def record(layout: RunLayout, stage: str, seconds: float, floor: dict | None = None, **details) -> None:

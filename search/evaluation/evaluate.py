@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import keras
 import numpy as np
 
-from cxr_tuner.data import audit, files, labels as label_files
+from cxr_tuner.data import audit, files, labels as label_files, shift
 from cxr_tuner.data.errors import UserError
 from cxr_tuner.hypermodels.compat import keras_compat
 from cxr_tuner.hypermodels.ensemble import CALIBRATION_LAYER, ENSEMBLE_MEAN
@@ -56,16 +57,16 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
     Returns:
         The metrics written to ``metrics.json``.
     """
-    with run_lock(config.run_dir, "evaluate", log):
+    with run_lock(config.run_dir, "evaluate", log), ThreadPoolExecutor(2) as pool:
         started = time.perf_counter()
         task = task_of(config)
         layout = config.layout
         out = Path(out or (layout.report if data is None else layout.external_report(data)))
-        evaluation, forward_pass = _evaluate(config, task, data, out, layer, log)
+        evaluation, floor = _evaluate(config, task, data, out, layer, log, pool)
         sets = []
         for path in externals:  # after the test split, each written whole before the next
             where = layout.external_report(path)
-            found = _evaluate(config, task, path, where, layer, log)[0]
+            found = _evaluate(config, task, path, where, layer, log, pool)[0]
             report.write(where, found, layout)
             _closing_lines(task, found, where, f"{where.name}: ", log)
             sets.append((where, found.metrics))
@@ -75,7 +76,7 @@ def evaluate(config: RunConfig, data: str | None = None, out=None, layer: str | 
         _closing_lines(task, evaluation, out, "", log)
         if data is None:  # an external set is not a stage of the run
             # The stress test's own time (rendering and one pass per family) kept beside the stage's.
-            timing.record(layout, "evaluate", time.perf_counter() - started, forward_pass,
+            timing.record(layout, "evaluate", time.perf_counter() - started, floor,
                           stress_seconds=evaluation.metrics["stress"]["seconds"],
                           **({"note": f"with {len(sets)} external set(s)"} if sets else {}))
         return metrics
@@ -132,57 +133,87 @@ def _beside_external_sets(evaluation: Evaluation, task: Task, sets: list[tuple[P
     evaluation.parts.append(external_markdown(rows, task.comparison_cells, out))
 
 
-def _evaluate(config: RunConfig, task: Task, data, out: Path, layer, log) -> tuple[Evaluation, dict]:
+def _evaluate(config: RunConfig, task: Task, data, out: Path, layer, log, pool) -> tuple[Evaluation, dict]:
+    """The record of one set, and the floor of its evaluation (the final model's forward passes).
+
+    ``pool``: a thread pool of at least two workers: the rank-1 member loads beside the final
+    model's pass, and the probe runs while the report draws (`Evaluation.settle`).
+    """
     layout = config.layout
     winner = layout.best_winner()
     final = layout.final_model()  # the calibrated (ensemble) model when assembled, else the winner
-    # compile=False: predicted with only; a winner's saved optimizer would be restored for nothing (and warn).
-    model = keras.saving.load_model(final / WINNER_MODEL, compile=False)
+    loaded = pool.submit(_load, winner) if final != winner else None
+    model = _load(final)
     # Once: the test split's films, and the training films the probe learns from.
     run_data = dataset.prepare(config, progress=False) if data is None else None
     films = _test_split(run_data) if data is None else task.external_films(config, data, log)
     names = list(config.class_names)
     log(task.opening_line(winner.name, films, data is not None, names))
-    started = time.perf_counter()
     record = None
+    # One traced predict for the films as filmed and the stress test's renderings: an assembled model's
+    # answer, its plain average and its rank-1 member's come out of the same pass.
     if final != winner:
-        probs, raw, single = (np.asarray(p, np.float64) for p in keras.Model(model.input, _outputs(model)).predict(
-            films.images, batch_size=config.batch_size, verbose=0))
+        predictor = keras.Model(model.input, _outputs(model))
         record = layout.read_current(layout.final_record, f"run `cxr-tuner evaluate {config.run_dir}`")
     else:
-        probs = np.asarray(model.predict(films.images, batch_size=config.batch_size, verbose=0), np.float64)
-        single = probs
-    forward_pass = {"seconds": time.perf_counter() - started,
-                    "what": f"one forward pass of the final model over the {len(films.images)} test films"}
+        predictor = model
+    test_pass, stress_pass = timing.BatchClock(), timing.BatchClock()
+    predict = lambda images, clock: predictor.predict(images, batch_size=config.batch_size, verbose=0,
+                                                      callbacks=[clock.callback()])
+    found = predict(films.images, test_pass)
+    probs, raw, single = (np.asarray(p, np.float64) for p in found) if record is not None else \
+        (np.asarray(found, np.float64),) * 3
     metrics = task.test_metrics(films, probs, names, record, config.seed)
     metrics["source"] = {"model": str(final / WINNER_MODEL), "data": data or "test split of split.csv"}
     metrics[SPLIT_STAMP] = layout.split_digest()
     metrics[MODEL_STAMP] = files.sha256_file(final / WINNER_MODEL)  # an older set's figures are not this model's
-    metrics["stress"] = stress_test(lambda images: model.predict(images, batch_size=config.batch_size, verbose=0),
-                                    task, films, probs, names, metrics, config.seed)
+    first = (lambda images: predict(images, stress_pass)[0]) if record is not None else \
+        (lambda images: predict(images, stress_pass))
+    metrics["stress"] = stress_test(first, task, films, probs, names, metrics, config.seed)[0]
     pictures, sections = {}, {}
     if record is not None:
         found, sections, pictures = task.final_figures(record, films, probs, raw, single, names, metrics)
         metrics.update(found)
     # Grad-CAM explains the rank-1 member, with its own probabilities.
-    member = keras.saving.load_model(winner / WINNER_MODEL, compile=False) if final != winner else model
-    explainer = gradcam.gradcam_model(member, layer or gradcam.default_layer(member, config.backbone_specs))
+    member = loaded.result() if loaded is not None else model
+    explainer = gradcam.Traced(gradcam.gradcam_model(member, layer or gradcam.default_layer(member,
+                                                                                          config.backbone_specs)))
     pages = task.gallery_pages(films, single, names, metrics)
-    checks, answers = _shortcut_checks(task, run_data, member, explainer, films, probs, single, names, out,
-                                       config.seed)
+    checks, answers = _shortcut_checks(task, run_data, explainer, films, probs, single, names, out)
     pages += [checks.pop(_LEAST_INSIDE)] if _LEAST_INSIDE in checks else []
     maps = {page.file: _heatmaps(explainer, films.images, page, answers, log) for page in pages}
     labels = dataset.DataFindings.load(layout)
-    return Evaluation(
+    model_section = {"Model": _model_section(winner)}
+    text = lambda checks: {**task.report_sections(checks, out, labels.labels if labels else {}, config),
+                           **model_section, **sections}
+    # The probe's passes and its head run while the pictures are drawn; its figures then join the checks.
+    probed = pool.submit(_probed, task, run_data, member, films, names, config.seed, checks, text) \
+        if run_data is not None else None
+    evaluation = Evaluation(
         title=task.report_title(winner.name), metrics=metrics,
         predictions=task.prediction_table(films, probs, names, metrics),
         history=json.loads((winner / WINNER_HISTORY).read_text()),
         pictures={**task.pictures(films, probs, names, metrics), **pictures},
         images=np.asarray(films.images), pages=pages, maps=maps, gallery=task.gallery_text(), checks=checks,
         parts=task.report_parts(metrics) + [stress_markdown(metrics["stress"])],
-        sections={**task.report_sections(checks, out, labels.labels if labels else {}, config),
-                  "Model": _model_section(winner), **sections},
-        test_split=data is None), forward_pass
+        sections=text(checks) if probed is None else {}, test_split=data is None, pending=probed)
+    return evaluation, _floor(len(films.images), test_pass, stress_pass)
+
+
+def _floor(films: int, test_pass: timing.BatchClock, stress_pass: timing.BatchClock) -> dict:
+    """Evaluate's floor: the final model's passes over the test films and the stress test's renderings of
+    them, each at its fastest batch's rate (the renderings are drawn beside the passes)."""
+    what = f"one forward pass of the final model over the {films} test films"
+    rate = "at the fastest batch's rate"
+    return {"seconds": test_pass.seconds + stress_pass.seconds,
+            "what": f"{what} ({test_pass.seconds:.1f} s) and one over each of their {len(shift.FAMILIES)} "
+                    f"stress-test re-renderings ({stress_pass.films} films, {stress_pass.seconds:.1f} s), {rate}",
+            "test_pass": {"seconds": test_pass.seconds, "what": f"{what}, {rate}"}}
+
+
+def _load(folder: Path) -> keras.Model:
+    # compile=False: predicted with only; a winner's saved optimizer would be restored for nothing (and warn).
+    return keras.saving.load_model(folder / WINNER_MODEL, compile=False)
 
 
 def _outputs(model: keras.Model) -> list:
@@ -203,9 +234,9 @@ def _test_split(run_data: dataset.RunData) -> Films:
                  [e.source for e in examples], audit.leak_groups(examples, run_data.images[rows]))
 
 
-def _shortcut_checks(task: Task, run_data, member, explainer, films: Films, probs, single, names, out: Path,
-                     seed: int) -> tuple[dict, tuple | None]:
-    """``shortcuts.json``: figures per source; on the test split also the probe and the chest energy.
+def _shortcut_checks(task: Task, run_data, explainer, films: Films, probs, single, names,
+                     out: Path) -> tuple[dict, tuple | None]:
+    """``shortcuts.json`` but the probe: figures per source; on the test split also the chest energy.
 
     Returns:
         The checks (the page of the films least inside the chest under ``_LEAST_INSIDE``, to take out
@@ -215,9 +246,6 @@ def _shortcut_checks(task: Task, run_data, member, explainer, films: Films, prob
     checks = {"per_source": task.per_source(films, probs, names)}
     if run_data is None:  # an external set: no training films to probe with
         return checks, None
-    train = run_data.indices("train")
-    checks["probe"] = probe.chest_hidden_probe(member, task, run_data.images[train], run_data.labels[train], films,
-                                               names, seed=seed)
     checks["chest_box"] = probe.chest_box()
     outputs = task.energy_outputs(single)
     if outputs is None:
@@ -234,6 +262,16 @@ def _shortcut_checks(task: Task, run_data, member, explainer, films: Films, prob
     return checks, (outputs, every)
 
 
+def _probed(task: Task, run_data, member, films: Films, names, seed: int, checks: dict, text) -> dict:
+    """The checks with the chest-hidden probe's scores (in ``shortcuts.json``'s order), and the sections they give."""
+    train = run_data.indices("train")
+    found = probe.chest_hidden_probe(member, task, run_data.images[train], run_data.labels[train], films, names,
+                                     seed=seed)
+    checks = {"per_source": checks["per_source"], "probe": found,
+              **{key: value for key, value in checks.items() if key != "per_source"}}
+    return {"checks": checks, "sections": text(checks)}
+
+
 _LEAST_INSIDE = "least_inside_page"
 
 
@@ -243,7 +281,7 @@ def _heatmaps(explainer, images, page, answers: tuple | None, log) -> np.ndarray
         log(f"grad-cam: {page.caption} ({len(page.rows)} images)")
     if answers is not None and np.array_equal(answers[0][page.rows], page.outputs):
         return answers[1][page.rows]
-    return gradcam.heatmaps(explainer, np.asarray(images)[page.rows], page.outputs)
+    return gradcam.all_heatmaps(explainer, np.asarray(images)[page.rows], page.outputs)
 
 
 def _source_warnings(run_data) -> list[str]:

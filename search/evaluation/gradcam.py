@@ -110,27 +110,57 @@ def heatmaps(explainer: keras.Model, images: np.ndarray, class_index=None) -> np
         class_index: Class to explain: an int for all images, an (N,) array, or
             ``None`` for each image's predicted class.
     """
-    x = tf.convert_to_tensor(images)
+    return _peak_normalised(_cams(explainer, tf.convert_to_tensor(images), _chosen(class_index, len(images))).numpy())
+
+
+def all_heatmaps(explainer, images: np.ndarray, class_index=None, batch: int = 32) -> np.ndarray:
+    """`heatmaps` of many images, ``batch`` at a time (``class_index``: None, an int or an (N,) array).
+
+    ``explainer``: a model from `gradcam_model`, or its `Traced` to reuse one trace across calls.
+    """
+    cams = explainer if isinstance(explainer, Traced) else Traced(explainer)
+    chosen = _chosen(class_index, len(images))
+    return np.concatenate([cams(images[start:start + batch], chosen[start:start + batch])
+                           for start in range(0, len(images), batch)])
+
+
+class Traced:
+    """`heatmaps` of one explainer as one traced TensorFlow function, traced once for every batch: eager,
+    the tape dispatches the whole backbone op by op, several times slower (docs/performance.md)."""
+
+    def __init__(self, explainer: keras.Model):
+        source = explainer.inputs[0]
+        signature = [tf.TensorSpec((None, *source.shape[1:]), source.dtype), tf.TensorSpec((None,), tf.int64)]
+        self._cams = tf.function(lambda images, chosen: _cams(explainer, images, chosen), input_signature=signature)
+
+    def __call__(self, images: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+        """Heatmaps of ``images``, each explaining class ``chosen[i]`` (-1: its predicted class)."""
+        return _peak_normalised(self._cams(tf.convert_to_tensor(images), tf.constant(chosen, tf.int64)).numpy())
+
+
+def _chosen(class_index, count: int) -> np.ndarray:
+    """Per image the class to explain, -1 for its predicted one."""
+    if class_index is None:
+        return np.full(count, -1, np.int64)
+    return np.broadcast_to(np.asarray(class_index, np.int64), (count,))
+
+
+def _cams(explainer: keras.Model, x, chosen):
+    """Unnormalised Grad-CAM maps of a batch; ``chosen`` (N,) int64, -1 for each image's predicted class."""
     with tf.GradientTape() as tape:
         activations, scores = explainer(x, training=False)
-        chosen = tf.argmax(scores, axis=1) if class_index is None else tf.broadcast_to(
-            tf.cast(class_index, tf.int64), [tf.shape(scores)[0]])
+        chosen = tf.where(chosen < 0, tf.argmax(scores, axis=1), chosen)
         # Images are independent in inference mode, so the gradient of the sum
         # is each image's own gradient.
         target = tf.reduce_sum(tf.gather(scores, chosen, axis=1, batch_dims=1))
     grads = tape.gradient(target, activations)
     channel_weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cams = tf.nn.relu(tf.reduce_sum(activations * channel_weights, axis=-1)).numpy()
+    return tf.nn.relu(tf.reduce_sum(activations * channel_weights, axis=-1))
+
+
+def _peak_normalised(cams: np.ndarray) -> np.ndarray:
     peaks = cams.reshape(len(cams), -1).max(axis=1)[:, None, None]
     return np.divide(cams, peaks, out=np.zeros_like(cams), where=peaks > 0)
-
-
-def all_heatmaps(explainer: keras.Model, images: np.ndarray, class_index=None, batch: int = 32) -> np.ndarray:
-    """`heatmaps` of many images, ``batch`` at a time (``class_index``: None, an int or an (N,) array)."""
-    chosen = lambda start: class_index if class_index is None or np.isscalar(class_index) else \
-        np.asarray(class_index)[start:start + batch]
-    return np.concatenate([heatmaps(explainer, images[start:start + batch], chosen(start))
-                           for start in range(0, len(images), batch)])
 
 
 def upsample(heatmap: np.ndarray, size: int) -> np.ndarray:

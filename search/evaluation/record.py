@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -28,6 +29,8 @@ class Evaluation:
         parts: report.md's opening parts (the task's tables, the stress test's, the external sets').
         sections: report.md's closing sections after the Grad-CAM one, ``{heading: markdown}``.
         test_split: Whether this is the run's test split (its report opens with the verdict).
+        pending: Checks still running (the probe) while the pictures are drawn: a future of the whole
+            ``checks`` and ``sections``, which `settle` puts in.
     """
 
     title: str
@@ -43,3 +46,10 @@ class Evaluation:
     parts: list[str]
     sections: dict
     test_split: bool
+    pending: Future | None = None
+
+    def settle(self) -> None:
+        """Waits for the pending checks and puts them into the record."""
+        if self.pending is not None:
+            found = self.pending.result()
+            self.checks, self.sections, self.pending = found["checks"], found["sections"], None

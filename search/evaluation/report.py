@@ -66,6 +66,8 @@ def gallery_index(pages: dict, out: Path,
 def write(out, evaluation: Evaluation, layout) -> dict:
     """Writes the whole report of ``evaluation`` into ``out``; ``metrics.json`` last, saying the report is whole.
 
+    The pictures are drawn first, while the record's pending checks still run (`Evaluation.settle`).
+
     Also folds an external set of the run (``out`` under the run's report folder) into the run's verdict.
 
     Returns:
@@ -80,6 +82,7 @@ def write(out, evaluation: Evaluation, layout) -> dict:
     pictures.update({caption: _draw(picture, out) for caption, picture in evaluation.pictures.items()})
     drawn = {page.caption: draw_page(evaluation.images, evaluation.maps[page.file], page, out / "gradcam")
              for page in evaluation.pages}
+    evaluation.settle()  # the probe ran while the pictures were drawn
     listed = {page.caption for page in evaluation.pages if page.listed}
     files.write_json(out / SHORTCUTS_FILE, evaluation.checks)
     heading, lead = evaluation.gallery

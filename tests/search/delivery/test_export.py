@@ -83,11 +83,17 @@ def test_unknown_format_is_a_user_error(exported_run, tmp_path):
         export_model(load_config(exported_run), formats=("keras", "onnx"), out=tmp_path)
 
 
-def test_export_command_reports_the_agreement(exported_run, tmp_path):
+def test_export_command_reports_the_agreement(exported_run, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from cxr_tuner.cli import cli
 
+    def not_asked(*args, **kwargs):
+        raise AssertionError("a format the user did not ask for was computed")
+
+    # Only the .keras file is asked for: no SavedModel is traced and nothing is converted to TFLite.
+    monkeypatch.setattr(keras.Model, "export", not_asked)
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_saved_model", not_asked)
     result = CliRunner().invoke(cli, ["export", str(exported_run), "--format", "keras", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "keras: largest probability difference" in result.output and (tmp_path / "model.keras").is_file()
@@ -108,3 +114,12 @@ def test_export_keeps_native_notices_off_the_default_output(run_copy, tmp_path):
     assert "exported tflite" in quiet
     assert "XNNPACK" not in quiet and "cuInit" not in quiet, quiet
     assert "XNNPACK" in export("--verbose")  # the line is there to hide: --verbose after the command shows it
+
+
+def test_evaluate_and_export_floors_say_what_they_count(exported_run):
+    """Evaluate's floor is the final model's pass over the test films and one per stress family; export's
+    is that test pass alone (what the floor of both was before the stress test), not the larger sum."""
+    stages = json.loads((exported_run / "summary.json").read_text())["stages"]
+    floor = stages["evaluate"]["floor"]
+    assert "8 stress-test re-renderings" in floor["what"] and 0 < floor["test_pass"]["seconds"] < floor["seconds"]
+    assert stages["export"]["floor"] == floor["test_pass"]

@@ -50,6 +50,19 @@ def test_nested_backbone_is_explained_without_graph_disconnected(name):
     assert np.allclose(keras.ops.softmax(scores), nested(np.zeros((1, size, size, 1), "uint8")), atol=1e-5)
 
 
+def test_traced_heatmaps_are_the_eager_ones():
+    """The evaluation's traced Grad-CAM (one trace for every batch) explains as the eager one does."""
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    model = XrayClassifier(3, 32, ("vanilla_cnn",), "none").build(keras_tuner.HyperParameters())
+    explainer = gradcam.gradcam_model(model, gradcam.default_layer(model, BUILT_IN))
+    images = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 1)).astype("uint8")
+    traced = gradcam.Traced(explainer)
+    for class_index in (None, 2, np.array([0, 1, 2, 1, 0])):
+        assert np.allclose(gradcam.all_heatmaps(traced, images, class_index, batch=2),
+                           gradcam.heatmaps(explainer, images, class_index), atol=1e-5)
+
+
 def test_unknown_layer_is_a_user_error_naming_the_layers():
     model = XrayClassifier(3, 32, ("vanilla_cnn",), "none").build(keras_tuner.HyperParameters())
     with pytest.raises(UserError, match="no layer 'conv99'.*--layer"):

@@ -31,8 +31,12 @@ def test_stress_figures_are_the_models_on_each_familys_rendering():
         calls.append(len(batch))
         return _exposure_model(batch)
 
-    stress = stress_test(predict, SingleLabel(), films, probs, NAMES, {}, seed=3)
-    assert calls == [60] * len(shift.FAMILIES)  # one batched pass per family
+    stress, forward = stress_test(predict, SingleLabel(), films, probs, NAMES, {}, seed=3)
+    assert calls == [60 * len(shift.FAMILIES)]  # every family's rendering in one call into the model
+    assert 0 < forward < stress["seconds"]
+    # In chunks (of 2 films here, as a large set is), every family's figures are the same.
+    chunked, _ = stress_test(predict, SingleLabel(), films, probs, NAMES, {}, seed=3, chunk=2 * len(shift.FAMILIES))
+    assert calls[1:] == [2 * len(shift.FAMILIES)] * 30 and chunked["families"] == stress["families"]
     assert list(stress["families"]) == list(shift.FAMILIES)
     assert stress["as_filmed"]["headline"]["value"] == 1.0
     for family, row in stress["families"].items():
