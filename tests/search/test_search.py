@@ -133,7 +133,7 @@ def test_same_seed_gives_same_split_and_trial_sequence(tmp_path, demo_data):
     # Seed 0, the default, on purpose: KerasTuner reads a 0 seed as "no seed".
     runs = []
     for name in ("a", "b"):
-        config = _config(tmp_path / name, demo_data, tuner="random", max_trials=3, max_epochs=1,
+        config = _config(tmp_path / name, demo_data, tuner="random", max_trials=2, max_epochs=1,
                          seed=0)
         run_search(config, log=lambda line: None)
         trials = sorted(RunLayout(tmp_path / name).tuner.glob("trial_*/trial.json"))

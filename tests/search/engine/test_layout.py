@@ -8,9 +8,9 @@ from cxr_tuner.search.engine.config import load_config
 from cxr_tuner.search.engine.layout import RunLayout
 from tests.conftest import error_line, run_cli
 
-# The settings of the shared `retrained_run` (tests/search/conftest.py), so --overwrite is accepted.
-_RUN_FLAGS = ("--backbones", "vanilla_cnn", "--weights", "none", "--image-size", 32, "--max-epochs", 2,
-              "--factor", 2, "--batch-size", 16)
+# The cheapest search (one trial of one epoch): --overwrite starts over whatever the old run's settings.
+_RUN_FLAGS = ("--backbones", "vanilla_cnn", "--weights", "none", "--image-size", 32, "--max-epochs", 1,
+              "--tuner", "random", "--max-trials", 1, "--batch-size", 16)
 
 
 @pytest.fixture
