@@ -21,18 +21,20 @@ PROBE_PASSES = 2
 """Forward passes per test film in the chest-hidden probe (the chest hidden, the chest alone)."""
 PROBE_TRAIN_FILMS = 600
 """Training films the probe's fresh head learns from, at most (`search.evaluation.probe.PROBE_TRAIN_IMAGES`)."""
-GRADCAM_PASSES = 3.4
+STRESS_RATE = 0.7
+"""A stress pass's cost per film against the calibration's forward pass: the stress test predicts 128 films' 8
+renderings (1,024 images) per call, a larger batch than the calibration's (6.6 s for 286 films at 3.9 ms)."""
+GRADCAM_PASSES = 1.7
 """Grad-CAM of every test film's answer, in forward passes (a forward and a backward pass to the backbone's
-last block): 5.1 s for 286 films at 5.2 ms a forward pass."""
+last block, one traced function)."""
 EVALUATE_TRACES = 6
 """Models an evaluation loads or traces: final model, its member, the Grad-CAM model, the probe's, the stress test's."""
 REPORT_SECONDS = 4.5
 """Plots, pages and bootstrap intervals of one report: this machine's, measured (4.7 s; they follow neither films
 nor the model)."""
-FIGURES_PER_FILM = 0.02
+FIGURES_PER_FILM = 0.005
 """Seconds per scored film beyond its passes: figures with bootstrap intervals as filmed, per stress family and
-per source, gallery pictures. Measured: what six 2m and 5m runs' evaluations took beyond their priced passes,
-2.5 to 13.8 s for 286 films."""
+per source, gallery pictures."""
 AGREEMENT_FILMS = 64
 """Test films export checks each format on, at most (`search.delivery.export.AGREEMENT_IMAGES`)."""
 EXPORT_PASSES = 5
@@ -62,10 +64,12 @@ class TailWork:
 def tail_parts(calibration, work: TailWork) -> dict[str, float]:
     """Predicted seconds of each stage after the retrain (and of the process's exit), on ``calibration``'s figures."""
     forward, trace, keep, render = calibration.forward, calibration.trace, calibration.keep, calibration.render
-    scored = forward * (1 + STRESS_PASSES) + render  # one film as filmed and in every stress family
+    scored = forward * (1 + STRESS_PASSES * STRESS_RATE) + render  # one film as filmed and in every stress family
     scored += FIGURES_PER_FILM
-    evaluate = (work.test * (scored + forward * (PROBE_PASSES + GRADCAM_PASSES))
-                + min(work.train, PROBE_TRAIN_FILMS) * forward + EVALUATE_TRACES * trace + REPORT_SECONDS)
+    probe = (work.test * PROBE_PASSES + min(work.train, PROBE_TRAIN_FILMS)) * forward
+    # The probe trains in a thread while the report draws its pictures: the longer of the two counts.
+    evaluate = (work.test * (scored + forward * GRADCAM_PASSES) + max(probe, REPORT_SECONDS)
+                + EVALUATE_TRACES * trace)
     evaluate += sum(films * (scored + forward) + 2 * trace + REPORT_SECONDS for films in work.external)
     checked = min(work.test, AGREEMENT_FILMS)
     return {"final model": (LOAD_SAVES * work.winners + ASSEMBLE_SAVES) * keep,

@@ -78,8 +78,8 @@ def test_the_flags_hyperband_runs_cut_at_its_deadline_when_its_first_bracket_fit
 
 
 def test_plan_cuts_the_retrain_before_giving_up_and_says_when_nothing_fits():
-    tight = plan(budget=300, spent=60, calibration=FIGURES, max_epochs=9, factor=3, work=WORK)
-    assert tight.fits and tight.finish <= 300 * budget.AIM
+    tight = plan(budget=260, spent=60, calibration=FIGURES, max_epochs=9, factor=3, work=WORK)
+    assert tight.fits and tight.finish <= 260 * budget.AIM
     # The search kept at least 6 trials; the retrain gave up its variants first.
     assert tight.max_epochs >= budget.MIN_SEARCH_EPOCHS and not tight.retrain.variants
     hopeless = plan(budget=30, spent=60, calibration=FIGURES, max_epochs=9, factor=3, work=WORK)
